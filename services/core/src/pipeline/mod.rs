@@ -1,0 +1,1 @@
+//! Pipeline definitions (DESIGN.md 1.2).
