@@ -1,1 +1,2 @@
 //! Environmentalization (envgen).
+pub mod template;

@@ -1,1 +1,4 @@
 //! gantry-webhook
+
+pub mod payload;
+pub mod signature;

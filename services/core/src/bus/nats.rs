@@ -1,0 +1,226 @@
+//! Distributed delivery over NATS JetStream.
+
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use async_trait::async_trait;
+use futures::stream::{select_all, BoxStream};
+use futures::StreamExt;
+use gantry_proto::{CloudEvent, EventName, Subjects};
+
+use super::{BusError, Delivery, EventBus, Settle, Subscription, MAX_DELIVER};
+
+/// Where Gantry's events live on NATS (`GANTRY_NATS_PREFIX`, `GANTRY_NATS_STREAM`).
+#[derive(Debug, Clone)]
+pub struct NatsSettings {
+    pub url: String,
+    pub prefix: String,
+    pub stream: String,
+}
+
+impl NatsSettings {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            prefix: "gantry".into(),
+            stream: "GANTRY_EVENTS".into(),
+        }
+    }
+
+    pub fn subjects(&self) -> Subjects {
+        Subjects::new(self.prefix.clone())
+    }
+}
+
+/// A consumer may take this long before JetStream offers its event again.
+const ACK_WAIT: Duration = Duration::from_secs(60);
+/// Window in which JetStream drops a re-published `Nats-Msg-Id`; longer than
+/// any relay restart, so a relay that dies between publish and checkpoint
+/// does not duplicate.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(15 * 60);
+
+/// The NATS [`EventBus`].
+#[derive(Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    settings: NatsSettings,
+}
+
+impl std::fmt::Debug for NatsBus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBus")
+            .field("stream", &self.settings.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsBus {
+    /// Connects and makes sure the stream exists (file storage).
+    pub async fn connect(settings: NatsSettings) -> Result<Self, BusError> {
+        let client = async_nats::ConnectOptions::new()
+            .name("gantry")
+            .retry_on_initial_connect()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(&settings.url)
+            .await
+            .map_err(BusError::nats)?;
+        let js = jetstream::new(client.clone());
+        let bus = Self {
+            client,
+            js,
+            settings,
+        };
+        bus.ensure_stream().await?;
+        Ok(bus)
+    }
+
+    pub fn settings(&self) -> &NatsSettings {
+        &self.settings
+    }
+
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.js
+    }
+
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
+        self.js
+            .get_or_create_stream(stream::Config {
+                name: self.settings.stream.clone(),
+                subjects: vec![self.settings.subjects().all()],
+                storage: stream::StorageType::File,
+                retention: stream::RetentionPolicy::Limits,
+                duplicate_window: DUPLICATE_WINDOW,
+                ..Default::default()
+            })
+            .await
+            .map_err(BusError::nats)
+    }
+
+    /// Publishes a recorded event with `Nats-Msg-Id` = event id; the returned
+    /// future resolves when JetStream has stored it (or dropped it as a duplicate).
+    pub async fn publish(
+        &self,
+        event: &CloudEvent,
+    ) -> Result<jetstream::context::PublishAckFuture, BusError> {
+        let name = event.name().map(|n| n.as_str()).unwrap_or("unknown");
+        let subject = self.settings.subjects().event(&event.pipeline, name);
+        let payload = serde_json::to_vec(event).map_err(|e| BusError::Malformed {
+            subject: subject.clone(),
+            message: e.to_string(),
+        })?;
+        self.js
+            .send_publish(
+                subject,
+                jetstream::context::Publish::build()
+                    .payload(payload.into())
+                    .message_id(event.id.to_string()),
+            )
+            .await
+            .map_err(BusError::nats)
+    }
+}
+
+#[async_trait]
+impl EventBus for NatsBus {
+    async fn subscribe(
+        &self,
+        consumer_name: &str,
+        names: &[EventName],
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let stream = self.ensure_stream().await?;
+        let subjects = self.settings.subjects();
+        // NATS 2.9 (Debian's) allows one filter subject per consumer, so a
+        // consumer of several event names is one durable consumer per name.
+        let mut feeds: Vec<BoxStream<'static, Result<jetstream::Message, BusError>>> = Vec::new();
+        for name in names {
+            let durable = format!(
+                "{}-{}-{}",
+                self.settings.prefix,
+                consumer_name,
+                name.as_str().replace('.', "_")
+            );
+            let consumer: consumer::PullConsumer = stream
+                .get_or_create_consumer(
+                    &durable,
+                    consumer::pull::Config {
+                        durable_name: Some(durable.clone()),
+                        filter_subject: subjects.filter(*name),
+                        ack_policy: consumer::AckPolicy::Explicit,
+                        ack_wait: ACK_WAIT,
+                        max_deliver: i64::from(MAX_DELIVER),
+                        deliver_policy: consumer::DeliverPolicy::All,
+                        ..Default::default()
+                    },
+                )
+                .await
+                .map_err(BusError::nats)?;
+            let messages = consumer
+                .stream()
+                .max_messages_per_batch(64)
+                .heartbeat(Duration::from_secs(5))
+                .expires(Duration::from_secs(30))
+                .messages()
+                .await
+                .map_err(BusError::nats)?;
+            feeds.push(messages.map(|m| m.map_err(BusError::nats)).boxed());
+        }
+        Ok(Box::new(NatsSubscription {
+            feed: select_all(feeds),
+        }))
+    }
+
+    async fn ready(&self) -> Result<(), BusError> {
+        match self.client.connection_state() {
+            async_nats::connection::State::Connected => Ok(()),
+            state => Err(BusError::Nats(format!("not connected ({state:?})"))),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        "nats"
+    }
+}
+
+struct NatsSubscription {
+    feed: futures::stream::SelectAll<BoxStream<'static, Result<jetstream::Message, BusError>>>,
+}
+
+#[async_trait]
+impl Subscription for NatsSubscription {
+    async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
+        loop {
+            let Some(msg) = self.feed.next().await else {
+                return Ok(None);
+            };
+            let msg = match msg {
+                Ok(m) => m,
+                // Heartbeat misses and reconnects surface here; the pull
+                // stream recovers by itself.
+                Err(e) => {
+                    tracing::warn!(error = %e, "NATS consumer stream error; continuing");
+                    continue;
+                }
+            };
+            let attempt = msg.info().map(|i| i.delivered).unwrap_or(1);
+            match serde_json::from_slice::<CloudEvent>(&msg.payload) {
+                Ok(event) => {
+                    return Ok(Some(Delivery {
+                        event,
+                        attempt: u32::try_from(attempt).unwrap_or(u32::MAX),
+                        settle: Settle::Nats(Box::new(msg)),
+                    }))
+                }
+                Err(e) => {
+                    // Not ours to handle; terminate it so it is not redelivered.
+                    tracing::error!(subject = %msg.subject, error = %e, "dropping malformed message");
+                    let _ = msg.ack_with(jetstream::AckKind::Term).await;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,186 @@
+//! Embedded delivery: consumers tail the SQL log from their own checkpoints.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gantry_proto::EventName;
+use sqlx::Row;
+
+use super::{BusError, Delivery, EventBus, Settle, Subscription, MAX_DELIVER};
+use crate::store::{EventStore, RecordedEvent, Wakeups};
+
+const PAGE: i64 = 256;
+
+/// The embedded [`EventBus`]: no broker, the log itself is the queue.
+#[derive(Debug, Clone)]
+pub struct SqlBus {
+    store: EventStore,
+}
+
+impl SqlBus {
+    pub fn new(store: EventStore) -> Self {
+        Self { store }
+    }
+}
+
+#[async_trait]
+impl EventBus for SqlBus {
+    async fn subscribe(
+        &self,
+        consumer: &str,
+        names: &[EventName],
+    ) -> Result<Box<dyn Subscription>, BusError> {
+        let checkpoint = checkpoint_name(consumer);
+        let cursor = self.store.checkpoint(&checkpoint).await?;
+        let types: Vec<String> = names.iter().map(|n| n.type_name()).collect();
+        let placeholders: Vec<String> = (0..types.len()).map(|i| format!("${}", i + 3)).collect();
+        let query = format!(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE position > $1 AND event_type IN ({}) ORDER BY position LIMIT $2",
+            placeholders.join(", ")
+        );
+        Ok(Box::new(SqlSubscription {
+            store: self.store.clone(),
+            wake: self.store.wakeups(),
+            checkpoint,
+            query,
+            types,
+            cursor,
+            scanned: cursor,
+            buffer: VecDeque::new(),
+            redo: Arc::new(Mutex::new(None)),
+        }))
+    }
+
+    async fn ready(&self) -> Result<(), BusError> {
+        Ok(self.store.ping().await?)
+    }
+
+    fn kind(&self) -> &'static str {
+        "sql"
+    }
+}
+
+fn checkpoint_name(consumer: &str) -> String {
+    format!("consumer:{consumer}")
+}
+
+struct Redo {
+    event: RecordedEvent,
+    attempt: u32,
+    delay: Duration,
+}
+
+struct SqlSubscription {
+    store: EventStore,
+    wake: Wakeups,
+    checkpoint: String,
+    query: String,
+    types: Vec<String>,
+    /// The position of the last event handed out.
+    cursor: i64,
+    /// How far the log has been read (matching or not).
+    scanned: i64,
+    buffer: VecDeque<RecordedEvent>,
+    /// An event the consumer asked to see again; it blocks the ones after it,
+    /// so the consumer sees the log in order.
+    redo: Arc<Mutex<Option<Redo>>>,
+}
+
+impl SqlSubscription {
+    async fn fill(&mut self) -> Result<(), BusError> {
+        let mut q = sqlx::query(&self.query).bind(self.scanned).bind(PAGE);
+        for t in &self.types {
+            q = q.bind(t.clone());
+        }
+        let rows = q.fetch_all(self.store.pool()).await.map_err(crate::StoreError::from)?;
+        let head_before = self.wake.head();
+        for row in &rows {
+            let position: i64 = row.try_get(0).map_err(crate::StoreError::from)?;
+            self.scanned = self.scanned.max(position);
+        }
+        self.buffer.extend(crate::store::decode_rows(&rows)?);
+        if (rows.len() as i64) < PAGE {
+            // Everything up to the head we knew of before the query is scanned.
+            self.scanned = self.scanned.max(head_before);
+        }
+        Ok(())
+    }
+
+    fn deliver(&mut self, event: RecordedEvent, attempt: u32) -> Delivery {
+        self.cursor = event.position;
+        Delivery {
+            attempt,
+            settle: Settle::Sql(SqlAck {
+                store: self.store.clone(),
+                checkpoint: self.checkpoint.clone(),
+                redo: self.redo.clone(),
+                event: event.clone(),
+                attempt,
+            }),
+            event: event.event,
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for SqlSubscription {
+    async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
+        let redo = self.redo.lock().map(|mut r| r.take()).unwrap_or(None);
+        if let Some(redo) = redo {
+            tokio::time::sleep(redo.delay).await;
+            return Ok(Some(self.deliver(redo.event, redo.attempt + 1)));
+        }
+        loop {
+            if let Some(event) = self.buffer.pop_front() {
+                return Ok(Some(self.deliver(event, 1)));
+            }
+            let seen = self.scanned;
+            self.fill().await?;
+            if self.buffer.is_empty() {
+                self.wake.wait_beyond(seen.max(self.scanned)).await;
+            }
+        }
+    }
+}
+
+/// Settles a delivery from the SQL log.
+pub(crate) struct SqlAck {
+    store: EventStore,
+    checkpoint: String,
+    redo: Arc<Mutex<Option<Redo>>>,
+    event: RecordedEvent,
+    attempt: u32,
+}
+
+impl SqlAck {
+    pub(crate) async fn ack(self) -> Result<(), BusError> {
+        self.store
+            .save_checkpoint(&self.checkpoint, self.event.position)
+            .await?;
+        Ok(())
+    }
+
+    pub(crate) async fn retry(self, delay: Duration) -> Result<(), BusError> {
+        if self.attempt >= MAX_DELIVER {
+            tracing::error!(
+                consumer = %self.checkpoint,
+                event = %self.event.event.id,
+                position = self.event.position,
+                attempts = self.attempt,
+                "giving up on event after the maximum number of deliveries"
+            );
+            return self.ack().await;
+        }
+        if let Ok(mut redo) = self.redo.lock() {
+            *redo = Some(Redo {
+                event: self.event,
+                attempt: self.attempt,
+                delay,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! Running an event handler: subscribe, handle, record the results and the
+//! fact of handling in one transaction, then ack.
+//!
+//! A handler's effect happens once per (event id, handler) even when the bus
+//! delivers an event twice or the process dies mid-way: a redelivered event
+//! whose handling is already recorded is acked without calling the handler.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gantry_proto::{CloudEvent, EventName};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::bus::{BusError, EventBus};
+use crate::store::{EventStore, NewEvents};
+
+/// Why a handler could not deal with an event.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// Worth another try later (a dependency is down, a conflict was lost).
+    #[error("{0}")]
+    Transient(String),
+    /// Retrying will not help; the event is acked and the error logged. A
+    /// handler that can say why in the log should append a `*.failed` event
+    /// instead of returning this.
+    #[error("{0}")]
+    Permanent(String),
+}
+
+impl From<crate::StoreError> for HandlerError {
+    fn from(e: crate::StoreError) -> Self {
+        HandlerError::Transient(e.to_string())
+    }
+}
+
+/// One job done in response to events.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Durable consumer name; also the idempotency key's handler part.
+    fn name(&self) -> &'static str;
+
+    /// The events this handler is offered.
+    fn events(&self) -> &'static [EventName];
+
+    /// Deals with one event, returning the events to record as its result.
+    async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError>;
+}
+
+/// Feeds `handler` from `bus` until `shutdown`; the event in hand is finished
+/// first, so a graceful stop loses nothing and leaves nothing half-done.
+pub async fn run(
+    store: EventStore,
+    bus: Arc<dyn EventBus>,
+    handler: Arc<dyn Handler>,
+    shutdown: CancellationToken,
+) -> Result<(), BusError> {
+    let name = handler.name();
+    let mut sub = bus.subscribe(name, handler.events()).await?;
+    tracing::info!(handler = name, bus = bus.kind(), "consumer started");
+    loop {
+        let delivery = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            d = sub.next() => d?,
+        };
+        let Some(delivery) = delivery else { break };
+        let span = tracing::info_span!(
+            "handle",
+            handler = name,
+            event = %delivery.event.id,
+            ty = %delivery.event.ty,
+            attempt = delivery.attempt
+        );
+        handle_one(&store, handler.as_ref(), delivery)
+            .instrument(span)
+            .await?;
+    }
+    tracing::info!(handler = name, "consumer stopped");
+    Ok(())
+}
+
+async fn handle_one(
+    store: &EventStore,
+    handler: &dyn Handler,
+    delivery: crate::bus::Delivery,
+) -> Result<(), BusError> {
+    let name = handler.name();
+    let event = &delivery.event;
+    if store.is_handled(name, event.id).await? {
+        tracing::debug!("already handled; acking the redelivery");
+        return delivery.ack().await;
+    }
+    match handler.handle(event).await {
+        Ok(results) => match store.append_handled(name, event.id, results).await {
+            Ok(_) => delivery.ack().await,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not record results; will retry");
+                delivery.retry().await
+            }
+        },
+        Err(HandlerError::Transient(e)) => {
+            tracing::warn!(error = %e, "handler failed; will retry");
+            delivery.retry().await
+        }
+        Err(HandlerError::Permanent(e)) => {
+            tracing::error!(error = %e, "handler cannot process event; skipping it");
+            store.append_handled(name, event.id, vec![]).await?;
+            delivery.ack().await
+        }
+    }
+}

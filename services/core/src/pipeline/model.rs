@@ -1,0 +1,440 @@
+//! The pipeline definition as written in `pipelines/*.yaml` (DESIGN.md 1.2).
+//!
+//! Every struct denies unknown keys: a misspelt `aprovers:` silently ignored
+//! would disable a guard on production. Defaults live here (branch `main`,
+//! queue `latest`, one approval...) so consumers never re-derive them.
+//! Semantic rules (names, references between stages, URLs) are checked after
+//! parsing by `validate`, so that all problems are reported at once.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::duration::{serde_duration, serde_opt_duration};
+use super::secret::{HeaderValue, SecretRef};
+
+/// One promotion pipeline: where its configuration comes from, how it is
+/// packaged, and the stages a commit is promoted through.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// `[a-z0-9-]{1,63}`; used in NATS subjects and URLs.
+    pub name: String,
+    pub source: Source,
+    pub gateway: Gateway,
+    /// apim-cli style API configurations promoted by `apimanager` stages.
+    #[serde(default)]
+    pub apis: Option<Apis>,
+    /// Without an image the pipeline stops at packages (a deploy can mount them).
+    #[serde(default)]
+    pub image: Option<Image>,
+    #[serde(default)]
+    pub stages: Vec<Stage>,
+}
+
+/// The Git repository holding the gateway configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Source {
+    /// A URL (`https://`, `ssh://`, `git@host:owner/repo`) or an absolute local path.
+    pub repo: String,
+    /// The branch whose pushes start runs (short name, no `refs/heads/`).
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+    /// The secret a webhook delivery for this repository is signed with.
+    #[serde(default)]
+    pub webhook_secret: Option<SecretRef>,
+    /// The forge's full name (`acme/banking-config`), for when the payload's
+    /// URLs cannot match `repo` (e.g. a mirror).
+    #[serde(default)]
+    pub webhook_repo: Option<String>,
+}
+
+/// How the gateway configuration is stored in the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Gateway {
+    pub format: GatewayFormat,
+    /// yaml: project directory; fed: the `.fed` file; pol-env: directory with
+    /// `*.pol` and `<stage>.env`. Relative to the repository root.
+    pub path: PathBuf,
+    /// Copied to `/merge/apigateway` in the image.
+    #[serde(default)]
+    pub merge_dir: Option<PathBuf>,
+    /// yaml only: fill the `{{ ... }}` placeholders at build time rather than
+    /// leaving them to the gateway at start.
+    #[serde(default)]
+    pub render: bool,
+    /// yaml only: where in the image the package goes (an absolute path).
+    #[serde(default)]
+    pub yaml_path: Option<String>,
+}
+
+/// Axway configuration formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GatewayFormat {
+    /// The YAML Entity Store project tree.
+    Yaml,
+    /// A deployment package (`.fed`).
+    Fed,
+    /// A policy package plus per-stage environment packages.
+    PolEnv,
+}
+
+impl GatewayFormat {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GatewayFormat::Yaml => "yaml",
+            GatewayFormat::Fed => "fed",
+            GatewayFormat::PolEnv => "pol-env",
+        }
+    }
+}
+
+impl std::fmt::Display for GatewayFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// API Manager configurations in the repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Apis {
+    pub path: PathBuf,
+}
+
+/// The per-stage image built on an EMT parent image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Image {
+    /// Parent image reference, or `oci:<dir>:<tag>` for an OCI layout on disk.
+    pub base: String,
+    /// Where built images are pushed (no tag), or `oci:<dir>`.
+    pub repository: String,
+    /// Plain HTTP to a non-loopback registry (loopback always is).
+    #[serde(default)]
+    pub insecure: bool,
+    /// `os/arch[/variant]` of the parent to use from a multi-platform index.
+    #[serde(default)]
+    pub platform: Option<String>,
+    #[serde(default)]
+    pub auth: Option<RegistryAuth>,
+}
+
+/// Registry credentials, used for both pulling the base and pushing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    pub username: SecretRef,
+    pub password: SecretRef,
+}
+
+/// One environment a commit is promoted into.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stage {
+    pub name: String,
+    /// The stage this one follows; default: the previous stage in the file.
+    /// Use [`Pipeline::stage_plan`] rather than reading it directly.
+    #[serde(default)]
+    pub after: Option<String>,
+    /// yaml only: overlay on the project's `values.yaml`, relative to the repo.
+    #[serde(default)]
+    pub values: Option<PathBuf>,
+    #[serde(default)]
+    pub deploy: Option<Deploy>,
+    #[serde(default)]
+    pub ready: Option<Ready>,
+    #[serde(default)]
+    pub apimanager: Option<ApiManager>,
+    #[serde(default)]
+    pub smoke: Vec<SmokeCheck>,
+    #[serde(default)]
+    pub approval: Option<Approval>,
+    #[serde(default)]
+    pub freeze: Vec<FreezeWindow>,
+    #[serde(default)]
+    pub queue: QueuePolicy,
+}
+
+impl Stage {
+    /// Whether `at` falls inside one of the stage's freeze windows.
+    pub fn frozen_at(&self, at: DateTime<Utc>) -> Option<&FreezeWindow> {
+        self.freeze.iter().find(|w| w.contains(at))
+    }
+}
+
+/// How a stage runs an image: exactly one of `gitops` or `command`
+/// (checked by validation; see [`Deploy::method`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Deploy {
+    #[serde(default)]
+    pub gitops: Option<GitOpsDeploy>,
+    /// Run with `$GANTRY_IMAGE`, `$GANTRY_DIGEST` and `$GANTRY_STAGE` set.
+    #[serde(default)]
+    pub command: Vec<String>,
+    #[serde(default, with = "serde_opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+/// A validated view of [`Deploy`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeployMethod<'a> {
+    GitOps(&'a GitOpsDeploy),
+    Command(&'a [String]),
+}
+
+impl Deploy {
+    /// Every step has a timeout; this one applies when none is written.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+    /// Which deploy mechanism to use (validation guarantees exactly one).
+    pub fn method(&self) -> DeployMethod<'_> {
+        match &self.gitops {
+            Some(g) => DeployMethod::GitOps(g),
+            None => DeployMethod::Command(&self.command),
+        }
+    }
+
+    pub fn timeout_or_default(&self) -> Duration {
+        self.timeout.unwrap_or(Self::DEFAULT_TIMEOUT)
+    }
+}
+
+/// Deploy by committing the new image reference to a GitOps repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitOpsDeploy {
+    pub repo: String,
+    #[serde(default = "default_branch")]
+    pub branch: String,
+    /// YAML file in that repository, relative to its root.
+    pub file: PathBuf,
+    /// Dotted key in that file that holds the image (`apitraffic.image`).
+    pub key: String,
+    #[serde(default)]
+    pub token: Option<SecretRef>,
+}
+
+/// Wait until the deployed gateway answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Ready {
+    pub url: String,
+    #[serde(default = "default_ready_timeout", with = "serde_duration")]
+    pub timeout: Duration,
+}
+
+/// Promote API Manager data into this stage's API Manager.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiManager {
+    pub url: String,
+    pub username: SecretRef,
+    pub password: SecretRef,
+    #[serde(default)]
+    pub version: ApimVersion,
+    /// Skip TLS verification (self-signed API Manager in a test stage).
+    #[serde(default)]
+    pub insecure: bool,
+    /// A CA bundle (PEM file) to trust for this API Manager.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// Allow changes that break API consumers (apim-cli's `force`).
+    #[serde(default)]
+    pub breaking_changes: bool,
+}
+
+/// API Manager REST API version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ApimVersion {
+    #[serde(rename = "v1.3", alias = "1.3")]
+    V1_3,
+    #[default]
+    #[serde(rename = "v1.4", alias = "1.4")]
+    V1_4,
+}
+
+impl ApimVersion {
+    /// The REST API base path, e.g. `/api/portal/v1.4`.
+    pub fn base_path(self) -> &'static str {
+        match self {
+            ApimVersion::V1_3 => "/api/portal/v1.3",
+            ApimVersion::V1_4 => "/api/portal/v1.4",
+        }
+    }
+}
+
+/// One HTTP check against the deployed gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeCheck {
+    pub name: String,
+    pub request: SmokeRequest,
+    /// Omitted: any 2xx status passes.
+    #[serde(default)]
+    pub expect: SmokeExpect,
+    #[serde(default, with = "serde_opt_duration")]
+    pub timeout: Option<Duration>,
+}
+
+impl SmokeCheck {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+
+    pub fn timeout_or_default(&self) -> Duration {
+        self.timeout.unwrap_or(Self::DEFAULT_TIMEOUT)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeRequest {
+    #[serde(default = "default_method")]
+    pub method: String,
+    pub url: String,
+    /// Literal values or secret references (`KeyId: env:TEST_KEY`).
+    #[serde(default)]
+    pub headers: BTreeMap<String, HeaderValue>,
+    #[serde(default)]
+    pub body: Option<String>,
+}
+
+/// What a smoke check's response must satisfy; every given condition must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmokeExpect {
+    /// Exact status; omitted means any 2xx.
+    #[serde(default)]
+    pub status: Option<u16>,
+    /// Header name (case-insensitive) → exact value.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// JSON pointer (RFC 6901, e.g. `/0/id`) → expected JSON value.
+    #[serde(default)]
+    pub json: BTreeMap<String, serde_json::Value>,
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    #[serde(default, with = "serde_opt_duration")]
+    pub max_latency: Option<Duration>,
+}
+
+/// A human gate before promotion into the stage.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    /// Distinct approvals needed.
+    #[serde(default = "default_required")]
+    pub required: u32,
+    /// Users or groups (from `GANTRY_API_TOKENS`) allowed to approve.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Whether the commit's author may approve their own change.
+    #[serde(default)]
+    pub allow_self: bool,
+    /// A pending request lapses after this long.
+    #[serde(default, with = "serde_opt_duration")]
+    pub expires: Option<Duration>,
+}
+
+/// A period during which nothing is promoted into the stage: `[from, to)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FreezeWindow {
+    #[serde(with = "rfc3339")]
+    pub from: DateTime<Utc>,
+    #[serde(with = "rfc3339")]
+    pub to: DateTime<Utc>,
+}
+
+impl FreezeWindow {
+    pub fn contains(&self, at: DateTime<Utc>) -> bool {
+        self.from <= at && at < self.to
+    }
+}
+
+/// What happens to runs waiting for a busy stage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueuePolicy {
+    /// A newer run supersedes queued ones: only the latest commit waits.
+    #[default]
+    Latest,
+    /// Every run waits its turn.
+    Fifo,
+}
+
+/// A stage with the stage it follows made explicit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlannedStage<'a> {
+    pub stage: &'a Stage,
+    /// `None` for the first stage.
+    pub after: Option<&'a str>,
+}
+
+impl Pipeline {
+    /// Stages in file order, each with its effective predecessor: `after`
+    /// when written, else the previous stage; the first stage has none.
+    pub fn stage_plan(&self) -> Vec<PlannedStage<'_>> {
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(i, stage)| PlannedStage {
+                stage,
+                after: stage.after.as_deref().or_else(|| {
+                    i.checked_sub(1)
+                        .and_then(|prev| self.stages.get(prev))
+                        .map(|s| s.name.as_str())
+                }),
+            })
+            .collect()
+    }
+
+    pub fn stage(&self, name: &str) -> Option<&Stage> {
+        self.stages.iter().find(|s| s.name == name)
+    }
+}
+
+fn default_branch() -> String {
+    "main".to_owned()
+}
+
+fn default_method() -> String {
+    "GET".to_owned()
+}
+
+fn default_required() -> u32 {
+    1
+}
+
+fn default_ready_timeout() -> Duration {
+    Duration::from_secs(5 * 60)
+}
+
+/// RFC 3339 timestamps with a clearer error than chrono's.
+mod rfc3339 {
+    use chrono::{DateTime, SecondsFormat, Utc};
+    use serde::{de, Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::AutoSi, true))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+        let text = String::deserialize(d)?;
+        DateTime::parse_from_rfc3339(text.trim())
+            .map(|t| t.with_timezone(&Utc))
+            .map_err(|e| {
+                de::Error::custom(format!(
+                    "invalid time `{text}` ({e}); write RFC 3339, e.g. `2026-12-24T00:00:00Z`"
+                ))
+            })
+    }
+}

@@ -1,0 +1,617 @@
+//! Read models (runs, stages, what runs where), folded from the log.
+//!
+//! The projector applies events and moves its checkpoint in the same
+//! transaction, so a projection is exactly the fold of the log up to its
+//! checkpoint: crashes neither lose nor double-apply, and any number of
+//! projector instances may run (they take turns on a lock). Readers call
+//! [`Projections::catch_up`] first, so a run is visible the moment the request
+//! that created it has returned.
+
+use gantry_proto::events as ev;
+use gantry_proto::{CloudEvent, EventName};
+use serde::Serialize;
+use sqlx::{AnyConnection, Connection, Row};
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{decode_rows, Backend, EventStore, StoreError};
+
+const CHECKPOINT: &str = "projector";
+const LOCK_KEY: i64 = 0x7072_6f6a_6563_74; // "project"
+const PAGE: i64 = 1000;
+
+/// A run as listed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunSummary {
+    pub run_id: String,
+    pub pipeline: String,
+    pub commit: String,
+    pub branch: String,
+    pub repository: String,
+    pub trigger: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub author: Option<String>,
+    /// `running`, `succeeded`, `failed`, `superseded` or `cancelled`.
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One stage of a run.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct StageView {
+    pub name: String,
+    pub status: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub after: Option<String>,
+    pub steps: Vec<String>,
+    /// For a waiting stage: why it waits (`stage.queued` / `approval.requested` data).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub package_digest: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image_digest: Option<String>,
+    pub approvals: Vec<serde_json::Value>,
+    pub updated_at: String,
+}
+
+/// A run with its stages.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RunView {
+    #[serde(flatten)]
+    pub run: RunSummary,
+    pub stages: Vec<StageView>,
+}
+
+/// What a stage of a pipeline runs now.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Release {
+    pub stage: String,
+    pub run_id: String,
+    pub commit: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub promoted_at: String,
+}
+
+/// Filter for [`Projections::list_runs`].
+#[derive(Debug, Clone, Default)]
+pub struct RunFilter {
+    pub pipeline: Option<String>,
+    pub status: Option<String>,
+    pub limit: Option<i64>,
+}
+
+/// Reads and maintains the projections.
+#[derive(Debug, Clone)]
+pub struct Projections {
+    store: EventStore,
+}
+
+impl Projections {
+    pub fn new(store: EventStore) -> Self {
+        Self { store }
+    }
+
+    /// Applies every event recorded so far. Cheap when nothing is pending.
+    pub async fn catch_up(&self) -> Result<i64, StoreError> {
+        loop {
+            let head = self.store.head().await?;
+            let at = self.store.checkpoint(CHECKPOINT).await?;
+            if at >= head {
+                return Ok(at);
+            }
+            self.apply_page().await?;
+        }
+    }
+
+    /// Keeps the projections current until `shutdown`.
+    pub async fn run(&self, shutdown: CancellationToken) {
+        let mut wake = self.store.wakeups();
+        loop {
+            let at = match self.catch_up().await {
+                Ok(at) => at,
+                Err(e) => {
+                    tracing::warn!(error = %e, "projector failed; retrying");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                    continue;
+                }
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = wake.wait_beyond(at) => {}
+            }
+        }
+    }
+
+    /// Drops the projections and folds the whole log again.
+    pub async fn rebuild(&self) -> Result<i64, StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let mut tx = self.begin(&mut conn).await?;
+        for table in ["runs", "stages", "releases"] {
+            sqlx::query(&format!("DELETE FROM {table}"))
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query("DELETE FROM checkpoints WHERE name = $1")
+            .bind(CHECKPOINT)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        drop(conn);
+        self.catch_up().await
+    }
+
+    async fn begin<'c>(
+        &self,
+        conn: &'c mut AnyConnection,
+    ) -> Result<sqlx::Transaction<'c, sqlx::Any>, StoreError> {
+        Ok(match self.store.backend() {
+            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => {
+                let mut tx = conn.begin().await?;
+                sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                    .bind(LOCK_KEY)
+                    .execute(&mut *tx)
+                    .await?;
+                tx
+            }
+        })
+    }
+
+    async fn apply_page(&self) -> Result<(), StoreError> {
+        let mut conn = self.store.pool().acquire().await?;
+        let mut tx = self.begin(&mut conn).await?;
+        // Read the checkpoint under the lock: another projector may have moved it.
+        let at: i64 = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+            .bind(CHECKPOINT)
+            .fetch_optional(&mut *tx)
+            .await?
+            .unwrap_or(0);
+        let rows = sqlx::query(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE position > $1 ORDER BY position LIMIT $2",
+        )
+        .bind(at)
+        .bind(PAGE)
+        .fetch_all(&mut *tx)
+        .await?;
+        let events = decode_rows(&rows)?;
+        let Some(last) = events.last().map(|e| e.position) else {
+            return Ok(());
+        };
+        for recorded in &events {
+            apply(&mut tx, &recorded.event, recorded.position).await?;
+        }
+        crate::store::save_checkpoint(&mut *tx, CHECKPOINT, last).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn list_runs(&self, filter: &RunFilter) -> Result<Vec<RunSummary>, StoreError> {
+        self.catch_up().await?;
+        let rows = sqlx::query(&format!(
+            "SELECT {RUN_COLUMNS} FROM runs \
+             WHERE ($1 = '' OR pipeline = $1) AND ($2 = '' OR status = $2) \
+             ORDER BY created_at DESC, run_id DESC LIMIT $3"
+        ))
+        .bind(filter.pipeline.clone().unwrap_or_default())
+        .bind(filter.status.clone().unwrap_or_default())
+        .bind(filter.limit.unwrap_or(100).clamp(1, 1000))
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter().map(run_from_row).collect()
+    }
+
+    pub async fn get_run(&self, run_id: &str) -> Result<Option<RunView>, StoreError> {
+        self.catch_up().await?;
+        let row = sqlx::query(&format!("SELECT {RUN_COLUMNS} FROM runs WHERE run_id = $1"))
+            .bind(run_id)
+            .fetch_optional(self.store.pool())
+            .await?;
+        let Some(row) = row else { return Ok(None) };
+        let run = run_from_row(&row)?;
+        let rows = sqlx::query(
+            "SELECT stage, status, after_stage, steps, waiting, reason, package_digest, image, \
+             image_digest, approvals, updated_at FROM stages WHERE run_id = $1 ORDER BY ordinal",
+        )
+        .bind(run_id)
+        .fetch_all(self.store.pool())
+        .await?;
+        let stages = rows
+            .iter()
+            .map(|r| {
+                Ok(StageView {
+                    name: r.try_get(0)?,
+                    status: r.try_get(1)?,
+                    after: r.try_get(2)?,
+                    steps: json_or_default(r.try_get::<String, _>(3)?),
+                    waiting: r
+                        .try_get::<Option<String>, _>(4)?
+                        .and_then(|s| serde_json::from_str(&s).ok()),
+                    reason: r.try_get(5)?,
+                    package_digest: r.try_get(6)?,
+                    image: r.try_get(7)?,
+                    image_digest: r.try_get(8)?,
+                    approvals: json_or_default(r.try_get::<String, _>(9)?),
+                    updated_at: r.try_get(10)?,
+                })
+            })
+            .collect::<Result<Vec<_>, sqlx::Error>>()?;
+        Ok(Some(RunView { run, stages }))
+    }
+
+    /// What each stage of `pipeline` runs now.
+    pub async fn releases(&self, pipeline: &str) -> Result<Vec<Release>, StoreError> {
+        self.catch_up().await?;
+        let rows = sqlx::query(
+            "SELECT stage, run_id, commit_sha, image, digest, promoted_at FROM releases \
+             WHERE pipeline = $1 ORDER BY stage",
+        )
+        .bind(pipeline)
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(Release {
+                    stage: r.try_get(0)?,
+                    run_id: r.try_get(1)?,
+                    commit: r.try_get(2)?,
+                    image: r.try_get(3)?,
+                    digest: r.try_get(4)?,
+                    promoted_at: r.try_get(5)?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+}
+
+const RUN_COLUMNS: &str = "run_id, pipeline, commit_sha, branch, repository, trigger_kind, \
+    message, author, status, reason, created_at, updated_at";
+
+fn run_from_row(r: &sqlx::any::AnyRow) -> Result<RunSummary, StoreError> {
+    Ok(RunSummary {
+        run_id: r.try_get(0)?,
+        pipeline: r.try_get(1)?,
+        commit: r.try_get(2)?,
+        branch: r.try_get(3)?,
+        repository: r.try_get(4)?,
+        trigger: r.try_get(5)?,
+        message: r.try_get(6)?,
+        author: r.try_get(7)?,
+        status: r.try_get(8)?,
+        reason: r.try_get(9)?,
+        created_at: r.try_get(10)?,
+        updated_at: r.try_get(11)?,
+    })
+}
+
+fn json_or_default<T: serde::de::DeserializeOwned + Default>(s: String) -> T {
+    serde_json::from_str(&s).unwrap_or_default()
+}
+
+/// Folds one event into the projections.
+async fn apply(conn: &mut AnyConnection, event: &CloudEvent, position: i64) -> Result<(), StoreError> {
+    let Some(name) = event.name() else {
+        return Ok(());
+    };
+    let Some(run_id) = event.runid.as_deref() else {
+        return Ok(());
+    };
+    let at = event.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let stage = event.stage().map(str::to_owned);
+    // Undecodable payloads are recorded facts too; they just change nothing here.
+    macro_rules! data {
+        ($t:ty) => {
+            match event.decode::<$t>() {
+                Ok(d) => d,
+                Err(e) => {
+                    tracing::warn!(error = %e, "projection skips event with unexpected data");
+                    return Ok(());
+                }
+            }
+        };
+    }
+    match name {
+        EventName::RunStarted => {
+            let d = data!(ev::RunStarted);
+            let author = d.author.as_ref().and_then(|a| {
+                a.name
+                    .clone()
+                    .or_else(|| a.username.clone())
+                    .or_else(|| a.email.clone())
+            });
+            sqlx::query(
+                "INSERT INTO runs (run_id, pipeline, commit_sha, branch, repository, trigger_kind, \
+                 message, author, status, created_at, updated_at, last_position) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $9, $10) \
+                 ON CONFLICT (run_id) DO NOTHING",
+            )
+            .bind(run_id)
+            .bind(&event.pipeline)
+            .bind(&d.commit)
+            .bind(&d.branch)
+            .bind(&d.repository)
+            .bind(&d.trigger)
+            .bind(d.message.clone())
+            .bind(author)
+            .bind(&at)
+            .bind(position)
+            .execute(&mut *conn)
+            .await?;
+            for (i, s) in d.stages.iter().enumerate() {
+                sqlx::query(
+                    "INSERT INTO stages (run_id, stage, ordinal, after_stage, steps, status, approvals, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 'pending', '[]', $6) ON CONFLICT (run_id, stage) DO NOTHING",
+                )
+                .bind(run_id)
+                .bind(&s.name)
+                .bind(i as i64)
+                .bind(s.after.clone())
+                .bind(serde_json::to_string(&s.steps).unwrap_or_else(|_| "[]".into()))
+                .bind(&at)
+                .execute(&mut *conn)
+                .await?;
+            }
+            return Ok(());
+        }
+        EventName::RunSucceeded => set_run(conn, run_id, "succeeded", None, &at, position).await?,
+        EventName::RunFailed => {
+            let d = data!(ev::RunFailed);
+            set_run(conn, run_id, "failed", Some(d.reason), &at, position).await?
+        }
+        EventName::RunSuperseded => {
+            let d = data!(ev::RunSuperseded);
+            let reason = format!("superseded by run {} in stage {}", d.by_run, d.stage);
+            set_run(conn, run_id, "superseded", Some(reason), &at, position).await?
+        }
+        EventName::RunCancelled => {
+            let d = data!(ev::RunCancelled);
+            let reason = format!(
+                "cancelled by {}{}",
+                d.user,
+                d.reason.map(|r| format!(": {r}")).unwrap_or_default()
+            );
+            set_run(conn, run_id, "cancelled", Some(reason), &at, position).await?
+        }
+        _ => {}
+    }
+    let Some(stage) = stage else {
+        return Ok(());
+    };
+    let update = StageUpdate::new(conn, run_id, &stage, &at);
+    match name {
+        EventName::PackageBuilt => {
+            let d = data!(ev::PackageBuilt);
+            update.status("packaged").set("package_digest", d.digest).run().await?
+        }
+        EventName::PackageFailed => {
+            let d = data!(ev::PackageFailed);
+            update.status("failed").set("reason", d.reason).run().await?
+        }
+        EventName::ImagePushed => {
+            let d = data!(ev::ImagePushed);
+            update
+                .status("image_ready")
+                .set("image", format!("{}:{}", d.repository, d.tag))
+                .set("image_digest", d.digest)
+                .run()
+                .await?
+        }
+        EventName::ImageFailed => {
+            let d = data!(ev::ImageFailed);
+            update.status("failed").set("reason", d.reason).run().await?
+        }
+        EventName::StageQueued => {
+            update
+                .status("queued")
+                .set("waiting", event.data.to_string())
+                .run()
+                .await?
+        }
+        EventName::ApprovalRequested => {
+            update
+                .status("awaiting_approval")
+                .set("waiting", event.data.to_string())
+                .run()
+                .await?
+        }
+        EventName::ApprovalGranted | EventName::ApprovalRejected => {
+            let current: Option<String> =
+                sqlx::query_scalar("SELECT approvals FROM stages WHERE run_id = $1 AND stage = $2")
+                    .bind(run_id)
+                    .bind(&stage)
+                    .fetch_optional(&mut *update.conn)
+                    .await?;
+            let mut list: Vec<serde_json::Value> = current.map(json_or_default).unwrap_or_default();
+            let mut entry = event.data.clone();
+            if let Some(obj) = entry.as_object_mut() {
+                obj.insert("decision".into(), if name == EventName::ApprovalGranted { "granted" } else { "rejected" }.into());
+                obj.insert("at".into(), at.clone().into());
+            }
+            list.push(entry);
+            let approvals = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+            let update = update.set("approvals", approvals);
+            if name == EventName::ApprovalRejected {
+                let d = data!(ev::ApprovalRejected);
+                update.status("rejected").set("reason", d.reason).run().await?
+            } else {
+                update.run().await?
+            }
+        }
+        EventName::StageStarted => update.status("deploying").clear_waiting().run().await?,
+        EventName::DeployCompleted => update.status("deployed").run().await?,
+        EventName::DeployFailed => {
+            let d = data!(ev::DeployFailed);
+            update.status("failed").set("reason", d.reason).run().await?
+        }
+        EventName::ApisPromoted => update.status("apis_promoted").run().await?,
+        EventName::ApisFailed => {
+            let d = data!(ev::ApisFailed);
+            update.status("failed").set("reason", d.reason).run().await?
+        }
+        EventName::SmokePassed => update.status("verified").run().await?,
+        EventName::SmokeFailed => {
+            update
+                .status("failed")
+                .set("reason", "smoke checks failed".to_owned())
+                .run()
+                .await?
+        }
+        EventName::EnvPromoted => {
+            let d = data!(ev::EnvPromoted);
+            update.status("promoted").clear_waiting().run().await?;
+            sqlx::query(
+                "INSERT INTO releases (pipeline, stage, run_id, commit_sha, image, digest, promoted_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pipeline, stage) DO UPDATE SET \
+                 run_id = excluded.run_id, commit_sha = excluded.commit_sha, image = excluded.image, \
+                 digest = excluded.digest, promoted_at = excluded.promoted_at",
+            )
+            .bind(&event.pipeline)
+            .bind(&stage)
+            .bind(run_id)
+            .bind(&d.commit)
+            .bind(d.image)
+            .bind(d.digest)
+            .bind(&at)
+            .execute(&mut *conn)
+            .await?;
+        }
+        EventName::StageRolledBack => {
+            let d = data!(ev::StageRolledBack);
+            update
+                .status("rolled_back")
+                .set("reason", d.reason.clone())
+                .run()
+                .await?;
+            match (&d.to_run, &d.to_commit) {
+                (Some(to_run), Some(to_commit)) => {
+                    let prior = sqlx::query(
+                        "SELECT image, image_digest FROM stages WHERE run_id = $1 AND stage = $2",
+                    )
+                    .bind(to_run)
+                    .bind(&stage)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                    let (image, digest): (Option<String>, Option<String>) = match prior {
+                        Some(r) => (r.try_get(0)?, r.try_get(1)?),
+                        None => (None, None),
+                    };
+                    sqlx::query(
+                        "INSERT INTO releases (pipeline, stage, run_id, commit_sha, image, digest, promoted_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pipeline, stage) DO UPDATE SET \
+                         run_id = excluded.run_id, commit_sha = excluded.commit_sha, image = excluded.image, \
+                         digest = excluded.digest, promoted_at = excluded.promoted_at",
+                    )
+                    .bind(&event.pipeline)
+                    .bind(&stage)
+                    .bind(to_run)
+                    .bind(to_commit)
+                    .bind(image)
+                    .bind(digest)
+                    .bind(&at)
+                    .execute(&mut *conn)
+                    .await?;
+                }
+                _ => {
+                    sqlx::query("DELETE FROM releases WHERE pipeline = $1 AND stage = $2 AND run_id = $3")
+                        .bind(&event.pipeline)
+                        .bind(&stage)
+                        .bind(run_id)
+                        .execute(&mut *conn)
+                        .await?;
+                }
+            }
+        }
+        _ => {}
+    }
+    sqlx::query("UPDATE runs SET updated_at = $2, last_position = $3 WHERE run_id = $1")
+        .bind(run_id)
+        .bind(&at)
+        .bind(position)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+async fn set_run(
+    conn: &mut AnyConnection,
+    run_id: &str,
+    status: &str,
+    reason: Option<String>,
+    at: &str,
+    position: i64,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "UPDATE runs SET status = $2, reason = $3, updated_at = $4, last_position = $5 WHERE run_id = $1",
+    )
+    .bind(run_id)
+    .bind(status)
+    .bind(reason)
+    .bind(at)
+    .bind(position)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// A small builder for the one-row stage updates above.
+struct StageUpdate<'a> {
+    conn: &'a mut AnyConnection,
+    run_id: &'a str,
+    stage: &'a str,
+    at: &'a str,
+    sets: Vec<(&'static str, Option<String>)>,
+}
+
+impl<'a> StageUpdate<'a> {
+    fn new(conn: &'a mut AnyConnection, run_id: &'a str, stage: &'a str, at: &'a str) -> Self {
+        Self {
+            conn,
+            run_id,
+            stage,
+            at,
+            sets: Vec::new(),
+        }
+    }
+
+    fn status(mut self, status: &str) -> Self {
+        self.sets.push(("status", Some(status.to_owned())));
+        self
+    }
+
+    fn set(mut self, column: &'static str, value: String) -> Self {
+        self.sets.push((column, Some(value)));
+        self
+    }
+
+    fn clear_waiting(mut self) -> Self {
+        self.sets.push(("waiting", None));
+        self
+    }
+
+    async fn run(self) -> Result<(), StoreError> {
+        let mut sql = String::from("UPDATE stages SET updated_at = $3");
+        for (i, (column, _)) in self.sets.iter().enumerate() {
+            sql.push_str(&format!(", {column} = ${}", i + 4));
+        }
+        sql.push_str(" WHERE run_id = $1 AND stage = $2");
+        let mut q = sqlx::query(&sql).bind(self.run_id).bind(self.stage).bind(self.at);
+        for (_, value) in self.sets {
+            q = q.bind(value);
+        }
+        q.execute(&mut *self.conn).await?;
+        Ok(())
+    }
+}

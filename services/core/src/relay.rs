@@ -1,0 +1,157 @@
+//! The relay: publishes the SQL log to JetStream, in order, exactly as recorded.
+//!
+//! Every `gantry serve` process runs a relay candidate; on Postgres a session
+//! advisory lock elects one publisher, and when its process dies the lock goes
+//! with its connection and another candidate takes over from the shared
+//! checkpoint. A relay that dies between publishing and saving its checkpoint
+//! publishes those events again on restart; JetStream drops them by
+//! `Nats-Msg-Id` (the event id) within the stream's duplicate window.
+
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{BusError, NatsBus};
+use crate::store::{Backend, EventStore};
+
+/// Events published before their acks are awaited together.
+const BATCH: i64 = 512;
+
+pub struct Relay {
+    store: EventStore,
+    bus: NatsBus,
+    checkpoint: String,
+}
+
+impl Relay {
+    pub fn new(store: EventStore, bus: NatsBus) -> Self {
+        let s = bus.settings();
+        let checkpoint = format!("relay:{}:{}", s.stream, s.prefix);
+        Self {
+            store,
+            bus,
+            checkpoint,
+        }
+    }
+
+    /// Runs until `shutdown` is cancelled, retrying after NATS or database errors.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut backoff = Duration::from_millis(100);
+        while !shutdown.is_cancelled() {
+            let leader = match self.elect(&shutdown).await {
+                Ok(Some(l)) => l,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay election failed; retrying");
+                    sleep_or_cancel(&shutdown, backoff).await;
+                    continue;
+                }
+            };
+            tracing::info!(checkpoint = %self.checkpoint, "relay publishing the event log to NATS");
+            match self.publish_loop(leader, &shutdown).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "relay interrupted; resuming from its checkpoint");
+                    sleep_or_cancel(&shutdown, backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    /// Waits to become the one publisher. SQLite means one process: no election.
+    async fn elect(&self, shutdown: &CancellationToken) -> Result<Leadership, BusError> {
+        if self.store.backend() == Backend::Sqlite {
+            return Ok(Some(None));
+        }
+        let key = lock_key(&self.checkpoint);
+        loop {
+            let mut conn = self
+                .store
+                .pool()
+                .acquire()
+                .await
+                .map_err(crate::StoreError::from)?;
+            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
+                .bind(key)
+                .fetch_one(&mut *conn)
+                .await
+                .map_err(crate::StoreError::from)?;
+            if got {
+                // The lock lives as long as this connection: never return it
+                // to the pool, where another task could unlock it.
+                return Ok(Some(Some(conn.detach())));
+            }
+            drop(conn);
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn publish_loop(
+        &self,
+        mut leader: Option<sqlx::AnyConnection>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), BusError> {
+        let mut wake = self.store.wakeups();
+        let mut position = self.store.checkpoint(&self.checkpoint).await?;
+        let mut last_liveness = tokio::time::Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                return Ok(());
+            }
+            if let Some(conn) = leader.as_mut() {
+                // A dead lock connection means another relay may lead now.
+                if last_liveness.elapsed() > Duration::from_secs(2) {
+                    sqlx::query("SELECT 1")
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(crate::StoreError::from)?;
+                    last_liveness = tokio::time::Instant::now();
+                }
+            }
+            let events = self.store.read_all(position, BATCH).await?;
+            if events.is_empty() {
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = wake.wait_beyond(position) => {}
+                }
+                continue;
+            }
+            // Publish the whole batch before awaiting acks: one connection
+            // keeps order, and the round trips overlap.
+            let mut acks = Vec::with_capacity(events.len());
+            for recorded in &events {
+                acks.push(self.bus.publish(&recorded.event).await?);
+            }
+            for ack in acks {
+                ack.await.map_err(BusError::nats)?;
+            }
+            position = events.last().map(|e| e.position).unwrap_or(position);
+            self.store.save_checkpoint(&self.checkpoint, position).await?;
+        }
+    }
+}
+
+/// `Some(None)`: leading without a lock (SQLite); `Some(Some(conn))`: holding
+/// the Postgres lock on `conn`; `None`: shut down while waiting.
+type Leadership = Option<Option<sqlx::AnyConnection>>;
+
+fn lock_key(name: &str) -> i64 {
+    // FNV-1a: stable across processes and releases, unlike std's hasher.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as i64
+}
+
+async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}

@@ -1,0 +1,618 @@
+//! The event store: Gantry's log of record, in SQLite (embedded) or Postgres.
+//!
+//! One code path serves both through sqlx's `Any` driver; the few places the
+//! backends differ (how appends are serialized, how other processes learn of
+//! new events) are explicit below.
+//!
+//! Guarantees:
+//! - **Optimistic concurrency** per stream: an append names the version it
+//!   expects, and `UNIQUE(stream_id, stream_version)` backs the check.
+//! - **Idempotent on event id**: appending an event that is already recorded
+//!   is a no-op that reports the original positions.
+//! - **No skipped positions**: positions are assigned and committed strictly
+//!   in order (SQLite has one writer; Postgres appends hold a transaction-scoped
+//!   advisory lock until commit), so a reader that has seen position N can never
+//!   later find a committed event below N.
+
+mod wake;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use gantry_proto::CloudEvent;
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{AnyConnection, AnyPool, Connection, Row};
+use tokio::sync::{watch, Mutex};
+use uuid::Uuid;
+
+pub use wake::Wakeups;
+
+/// Key of the advisory lock that serializes appends on Postgres.
+const APPEND_LOCK_KEY: i64 = 0x6761_6e74_7279; // "gantry"
+/// Postgres NOTIFY channel that carries the newest position to other processes.
+pub const NOTIFY_CHANNEL: &str = "gantry_events";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("stream `{stream_id}` is at version {actual}, but the append expected {expected}")]
+    Conflict {
+        stream_id: String,
+        expected: ExpectedVersion,
+        actual: i64,
+    },
+    #[error("database URL `{0}` is not supported: use sqlite://PATH or postgres://...")]
+    UnsupportedUrl(String),
+    #[error("event {event_id} is already recorded in stream `{recorded}`, not `{requested}`")]
+    IdReused {
+        event_id: Uuid,
+        recorded: String,
+        requested: String,
+    },
+    #[error("stored event at position {position} is unreadable: {message}")]
+    Corrupt { position: i64, message: String },
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("database error: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+impl StoreError {
+    pub fn is_conflict(&self) -> bool {
+        matches!(self, StoreError::Conflict { .. })
+    }
+}
+
+/// What an append expects the stream's current version to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist yet.
+    NoStream,
+    /// The stream must be at exactly this version (number of events).
+    Exact(i64),
+}
+
+impl std::fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any version"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::Exact(v) => write!(f, "version {v}"),
+        }
+    }
+}
+
+/// Events to append to one stream.
+#[derive(Debug, Clone)]
+pub struct NewEvents {
+    pub stream_id: String,
+    pub expected: ExpectedVersion,
+    pub events: Vec<CloudEvent>,
+}
+
+impl NewEvents {
+    pub fn new(
+        stream_id: impl Into<String>,
+        expected: ExpectedVersion,
+        events: Vec<CloudEvent>,
+    ) -> Self {
+        Self {
+            stream_id: stream_id.into(),
+            expected,
+            events,
+        }
+    }
+}
+
+/// The result of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// Positions of the events, in the order given.
+    pub positions: Vec<i64>,
+    /// True when every event was already recorded and nothing was written.
+    pub duplicate: bool,
+}
+
+impl Appended {
+    pub fn last_position(&self) -> Option<i64> {
+        self.positions.iter().copied().max()
+    }
+}
+
+/// An event as recorded in the log; `event.sequence` equals `position`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordedEvent {
+    pub position: i64,
+    pub stream_id: String,
+    pub stream_version: i64,
+    pub recorded_at: DateTime<Utc>,
+    pub event: CloudEvent,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// Handle to the log; cheap to clone.
+#[derive(Clone)]
+pub struct EventStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: AnyPool,
+    backend: Backend,
+    url: String,
+    /// In-process writers take turns here, so SQLite's file lock never makes
+    /// them sleep in its busy handler.
+    write_turn: Mutex<()>,
+    /// The newest position this process knows of (its own appends, plus
+    /// NOTIFYs from other processes on Postgres).
+    head: watch::Sender<i64>,
+    listener: std::sync::OnceLock<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Some(task) = self.listener.get() {
+            task.abort();
+        }
+    }
+}
+
+impl std::fmt::Debug for EventStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventStore")
+            .field("backend", &self.inner.backend)
+            .finish_non_exhaustive()
+    }
+}
+
+impl EventStore {
+    /// Connects to `sqlite://path` (created if missing) or `postgres://...`.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(StoreError::UnsupportedUrl(redact_url(url)));
+        };
+        let mut connect_url = url.to_owned();
+        if backend == Backend::Sqlite && !connect_url.contains("mode=") {
+            connect_url.push_str(if connect_url.contains('?') {
+                "&mode=rwc"
+            } else {
+                "?mode=rwc"
+            });
+        }
+        let options = AnyConnectOptions::from_str(&connect_url)?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .min_connections(1)
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL lets readers (SSE, projections, other processes)
+                        // work while one writer appends.
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await?;
+        let (head, _) = watch::channel(0);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                pool,
+                backend,
+                url: url.to_owned(),
+                write_turn: Mutex::new(()),
+                head,
+                listener: std::sync::OnceLock::new(),
+            }),
+        })
+    }
+
+    /// Applies the embedded migrations (idempotent).
+    pub async fn migrate(&self) -> Result<(), StoreError> {
+        match self.inner.backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.inner.pool).await?,
+            Backend::Postgres => {
+                sqlx::migrate!("./migrations/postgres")
+                    .run(&self.inner.pool)
+                    .await?
+            }
+        }
+        let head = self.head().await?;
+        self.inner.head.send_if_modified(|h| bump(h, head));
+        Ok(())
+    }
+
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+
+    pub fn pool(&self) -> &AnyPool {
+        &self.inner.pool
+    }
+
+    /// Checks the database answers (for `/readyz`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1").execute(&self.inner.pool).await?;
+        Ok(())
+    }
+
+    /// Appends events to one stream.
+    pub async fn append(
+        &self,
+        stream_id: &str,
+        expected: ExpectedVersion,
+        events: Vec<CloudEvent>,
+    ) -> Result<Appended, StoreError> {
+        self.append_many(vec![NewEvents::new(stream_id, expected, events)])
+            .await
+    }
+
+    /// Appends to several streams atomically: all or nothing.
+    pub async fn append_many(&self, batch: Vec<NewEvents>) -> Result<Appended, StoreError> {
+        self.write(None, batch).await.map(|(a, _)| a)
+    }
+
+    /// Records that `handler` has dealt with `cause` and appends what it
+    /// produced, atomically. Returns `None` (and writes nothing) when the
+    /// handler had already dealt with that event.
+    pub async fn append_handled(
+        &self,
+        handler: &str,
+        cause: Uuid,
+        batch: Vec<NewEvents>,
+    ) -> Result<Option<Appended>, StoreError> {
+        self.write(Some((handler, cause)), batch)
+            .await
+            .map(|(a, fresh)| fresh.then_some(a))
+    }
+
+    /// Whether `handler` has already dealt with the event.
+    pub async fn is_handled(&self, handler: &str, event_id: Uuid) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM handled WHERE event_id = $1 AND handler = $2")
+            .bind(event_id.to_string())
+            .bind(handler)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        Ok(row.is_some())
+    }
+
+    async fn write(
+        &self,
+        handled: Option<(&str, Uuid)>,
+        batch: Vec<NewEvents>,
+    ) -> Result<(Appended, bool), StoreError> {
+        let _turn = self.inner.write_turn.lock().await;
+        let mut conn = self.inner.pool.acquire().await?;
+        let mut tx = match self.inner.backend {
+            // Take SQLite's write lock up front: a deferred transaction that
+            // reads and then writes can deadlock with another process.
+            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
+            Backend::Postgres => conn.begin().await?,
+        };
+        if self.inner.backend == Backend::Postgres {
+            sqlx::query("SELECT pg_advisory_xact_lock($1)")
+                .bind(APPEND_LOCK_KEY)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((handler, cause)) = handled {
+            let inserted = sqlx::query(
+                "INSERT INTO handled (event_id, handler, handled_at) VALUES ($1, $2, $3) \
+                 ON CONFLICT (event_id, handler) DO NOTHING",
+            )
+            .bind(cause.to_string())
+            .bind(handler)
+            .bind(now_text())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if inserted == 0 {
+                tx.rollback().await?;
+                return Ok((
+                    Appended {
+                        positions: vec![],
+                        duplicate: true,
+                    },
+                    false,
+                ));
+            }
+        }
+        let appended = append_in_tx(&mut tx, &batch).await?;
+        if self.inner.backend == Backend::Postgres {
+            if let Some(last) = appended.last_position() {
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(NOTIFY_CHANNEL)
+                    .bind(last.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        tx.commit().await?;
+        if let Some(last) = appended.last_position() {
+            self.inner.head.send_if_modified(|h| bump(h, last));
+        }
+        Ok((appended, true))
+    }
+
+    /// Up to `limit` events after `position`, in position order.
+    pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE position > $1 ORDER BY position LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Every event of one stream, in order.
+    pub async fn read_stream(&self, stream_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE stream_id = $1 ORDER BY stream_version",
+        )
+        .bind(stream_id)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// Every event of one run (all its streams), in position order.
+    pub async fn read_run(&self, run_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE run_id = $1 ORDER BY position",
+        )
+        .bind(run_id)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
+    /// The event with this id, if recorded.
+    pub async fn get(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
+        let row = sqlx::query(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE event_id = $1",
+        )
+        .bind(event_id.to_string())
+        .fetch_optional(&self.inner.pool)
+        .await?;
+        row.as_ref().map(decode_row).transpose()
+    }
+
+    /// The current version (event count) of a stream; 0 when it does not exist.
+    pub async fn stream_version(&self, stream_id: &str) -> Result<i64, StoreError> {
+        let v: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1",
+        )
+        .bind(stream_id)
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(v)
+    }
+
+    /// The highest committed position (0 for an empty log).
+    pub async fn head(&self) -> Result<i64, StoreError> {
+        let v: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+            .fetch_one(&self.inner.pool)
+            .await?;
+        Ok(v)
+    }
+
+    /// A reader's checkpoint; 0 when it has none yet.
+    pub async fn checkpoint(&self, name: &str) -> Result<i64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&self.inner.pool)
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Moves a reader's checkpoint forward (never backward).
+    pub async fn save_checkpoint(&self, name: &str, position: i64) -> Result<(), StoreError> {
+        save_checkpoint(&self.inner.pool, name, position).await
+    }
+
+    /// Notifications of new positions: from this process's appends at once,
+    /// and on Postgres from every other process through LISTEN/NOTIFY.
+    pub fn wakeups(&self) -> Wakeups {
+        if self.inner.backend == Backend::Postgres {
+            self.inner.listener.get_or_init(|| {
+                wake::spawn_pg_listener(self.inner.url.clone(), self.inner.head.clone())
+            });
+        }
+        Wakeups::new(self.inner.head.subscribe())
+    }
+
+    /// Tells local waiters about a position learnt elsewhere.
+    pub fn observe_head(&self, position: i64) {
+        self.inner.head.send_if_modified(|h| bump(h, position));
+    }
+}
+
+fn bump(head: &mut i64, position: i64) -> bool {
+    if position > *head {
+        *head = position;
+        true
+    } else {
+        false
+    }
+}
+
+pub(crate) async fn save_checkpoint<'e, E>(
+    executor: E,
+    name: &str,
+    position: i64,
+) -> Result<(), StoreError>
+where
+    E: sqlx::Executor<'e, Database = sqlx::Any>,
+{
+    sqlx::query(
+        "INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, $3) \
+         ON CONFLICT (name) DO UPDATE SET position = excluded.position, updated_at = excluded.updated_at \
+         WHERE checkpoints.position < excluded.position",
+    )
+    .bind(name)
+    .bind(position)
+    .bind(now_text())
+    .execute(executor)
+    .await?;
+    Ok(())
+}
+
+async fn append_in_tx(
+    conn: &mut AnyConnection,
+    batch: &[NewEvents],
+) -> Result<Appended, StoreError> {
+    // Idempotency: events already recorded are reported, not written again.
+    let mut known = Vec::new();
+    for item in batch {
+        for ev in &item.events {
+            let row = sqlx::query("SELECT position, stream_id FROM events WHERE event_id = $1")
+                .bind(ev.id.to_string())
+                .fetch_optional(&mut *conn)
+                .await?;
+            if let Some(row) = row {
+                let recorded: String = row.try_get(1)?;
+                if recorded != item.stream_id {
+                    return Err(StoreError::IdReused {
+                        event_id: ev.id,
+                        recorded,
+                        requested: item.stream_id.clone(),
+                    });
+                }
+                known.push(Some(row.try_get::<i64, _>(0)?));
+            } else {
+                known.push(None);
+            }
+        }
+    }
+    if !known.is_empty() && known.iter().all(Option::is_some) {
+        return Ok(Appended {
+            positions: known.into_iter().flatten().collect(),
+            duplicate: true,
+        });
+    }
+
+    let mut position: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+        .fetch_one(&mut *conn)
+        .await?;
+    let recorded_at = now_text();
+    let mut positions = Vec::with_capacity(known.len());
+    let mut known = known.into_iter();
+    for item in batch {
+        let actual: i64 = sqlx::query_scalar(
+            "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1",
+        )
+        .bind(&item.stream_id)
+        .fetch_one(&mut *conn)
+        .await?;
+        let ok = match item.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        };
+        if !ok {
+            return Err(StoreError::Conflict {
+                stream_id: item.stream_id.clone(),
+                expected: item.expected,
+                actual,
+            });
+        }
+        let mut version = actual;
+        for ev in &item.events {
+            if let Some(Some(existing)) = known.next() {
+                positions.push(existing);
+                continue;
+            }
+            position += 1;
+            version += 1;
+            let mut stored = ev.clone();
+            stored.sequence = None;
+            let json = serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt {
+                position,
+                message: e.to_string(),
+            })?;
+            sqlx::query(
+                "INSERT INTO events (position, event_id, stream_id, stream_version, pipeline, run_id, \
+                 event_type, event, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+            )
+            .bind(position)
+            .bind(ev.id.to_string())
+            .bind(&item.stream_id)
+            .bind(version)
+            .bind(&ev.pipeline)
+            .bind(ev.runid.clone())
+            .bind(&ev.ty)
+            .bind(json)
+            .bind(&recorded_at)
+            .execute(&mut *conn)
+            .await?;
+            positions.push(position);
+        }
+    }
+    Ok(Appended {
+        positions,
+        duplicate: false,
+    })
+}
+
+pub(crate) fn decode_rows(rows: &[sqlx::any::AnyRow]) -> Result<Vec<RecordedEvent>, StoreError> {
+    rows.iter().map(decode_row).collect()
+}
+
+fn decode_row(row: &sqlx::any::AnyRow) -> Result<RecordedEvent, StoreError> {
+    let position: i64 = row.try_get(0)?;
+    let corrupt = |message: String| StoreError::Corrupt { position, message };
+    let recorded_at: String = row.try_get(3)?;
+    let json: String = row.try_get(4)?;
+    let mut event: CloudEvent = serde_json::from_str(&json).map_err(|e| corrupt(e.to_string()))?;
+    event.sequence = Some(position);
+    Ok(RecordedEvent {
+        position,
+        stream_id: row.try_get(1)?,
+        stream_version: row.try_get(2)?,
+        recorded_at: DateTime::parse_from_rfc3339(&recorded_at)
+            .map_err(|e| corrupt(format!("recorded_at `{recorded_at}`: {e}")))?
+            .with_timezone(&Utc),
+        event,
+    })
+}
+
+pub(crate) fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// A database URL with any password replaced, for logs and errors.
+pub fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,171 @@
+use super::*;
+use gantry_proto::events::RunCancelled;
+
+pub(crate) async fn sqlite_store() -> (EventStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("gantry.db").display());
+    let store = EventStore::connect(&url).await.unwrap();
+    store.migrate().await.unwrap();
+    (store, dir)
+}
+
+fn event(run: &str) -> CloudEvent {
+    CloudEvent::new(
+        "test",
+        "p",
+        Some(run),
+        &RunCancelled {
+            user: "u".into(),
+            reason: None,
+        },
+    )
+}
+
+#[tokio::test]
+async fn append_assigns_consecutive_positions_and_versions() {
+    let (store, _dir) = sqlite_store().await;
+    let a = store
+        .append("run-1", ExpectedVersion::NoStream, vec![event("1"), event("1")])
+        .await
+        .unwrap();
+    assert_eq!(a.positions, vec![1, 2]);
+    let b = store
+        .append("run-2", ExpectedVersion::NoStream, vec![event("2")])
+        .await
+        .unwrap();
+    assert_eq!(b.positions, vec![3]);
+    let stream = store.read_stream("run-1").await.unwrap();
+    assert_eq!(
+        stream.iter().map(|e| e.stream_version).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let all = store.read_all(0, 100).await.unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2].event.sequence, Some(3), "sequence is the position");
+    assert_eq!(store.head().await.unwrap(), 3);
+    assert_eq!(store.read_run("1").await.unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn optimistic_concurrency_rejects_stale_writers() {
+    let (store, _dir) = sqlite_store().await;
+    store
+        .append("s", ExpectedVersion::NoStream, vec![event("1")])
+        .await
+        .unwrap();
+    let err = store
+        .append("s", ExpectedVersion::NoStream, vec![event("1")])
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    let err = store
+        .append("s", ExpectedVersion::Exact(0), vec![event("1")])
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict(), "{err}");
+    store
+        .append("s", ExpectedVersion::Exact(1), vec![event("1")])
+        .await
+        .unwrap();
+    assert_eq!(store.stream_version("s").await.unwrap(), 2);
+    assert_eq!(store.head().await.unwrap(), 2, "rejected appends wrote nothing");
+}
+
+#[tokio::test]
+async fn appending_the_same_event_twice_is_a_no_op() {
+    let (store, _dir) = sqlite_store().await;
+    let ev = event("1");
+    let first = store
+        .append("s", ExpectedVersion::NoStream, vec![ev.clone()])
+        .await
+        .unwrap();
+    // Even with an expectation that no longer holds: the event is already there.
+    let again = store
+        .append("s", ExpectedVersion::NoStream, vec![ev.clone()])
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.positions, first.positions);
+    assert_eq!(store.head().await.unwrap(), 1);
+    let err = store
+        .append("other", ExpectedVersion::Any, vec![ev])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::IdReused { .. }), "{err}");
+}
+
+#[tokio::test]
+async fn multi_stream_appends_are_atomic() {
+    let (store, _dir) = sqlite_store().await;
+    store
+        .append("b", ExpectedVersion::NoStream, vec![event("1")])
+        .await
+        .unwrap();
+    let err = store
+        .append_many(vec![
+            NewEvents::new("a", ExpectedVersion::NoStream, vec![event("1")]),
+            NewEvents::new("b", ExpectedVersion::NoStream, vec![event("1")]),
+        ])
+        .await
+        .unwrap_err();
+    assert!(err.is_conflict());
+    assert_eq!(store.stream_version("a").await.unwrap(), 0, "nothing of the batch landed");
+}
+
+#[tokio::test]
+async fn handled_effects_happen_once() {
+    let (store, _dir) = sqlite_store().await;
+    let cause = event("1");
+    let first = store
+        .append_handled(
+            "h",
+            cause.id,
+            vec![NewEvents::new("s", ExpectedVersion::Any, vec![event("1")])],
+        )
+        .await
+        .unwrap();
+    assert!(first.is_some());
+    assert!(store.is_handled("h", cause.id).await.unwrap());
+    let second = store
+        .append_handled(
+            "h",
+            cause.id,
+            vec![NewEvents::new("s", ExpectedVersion::Any, vec![event("1")])],
+        )
+        .await
+        .unwrap();
+    assert!(second.is_none());
+    assert_eq!(store.head().await.unwrap(), 1);
+    assert!(!store.is_handled("other", cause.id).await.unwrap());
+}
+
+#[tokio::test]
+async fn checkpoints_only_move_forward() {
+    let (store, _dir) = sqlite_store().await;
+    assert_eq!(store.checkpoint("c").await.unwrap(), 0);
+    store.save_checkpoint("c", 5).await.unwrap();
+    store.save_checkpoint("c", 3).await.unwrap();
+    assert_eq!(store.checkpoint("c").await.unwrap(), 5);
+}
+
+#[tokio::test]
+async fn wakeups_fire_on_append() {
+    let (store, _dir) = sqlite_store().await;
+    let mut wake = store.wakeups();
+    let waiter = tokio::spawn(async move { wake.wait_beyond(0).await });
+    tokio::task::yield_now().await;
+    store
+        .append("s", ExpectedVersion::Any, vec![event("1")])
+        .await
+        .unwrap();
+    assert_eq!(waiter.await.unwrap(), 1);
+}
+
+#[test]
+fn urls_are_redacted() {
+    assert_eq!(
+        redact_url("postgres://u:secret@h/db"),
+        "postgres://u:***@h/db"
+    );
+    assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
+}
