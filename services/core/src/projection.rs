@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::store::{decode_rows, Backend, EventStore, StoreError};
 
 const CHECKPOINT: &str = "projector";
-const LOCK_KEY: i64 = 0x7072_6f6a_6563_74; // "project"
+const LOCK_KEY: i64 = 0x0070_726f_6a65_6374; // "project"
 const PAGE: i64 = 1000;
 
 /// A run as listed.

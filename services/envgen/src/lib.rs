@@ -1,2 +1,6 @@
 //! Environmentalization (envgen).
+mod diag;
+pub mod secrets;
 pub mod template;
+pub mod values;
+mod yaml;

@@ -52,7 +52,9 @@ pub enum WebhookEvent {
     Ping,
     Push(Push),
     /// An event Gantry does not act on; `kind` is the forge's event name.
-    Ignored { kind: String },
+    Ignored {
+        kind: String,
+    },
 }
 
 /// A ref moved (or was deleted) in a repository.
@@ -94,7 +96,10 @@ pub enum PayloadError {
     #[error("missing required field `{field}` in the payload")]
     Missing { field: &'static str },
     #[error("invalid field `{field}`: {message}")]
-    Invalid { field: &'static str, message: String },
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
 }
 
 type Result<T, E = PayloadError> = std::result::Result<T, E>;
@@ -105,22 +110,37 @@ pub fn parse(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Result<Web
     match provider {
         Provider::Github => match event(headers, "X-GitHub-Event")? {
             "ping" => Ok(WebhookEvent::Ping),
-            "push" => push(github(object(body)?, delivery(headers, &["X-GitHub-Delivery"]))),
+            "push" => push(github(
+                object(body)?,
+                delivery(headers, &["X-GitHub-Delivery"]),
+            )),
             other => Ok(ignored(other)),
         },
         Provider::Gitea => match event(headers, "X-Gitea-Event")? {
-            "push" => push(github(object(body)?, delivery(headers, &["X-Gitea-Delivery"]))),
+            "push" => push(github(
+                object(body)?,
+                delivery(headers, &["X-Gitea-Delivery"]),
+            )),
             other => Ok(ignored(other)),
         },
         Provider::Gitlab => {
-            let ids = ["Idempotency-Key", "X-Gitlab-Event-UUID", "X-Gitlab-Webhook-UUID"];
+            let ids = [
+                "Idempotency-Key",
+                "X-Gitlab-Event-UUID",
+                "X-Gitlab-Webhook-UUID",
+            ];
             match event(headers, "X-Gitlab-Event")? {
-                "Push Hook" | "Tag Push Hook" => push(gitlab(object(body)?, delivery(headers, &ids))),
+                "Push Hook" | "Tag Push Hook" => {
+                    push(gitlab(object(body)?, delivery(headers, &ids)))
+                }
                 "System Hook" => {
                     let v = object(body)?;
                     match str_at(&v, "object_kind") {
                         Some("push" | "tag_push") => push(gitlab(v, delivery(headers, &ids))),
-                        kind => Ok(ignored(&format!("System Hook ({})", kind.unwrap_or("unknown")))),
+                        kind => Ok(ignored(&format!(
+                            "System Hook ({})",
+                            kind.unwrap_or("unknown")
+                        ))),
                     }
                 }
                 other => Ok(ignored(other)),
@@ -150,7 +170,12 @@ fn github(v: Value, delivery_id: Option<String>) -> Result<Push> {
     let author = head
         .and_then(|c| at(c, "author"))
         .and_then(|a| person(str_at(a, "name"), str_at(a, "email"), str_at(a, "username")));
-    let urls = ["clone_url", "git_url", "ssh_url", "html_url"].map(|k| format!("repository.{k}"));
+    let urls = [
+        "repository.clone_url",
+        "repository.git_url",
+        "repository.ssh_url",
+        "repository.html_url",
+    ];
     checked(
         Push {
             delivery_id,
@@ -212,15 +237,22 @@ fn bitbucket_cloud(v: Value, delivery_id: Option<String>) -> Result<Push> {
     // A deleted ref has `new: null`; its name and type are then in `old`.
     let named = new
         .or_else(|| at(change, "old"))
-        .ok_or(PayloadError::Missing { field: "push.changes.0.new" })?;
-    let name = str_at(named, "name").ok_or(PayloadError::Missing { field: "push.changes.0.new.name" })?;
+        .ok_or(PayloadError::Missing {
+            field: "push.changes.0.new",
+        })?;
+    let name = str_at(named, "name").ok_or(PayloadError::Missing {
+        field: "push.changes.0.new.name",
+    })?;
     let git_ref = match str_at(named, "type") {
         Some("branch" | "named_branch") => format!("refs/heads/{name}"),
         Some("tag" | "annotated_tag") => format!("refs/tags/{name}"),
         other => {
             return Err(PayloadError::Invalid {
                 field: "push.changes.0.new.type",
-                message: format!("expected branch or tag, found {}", shown(other.unwrap_or(""))),
+                message: format!(
+                    "expected branch or tag, found {}",
+                    shown(other.unwrap_or(""))
+                ),
             })
         }
     };
@@ -228,12 +260,18 @@ fn bitbucket_cloud(v: Value, delivery_id: Option<String>) -> Result<Push> {
     let commit = match new {
         Some(_) => target
             .and_then(|t| str_at(t, "hash"))
-            .ok_or(PayloadError::Missing { field: "push.changes.0.new.target.hash" })?,
+            .ok_or(PayloadError::Missing {
+                field: "push.changes.0.new.target.hash",
+            })?,
         None => ZERO_SHA,
     };
     let author = target.and_then(|t| at(t, "author")).and_then(|a| {
         let (name, email) = split_raw_author(str_at(a, "raw").unwrap_or(""));
-        person(name.or_else(|| str_at(a, "user.display_name")), email, str_at(a, "user.nickname"))
+        person(
+            name.or_else(|| str_at(a, "user.display_name")),
+            email,
+            str_at(a, "user.nickname"),
+        )
     });
     let mut repo_urls = strs(&v, &["repository.links.html.href"]);
     repo_urls.extend(clone_links(&v));
@@ -249,7 +287,11 @@ fn bitbucket_cloud(v: Value, delivery_id: Option<String>) -> Result<Push> {
             message: owned(target.and_then(|t| str_at(t, "message"))),
             author,
         },
-        ("push.changes.0.new.name", "push.changes.0.new.target.hash", "repository"),
+        (
+            "push.changes.0.new.name",
+            "push.changes.0.new.target.hash",
+            "repository",
+        ),
     )
 }
 
@@ -258,15 +300,27 @@ fn bitbucket_dc(v: Value, delivery_id: Option<String>) -> Result<Push> {
     let change = first(&v, "changes")?;
     let git_ref = str_at(change, "ref.id")
         .or_else(|| str_at(change, "refId"))
-        .ok_or(PayloadError::Missing { field: "changes.0.ref.id" })?;
-    let commit = str_at(change, "toHash").ok_or(PayloadError::Missing { field: "changes.0.toHash" })?;
-    let full_name = match (str_at(&v, "repository.project.key"), str_at(&v, "repository.slug")) {
+        .ok_or(PayloadError::Missing {
+            field: "changes.0.ref.id",
+        })?;
+    let commit = str_at(change, "toHash").ok_or(PayloadError::Missing {
+        field: "changes.0.toHash",
+    })?;
+    let full_name = match (
+        str_at(&v, "repository.project.key"),
+        str_at(&v, "repository.slug"),
+    ) {
         (Some(project), Some(slug)) => Some(format!("{project}/{slug}")),
         _ => None,
     };
     // The payload names no commit author, only the pusher.
-    let author = at(&v, "actor")
-        .and_then(|a| person(str_at(a, "displayName"), str_at(a, "emailAddress"), str_at(a, "name")));
+    let author = at(&v, "actor").and_then(|a| {
+        person(
+            str_at(a, "displayName"),
+            str_at(a, "emailAddress"),
+            str_at(a, "name"),
+        )
+    });
     checked(
         Push {
             delivery_id,
@@ -290,18 +344,27 @@ fn generic(v: Value, headers: &HeaderMap) -> Result<Push> {
         (Some(r), _) => r.to_owned(),
         (None, Some(b)) if b.starts_with("refs/") => b.to_owned(),
         (None, Some(b)) => format!("refs/heads/{b}"),
-        (None, None) => return Err(PayloadError::Missing { field: "ref` or `branch" }),
+        (None, None) => {
+            return Err(PayloadError::Missing {
+                field: "ref` or `branch",
+            })
+        }
     };
     let author = at(&v, "author")
         .and_then(|a| person(str_at(a, "name"), str_at(a, "email"), str_at(a, "username")));
     checked(
         Push {
-            delivery_id: owned(str_at(&v, "delivery")).or_else(|| delivery(headers, &["X-Gantry-Delivery"])),
+            delivery_id: owned(str_at(&v, "delivery"))
+                .or_else(|| delivery(headers, &["X-Gantry-Delivery"])),
             git_ref,
             branch: None,
             commit: req_str(&v, "commit")?.to_owned(),
             deleted: false,
-            repo_urls: if is_location { vec![repository.to_owned()] } else { vec![] },
+            repo_urls: if is_location {
+                vec![repository.to_owned()]
+            } else {
+                vec![]
+            },
             full_name: (!is_location).then(|| repository.to_owned()),
             message: owned(str_at(&v, "message")),
             author,
@@ -319,13 +382,19 @@ fn checked(mut p: Push, names: (&'static str, &'static str, &'static str)) -> Re
     if !p.git_ref.starts_with("refs/") || p.git_ref.len() <= "refs/".len() {
         return Err(PayloadError::Invalid {
             field: ref_field,
-            message: format!("expected a full ref such as refs/heads/main, found {}", shown(&p.git_ref)),
+            message: format!(
+                "expected a full ref such as refs/heads/main, found {}",
+                shown(&p.git_ref)
+            ),
         });
     }
     if !matches!(p.commit.len(), 40 | 64) || !p.commit.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(PayloadError::Invalid {
             field: commit_field,
-            message: format!("expected a full commit id (40 or 64 hex digits), found {}", shown(&p.commit)),
+            message: format!(
+                "expected a full commit id (40 or 64 hex digits), found {}",
+                shown(&p.commit)
+            ),
         });
     }
     p.commit.make_ascii_lowercase();
@@ -353,11 +422,17 @@ fn object(body: &[u8]) -> Result<Value> {
         let full = e.to_string();
         let suffix = format!(" at line {line} column {column}");
         let message = full.strip_suffix(&suffix).unwrap_or(&full).to_owned();
-        PayloadError::Json { line, column, message }
+        PayloadError::Json {
+            line,
+            column,
+            message,
+        }
     })?;
     match v {
         Value::Object(_) => Ok(v),
-        other => Err(PayloadError::NotObject { found: kind(&other) }),
+        other => Err(PayloadError::NotObject {
+            found: kind(&other),
+        }),
     }
 }
 
@@ -382,11 +457,16 @@ fn event<'a>(headers: &'a HeaderMap, name: &'static str) -> Result<&'a str> {
 }
 
 fn delivery(headers: &HeaderMap, names: &[&str]) -> Option<String> {
-    names.iter().find_map(|n| header(headers, n)).map(str::to_owned)
+    names
+        .iter()
+        .find_map(|n| header(headers, n))
+        .map(str::to_owned)
 }
 
 fn ignored(kind: &str) -> WebhookEvent {
-    WebhookEvent::Ignored { kind: kind.to_owned() }
+    WebhookEvent::Ignored {
+        kind: kind.to_owned(),
+    }
 }
 
 /// The value at a dotted path (`a.b.0.c`), `None` when absent or null.
@@ -401,7 +481,9 @@ fn at<'a>(v: &'a Value, path: &str) -> Option<&'a Value> {
 
 /// A non-empty string at `path`; anything else is `None`. For fields Gantry can do without.
 fn str_at<'a>(v: &'a Value, path: &str) -> Option<&'a str> {
-    at(v, path).and_then(Value::as_str).filter(|s| !s.is_empty())
+    at(v, path)
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
 }
 
 fn bool_at(v: &Value, path: &str) -> bool {
@@ -420,8 +502,8 @@ fn req_str<'a>(v: &'a Value, field: &'static str) -> Result<&'a str> {
     }
 }
 
-fn strs<P: AsRef<str>>(v: &Value, paths: &[P]) -> Vec<String> {
-    paths.iter().filter_map(|p| owned(str_at(v, p.as_ref()))).collect()
+fn strs(v: &Value, paths: &[&str]) -> Vec<String> {
+    paths.iter().filter_map(|p| owned(str_at(v, p))).collect()
 }
 
 fn owned(s: Option<&str>) -> Option<String> {
@@ -466,7 +548,10 @@ fn split_raw_author(raw: &str) -> (Option<&str>, Option<&str>) {
         Some(s.trim()).filter(|s| !s.is_empty())
     }
     let raw = raw.trim();
-    match raw.strip_suffix('>').and_then(|r| r.rfind('<').map(|i| r.split_at(i))) {
+    match raw
+        .strip_suffix('>')
+        .and_then(|r| r.rfind('<').map(|i| r.split_at(i)))
+    {
         Some((name, email)) => (non_empty(name), non_empty(&email[1..])),
         None => (non_empty(raw), None),
     }

@@ -27,7 +27,8 @@ const GITEA: &str = "X-Gitea-Signature";
 const BITBUCKET: &str = "X-Hub-Signature";
 const GENERIC: &str = "X-Gantry-Signature";
 
-const PREFIXED: &str = "sha256=<64 hex digits>, the HMAC-SHA256 of the raw body keyed with the webhook secret";
+const PREFIXED: &str =
+    "sha256=<64 hex digits>, the HMAC-SHA256 of the raw body keyed with the webhook secret";
 const BARE: &str = "<64 hex digits>, the HMAC-SHA256 of the raw body keyed with the webhook secret";
 
 /// The forge a webhook comes from: the last segment of `POST /webhooks/<provider>`.
@@ -86,7 +87,9 @@ impl FromStr for Provider {
 /// Why a delivery was not authenticated (HTTP 401).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignatureError {
-    #[error("missing {header} header: set a secret on the webhook so every delivery is authenticated")]
+    #[error(
+        "missing {header} header: set a secret on the webhook so every delivery is authenticated"
+    )]
     Missing { header: &'static str },
     #[error("malformed {header} header: expected {expected}")]
     Malformed {
@@ -178,7 +181,9 @@ fn verify_hmac(
         .map_err(|_| malformed.clone())?
         .trim();
     let digits = if prefixed {
-        value.strip_prefix("sha256=").ok_or_else(|| malformed.clone())?
+        value
+            .strip_prefix("sha256=")
+            .ok_or_else(|| malformed.clone())?
     } else {
         value
     };

@@ -55,7 +55,7 @@ pub struct Delivery {
 }
 
 pub(crate) enum Settle {
-    Sql(sql::SqlAck),
+    Sql(Box<sql::SqlAck>),
     Nats(Box<async_nats::jetstream::Message>),
 }
 

@@ -113,13 +113,13 @@ impl SqlSubscription {
         self.cursor = event.position;
         Delivery {
             attempt,
-            settle: Settle::Sql(SqlAck {
+            settle: Settle::Sql(Box::new(SqlAck {
                 store: self.store.clone(),
                 checkpoint: self.checkpoint.clone(),
                 redo: self.redo.clone(),
                 event: event.clone(),
                 attempt,
-            }),
+            })),
             event: event.event,
         }
     }

@@ -75,6 +75,15 @@ impl PipelineSet {
             None if branch.starts_with("refs/") => return Vec::new(),
             None => branch,
         };
+        self.following_repo(repo_urls, full_name)
+            .into_iter()
+            .filter(|p| p.source.branch == branch)
+            .collect()
+    }
+
+    /// The pipelines that follow the pushed repository, on whatever branch:
+    /// the candidates whose webhook secrets may verify a delivery.
+    pub fn following_repo(&self, repo_urls: &[&str], full_name: Option<&str>) -> Vec<&Pipeline> {
         let urls: Vec<String> = repo_urls
             .iter()
             .map(|u| normalize_repo_url(u))
@@ -83,7 +92,6 @@ impl PipelineSet {
         let full_name = full_name.map(normalize_full_name).filter(|n| !n.is_empty());
 
         self.iter()
-            .filter(|p| p.source.branch == branch)
             .filter(|p| {
                 let repo = normalize_repo_url(&p.source.repo);
                 let by_url = !repo.is_empty() && urls.contains(&repo);

@@ -876,3 +876,39 @@ fn matching_push_follows_design_rules() {
         .is_empty());
     assert!(set.matching_push(&["", " "], Some(""), "main").is_empty());
 }
+
+#[test]
+fn anchors_and_merge_keys_work() {
+    let text = with_stages(
+        "  - &base
+    name: test
+    ready: { url: https://gw/healthcheck, timeout: 1m }
+  - <<: *base
+    name: prod
+    approval: { required: 0, approvers: [ops] }
+",
+    );
+    let errs = errors(&text);
+    assert_eq!(errs.len(), 1, "{errs:#?}");
+    assert_eq!(errs[0].field, "stages[1].approval.required");
+    assert_eq!(errs[0].line, Some(18));
+
+    let p = parse(&text.replace("required: 0", "required: 1")).expect("valid");
+    assert_eq!(p.stages[1].name, "prod");
+    assert_eq!(p.stages[1].ready, p.stages[0].ready);
+}
+
+#[test]
+fn following_repo_ignores_the_branch() {
+    let set = set_of(&[
+        &pipeline("main-line", "https://github.com/acme/x.git", "main", None),
+        &pipeline("release", "git@github.com:acme/x.git", "release", None),
+        &pipeline("other", "https://github.com/acme/y.git", "main", None),
+    ]);
+    let names: Vec<&str> = set
+        .following_repo(&["https://github.com/acme/x"], None)
+        .into_iter()
+        .map(|p| p.name.as_str())
+        .collect();
+    assert_eq!(names, ["main-line", "release"]);
+}

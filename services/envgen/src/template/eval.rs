@@ -78,7 +78,7 @@ pub(crate) fn render_nodes(nodes: &[Node], ctx: &Context<'_>, out: &mut Out<'_>)
                 // The scalar's value, and the pieces it is made of (for the
                 // source map when the scalar keeps its style).
                 let mut value = String::new();
-                let mut pieces: Vec<(String, Option<usize>, usize)> = Vec::with_capacity(parts.len());
+                let mut pieces: Vec<(String, Option<usize>, usize, bool)> = Vec::with_capacity(parts.len());
                 let mut poisoned = false;
                 for p in parts {
                     match p {
@@ -89,37 +89,40 @@ pub(crate) fn render_nodes(nodes: &[Node], ctx: &Context<'_>, out: &mut Out<'_>)
                             } else {
                                 value.push_str(lit);
                             }
-                            pieces.push((lit.to_string(), Some(*start), *start));
+                            pieces.push((lit.to_string(), Some(*start), *start, false));
                         }
                         Node::Expr { expr, start, end, .. } => {
                             match eval(expr, ctx, &mut out.secrets).and_then(|v| to_text(&v, expr)) {
                                 Ok(s) => {
                                     value.push_str(&s);
                                     let shown = if *style == ScalarStyle::Single { s.replace('\'', "''") } else { s };
-                                    pieces.push((shown, None, *start));
+                                    pieces.push((shown, None, *start, false));
                                 }
                                 Err(e) => {
                                     out.errors.push(e.with_placeholder(out.src[*start..*end].to_string()));
                                     poisoned = true;
+                                    pieces.push((String::new(), None, *start, true));
                                 }
                             }
                         }
                         _ => poisoned = true,
                     }
                 }
-                let keep = match style {
+                // A value that failed is left out; keep the style then, so that
+                // the rest of the scalar still maps back exactly.
+                let keep = poisoned || match style {
                     ScalarStyle::Single => !value.contains(['\n', '\r']),
                     ScalarStyle::Plain => plain_safe(&value, *in_flow),
                 };
-                if keep && !poisoned {
+                if keep {
                     // Same style: map every piece back precisely.
                     if *style == ScalarStyle::Single {
                         out.literal(*start, *start + 1);
                     }
-                    for (text, lit, src) in pieces {
+                    for (text, lit, src, bad) in pieces {
                         match lit {
                             Some(s) => out.literal(s, s + text.len()),
-                            None => out.value(src, &text, false),
+                            None => out.value(src, &text, bad),
                         }
                     }
                     if *style == ScalarStyle::Single {

@@ -32,6 +32,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
+pub(crate) use eval::double_quoted;
 pub(crate) use parser::{Expr, Node};
 pub use pos::{LineIndex, Pos};
 
@@ -206,10 +207,11 @@ impl Rendered {
         }
     }
 
-    /// Whether output byte `out_offset` belongs to a value that could not be
-    /// computed (so its content is a stand-in and should not be checked).
-    pub fn is_poisoned(&self, out_offset: usize) -> bool {
-        self.segment(out_offset).is_some_and(|s| s.poisoned)
+    /// Whether output bytes `start..=end` hold (or touch) a value that could
+    /// not be computed, so that their content is a stand-in not worth checking.
+    pub fn is_poisoned(&self, start: usize, end: usize) -> bool {
+        let first = self.segs.partition_point(|s| s.out < start).saturating_sub(1);
+        self.segs[first..].iter().take_while(|s| s.out <= end).any(|s| s.poisoned)
     }
 }
 
@@ -284,27 +286,28 @@ impl Template {
         }
     }
 
-    /// Every `{{ expr }}` with its tag's byte range, in source order, and
-    /// whether the template has block helpers.
-    pub(crate) fn expressions(&self) -> (Vec<(usize, usize, &Expr)>, bool) {
-        fn walk<'a>(nodes: &'a [Node], out: &mut Vec<(usize, usize, &'a Expr)>, blocks: &mut bool) {
+    /// Every `{{ expr }}` with its tag's byte range, in source order, and the
+    /// start of the first block helper, if any.
+    pub(crate) fn expressions(&self) -> (Vec<(usize, usize, &Expr)>, Option<usize>) {
+        fn walk<'a>(nodes: &'a [Node], out: &mut Vec<(usize, usize, &'a Expr)>, block: &mut Option<usize>) {
             for n in nodes {
                 match n {
                     Node::Expr { expr, start, end, .. } => out.push((*start, *end, expr)),
-                    Node::Scalar { parts, .. } => walk(parts, out, blocks),
-                    Node::Block { body, inverse, .. } => {
-                        *blocks = true;
-                        walk(body, out, blocks);
-                        walk(inverse, out, blocks);
+                    Node::Scalar { parts, .. } => walk(parts, out, block),
+                    Node::Block { body, inverse, start, .. } => {
+                        block.get_or_insert(*start);
+                        walk(body, out, block);
+                        walk(inverse, out, block);
                     }
                     Node::Text { .. } | Node::Invalid { .. } => {}
                 }
             }
         }
         let mut out = Vec::new();
-        let mut blocks = false;
-        walk(&self.nodes, &mut out, &mut blocks);
-        (out, blocks)
+        let mut block = None;
+        walk(&self.nodes, &mut out, &mut block);
+        out.sort_by_key(|e| e.0);
+        (out, block)
     }
 }
 

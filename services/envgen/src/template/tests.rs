@@ -180,8 +180,8 @@ fn source_map_points_back() {
     assert_eq!(&t.source()[r.source_offset(out_tail)..r.source_offset(out_tail) + 4], "tail");
     // The value that failed is poisoned.
     let out_val = r.text.find("c: ").map(|i| i + 3).unwrap_or(0);
-    assert!(r.is_poisoned(out_val));
-    assert!(!r.is_poisoned(out_c));
+    assert!(r.is_poisoned(out_val, out_tail + 4));
+    assert!(!r.is_poisoned(0, out_c - 1));
 }
 
 #[test]

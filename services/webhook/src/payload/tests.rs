@@ -5,7 +5,12 @@ use super::*;
 
 macro_rules! fixture {
     ($name:literal) => {
-        include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/", $name)).as_slice()
+        include_bytes!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/",
+            $name
+        ))
+        .as_slice()
     };
 }
 
@@ -70,7 +75,9 @@ fn github_push() {
                 "https://github.com/acme/banking-config".into(),
             ],
             full_name: Some("acme/banking-config".into()),
-            message: Some("Raise the pets API quota to 500/min\n\nRequested by the mobile team.".into()),
+            message: Some(
+                "Raise the pets API quota to 500/min\n\nRequested by the mobile team.".into()
+            ),
             author: person("Rita Ops", Some("rita@example.com"), Some("rita-ops")),
         }
     );
@@ -85,20 +92,38 @@ fn github_ping_and_other_events() {
     );
     assert_eq!(ping, Ok(WebhookEvent::Ping));
     // Events Gantry does not follow are not even parsed.
-    let other = parse(Provider::Github, &headers(&[("x-github-event", "pull_request")]), b"not json");
-    assert_eq!(other, Ok(WebhookEvent::Ignored { kind: "pull_request".into() }));
+    let other = parse(
+        Provider::Github,
+        &headers(&[("x-github-event", "pull_request")]),
+        b"not json",
+    );
+    assert_eq!(
+        other,
+        Ok(WebhookEvent::Ignored {
+            kind: "pull_request".into()
+        })
+    );
 }
 
 #[test]
 fn github_without_event_header_is_rejected() {
     let e = err(Provider::Github, &[], fixture!("github-push.json"));
-    assert_eq!(e, PayloadError::MissingHeader { header: "X-GitHub-Event" });
+    assert_eq!(
+        e,
+        PayloadError::MissingHeader {
+            header: "X-GitHub-Event"
+        }
+    );
     assert!(e.to_string().contains("X-GitHub-Event"), "{e}");
 }
 
 #[test]
 fn github_branch_deletion() {
-    let p = push(Provider::Github, GH_PUSH, fixture!("github-push-delete.json"));
+    let p = push(
+        Provider::Github,
+        GH_PUSH,
+        fixture!("github-push-delete.json"),
+    );
     assert!(p.deleted);
     assert_eq!(p.branch.as_deref(), Some("feature/new-quota"));
     assert_eq!(p.commit, "0".repeat(40));
@@ -115,12 +140,16 @@ fn all_zero_after_means_deleted_even_without_the_flag() {
 
 #[test]
 fn tag_push_has_no_branch() {
-    let body = edited(fixture!("github-push.json"), |v| v["ref"] = json!("refs/tags/v1"));
+    let body = edited(fixture!("github-push.json"), |v| {
+        v["ref"] = json!("refs/tags/v1")
+    });
     let p = push(Provider::Github, GH_PUSH, &body);
     assert_eq!(p.git_ref, "refs/tags/v1");
     assert_eq!(p.branch, None);
     // Only the refs/heads/ prefix is stripped.
-    let body = edited(fixture!("github-push.json"), |v| v["ref"] = json!("refs/remotes/heads/x"));
+    let body = edited(fixture!("github-push.json"), |v| {
+        v["ref"] = json!("refs/remotes/heads/x")
+    });
     assert_eq!(push(Provider::Github, GH_PUSH, &body).branch, None);
 }
 
@@ -128,14 +157,28 @@ fn tag_push_has_no_branch() {
 fn malformed_json_reports_line_and_column() {
     let body = b"{\n  \"ref\": \"refs/heads/main\",\n  \"after\": ,\n}";
     match err(Provider::Github, GH_PUSH, body) {
-        PayloadError::Json { line, column, message } => {
+        PayloadError::Json {
+            line,
+            column,
+            message,
+        } => {
             assert_eq!((line, column), (3, 12));
             assert_eq!(message, "expected value");
         }
         other => panic!("{other:?}"),
     }
     let e = err(Provider::Github, GH_PUSH, b"");
-    assert!(matches!(e, PayloadError::Json { line: 1, column: 0, .. }), "{e:?}");
+    assert!(
+        matches!(
+            e,
+            PayloadError::Json {
+                line: 1,
+                column: 0,
+                ..
+            }
+        ),
+        "{e:?}"
+    );
     assert!(e.to_string().contains("line 1, column 0"), "{e}");
 }
 
@@ -164,18 +207,26 @@ fn missing_and_invalid_fields_are_named() {
             PayloadError::Missing { field: "ref" },
         ),
         (
-            edited(gh, |v| drop(v.as_object_mut().map(|o| o.remove("repository")))),
-            PayloadError::Missing { field: "repository" },
+            edited(gh, |v| {
+                drop(v.as_object_mut().map(|o| o.remove("repository")))
+            }),
+            PayloadError::Missing {
+                field: "repository",
+            },
         ),
         (
             edited(gh, |v| v["after"] = json!(42)),
-            PayloadError::Invalid { field: "after", message: "expected a string, found a number".into() },
+            PayloadError::Invalid {
+                field: "after",
+                message: "expected a string, found a number".into(),
+            },
         ),
         (
             edited(gh, |v| v["after"] = json!("9fceb02")),
             PayloadError::Invalid {
                 field: "after",
-                message: "expected a full commit id (40 or 64 hex digits), found \"9fceb02\"".into(),
+                message: "expected a full commit id (40 or 64 hex digits), found \"9fceb02\""
+                    .into(),
             },
         ),
         (
@@ -195,9 +246,14 @@ fn missing_and_invalid_fields_are_named() {
 fn sha256_commit_ids_are_accepted_and_lowercased() {
     let sha256 = "A".repeat(64);
     let body = edited(fixture!("github-push.json"), |v| v["after"] = json!(sha256));
-    assert_eq!(push(Provider::Github, GH_PUSH, &body).commit, "a".repeat(64));
+    assert_eq!(
+        push(Provider::Github, GH_PUSH, &body).commit,
+        "a".repeat(64)
+    );
     let not_hex = format!("{}g", "a".repeat(39));
-    let body = edited(fixture!("github-push.json"), |v| v["after"] = json!(not_hex));
+    let body = edited(fixture!("github-push.json"), |v| {
+        v["after"] = json!(not_hex)
+    });
     assert!(matches!(
         err(Provider::Github, GH_PUSH, &body),
         PayloadError::Invalid { field: "after", .. }
@@ -206,15 +262,23 @@ fn sha256_commit_ids_are_accepted_and_lowercased() {
 
 #[test]
 fn long_values_are_cut_in_errors() {
-    let body = edited(fixture!("github-push.json"), |v| v["ref"] = json!("x".repeat(10_000)));
+    let body = edited(fixture!("github-push.json"), |v| {
+        v["ref"] = json!("x".repeat(10_000))
+    });
     let e = err(Provider::Github, GH_PUSH, &body).to_string();
     assert!(e.len() < 200, "{e}");
 }
 
 const GL_PUSH: &[(&str, &str)] = &[
     ("X-Gitlab-Event", "Push Hook"),
-    ("X-Gitlab-Webhook-UUID", "3c5c0404-c866-44bc-a5f6-452bb1bfc76e"),
-    ("X-Gitlab-Event-UUID", "9cebe914-4827-408f-b014-cfa23a47a35f"),
+    (
+        "X-Gitlab-Webhook-UUID",
+        "3c5c0404-c866-44bc-a5f6-452bb1bfc76e",
+    ),
+    (
+        "X-Gitlab-Event-UUID",
+        "9cebe914-4827-408f-b014-cfa23a47a35f",
+    ),
     ("Idempotency-Key", "a5461c4d-9c7f-4af9-add6-cddebe3c426f"),
     ("X-Gitlab-Instance", "https://gitlab.example.com"),
 ];
@@ -246,7 +310,10 @@ fn gitlab_push() {
 fn gitlab_delivery_id_falls_back_to_event_uuid() {
     let h = &GL_PUSH[..3];
     let p = push(Provider::Gitlab, h, fixture!("gitlab-push.json"));
-    assert_eq!(p.delivery_id.as_deref(), Some("9cebe914-4827-408f-b014-cfa23a47a35f"));
+    assert_eq!(
+        p.delivery_id.as_deref(),
+        Some("9cebe914-4827-408f-b014-cfa23a47a35f")
+    );
 }
 
 #[test]
@@ -269,7 +336,11 @@ fn gitlab_event_kinds() {
         v["object_kind"] = json!("tag_push");
         v["ref"] = json!("refs/tags/v1");
     });
-    let p = push(Provider::Gitlab, &[("X-Gitlab-Event", "Tag Push Hook")], &tag);
+    let p = push(
+        Provider::Gitlab,
+        &[("X-Gitlab-Event", "Tag Push Hook")],
+        &tag,
+    );
     assert_eq!((p.git_ref.as_str(), p.branch), ("refs/tags/v1", None));
 
     let system = [("X-Gitlab-Event", "System Hook")];
@@ -278,15 +349,25 @@ fn gitlab_event_kinds() {
     let project_create = br#"{"event_name":"project_create","object_kind":"project_create"}"#;
     assert_eq!(
         parse(Provider::Gitlab, &headers(&system), project_create),
-        Ok(WebhookEvent::Ignored { kind: "System Hook (project_create)".into() })
+        Ok(WebhookEvent::Ignored {
+            kind: "System Hook (project_create)".into()
+        })
     );
     assert_eq!(
-        parse(Provider::Gitlab, &headers(&[("X-Gitlab-Event", "Merge Request Hook")]), b"{}"),
-        Ok(WebhookEvent::Ignored { kind: "Merge Request Hook".into() })
+        parse(
+            Provider::Gitlab,
+            &headers(&[("X-Gitlab-Event", "Merge Request Hook")]),
+            b"{}"
+        ),
+        Ok(WebhookEvent::Ignored {
+            kind: "Merge Request Hook".into()
+        })
     );
     assert_eq!(
         err(Provider::Gitlab, &[], b"{}"),
-        PayloadError::MissingHeader { header: "X-Gitlab-Event" }
+        PayloadError::MissingHeader {
+            header: "X-Gitlab-Event"
+        }
     );
 }
 
@@ -297,7 +378,10 @@ fn gitlab_needs_a_project() {
         o.remove("project");
         o.remove("repository");
     });
-    assert_eq!(err(Provider::Gitlab, GL_PUSH, &body), PayloadError::Missing { field: "project" });
+    assert_eq!(
+        err(Provider::Gitlab, GL_PUSH, &body),
+        PayloadError::Missing { field: "project" }
+    );
 }
 
 const GITEA_PUSH: &[(&str, &str)] = &[
@@ -337,10 +421,19 @@ fn gitea_without_head_commit_uses_the_matching_commit() {
         drop(v.as_object_mut().map(|o| o.remove("head_commit")));
     });
     let p = push(Provider::Gitea, GITEA_PUSH, &body);
-    assert_eq!(p.author, person("Rita Ops", Some("rita@example.com"), Some("rita")));
     assert_eq!(
-        parse(Provider::Gitea, &headers(&[("X-Gitea-Event", "delete")]), b""),
-        Ok(WebhookEvent::Ignored { kind: "delete".into() })
+        p.author,
+        person("Rita Ops", Some("rita@example.com"), Some("rita"))
+    );
+    assert_eq!(
+        parse(
+            Provider::Gitea,
+            &headers(&[("X-Gitea-Event", "delete")]),
+            b""
+        ),
+        Ok(WebhookEvent::Ignored {
+            kind: "delete".into()
+        })
     );
 }
 
@@ -353,7 +446,11 @@ const BB_PUSH: &[(&str, &str)] = &[
 
 #[test]
 fn bitbucket_cloud_push() {
-    let p = push(Provider::Bitbucket, BB_PUSH, fixture!("bitbucket-push.json"));
+    let p = push(
+        Provider::Bitbucket,
+        BB_PUSH,
+        fixture!("bitbucket-push.json"),
+    );
     assert_eq!(
         p,
         Push {
@@ -414,24 +511,33 @@ fn bitbucket_cloud_branch_deletion_and_tag() {
 
 #[test]
 fn bitbucket_cloud_missing_parts() {
-    let no_changes = edited(fixture!("bitbucket-push.json"), |v| v["push"]["changes"] = json!([]));
+    let no_changes = edited(fixture!("bitbucket-push.json"), |v| {
+        v["push"]["changes"] = json!([])
+    });
     assert_eq!(
         err(Provider::Bitbucket, BB_PUSH, &no_changes),
-        PayloadError::Missing { field: "push.changes" }
+        PayloadError::Missing {
+            field: "push.changes"
+        }
     );
     let no_hash = edited(fixture!("bitbucket-push.json"), |v| {
         v["push"]["changes"][0]["new"]["target"] = Value::Null;
     });
     assert_eq!(
         err(Provider::Bitbucket, BB_PUSH, &no_hash),
-        PayloadError::Missing { field: "push.changes.0.new.target.hash" }
+        PayloadError::Missing {
+            field: "push.changes.0.new.target.hash"
+        }
     );
     let bookmark = edited(fixture!("bitbucket-push.json"), |v| {
         v["push"]["changes"][0]["new"]["type"] = json!("bookmark");
     });
     assert!(matches!(
         err(Provider::Bitbucket, BB_PUSH, &bookmark),
-        PayloadError::Invalid { field: "push.changes.0.new.type", .. }
+        PayloadError::Invalid {
+            field: "push.changes.0.new.type",
+            ..
+        }
     ));
 }
 
@@ -444,8 +550,14 @@ fn bitbucket_ping_and_other_events() {
     );
     assert_eq!(ping, Ok(WebhookEvent::Ping));
     assert_eq!(
-        parse(Provider::Bitbucket, &headers(&[("X-Event-Key", "pullrequest:created")]), b"{}"),
-        Ok(WebhookEvent::Ignored { kind: "pullrequest:created".into() })
+        parse(
+            Provider::Bitbucket,
+            &headers(&[("X-Event-Key", "pullrequest:created")]),
+            b"{}"
+        ),
+        Ok(WebhookEvent::Ignored {
+            kind: "pullrequest:created".into()
+        })
     );
 }
 
@@ -456,7 +568,11 @@ const BBDC_PUSH: &[(&str, &str)] = &[
 
 #[test]
 fn bitbucket_data_center_push() {
-    let p = push(Provider::Bitbucket, BBDC_PUSH, fixture!("bitbucket-server-refs-changed.json"));
+    let p = push(
+        Provider::Bitbucket,
+        BBDC_PUSH,
+        fixture!("bitbucket-server-refs-changed.json"),
+    );
     assert_eq!(
         p,
         Push {
@@ -505,17 +621,28 @@ fn generic_push() {
 fn generic_variants() {
     let body = br#"{"repository": "apim/banking-config", "ref": "refs/tags/v1",
                     "commit": "5d0a7c3e9f1b2468ace13579bdf02468ace13579"}"#;
-    let p = push(Provider::Generic, &[("X-Gantry-Event", "push"), ("X-Gantry-Delivery", "d-1")], body);
+    let p = push(
+        Provider::Generic,
+        &[("X-Gantry-Event", "push"), ("X-Gantry-Delivery", "d-1")],
+        body,
+    );
     assert_eq!(p.full_name.as_deref(), Some("apim/banking-config"));
     assert!(p.repo_urls.is_empty());
     assert_eq!((p.branch, p.delivery_id.as_deref()), (None, Some("d-1")));
 
     let local = br#"{"repository": "/srv/git/banking-config", "branch": "main",
                      "commit": "5d0a7c3e9f1b2468ace13579bdf02468ace13579"}"#;
-    assert_eq!(push(Provider::Generic, &[], local).repo_urls, ["/srv/git/banking-config"]);
+    assert_eq!(
+        push(Provider::Generic, &[], local).repo_urls,
+        ["/srv/git/banking-config"]
+    );
 
     assert_eq!(
-        parse(Provider::Generic, &headers(&[("X-Gantry-Event", "ping")]), b""),
+        parse(
+            Provider::Generic,
+            &headers(&[("X-Gantry-Event", "ping")]),
+            b""
+        ),
         Ok(WebhookEvent::Ping)
     );
 }
@@ -524,19 +651,42 @@ fn generic_variants() {
 fn generic_missing_fields() {
     let no_ref = br#"{"repository": "apim/banking-config", "commit": "5d0a7c3e9f1b2468ace13579bdf02468ace13579"}"#;
     let e = err(Provider::Generic, &[], no_ref);
-    assert_eq!(e.to_string(), "missing required field `ref` or `branch` in the payload");
+    assert_eq!(
+        e.to_string(),
+        "missing required field `ref` or `branch` in the payload"
+    );
     let no_commit = br#"{"repository": "apim/banking-config", "branch": "main"}"#;
-    assert_eq!(err(Provider::Generic, &[], no_commit), PayloadError::Missing { field: "commit" });
+    assert_eq!(
+        err(Provider::Generic, &[], no_commit),
+        PayloadError::Missing { field: "commit" }
+    );
     let no_repo = br#"{"branch": "main", "commit": "5d0a7c3e9f1b2468ace13579bdf02468ace13579"}"#;
-    assert_eq!(err(Provider::Generic, &[], no_repo), PayloadError::Missing { field: "repository" });
+    assert_eq!(
+        err(Provider::Generic, &[], no_repo),
+        PayloadError::Missing {
+            field: "repository"
+        }
+    );
 }
 
 #[test]
 fn raw_authors() {
-    assert_eq!(split_raw_author("Rita Ops <rita@example.com>"), (Some("Rita Ops"), Some("rita@example.com")));
-    assert_eq!(split_raw_author("<rita@example.com>"), (None, Some("rita@example.com")));
+    assert_eq!(
+        split_raw_author("Rita Ops <rita@example.com>"),
+        (Some("Rita Ops"), Some("rita@example.com"))
+    );
+    assert_eq!(
+        split_raw_author("<rita@example.com>"),
+        (None, Some("rita@example.com"))
+    );
     assert_eq!(split_raw_author("rita"), (Some("rita"), None));
-    assert_eq!(split_raw_author("Ünïcødé > Ops <x@y>"), (Some("Ünïcødé > Ops"), Some("x@y")));
-    assert_eq!(split_raw_author("Rita <x@y> later"), (Some("Rita <x@y> later"), None));
+    assert_eq!(
+        split_raw_author("Ünïcødé > Ops <x@y>"),
+        (Some("Ünïcødé > Ops"), Some("x@y"))
+    );
+    assert_eq!(
+        split_raw_author("Rita <x@y> later"),
+        (Some("Rita <x@y> later"), None)
+    );
     assert_eq!(split_raw_author(""), (None, None));
 }

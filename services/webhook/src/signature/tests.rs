@@ -3,7 +3,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::*;
 
 const SECRET: &[u8] = b"It's a Secret to Everybody";
-const BODY: &[u8] = br#"{"ref":"refs/heads/main","after":"9fceb02d0ae598e95dc970b74767f19372d61af8"}"#;
+const BODY: &[u8] =
+    br#"{"ref":"refs/heads/main","after":"9fceb02d0ae598e95dc970b74767f19372d61af8"}"#;
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
@@ -27,7 +28,9 @@ fn provider_round_trips_through_route_segment() {
         assert_eq!(p.as_str().parse::<Provider>(), Ok(p));
         assert_eq!(p.to_string(), p.as_str());
     }
-    let err = "gogs".parse::<Provider>().expect_err("gogs is not a provider");
+    let err = "gogs"
+        .parse::<Provider>()
+        .expect_err("gogs is not a provider");
     assert!(err.to_string().contains("/webhooks/github"), "{err}");
     assert!("GitHub".parse::<Provider>().is_err());
 }
@@ -36,15 +39,25 @@ fn provider_round_trips_through_route_segment() {
 fn github_documented_test_vector() {
     // From GitHub's "Validating webhook deliveries" documentation.
     let hex = sign_hex(SECRET, b"Hello, World!");
-    assert_eq!(hex, "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17");
+    assert_eq!(
+        hex,
+        "757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    );
     let h = headers(&[("x-hub-signature-256", &format!("sha256={hex}"))]);
-    assert_eq!(verify(Provider::Github, &h, b"Hello, World!", SECRET), Ok(()));
+    assert_eq!(
+        verify(Provider::Github, &h, b"Hello, World!", SECRET),
+        Ok(())
+    );
 }
 
 #[test]
 fn every_scheme_accepts_a_valid_signature() {
     for p in Provider::ALL {
-        assert_eq!(verify(p, &signed(p, SECRET, BODY), BODY, SECRET), Ok(()), "{p}");
+        assert_eq!(
+            verify(p, &signed(p, SECRET, BODY), BODY, SECRET),
+            Ok(()),
+            "{p}"
+        );
     }
 }
 
@@ -52,7 +65,11 @@ fn every_scheme_accepts_a_valid_signature() {
 fn every_scheme_rejects_the_wrong_secret() {
     for p in Provider::ALL {
         let h = signed(p, b"not the secret", BODY);
-        assert_eq!(verify(p, &h, BODY, SECRET), Err(SignatureError::Mismatch), "{p}");
+        assert_eq!(
+            verify(p, &h, BODY, SECRET),
+            Err(SignatureError::Mismatch),
+            "{p}"
+        );
     }
 }
 
@@ -78,13 +95,33 @@ fn every_scheme_rejects_a_missing_header() {
 fn hmac_schemes_reject_malformed_hex() {
     let good = sign_hex(SECRET, BODY);
     let cases = [
-        (Provider::Github, "X-Hub-Signature-256", format!("sha256={}", &good[..63])),
+        (
+            Provider::Github,
+            "X-Hub-Signature-256",
+            format!("sha256={}", &good[..63]),
+        ),
         (Provider::Github, "X-Hub-Signature-256", good.clone()),
-        (Provider::Github, "X-Hub-Signature-256", format!("sha1={good}")),
-        (Provider::Gitea, "X-Gitea-Signature", format!("{}zz", &good[..62])),
-        (Provider::Gitea, "X-Gitea-Signature", format!("sha256={good}")),
+        (
+            Provider::Github,
+            "X-Hub-Signature-256",
+            format!("sha1={good}"),
+        ),
+        (
+            Provider::Gitea,
+            "X-Gitea-Signature",
+            format!("{}zz", &good[..62]),
+        ),
+        (
+            Provider::Gitea,
+            "X-Gitea-Signature",
+            format!("sha256={good}"),
+        ),
         (Provider::Bitbucket, "X-Hub-Signature", "sha256=".to_owned()),
-        (Provider::Generic, "X-Gantry-Signature", format!("sha256={good}00")),
+        (
+            Provider::Generic,
+            "X-Gantry-Signature",
+            format!("sha256={good}00"),
+        ),
     ];
     for (p, header, value) in cases {
         let err = verify(p, &headers(&[(header, &value)]), BODY, SECRET).expect_err(&value);
@@ -111,10 +148,15 @@ fn non_ascii_signature_header_is_malformed() {
 
 #[test]
 fn every_scheme_rejects_a_tampered_body() {
-    let tampered = br#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000000"}"#;
+    let tampered =
+        br#"{"ref":"refs/heads/main","after":"0000000000000000000000000000000000000000"}"#;
     for p in Provider::ALL.into_iter().filter(|p| *p != Provider::Gitlab) {
         let h = signed(p, SECRET, BODY);
-        assert_eq!(verify(p, &h, tampered, SECRET), Err(SignatureError::Mismatch), "{p}");
+        assert_eq!(
+            verify(p, &h, tampered, SECRET),
+            Err(SignatureError::Mismatch),
+            "{p}"
+        );
     }
     // GitLab's token does not cover the body: any body with the right token passes.
     let h = signed(Provider::Gitlab, SECRET, BODY);
@@ -137,13 +179,20 @@ fn gitea_also_accepts_the_github_style_header() {
     h.insert("x-gitea-signature", HeaderValue::from_static("00"));
     assert!(matches!(
         verify(Provider::Gitea, &h, BODY, SECRET),
-        Err(SignatureError::Malformed { header: "X-Gitea-Signature", .. })
+        Err(SignatureError::Malformed {
+            header: "X-Gitea-Signature",
+            ..
+        })
     ));
 }
 
 #[test]
 fn gitlab_token_must_match_exactly() {
-    for token in ["It's a Secret to Everybod", "It's a Secret to Everybody!", ""] {
+    for token in [
+        "It's a Secret to Everybod",
+        "It's a Secret to Everybody!",
+        "",
+    ] {
         let h = headers(&[("x-gitlab-token", token)]);
         assert_eq!(
             verify(Provider::Gitlab, &h, BODY, SECRET),
@@ -157,7 +206,11 @@ fn gitlab_token_must_match_exactly() {
 fn an_empty_secret_never_verifies() {
     for p in Provider::ALL {
         let h = signed(p, b"", BODY);
-        assert_eq!(verify(p, &h, BODY, b""), Err(SignatureError::NoSecret), "{p}");
+        assert_eq!(
+            verify(p, &h, BODY, b""),
+            Err(SignatureError::NoSecret),
+            "{p}"
+        );
     }
 }
 

@@ -1,0 +1,242 @@
+//! The service harness: what every Gantry process shares (store, bus,
+//! pipelines, projections), its background tasks, and its health routes.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use axum::extract::State;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::{EventBus, NatsBus, SqlBus};
+use crate::config::Settings;
+use crate::consumer::{self, Handler};
+use crate::pipeline::{self, PipelineErrors, PipelineSet};
+use crate::problem::Problem;
+use crate::projection::Projections;
+use crate::relay::Relay;
+use crate::store::{redact_url, EventStore};
+
+/// The pipelines in force; replaced whole on reload.
+#[derive(Debug, Clone, Default)]
+pub struct Pipelines {
+    current: Arc<RwLock<Arc<PipelineSet>>>,
+}
+
+impl Pipelines {
+    pub fn new(set: PipelineSet) -> Self {
+        Self {
+            current: Arc::new(RwLock::new(Arc::new(set))),
+        }
+    }
+
+    /// A consistent snapshot.
+    pub fn get(&self) -> Arc<PipelineSet> {
+        self.current
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Loads `dir` again. Valid files replace the set; invalid ones are
+    /// reported and left out, so one bad edit does not stop the others.
+    pub fn reload(&self, dir: &std::path::Path) -> PipelineErrors {
+        let (set, errors) = pipeline::load_dir_partial(dir);
+        for e in errors.iter() {
+            tracing::error!(error = %e, "pipeline rejected");
+        }
+        tracing::info!(pipelines = set.len(), dir = %dir.display(), "pipelines loaded");
+        match self.current.write() {
+            Ok(mut g) => *g = Arc::new(set),
+            Err(p) => *p.into_inner() = Arc::new(set),
+        }
+        errors
+    }
+}
+
+/// Everything a Gantry process works with.
+#[derive(Clone)]
+pub struct App {
+    pub settings: Arc<Settings>,
+    pub store: EventStore,
+    pub bus: Arc<dyn EventBus>,
+    pub nats: Option<NatsBus>,
+    pub pipelines: Pipelines,
+    pub projections: Projections,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("store", &self.store)
+            .field("bus", &self.bus.kind())
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("cannot open the event store at {url}: {source}")]
+    Store {
+        url: String,
+        source: crate::StoreError,
+    },
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Nats {
+        url: String,
+        source: crate::bus::BusError,
+    },
+}
+
+impl App {
+    /// Opens the store (migrating it), connects to NATS when configured, and
+    /// loads the pipelines.
+    pub async fn start(settings: Settings) -> Result<Self, StartError> {
+        let url = settings.database_url();
+        if settings.database_url.is_none() {
+            std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
+                path: settings.data_dir.display().to_string(),
+                source,
+            })?;
+        }
+        let store_err = |source| StartError::Store {
+            url: redact_url(&url),
+            source,
+        };
+        let store = EventStore::connect(&url).await.map_err(store_err)?;
+        store.migrate().await.map_err(store_err)?;
+        let (bus, nats): (Arc<dyn EventBus>, _) = match settings.nats() {
+            Some(ns) => {
+                let url = redact_url(&ns.url);
+                let nats = NatsBus::connect(ns)
+                    .await
+                    .map_err(|source| StartError::Nats { url, source })?;
+                (Arc::new(nats.clone()), Some(nats))
+            }
+            None => (Arc::new(SqlBus::new(store.clone())), None),
+        };
+        let pipelines = Pipelines::default();
+        pipelines.reload(&settings.pipelines);
+        Ok(Self {
+            projections: Projections::new(store.clone()),
+            settings: Arc::new(settings),
+            store,
+            bus,
+            nats,
+            pipelines,
+        })
+    }
+
+    /// Starts what every process runs in the background: the relay candidate
+    /// (with NATS), the projector, and pipeline reload on SIGHUP.
+    pub fn spawn_background(&self, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
+        if let Some(nats) = &self.nats {
+            let relay = Relay::new(self.store.clone(), nats.clone());
+            tasks.spawn(relay.run(shutdown.child_token()));
+        }
+        let projections = self.projections.clone();
+        let token = shutdown.child_token();
+        tasks.spawn(async move { projections.run(token).await });
+        #[cfg(unix)]
+        {
+            let pipelines = self.pipelines.clone();
+            let dir = self.settings.pipelines.clone();
+            let token = shutdown.child_token();
+            tasks.spawn(async move {
+                use tokio::signal::unix::{signal, SignalKind};
+                let Ok(mut hup) = signal(SignalKind::hangup()) else {
+                    return;
+                };
+                loop {
+                    tokio::select! {
+                        _ = token.cancelled() => return,
+                        _ = hup.recv() => { pipelines.reload(&dir); }
+                    }
+                }
+            });
+        }
+    }
+
+    /// Runs `handler` as a consumer until shutdown, restarting it after bus errors.
+    pub fn spawn_consumer(
+        &self,
+        tasks: &mut JoinSet<()>,
+        shutdown: &CancellationToken,
+        handler: Arc<dyn Handler>,
+    ) {
+        let store = self.store.clone();
+        let bus = self.bus.clone();
+        let token = shutdown.child_token();
+        tasks.spawn(async move {
+            while !token.is_cancelled() {
+                match consumer::run(store.clone(), bus.clone(), handler.clone(), token.clone()).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        tracing::warn!(handler = handler.name(), error = %e, "consumer failed; restarting");
+                        tokio::select! {
+                            _ = token.cancelled() => return,
+                            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        }
+                    }
+                }
+            }
+        });
+    }
+
+    /// `/healthz`, `/readyz` and `/metrics`.
+    pub fn health_routes(&self) -> Router {
+        Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/metrics", get(metrics))
+            .with_state(self.clone())
+    }
+}
+
+async fn healthz() -> impl IntoResponse {
+    Json(serde_json::json!({ "status": "ok" }))
+}
+
+/// Ready when the database answers and the bus can deliver.
+async fn readyz(State(app): State<App>) -> Result<Json<serde_json::Value>, Problem> {
+    let limit = Duration::from_secs(2);
+    let db = match tokio::time::timeout(limit, app.store.ping()).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "timeout".to_owned(),
+    };
+    let bus = match tokio::time::timeout(limit, app.bus.ready()).await {
+        Ok(Ok(())) => "ok".to_owned(),
+        Ok(Err(e)) => format!("error: {e}"),
+        Err(_) => "timeout".to_owned(),
+    };
+    if db == "ok" && bus == "ok" {
+        Ok(Json(serde_json::json!({
+            "status": "ready",
+            "database": db,
+            "bus": app.bus.kind(),
+        })))
+    } else {
+        Err(Problem::unavailable("not ready")
+            .with("database", db)
+            .with("bus", bus))
+    }
+}
+
+async fn metrics(State(app): State<App>) -> impl IntoResponse {
+    if let Ok(head) = app.store.head().await {
+        crate::metrics::set("gantry_log_head_position", &[], head as f64);
+    }
+    (
+        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::render(),
+    )
+}

@@ -1,0 +1,171 @@
+//! Starting runs: one run per (pipeline, commit), however often it is asked for.
+//!
+//! `commit.received` goes to the stream `commit-<pipeline>-<sha>` with "no
+//! stream" expected, and `run.started` to `run-<id>`, in one atomic append.
+//! A second webhook delivery, a forge retry or a manual trigger of the same
+//! commit loses that race and gets the existing run back.
+
+use gantry_proto::events::{CommitReceived, Person, RunStarted, StagePlan};
+use gantry_proto::CloudEvent;
+use serde::Serialize;
+use uuid::Uuid;
+
+use crate::pipeline::Pipeline;
+use crate::store::{EventStore, ExpectedVersion, NewEvents, StoreError};
+
+/// What a commit is known by when it arrives.
+#[derive(Debug, Clone, Default)]
+pub struct CommitInfo {
+    /// `github`, ..., `generic`, or `manual`.
+    pub provider: String,
+    pub delivery_id: Option<String>,
+    pub commit: String,
+    pub branch: String,
+    pub message: Option<String>,
+    pub author: Option<Person>,
+    pub triggered_by: Option<String>,
+}
+
+/// A run that a trigger named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RunRef {
+    pub pipeline: String,
+    pub run_id: String,
+    pub commit: String,
+    /// False when the run already existed.
+    pub created: bool,
+}
+
+pub fn commit_stream(pipeline: &str, commit: &str) -> String {
+    format!("commit-{pipeline}-{commit}")
+}
+
+pub fn run_stream(run_id: &str) -> String {
+    format!("run-{run_id}")
+}
+
+/// The stage plan a run of `pipeline` follows, frozen when the run starts.
+pub fn stage_plan(pipeline: &Pipeline) -> Vec<StagePlan> {
+    pipeline
+        .stage_plan()
+        .into_iter()
+        .map(|p| {
+            let s = p.stage;
+            let mut steps = vec!["package".to_owned()];
+            if pipeline.image.is_some() {
+                steps.push("image".into());
+            }
+            if s.approval.is_some() {
+                steps.push("approval".into());
+            }
+            if s.deploy.is_some() {
+                steps.push("deploy".into());
+            }
+            if s.ready.is_some() {
+                steps.push("ready".into());
+            }
+            if s.apimanager.is_some() {
+                steps.push("apimanager".into());
+            }
+            if !s.smoke.is_empty() {
+                steps.push("smoke".into());
+            }
+            StagePlan {
+                name: s.name.clone(),
+                after: p.after.map(str::to_owned),
+                steps,
+            }
+        })
+        .collect()
+}
+
+/// Starts the run of `pipeline` for `info.commit`, or returns the one that exists.
+pub async fn start_run(
+    store: &EventStore,
+    service: &str,
+    pipeline: &Pipeline,
+    info: CommitInfo,
+) -> Result<RunRef, StoreError> {
+    let commit_stream = commit_stream(&pipeline.name, &info.commit);
+    if let Some(existing) = existing_run(store, &commit_stream).await? {
+        return Ok(RunRef {
+            pipeline: pipeline.name.clone(),
+            run_id: existing,
+            commit: info.commit,
+            created: false,
+        });
+    }
+    let run_id = Uuid::now_v7().to_string();
+    let received = CloudEvent::new(
+        service,
+        &pipeline.name,
+        Some(&run_id),
+        &CommitReceived {
+            provider: info.provider.clone(),
+            delivery_id: info.delivery_id.clone(),
+            repository: pipeline.source.repo.clone(),
+            branch: info.branch.clone(),
+            commit: info.commit.clone(),
+            message: info.message.clone(),
+            author: info.author.clone(),
+            triggered_by: info.triggered_by.clone(),
+            run_id: run_id.clone(),
+        },
+    );
+    let started = CloudEvent::new(
+        service,
+        &pipeline.name,
+        Some(&run_id),
+        &RunStarted {
+            run_id: run_id.clone(),
+            commit: info.commit.clone(),
+            branch: info.branch.clone(),
+            repository: pipeline.source.repo.clone(),
+            message: info.message.clone(),
+            author: info.author.clone(),
+            trigger: if info.provider == "manual" {
+                "manual".into()
+            } else {
+                "webhook".into()
+            },
+            stages: stage_plan(pipeline),
+        },
+    )
+    .caused_by(&received);
+    let result = store
+        .append_many(vec![
+            NewEvents::new(&commit_stream, ExpectedVersion::NoStream, vec![received]),
+            NewEvents::new(run_stream(&run_id), ExpectedVersion::NoStream, vec![started]),
+        ])
+        .await;
+    match result {
+        Ok(_) => {
+            crate::metrics::inc("gantry_runs_started_total", &[("pipeline", &pipeline.name)]);
+            Ok(RunRef {
+                pipeline: pipeline.name.clone(),
+                run_id,
+                commit: info.commit,
+                created: true,
+            })
+        }
+        // Someone else started it between our check and our append.
+        Err(e) if e.is_conflict() => match existing_run(store, &commit_stream).await? {
+            Some(existing) => Ok(RunRef {
+                pipeline: pipeline.name.clone(),
+                run_id: existing,
+                commit: info.commit,
+                created: false,
+            }),
+            None => Err(e),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+async fn existing_run(store: &EventStore, commit_stream: &str) -> Result<Option<String>, StoreError> {
+    let events = store.read_stream(commit_stream).await?;
+    Ok(events
+        .first()
+        .and_then(|e| e.event.decode::<CommitReceived>().ok())
+        .map(|c| c.run_id))
+}
