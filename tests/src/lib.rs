@@ -369,11 +369,9 @@ impl NatsServer {
         matches!(self.child.as_mut().map(|c| c.try_wait()), Some(Ok(None)))
     }
 
-    /// Kills the server with SIGKILL (no graceful shutdown) and reaps it.
-    /// JetStream data that the server had written to its store survives;
-    /// note that nats-server flushes file storage asynchronously (within
-    /// milliseconds), so a message acked just before the kill may be lost —
-    /// as it would in production.
+    /// Kills the server with SIGKILL (no graceful shutdown, like a crash) and
+    /// reaps it. What the server had written to its file store survives and
+    /// is recovered by [`NatsServer::restart`].
     pub fn kill(&mut self) {
         kill_child(&mut self.child);
     }

@@ -1,1 +1,259 @@
-//! gantry-api
+//! The API service: read routes over the projections, manual triggers, and
+//! the whole log as Server-Sent Events (DESIGN.md 1.5).
+//!
+//! List routes answer a bare JSON array; single resources an object; errors
+//! `application/problem+json`. When `GANTRY_API_TOKENS` is set, every
+//! `/api/...` call needs `Authorization: Bearer <token>`.
+
+mod dashboard;
+mod events;
+
+use std::sync::Arc;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use gantry_core::auth::{ApiTokens, Identity};
+use gantry_core::pipeline::Pipeline;
+use gantry_core::projection::RunFilter;
+use gantry_core::trigger::{self, CommitInfo};
+use gantry_core::{App, Problem};
+use serde::Deserialize;
+use serde_json::json;
+
+/// Shared state of the API routes.
+#[derive(Clone)]
+pub struct Api {
+    pub app: App,
+    pub tokens: Option<Arc<ApiTokens>>,
+}
+
+/// The API routes (and the dashboard at `/`), ready to merge into a server.
+pub fn router(app: App) -> Result<Router, gantry_core::auth::TokensError> {
+    let tokens = match &app.settings.api_tokens {
+        Some(path) => Some(Arc::new(ApiTokens::load(path)?)),
+        None => None,
+    };
+    let api = Api { app, tokens };
+    let v1 = Router::new()
+        .route("/pipelines", get(list_pipelines))
+        .route("/pipelines/{name}", get(get_pipeline))
+        .route("/runs", get(list_runs).post(trigger_run))
+        .route("/runs/{id}", get(get_run))
+        .route("/runs/{id}/events", get(run_events))
+        .route("/events", get(events::stream))
+        .fallback(not_found)
+        .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .with_state(api.clone());
+    Ok(Router::new()
+        .nest("/api/v1", v1)
+        .route("/", get(dashboard::page)))
+}
+
+async fn not_found() -> Problem {
+    Problem::not_found("no such API route; see GET /api/v1/runs, /api/v1/pipelines, /api/v1/events")
+}
+
+/// Checks the bearer token when tokens are configured, and records who called.
+async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    if let Some(tokens) = &api.tokens {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(token) = presented else {
+            return Problem::unauthorized("this API needs `Authorization: Bearer <token>`")
+                .into_response();
+        };
+        let Some(identity) = tokens.authenticate(token) else {
+            return Problem::unauthorized("unknown API token").into_response();
+        };
+        req.extensions_mut().insert(identity.clone());
+    }
+    next.run(req).await
+}
+
+fn pipeline_json(api: &Api, p: &Pipeline, releases: &[gantry_core::projection::Release]) -> serde_json::Value {
+    let stages: Vec<_> = p
+        .stage_plan()
+        .into_iter()
+        .map(|planned| {
+            let current = releases.iter().find(|r| r.stage == planned.stage.name);
+            json!({
+                "name": planned.stage.name,
+                "after": planned.after,
+                "approval": planned.stage.approval.as_ref().map(|a| json!({
+                    "required": a.required,
+                    "approvers": a.approvers,
+                    "allow_self": a.allow_self,
+                })),
+                "queue": planned.stage.queue,
+                "current": current,
+            })
+        })
+        .collect();
+    let _ = api;
+    json!({
+        "name": p.name,
+        "source": { "repo": p.source.repo, "branch": p.source.branch },
+        "gateway": { "format": p.gateway.format.as_str(), "path": p.gateway.path },
+        "image": p.image.as_ref().map(|i| json!({ "base": i.base, "repository": i.repository })),
+        "stages": stages,
+    })
+}
+
+async fn list_pipelines(State(api): State<Api>) -> Result<Json<Vec<serde_json::Value>>, Problem> {
+    let set = api.app.pipelines.get();
+    let mut out = Vec::with_capacity(set.len());
+    for p in set.iter() {
+        let releases = api.app.projections.releases(&p.name).await?;
+        out.push(pipeline_json(&api, p, &releases));
+    }
+    Ok(Json(out))
+}
+
+async fn get_pipeline(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+) -> Result<Json<serde_json::Value>, Problem> {
+    let set = api.app.pipelines.get();
+    let p = set
+        .get(&name)
+        .ok_or_else(|| Problem::not_found(format!("no pipeline named `{name}`")))?;
+    let releases = api.app.projections.releases(&name).await?;
+    Ok(Json(pipeline_json(&api, p, &releases)))
+}
+
+#[derive(Debug, Deserialize)]
+struct RunsQuery {
+    pipeline: Option<String>,
+    status: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_runs(
+    State(api): State<Api>,
+    Query(q): Query<RunsQuery>,
+) -> Result<Response, Problem> {
+    const STATUSES: &[&str] = &["running", "succeeded", "failed", "superseded", "cancelled"];
+    if let Some(s) = q.status.as_deref().filter(|s| !s.is_empty()) {
+        if !STATUSES.contains(&s) {
+            return Err(Problem::bad_request(format!(
+                "status `{s}` is not one of {}",
+                STATUSES.join(", ")
+            )));
+        }
+    }
+    let runs = api
+        .app
+        .projections
+        .list_runs(&RunFilter {
+            pipeline: q.pipeline.filter(|p| !p.is_empty()),
+            status: q.status.filter(|s| !s.is_empty()),
+            limit: q.limit,
+        })
+        .await?;
+    Ok(Json(runs).into_response())
+}
+
+async fn get_run(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, Problem> {
+    match api.app.projections.get_run(&id).await? {
+        Some(run) => Ok(Json(run).into_response()),
+        None => Err(Problem::not_found(format!("no run `{id}`"))),
+    }
+}
+
+async fn run_events(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, Problem> {
+    let events = api.app.store.read_run(&id).await?;
+    if events.is_empty() {
+        return Err(Problem::not_found(format!("no run `{id}`")));
+    }
+    let events: Vec<_> = events.into_iter().map(|e| e.event).collect();
+    Ok(Json(events).into_response())
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TriggerRequest {
+    pipeline: String,
+    /// Full sha; the branch head when omitted.
+    commit: Option<String>,
+    message: Option<String>,
+}
+
+async fn trigger_run(
+    State(api): State<Api>,
+    identity: Option<axum::Extension<Identity>>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let req: TriggerRequest = serde_json::from_slice(&body).map_err(|e| {
+        Problem::bad_request(format!("invalid trigger request: {e}"))
+            .with("example", json!({ "pipeline": "banking", "commit": "<40-hex sha>" }))
+    })?;
+    let set = api.app.pipelines.get();
+    let pipeline = set
+        .get(&req.pipeline)
+        .ok_or_else(|| Problem::not_found(format!("no pipeline named `{}`", req.pipeline)))?
+        .clone();
+    let commit = match req.commit.map(|c| c.trim().to_ascii_lowercase()) {
+        Some(c) => {
+            if !(c.len() == 40 || c.len() == 64) || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Problem::bad_request(format!(
+                    "commit `{c}` is not a full commit id (40 or 64 hex digits)"
+                )));
+            }
+            c
+        }
+        None => resolve_head(&pipeline).await?,
+    };
+    let user = identity
+        .map(|axum::Extension(i)| i.user)
+        .or_else(|| std::env::var("USER").ok())
+        .unwrap_or_else(|| "anonymous".into());
+    let run = trigger::start_run(
+        &api.app.store,
+        "api",
+        &pipeline,
+        CommitInfo {
+            provider: "manual".into(),
+            delivery_id: None,
+            commit,
+            branch: pipeline.source.branch.clone(),
+            message: req.message,
+            author: None,
+            triggered_by: Some(user),
+        },
+    )
+    .await?;
+    let status = if run.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(run)).into_response())
+}
+
+async fn resolve_head(pipeline: &Pipeline) -> Result<String, Problem> {
+    let repo = pipeline.source.repo.clone();
+    let branch = pipeline.source.branch.clone();
+    let token = match &pipeline.source.token {
+        Some(r) => Some(
+            r.resolve()
+                .map_err(|e| Problem::bad_request(format!("source.token: {e}")))?
+                .expose()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    tokio::task::spawn_blocking(move || gantry_core::git::branch_head(&repo, &branch, token.as_deref()))
+        .await
+        .map_err(Problem::internal)?
+        .map_err(|e| {
+            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; pass a commit explicitly"))
+        })
+}

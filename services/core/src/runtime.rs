@@ -66,6 +66,8 @@ pub struct App {
     pub nats: Option<NatsBus>,
     pub pipelines: Pipelines,
     pub projections: Projections,
+    /// Cancelled when the process shuts down; long-lived responses (SSE) end on it.
+    pub shutdown: CancellationToken,
 }
 
 impl std::fmt::Debug for App {
@@ -132,6 +134,7 @@ impl App {
             bus,
             nats,
             pipelines,
+            shutdown: CancellationToken::new(),
         })
     }
 

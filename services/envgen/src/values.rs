@@ -87,6 +87,11 @@ impl StageValues {
         out
     }
 
+    pub(crate) fn add_diagnostics(&mut self, more: &[Diagnostic]) {
+        self.diagnostics.extend(more.iter().cloned());
+        diag::sort(&mut self.diagnostics);
+    }
+
     /// Placeholders as written: what a `render: false` package carries.
     pub fn raw(&self) -> &Value {
         &self.raw

@@ -1,0 +1,91 @@
+//! `GET /api/v1/events`: the whole log as Server-Sent Events.
+//!
+//! Each message has `id:` = the global position and `data:` = the CloudEvent
+//! as one JSON line. `?from=N` starts at position N (inclusive);
+//! `Last-Event-ID: N` (what browsers send on reconnect) resumes after N and
+//! wins over `from`. Optional filters: `?pipeline=`, `?run=`; `?follow=false`
+//! ends the stream once it has caught up.
+//!
+//! Events are read from the log page by page as the client takes them, so a
+//! slow client only slows its own stream: nothing is buffered without bound
+//! and nothing is skipped.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::response::sse::{Event, KeepAlive, Sse};
+use futures::Stream;
+use gantry_core::Problem;
+use serde::Deserialize;
+
+use crate::Api;
+
+const PAGE: i64 = 256;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct EventsQuery {
+    from: Option<i64>,
+    pipeline: Option<String>,
+    run: Option<String>,
+    /// `false` ends the stream once it has caught up (for scripts).
+    follow: Option<bool>,
+}
+
+pub(crate) async fn stream(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    Query(q): Query<EventsQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let last_seen = match headers.get("last-event-id") {
+        Some(v) => {
+            let text = v.to_str().unwrap_or_default().trim();
+            text.parse::<i64>().map_err(|_| {
+                Problem::bad_request(format!("Last-Event-ID `{text}` is not a log position"))
+            })?
+        }
+        None => q.from.map(|f| f.saturating_sub(1)).unwrap_or(0),
+    };
+    let store = api.app.store.clone();
+    let shutdown = api.app.shutdown.clone();
+    let pipeline = q.pipeline.filter(|p| !p.is_empty());
+    let run = q.run.filter(|r| !r.is_empty());
+    let follow = q.follow.unwrap_or(true);
+    let stream = async_stream::stream! {
+        let mut wake = store.wakeups();
+        let mut after = last_seen.max(0);
+        loop {
+            let page = match store.read_all(after, PAGE).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // End the stream; the client resumes from its last id.
+                    tracing::warn!(error = %e, "event stream read failed; closing it");
+                    break;
+                }
+            };
+            if page.is_empty() {
+                if !follow {
+                    break;
+                }
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = wake.wait_beyond(after) => {}
+                }
+                continue;
+            }
+            for recorded in page {
+                after = recorded.position;
+                if pipeline.as_deref().is_some_and(|p| p != recorded.event.pipeline) {
+                    continue;
+                }
+                if run.as_deref().is_some_and(|r| Some(r) != recorded.event.runid.as_deref()) {
+                    continue;
+                }
+                let Ok(json) = serde_json::to_string(&recorded.event) else { continue };
+                yield Ok(Event::default().id(recorded.position.to_string()).data(json));
+            }
+        }
+    };
+    Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}

@@ -1,0 +1,177 @@
+//! Client commands (`trigger`, `runs`, `run`, `approve`, `reject`, `events`).
+//!
+//! They speak to the HTTP API at `--server` (default `http://<listen>`). When
+//! nothing listens there, they serve the same request in-process against the
+//! configured store, so `gantry runs` works with or without `gantry up`
+//! running, through exactly the same code.
+
+use std::pin::Pin;
+
+use anyhow::{anyhow, Context};
+use axum::body::Body;
+use bytes::Bytes;
+use futures::{Stream, StreamExt, TryStreamExt};
+use gantry_core::{App, Settings};
+use http::{Method, Request, StatusCode};
+use tower::ServiceExt;
+
+use crate::cli::Global;
+
+pub type ByteStream = Pin<Box<dyn Stream<Item = anyhow::Result<Bytes>> + Send>>;
+
+pub struct Response {
+    pub status: StatusCode,
+    pub body: ByteStream,
+}
+
+impl Response {
+    pub async fn bytes(self) -> anyhow::Result<Bytes> {
+        let chunks: Vec<Bytes> = self.body.try_collect().await?;
+        Ok(chunks.concat().into())
+    }
+
+    /// The JSON body of a success, or the problem's detail as an error.
+    pub async fn json(self) -> anyhow::Result<serde_json::Value> {
+        let status = self.status;
+        let body = self.bytes().await?;
+        let value: serde_json::Value = serde_json::from_slice(&body)
+            .with_context(|| format!("server answered {status} with a body that is not JSON"))?;
+        if status.is_success() {
+            Ok(value)
+        } else {
+            Err(problem_error(status, &value))
+        }
+    }
+}
+
+fn problem_error(status: StatusCode, value: &serde_json::Value) -> anyhow::Error {
+    let detail = value
+        .get("detail")
+        .and_then(|d| d.as_str())
+        .or_else(|| value.get("title").and_then(|t| t.as_str()))
+        .unwrap_or("request failed");
+    anyhow!("{detail} ({status})")
+}
+
+pub struct Client {
+    base: String,
+    token: Option<String>,
+    settings: Settings,
+    http: reqwest::Client,
+}
+
+impl Client {
+    pub fn new(global: &Global) -> Self {
+        let base = global
+            .server
+            .clone()
+            .unwrap_or_else(|| format!("http://{}", global.listen))
+            .trim_end_matches('/')
+            .to_owned();
+        Self {
+            base,
+            token: global.token.clone(),
+            settings: global.settings(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Response> {
+        let url = format!("{}{}", self.base, path);
+        let mut req = self.http.request(method.clone(), &url);
+        if let Some(token) = &self.token {
+            req = req.bearer_auth(token);
+        }
+        if let Some(body) = &body {
+            req = req.json(body);
+        }
+        match req.send().await {
+            Ok(resp) => Ok(Response {
+                status: resp.status(),
+                body: Box::pin(resp.bytes_stream().map_err(anyhow::Error::from)),
+            }),
+            Err(e) if e.is_connect() => self.send_in_process(method, path, body).await,
+            Err(e) => Err(anyhow!(e).context(format!("request to {url} failed"))),
+        }
+    }
+
+    /// The same request, answered by an API router over the local store.
+    async fn send_in_process(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<Response> {
+        let mut settings = self.settings.clone();
+        // Only the log is needed; whichever relay runs publishes what we append.
+        settings.nats_url = None;
+        tracing::debug!(server = %self.base, "no server answering; using the store directly");
+        let app = App::start(settings)
+            .await
+            .context("no Gantry server is answering, and the local store cannot be opened")?;
+        let router = gantry_api::router(app)?;
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(token) = &self.token {
+            req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .body(Body::from(serde_json::to_vec(&b)?))?,
+            None => req.body(Body::empty())?,
+        };
+        let resp = router.oneshot(req).await?;
+        let status = resp.status();
+        let stream = resp.into_body().into_data_stream().map_err(anyhow::Error::from);
+        Ok(Response {
+            status,
+            body: Box::pin(stream),
+        })
+    }
+}
+
+/// Splits an SSE byte stream into `(id, data)` messages.
+pub fn sse_messages(body: ByteStream) -> impl Stream<Item = anyhow::Result<(Option<i64>, String)>> {
+    futures::stream::unfold(
+        (body, String::new(), false),
+        |(mut body, mut buf, mut done)| async move {
+            loop {
+                if let Some(end) = buf.find("\n\n") {
+                    let block: String = buf.drain(..end + 2).collect();
+                    let mut id = None;
+                    let mut data = String::new();
+                    for line in block.lines() {
+                        if let Some(v) = line.strip_prefix("id:") {
+                            id = v.trim().parse().ok();
+                        } else if let Some(v) = line.strip_prefix("data:") {
+                            if !data.is_empty() {
+                                data.push('\n');
+                            }
+                            data.push_str(v.strip_prefix(' ').unwrap_or(v));
+                        }
+                    }
+                    if data.is_empty() {
+                        continue; // keep-alive comment
+                    }
+                    return Some((Ok((id, data)), (body, buf, done)));
+                }
+                if done {
+                    return None;
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => buf.push_str(&String::from_utf8_lossy(&chunk)),
+                    Some(Err(e)) => {
+                        done = true;
+                        return Some((Err(e), (body, buf, done)));
+                    }
+                    None => done = true,
+                }
+            }
+        },
+    )
+}

@@ -1,0 +1,93 @@
+//! `gantry up` and `gantry serve <service>`.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::Router;
+use gantry_core::{App, Settings};
+use tokio::task::JoinSet;
+
+use crate::cli::Service;
+
+/// How long in-flight work may take to finish after a shutdown signal.
+const DRAIN: Duration = Duration::from_secs(20);
+
+/// Everything in one process.
+pub async fn up(settings: Settings) -> anyhow::Result<()> {
+    let app = start(settings).await?;
+    let http = Router::new()
+        .merge(gantry_webhook::router(app.clone()))
+        .merge(gantry_api::router(app.clone()).context("loading API tokens")?)
+        .merge(app.health_routes());
+    run(app, http, "up").await
+}
+
+/// One microservice, over Postgres and NATS.
+pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
+    if settings.database_url.is_none() || settings.nats_url.is_none() {
+        bail!(
+            "`gantry serve` runs one service of a distributed installation and needs both \
+             GANTRY_DATABASE_URL (postgres://...) and GANTRY_NATS_URL (nats://...); \
+             use `gantry up` to run everything in one process"
+        );
+    }
+    let app = start(settings).await?;
+    let http = match service {
+        Service::Webhook => gantry_webhook::router(app.clone()),
+        Service::Api => gantry_api::router(app.clone()).context("loading API tokens")?,
+        other => bail!(
+            "service `{}` is not part of this release yet; available: webhook, api",
+            other.name()
+        ),
+    }
+    .merge(app.health_routes());
+    run(app, http, service.name()).await
+}
+
+async fn start(settings: Settings) -> anyhow::Result<App> {
+    App::start(settings).await.map_err(anyhow::Error::from)
+}
+
+async fn run(app: App, http: Router, role: &str) -> anyhow::Result<()> {
+    let shutdown = app.shutdown.clone();
+    let signal = gantry_core::shutdown::on_signal();
+    let linked = shutdown.clone();
+    tokio::spawn(async move {
+        signal.cancelled().await;
+        linked.cancel();
+    });
+    let mut tasks = JoinSet::new();
+    app.spawn_background(&mut tasks, &shutdown);
+
+    let addr = app.settings.listen;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen on {addr}; set --listen or GANTRY_LISTEN to a free address"))?;
+    let local = listener.local_addr()?;
+    tracing::info!(
+        role,
+        listen = %local,
+        bus = app.bus.kind(),
+        store = ?app.store.backend(),
+        pipelines = app.pipelines.get().len(),
+        "gantry is up at http://{local}"
+    );
+    let token = shutdown.clone();
+    axum::serve(listener, http)
+        .with_graceful_shutdown(async move { token.cancelled().await })
+        .await
+        .context("HTTP server failed")?;
+
+    shutdown.cancel();
+    let drained = tokio::time::timeout(DRAIN, async {
+        while tasks.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("background work did not finish within {DRAIN:?}; stopping it");
+        tasks.abort_all();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
