@@ -1,0 +1,229 @@
+//! Driving the real `gantry` binary: spawn it, sign webhooks, read the API.
+#![allow(dead_code)] // each e2e test binary uses a different part of this
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::Sha256;
+
+pub const SECRET: &str = "e2e-webhook-secret";
+pub const REPO: &str = "https://git.example.com/apim/banking-config.git";
+
+/// A `gantry` process with its own working directory and port.
+pub struct Gantry {
+    child: Option<Child>,
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    pub dir: PathBuf,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl Gantry {
+    /// Starts `gantry <args>` in `dir` (which holds `pipelines/`), listening on a free port.
+    pub async fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gantry {
+        let port = gantry_tests::free_port();
+        let log = dir.join(format!("gantry-{port}.log"));
+        let mut g = Gantry {
+            child: None,
+            args: args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            dir: dir.to_owned(),
+            port,
+            log,
+        };
+        g.spawn().await;
+        g
+    }
+
+    async fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("open log");
+        let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(&self.args)
+            .current_dir(&self.dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("GANTRY_LISTEN", format!("127.0.0.1:{}", self.port))
+            .env("GANTRY_LOG", "info")
+            .env("E2E_WEBHOOK_SECRET", SECRET)
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .spawn()
+            .expect("spawn gantry");
+        self.child = Some(child);
+        let url = format!("{}/healthz", self.url());
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(r) = reqwest::get(&url).await {
+                if r.status().is_success() {
+                    return;
+                }
+            }
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    panic!("gantry exited with {status} at start:\n{}", self.log_text());
+                }
+            }
+            assert!(std::time::Instant::now() < deadline, "gantry did not come up:\n{}", self.log_text());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to finish anything.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM and wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self.child.take().expect("running");
+        unsafe {
+            libc::kill(c.id() as i32, libc::SIGTERM);
+        }
+        c.wait().expect("wait")
+    }
+
+    pub async fn restart(&mut self) {
+        self.kill();
+        self.spawn().await;
+    }
+}
+
+impl Drop for Gantry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A work dir with `pipelines/banking.yaml` following [`REPO`] on `main`.
+pub fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/banking.yaml"),
+        format!(
+            "name: banking\nsource:\n  repo: {REPO}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
+             gateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n  - name: prod\n"
+        ),
+    )
+    .unwrap();
+    dir
+}
+
+pub fn sign(body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+pub fn push_body(commit: &str, branch: &str) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ref": format!("refs/heads/{branch}"),
+        "before": "0000000000000000000000000000000000000000",
+        "after": commit,
+        "repository": {
+            "full_name": "apim/banking-config",
+            "clone_url": REPO,
+            "html_url": "https://git.example.com/apim/banking-config",
+        },
+        "head_commit": {
+            "id": commit,
+            "message": "Raise the pets quota",
+            "author": { "name": "Dev One", "email": "dev@example.com", "username": "dev1" }
+        }
+    }))
+    .unwrap()
+}
+
+pub fn commit_sha(n: u64) -> String {
+    format!("{:040x}", 0xc0ffee_u64 * 1_000_003 + n)
+}
+
+/// Sends a signed GitHub push; returns (status, body).
+pub async fn send_push(
+    client: &reqwest::Client,
+    base: &str,
+    commit: &str,
+    delivery: &str,
+) -> reqwest::Result<(u16, Value)> {
+    let body = push_body(commit, "main");
+    let resp = client
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-GitHub-Delivery", delivery)
+        .header("X-Hub-Signature-256", sign(&body))
+        .header("Content-Type", "application/json")
+        .body(body)
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let body = resp.json().await.unwrap_or(Value::Null);
+    Ok((status, body))
+}
+
+pub async fn get_json(base: &str, path: &str) -> Value {
+    reqwest::get(format!("{base}{path}"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Reads SSE messages from `/api/v1/events` until `done` says so (30 s at most).
+pub async fn read_sse(base: &str, query: &str, mut done: impl FnMut(&[(i64, Value)]) -> bool) -> Vec<(i64, Value)> {
+    use futures::StreamExt;
+    let resp = reqwest::get(format!("{base}/api/v1/events{query}")).await.expect("SSE");
+    assert_eq!(
+        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        Some("text/event-stream")
+    );
+    let mut stream = resp.bytes_stream();
+    let mut buf = Vec::<u8>::new();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !done(&out) {
+        let chunk = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .expect("SSE events arrive within 30 s")
+            .expect("stream open")
+            .expect("chunk");
+        buf.extend_from_slice(&chunk);
+        while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
+            let block: Vec<u8> = buf.drain(..end + 2).collect();
+            let text = String::from_utf8(block).unwrap();
+            let mut id = None;
+            let mut data = None;
+            for line in text.lines() {
+                if let Some(v) = line.strip_prefix("id:") {
+                    id = Some(v.trim().parse::<i64>().unwrap());
+                } else if let Some(v) = line.strip_prefix("data:") {
+                    data = Some(serde_json::from_str::<Value>(v.trim()).unwrap());
+                }
+            }
+            if let (Some(id), Some(data)) = (id, data) {
+                out.push((id, data));
+            }
+        }
+    }
+    out
+}

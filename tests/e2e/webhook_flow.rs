@@ -1,0 +1,222 @@
+//! `gantry up` on its embedded defaults: a signed GitHub push becomes exactly
+//! one run, visible in the API and on the event stream; rejected deliveries
+//! record nothing.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+#[tokio::test]
+async fn signed_push_creates_exactly_one_run_visible_and_streamed() {
+    let dir = workdir();
+    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let base = gantry.url();
+    let client = reqwest::Client::new();
+    let commit = commit_sha(1);
+
+    let (status, body) = send_push(&client, &base, &commit, "delivery-1").await.unwrap();
+    assert_eq!(status, 202, "{body}");
+    let runs = body["runs"].as_array().expect("runs listed");
+    assert_eq!(runs.len(), 1);
+    let run_id = runs[0]["run_id"].as_str().unwrap().to_owned();
+    assert_eq!(runs[0]["created"], true);
+
+    // A redelivery, and the same commit under a new delivery id: same run.
+    for delivery in ["delivery-1", "delivery-2"] {
+        let (status, body) = send_push(&client, &base, &commit, delivery).await.unwrap();
+        assert_eq!(status, 202, "{body}");
+        assert_eq!(body["runs"][0]["run_id"], run_id.as_str());
+        assert_eq!(body["runs"][0]["created"], false);
+    }
+
+    let listed = get_json(&base, "/api/v1/runs").await;
+    let listed = listed.as_array().expect("a JSON array of runs");
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0]["run_id"], run_id.as_str());
+    assert_eq!(listed[0]["commit"], commit.as_str());
+    assert_eq!(listed[0]["pipeline"], "banking");
+    assert_eq!(listed[0]["status"], "running");
+
+    let run = get_json(&base, &format!("/api/v1/runs/{run_id}")).await;
+    let stages: Vec<&str> = run["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["test", "prod"]);
+    assert_eq!(get_json(&base, "/api/v1/runs?pipeline=other").await.as_array().unwrap().len(), 0);
+    assert_eq!(get_json(&base, "/api/v1/runs?status=running").await.as_array().unwrap().len(), 1);
+
+    let events = read_sse(&base, "", |seen| seen.len() >= 2).await;
+    let types: Vec<&str> = events.iter().map(|(_, e)| e["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["io.gantry.commit.received.v1", "io.gantry.run.started.v1"]);
+    for (position, event) in &events {
+        assert_eq!(event["specversion"], "1.0");
+        assert_eq!(event["sequence"], *position);
+        assert_eq!(event["subject"], run_id.as_str());
+        assert_eq!(event["pipeline"], "banking");
+        assert_eq!(event["datacontenttype"], "application/json");
+    }
+    assert_eq!(events[0].1["source"], "gantry/webhook");
+    assert_eq!(events[1].1["causationid"], events[0].1["id"]);
+
+    // Resuming after the first event yields only the second.
+    let resumed = read_sse(&base, &format!("?from={}", events[1].0), |s| !s.is_empty()).await;
+    assert_eq!(resumed[0].0, events[1].0);
+
+    let run_events = get_json(&base, &format!("/api/v1/runs/{run_id}/events")).await;
+    assert_eq!(run_events.as_array().unwrap().len(), 2);
+}
+
+#[tokio::test]
+async fn rejected_deliveries_record_nothing() {
+    let dir = workdir();
+    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let base = gantry.url();
+    let client = reqwest::Client::new();
+    let body = push_body(&commit_sha(2), "main");
+
+    // Bad signature.
+    let resp = client
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", "sha256=00")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+
+    // Missing signature.
+    let resp = client
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 401);
+
+    // Malformed JSON: 400 with a reason.
+    let bad = b"{\"ref\": \"refs/heads/main\", ".to_vec();
+    let resp = client
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(&bad))
+        .body(bad)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+    assert_eq!(resp.headers()["content-type"], "application/problem+json");
+    let problem: Value = resp.json().await.unwrap();
+    assert_eq!(problem["status"], 400);
+    assert!(problem["detail"].as_str().unwrap().contains("line"), "{problem}");
+
+    // Too large.
+    let huge = vec![b' '; 6 * 1024 * 1024];
+    let resp = client
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(&huge))
+        .body(huge)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+
+    // A branch nobody follows, properly signed: ignored.
+    let other = push_body(&commit_sha(3), "feature/x");
+    let resp = client
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(&other))
+        .body(other)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let v: Value = resp.json().await.unwrap();
+    assert_eq!(v["status"], "ignored");
+
+    // Ping.
+    let resp = client
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "ping")
+        .header("X-Hub-Signature-256", sign(b"{\"zen\":\"hi\"}"))
+        .body("{\"zen\":\"hi\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+
+    // Unknown provider.
+    let resp = client.post(format!("{base}/webhooks/svn")).body("{}").send().await.unwrap();
+    assert_eq!(resp.status(), 404);
+
+    let events = reqwest::get(format!("{base}/api/v1/events?follow=false")).await.unwrap().text().await.unwrap();
+    assert!(!events.contains("data:"), "nothing was recorded, got: {events}");
+    assert_eq!(get_json(&base, "/api/v1/runs").await.as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn health_cli_and_graceful_shutdown() {
+    let dir = workdir();
+    let mut gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let base = gantry.url();
+    assert_eq!(get_json(&base, "/healthz").await["status"], "ok");
+    let ready = get_json(&base, "/readyz").await;
+    assert_eq!(ready["status"], "ready", "{ready}");
+    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    assert!(metrics.contains("gantry_log_head_position"), "{metrics}");
+
+    // A manual trigger through the CLI, then the CLI's view of it.
+    let cli = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(args)
+            .current_dir(dir.path())
+            .env("GANTRY_LISTEN", format!("127.0.0.1:{}", gantry.port))
+            .output()
+            .expect("run gantry")
+    };
+    let commit = commit_sha(9);
+    let out = cli(&["trigger", "banking", "--commit", &commit, "--output", "json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(run["created"], true);
+    let out = cli(&["runs", "--output", "json"]);
+    let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+    assert_eq!(runs[0]["trigger"], "manual");
+    let out = cli(&["events", "--output", "json"]);
+    let lines: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    let out = cli(&["trigger", "nope", "--commit", &commit]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no pipeline named `nope`"));
+    let out = cli(&["runs", "--bogus"]);
+    assert_eq!(out.status.code(), Some(2), "bad usage exits 2");
+
+    // An open event stream does not hold up shutdown.
+    let sse = tokio::spawn({
+        let base = base.clone();
+        async move { reqwest::get(format!("{base}/api/v1/events")).await.map(|r| r.status()) }
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let status = tokio::task::spawn_blocking(move || gantry.terminate()).await.unwrap();
+    assert!(status.success(), "clean exit on SIGTERM, got {status}");
+    let _ = sse.await;
+
+    // The CLI reads the store directly when no server runs.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["runs", "--output", "json"])
+        .current_dir(dir.path())
+        .env("GANTRY_LISTEN", format!("127.0.0.1:{}", gantry_tests::free_port()))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(runs.as_array().unwrap().len(), 1);
+}
