@@ -77,8 +77,9 @@ impl BlockKind {
 pub(crate) enum Node {
     /// Literal source text `src[start..end]`.
     Text { start: usize, end: usize },
-    /// `{{ expr }}` at `src[start..end]`, with its YAML context.
-    Expr { expr: Expr, start: usize, end: usize, ctx: ValueCtx },
+    /// `{{ expr }}` at `src[start..end]`, with its YAML context. `id` numbers
+    /// the expressions of a template in source order.
+    Expr { expr: Expr, start: usize, end: usize, ctx: ValueCtx, id: usize },
     /// A placeholder that did not parse; renders as nothing.
     Invalid { start: usize, end: usize },
     /// `{{#if}}` / `{{#unless}}`, with the `{{else}}` part in `inverse`.
@@ -90,11 +91,32 @@ pub(crate) enum Node {
 
 /// Parse `src` into nodes. Every problem is pushed to `errors`; parsing goes on
 /// so that all of them are reported at once.
-pub(crate) fn parse(src: &str, errors: &mut Vec<TemplateError>) -> Vec<Node> {
+pub(crate) fn parse(src: &str, errors: &mut Vec<TemplateError>) -> (Vec<Node>, usize) {
     let pieces = super::lexer::scan(src, errors);
     let (ctx, spans) = classify(src, &pieces);
     let grouped = group(src, pieces, &ctx, &spans);
-    build(src, grouped, errors)
+    let mut nodes = build(src, grouped, errors);
+    let mut count = 0;
+    number(&mut nodes, &mut count);
+    (nodes, count)
+}
+
+/// Give every expression its `id`, in source order.
+fn number(nodes: &mut [Node], next: &mut usize) {
+    for n in nodes {
+        match n {
+            Node::Expr { id, .. } => {
+                *id = *next;
+                *next += 1;
+            }
+            Node::Scalar { parts, .. } => number(parts, next),
+            Node::Block { body, inverse, .. } => {
+                number(body, next);
+                number(inverse, next);
+            }
+            Node::Text { .. } | Node::Invalid { .. } => {}
+        }
+    }
 }
 
 /// A piece after grouping: scalars are gathered into one unit.
@@ -367,7 +389,7 @@ fn expr_node(src: &str, t: &Tag, ctx: ValueCtx, errors: &mut Vec<TemplateError>)
     }
     let mut p = ExprParser { src, toks: &toks, i: 0, end: t.body_end };
     match p.top() {
-        Ok(expr) => Some(Node::Expr { expr, start: t.start, end: t.end, ctx }),
+        Ok(expr) => Some(Node::Expr { expr, start: t.start, end: t.end, ctx, id: 0 }),
         Err(e) => {
             errors.push(e.with_placeholder(placeholder));
             Some(Node::Invalid { start: t.start, end: t.end })
@@ -607,7 +629,7 @@ mod tests {
 
     fn one(src: &str) -> Expr {
         let mut errs = Vec::new();
-        let nodes = parse(src, &mut errs);
+        let (nodes, _) = parse(src, &mut errs);
         assert!(errs.is_empty(), "{errs:?}");
         for n in nodes {
             match n {
