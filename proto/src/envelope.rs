@@ -163,7 +163,10 @@ mod tests {
         assert_eq!(json["pipeline"], "banking");
         assert_eq!(json["datacontenttype"], "application/json");
         assert_eq!(json["data"]["user"], "rita");
-        assert!(json.get("sequence").is_none(), "unrecorded events have no position");
+        assert!(
+            json.get("sequence").is_none(),
+            "unrecorded events have no position"
+        );
         let back: CloudEvent = serde_json::from_value(json).unwrap();
         assert_eq!(back, ev);
         assert_eq!(back.decode::<RunCancelled>().unwrap().user, "rita");

@@ -115,7 +115,13 @@ mod tests {
             assert_eq!(EventName::parse(name.as_str()), Some(*name));
             assert_eq!(EventName::from_type_name(&name.type_name()), Some(*name));
         }
-        assert_eq!(EventName::from_type_name("io.gantry.package.built.v2"), None);
-        assert_eq!(EventName::from_type_name("com.example.package.built.v1"), None);
+        assert_eq!(
+            EventName::from_type_name("io.gantry.package.built.v2"),
+            None
+        );
+        assert_eq!(
+            EventName::from_type_name("com.example.package.built.v1"),
+            None
+        );
     }
 }

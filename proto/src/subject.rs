@@ -75,6 +75,9 @@ mod tests {
             "gantry.events.*.run.started"
         );
         let t = Subjects::new("t42");
-        assert_eq!(t.event("a.b*", "run.started"), "t42.events.a_b_.run.started");
+        assert_eq!(
+            t.event("a.b*", "run.started"),
+            "t42.events.a_b_.run.started"
+        );
     }
 }

@@ -26,7 +26,8 @@ async fn flood(base: String, accepted: Arc<AtomicUsize>) -> Vec<String> {
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..SENDERS {
-        let (client, base, next, accepted) = (client.clone(), base.clone(), next.clone(), accepted.clone());
+        let (client, base, next, accepted) =
+            (client.clone(), base.clone(), next.clone(), accepted.clone());
         tasks.push(tokio::spawn(async move {
             let mut mine = Vec::new();
             loop {
@@ -47,7 +48,10 @@ async fn flood(base: String, accepted: Arc<AtomicUsize>) -> Vec<String> {
                         Ok((status, body)) => panic!("unexpected {status}: {body}"),
                         // The server is down or died mid-request: a forge retries.
                         Err(_) => {
-                            assert!(tokio::time::Instant::now() < deadline, "server never came back");
+                            assert!(
+                                tokio::time::Instant::now() < deadline,
+                                "server never came back"
+                            );
                             tokio::time::sleep(Duration::from_millis(20)).await;
                         }
                     }
@@ -65,7 +69,10 @@ async fn flood(base: String, accepted: Arc<AtomicUsize>) -> Vec<String> {
 async fn wait_for(accepted: &AtomicUsize, n: usize) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while accepted.load(Ordering::SeqCst) < n {
-        assert!(tokio::time::Instant::now() < deadline, "webhooks stopped flowing");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "webhooks stopped flowing"
+        );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
@@ -73,12 +80,18 @@ async fn wait_for(accepted: &AtomicUsize, n: usize) {
 /// Every accepted commit has exactly one `commit.received` and one `run.started`.
 fn assert_exactly_once(accepted: &[String], rows: &[(String, String, String)]) {
     let unique: HashSet<&String> = accepted.iter().collect();
-    assert_eq!(unique.len(), WEBHOOKS, "every webhook was eventually accepted");
+    assert_eq!(
+        unique.len(),
+        WEBHOOKS,
+        "every webhook was eventually accepted"
+    );
     let mut per_commit: HashMap<(&str, &str), usize> = HashMap::new();
     let mut ids = HashSet::new();
     for (id, ty, commit) in rows {
         assert!(ids.insert(id.clone()), "event {id} recorded twice");
-        *per_commit.entry((ty.as_str(), commit.as_str())).or_default() += 1;
+        *per_commit
+            .entry((ty.as_str(), commit.as_str()))
+            .or_default() += 1;
     }
     for commit in &unique {
         for ty in ["io.gantry.commit.received.v1", "io.gantry.run.started.v1"] {
@@ -104,12 +117,21 @@ async fn sigkill_of_gantry_up_loses_and_duplicates_nothing() {
     }
     let commits = sender.await.unwrap();
 
-    let url = format!("sqlite://{}", dir.path().join(".gantry/gantry.db").display());
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join(".gantry/gantry.db").display()
+    );
     let store = gantry_core::EventStore::connect(&url).await.unwrap();
     let events = store.read_all(0, 10_000).await.unwrap();
     let rows: Vec<_> = events
         .iter()
-        .map(|e| (e.event.id.to_string(), e.event.ty.clone(), e.event.data["commit"].as_str().unwrap().to_owned()))
+        .map(|e| {
+            (
+                e.event.id.to_string(),
+                e.event.ty.clone(),
+                e.event.data["commit"].as_str().unwrap().to_owned(),
+            )
+        })
         .collect();
     assert_exactly_once(&commits, &rows);
     let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
@@ -148,16 +170,21 @@ async fn sigkill_of_distributed_services_loses_and_duplicates_nothing() {
     let commits = sender.await.unwrap();
 
     let pool = db.pool().await.unwrap();
-    let rows: Vec<(String, String, String)> = sqlx::query("SELECT event_id, event_type, event FROM events ORDER BY position")
-        .fetch_all(&pool)
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| {
-            let event: Value = serde_json::from_str(r.get::<String, _>(2).as_str()).unwrap();
-            (r.get(0), r.get(1), event["data"]["commit"].as_str().unwrap().to_owned())
-        })
-        .collect();
+    let rows: Vec<(String, String, String)> =
+        sqlx::query("SELECT event_id, event_type, event FROM events ORDER BY position")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| {
+                let event: Value = serde_json::from_str(r.get::<String, _>(2).as_str()).unwrap();
+                (
+                    r.get(0),
+                    r.get(1),
+                    event["data"]["commit"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
     assert_exactly_once(&commits, &rows);
 
     // JetStream ends up with exactly the log: every event once, in log order.
@@ -169,11 +196,19 @@ async fn sigkill_of_distributed_services_loses_and_duplicates_nothing() {
         if n as usize >= rows.len() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "relay published {n} of {}", rows.len());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay published {n} of {}",
+            rows.len()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let info = stream.info().await.unwrap();
-    assert_eq!(info.state.messages as usize, rows.len(), "no duplicates on NATS");
+    assert_eq!(
+        info.state.messages as usize,
+        rows.len(),
+        "no duplicates on NATS"
+    );
     let mut on_nats = Vec::new();
     for seq in info.state.first_sequence..=info.state.last_sequence {
         let msg = stream.get_raw_message(seq).await.unwrap();

@@ -37,7 +37,10 @@ async fn webhook_and_api_as_separate_processes() {
     let api = Gantry::start(dir.path(), &["serve", "api"], &env).await;
 
     let client = async_nats::connect(nats.url()).await.unwrap();
-    let mut sub = client.subscribe(format!("{prefix}.events.>")).await.unwrap();
+    let mut sub = client
+        .subscribe(format!("{prefix}.events.>"))
+        .await
+        .unwrap();
     client.flush().await.unwrap();
 
     let commit = commit_sha(42);
@@ -56,8 +59,14 @@ async fn webhook_and_api_as_separate_processes() {
         let event: Value = serde_json::from_slice(&msg.payload).unwrap();
         received.push((msg.subject.to_string(), event));
     }
-    assert_eq!(received[0].0, format!("{prefix}.events.banking.commit.received"));
-    assert_eq!(received[1].0, format!("{prefix}.events.banking.run.started"));
+    assert_eq!(
+        received[0].0,
+        format!("{prefix}.events.banking.commit.received")
+    );
+    assert_eq!(
+        received[1].0,
+        format!("{prefix}.events.banking.run.started")
+    );
     for (_, e) in &received {
         assert_eq!(e["specversion"], "1.0");
         assert_eq!(e["runid"], run_id.as_str());

@@ -15,7 +15,9 @@ async fn signed_push_creates_exactly_one_run_visible_and_streamed() {
     let client = reqwest::Client::new();
     let commit = commit_sha(1);
 
-    let (status, body) = send_push(&client, &base, &commit, "delivery-1").await.unwrap();
+    let (status, body) = send_push(&client, &base, &commit, "delivery-1")
+        .await
+        .unwrap();
     assert_eq!(status, 202, "{body}");
     let runs = body["runs"].as_array().expect("runs listed");
     assert_eq!(runs.len(), 1);
@@ -39,14 +41,39 @@ async fn signed_push_creates_exactly_one_run_visible_and_streamed() {
     assert_eq!(listed[0]["status"], "running");
 
     let run = get_json(&base, &format!("/api/v1/runs/{run_id}")).await;
-    let stages: Vec<&str> = run["stages"].as_array().unwrap().iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let stages: Vec<&str> = run["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(stages, ["test", "prod"]);
-    assert_eq!(get_json(&base, "/api/v1/runs?pipeline=other").await.as_array().unwrap().len(), 0);
-    assert_eq!(get_json(&base, "/api/v1/runs?status=running").await.as_array().unwrap().len(), 1);
+    assert_eq!(
+        get_json(&base, "/api/v1/runs?pipeline=other")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
+    assert_eq!(
+        get_json(&base, "/api/v1/runs?status=running")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
 
     let events = read_sse(&base, "", |seen| seen.len() >= 2).await;
-    let types: Vec<&str> = events.iter().map(|(_, e)| e["type"].as_str().unwrap()).collect();
-    assert_eq!(types, ["io.gantry.commit.received.v1", "io.gantry.run.started.v1"]);
+    let types: Vec<&str> = events
+        .iter()
+        .map(|(_, e)| e["type"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        types,
+        ["io.gantry.commit.received.v1", "io.gantry.run.started.v1"]
+    );
     for (position, event) in &events {
         assert_eq!(event["specversion"], "1.0");
         assert_eq!(event["sequence"], *position);
@@ -109,7 +136,10 @@ async fn rejected_deliveries_record_nothing() {
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let problem: Value = resp.json().await.unwrap();
     assert_eq!(problem["status"], 400);
-    assert!(problem["detail"].as_str().unwrap().contains("line"), "{problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("line"),
+        "{problem}"
+    );
 
     // Too large.
     let huge = vec![b' '; 6 * 1024 * 1024];
@@ -149,12 +179,32 @@ async fn rejected_deliveries_record_nothing() {
     assert_eq!(resp.status(), 200);
 
     // Unknown provider.
-    let resp = client.post(format!("{base}/webhooks/svn")).body("{}").send().await.unwrap();
+    let resp = client
+        .post(format!("{base}/webhooks/svn"))
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 404);
 
-    let events = reqwest::get(format!("{base}/api/v1/events?follow=false")).await.unwrap().text().await.unwrap();
-    assert!(!events.contains("data:"), "nothing was recorded, got: {events}");
-    assert_eq!(get_json(&base, "/api/v1/runs").await.as_array().unwrap().len(), 0);
+    let events = reqwest::get(format!("{base}/api/v1/events?follow=false"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !events.contains("data:"),
+        "nothing was recorded, got: {events}"
+    );
+    assert_eq!(
+        get_json(&base, "/api/v1/runs")
+            .await
+            .as_array()
+            .unwrap()
+            .len(),
+        0
+    );
 }
 
 #[tokio::test]
@@ -165,7 +215,12 @@ async fn health_cli_and_graceful_shutdown() {
     assert_eq!(get_json(&base, "/healthz").await["status"], "ok");
     let ready = get_json(&base, "/readyz").await;
     assert_eq!(ready["status"], "ready", "{ready}");
-    let metrics = reqwest::get(format!("{base}/metrics")).await.unwrap().text().await.unwrap();
+    let metrics = reqwest::get(format!("{base}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(metrics.contains("gantry_log_head_position"), "{metrics}");
 
     // A manual trigger through the CLI, then the CLI's view of it.
@@ -178,8 +233,14 @@ async fn health_cli_and_graceful_shutdown() {
             .expect("run gantry")
     };
     let commit = commit_sha(9);
-    let out = cli(&["trigger", "banking", "--commit", &commit, "--output", "json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = cli(&[
+        "trigger", "banking", "--commit", &commit, "--output", "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let run: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["created"], true);
     let out = cli(&["runs", "--output", "json"]);
@@ -202,10 +263,16 @@ async fn health_cli_and_graceful_shutdown() {
     // An open event stream does not hold up shutdown.
     let sse = tokio::spawn({
         let base = base.clone();
-        async move { reqwest::get(format!("{base}/api/v1/events")).await.map(|r| r.status()) }
+        async move {
+            reqwest::get(format!("{base}/api/v1/events"))
+                .await
+                .map(|r| r.status())
+        }
     });
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    let status = tokio::task::spawn_blocking(move || gantry.terminate()).await.unwrap();
+    let status = tokio::task::spawn_blocking(move || gantry.terminate())
+        .await
+        .unwrap();
     assert!(status.success(), "clean exit on SIGTERM, got {status}");
     let _ = sse.await;
 
@@ -213,10 +280,17 @@ async fn health_cli_and_graceful_shutdown() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(["runs", "--output", "json"])
         .current_dir(dir.path())
-        .env("GANTRY_LISTEN", format!("127.0.0.1:{}", gantry_tests::free_port()))
+        .env(
+            "GANTRY_LISTEN",
+            format!("127.0.0.1:{}", gantry_tests::free_port()),
+        )
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 1);
 }

@@ -78,7 +78,11 @@ async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> R
     next.run(req).await
 }
 
-fn pipeline_json(api: &Api, p: &Pipeline, releases: &[gantry_core::projection::Release]) -> serde_json::Value {
+fn pipeline_json(
+    api: &Api,
+    p: &Pipeline,
+    releases: &[gantry_core::projection::Release],
+) -> serde_json::Value {
     let stages: Vec<_> = p
         .stage_plan()
         .into_iter()
@@ -192,8 +196,10 @@ async fn trigger_run(
     body: axum::body::Bytes,
 ) -> Result<Response, Problem> {
     let req: TriggerRequest = serde_json::from_slice(&body).map_err(|e| {
-        Problem::bad_request(format!("invalid trigger request: {e}"))
-            .with("example", json!({ "pipeline": "banking", "commit": "<40-hex sha>" }))
+        Problem::bad_request(format!("invalid trigger request: {e}")).with(
+            "example",
+            json!({ "pipeline": "banking", "commit": "<40-hex sha>" }),
+        )
     })?;
     let set = api.app.pipelines.get();
     let pipeline = set
@@ -250,10 +256,15 @@ async fn resolve_head(pipeline: &Pipeline) -> Result<String, Problem> {
         ),
         None => None,
     };
-    tokio::task::spawn_blocking(move || gantry_core::git::branch_head(&repo, &branch, token.as_deref()))
-        .await
-        .map_err(Problem::internal)?
-        .map_err(|e| {
-            Problem::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{e}; pass a commit explicitly"))
-        })
+    tokio::task::spawn_blocking(move || {
+        gantry_core::git::branch_head(&repo, &branch, token.as_deref())
+    })
+    .await
+    .map_err(Problem::internal)?
+    .map_err(|e| {
+        Problem::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("{e}; pass a commit explicitly"),
+        )
+    })
 }

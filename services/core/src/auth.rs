@@ -137,7 +137,8 @@ mod tests {
 
     #[test]
     fn a_clear_text_token_is_refused() {
-        let err = ApiTokens::parse("t.yaml", "tokens:\n  - user: rita\n    sha256: s3cret\n").unwrap_err();
+        let err = ApiTokens::parse("t.yaml", "tokens:\n  - user: rita\n    sha256: s3cret\n")
+            .unwrap_err();
         assert!(err.to_string().contains("tokens[0].sha256"), "{err}");
     }
 }

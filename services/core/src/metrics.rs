@@ -13,7 +13,10 @@ fn registry() -> &'static Mutex<BTreeMap<Key, f64>> {
 
 /// Adds `by` to a counter.
 pub fn add(name: &'static str, labels: &[(&'static str, &str)], by: f64) {
-    let key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
+    let key = (
+        name,
+        labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+    );
     if let Ok(mut r) = registry().lock() {
         *r.entry(key).or_insert(0.0) += by;
     }
@@ -25,7 +28,10 @@ pub fn inc(name: &'static str, labels: &[(&'static str, &str)]) {
 
 /// Sets a gauge.
 pub fn set(name: &'static str, labels: &[(&'static str, &str)], value: f64) {
-    let key = (name, labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect());
+    let key = (
+        name,
+        labels.iter().map(|(k, v)| (*k, (*v).to_owned())).collect(),
+    );
     if let Ok(mut r) = registry().lock() {
         r.insert(key, value);
     }
@@ -40,7 +46,11 @@ pub fn render() -> String {
     let mut last = "";
     for ((name, labels), value) in r.iter() {
         if *name != last {
-            let kind = if name.ends_with("_total") { "counter" } else { "gauge" };
+            let kind = if name.ends_with("_total") {
+                "counter"
+            } else {
+                "gauge"
+            };
             let _ = writeln!(out, "# TYPE {name} {kind}");
             last = name;
         }

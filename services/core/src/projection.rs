@@ -302,14 +302,20 @@ fn json_or_default<T: serde::de::DeserializeOwned + Default>(s: String) -> T {
 }
 
 /// Folds one event into the projections.
-async fn apply(conn: &mut AnyConnection, event: &CloudEvent, position: i64) -> Result<(), StoreError> {
+async fn apply(
+    conn: &mut AnyConnection,
+    event: &CloudEvent,
+    position: i64,
+) -> Result<(), StoreError> {
     let Some(name) = event.name() else {
         return Ok(());
     };
     let Some(run_id) = event.runid.as_deref() else {
         return Ok(());
     };
-    let at = event.time.to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    let at = event
+        .time
+        .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
     let stage = event.stage().map(str::to_owned);
     // Undecodable payloads are recorded facts too; they just change nothing here.
     macro_rules! data {
@@ -394,11 +400,19 @@ async fn apply(conn: &mut AnyConnection, event: &CloudEvent, position: i64) -> R
     match name {
         EventName::PackageBuilt => {
             let d = data!(ev::PackageBuilt);
-            update.status("packaged").set("package_digest", d.digest).run().await?
+            update
+                .status("packaged")
+                .set("package_digest", d.digest)
+                .run()
+                .await?
         }
         EventName::PackageFailed => {
             let d = data!(ev::PackageFailed);
-            update.status("failed").set("reason", d.reason).run().await?
+            update
+                .status("failed")
+                .set("reason", d.reason)
+                .run()
+                .await?
         }
         EventName::ImagePushed => {
             let d = data!(ev::ImagePushed);
@@ -411,7 +425,11 @@ async fn apply(conn: &mut AnyConnection, event: &CloudEvent, position: i64) -> R
         }
         EventName::ImageFailed => {
             let d = data!(ev::ImageFailed);
-            update.status("failed").set("reason", d.reason).run().await?
+            update
+                .status("failed")
+                .set("reason", d.reason)
+                .run()
+                .await?
         }
         EventName::StageQueued => {
             update
@@ -437,7 +455,15 @@ async fn apply(conn: &mut AnyConnection, event: &CloudEvent, position: i64) -> R
             let mut list: Vec<serde_json::Value> = current.map(json_or_default).unwrap_or_default();
             let mut entry = event.data.clone();
             if let Some(obj) = entry.as_object_mut() {
-                obj.insert("decision".into(), if name == EventName::ApprovalGranted { "granted" } else { "rejected" }.into());
+                obj.insert(
+                    "decision".into(),
+                    if name == EventName::ApprovalGranted {
+                        "granted"
+                    } else {
+                        "rejected"
+                    }
+                    .into(),
+                );
                 obj.insert("at".into(), at.clone().into());
             }
             list.push(entry);
@@ -445,7 +471,11 @@ async fn apply(conn: &mut AnyConnection, event: &CloudEvent, position: i64) -> R
             let update = update.set("approvals", approvals);
             if name == EventName::ApprovalRejected {
                 let d = data!(ev::ApprovalRejected);
-                update.status("rejected").set("reason", d.reason).run().await?
+                update
+                    .status("rejected")
+                    .set("reason", d.reason)
+                    .run()
+                    .await?
             } else {
                 update.run().await?
             }
@@ -454,12 +484,20 @@ async fn apply(conn: &mut AnyConnection, event: &CloudEvent, position: i64) -> R
         EventName::DeployCompleted => update.status("deployed").run().await?,
         EventName::DeployFailed => {
             let d = data!(ev::DeployFailed);
-            update.status("failed").set("reason", d.reason).run().await?
+            update
+                .status("failed")
+                .set("reason", d.reason)
+                .run()
+                .await?
         }
         EventName::ApisPromoted => update.status("apis_promoted").run().await?,
         EventName::ApisFailed => {
             let d = data!(ev::ApisFailed);
-            update.status("failed").set("reason", d.reason).run().await?
+            update
+                .status("failed")
+                .set("reason", d.reason)
+                .run()
+                .await?
         }
         EventName::SmokePassed => update.status("verified").run().await?,
         EventName::SmokeFailed => {
@@ -525,12 +563,14 @@ async fn apply(conn: &mut AnyConnection, event: &CloudEvent, position: i64) -> R
                     .await?;
                 }
                 _ => {
-                    sqlx::query("DELETE FROM releases WHERE pipeline = $1 AND stage = $2 AND run_id = $3")
-                        .bind(&event.pipeline)
-                        .bind(&stage)
-                        .bind(run_id)
-                        .execute(&mut *conn)
-                        .await?;
+                    sqlx::query(
+                        "DELETE FROM releases WHERE pipeline = $1 AND stage = $2 AND run_id = $3",
+                    )
+                    .bind(&event.pipeline)
+                    .bind(&stage)
+                    .bind(run_id)
+                    .execute(&mut *conn)
+                    .await?;
                 }
             }
         }
@@ -607,7 +647,10 @@ impl<'a> StageUpdate<'a> {
             sql.push_str(&format!(", {column} = ${}", i + 4));
         }
         sql.push_str(" WHERE run_id = $1 AND stage = $2");
-        let mut q = sqlx::query(&sql).bind(self.run_id).bind(self.stage).bind(self.at);
+        let mut q = sqlx::query(&sql)
+            .bind(self.run_id)
+            .bind(self.stage)
+            .bind(self.at);
         for (_, value) in self.sets {
             q = q.bind(value);
         }

@@ -130,7 +130,9 @@ impl Relay {
                 ack.await.map_err(BusError::nats)?;
             }
             position = events.last().map(|e| e.position).unwrap_or(position);
-            self.store.save_checkpoint(&self.checkpoint, position).await?;
+            self.store
+                .save_checkpoint(&self.checkpoint, position)
+                .await?;
         }
     }
 }

@@ -239,7 +239,10 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
         crate::metrics::set("gantry_log_head_position", &[], head as f64);
     }
     (
-        [(axum::http::header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4",
+        )],
         crate::metrics::render(),
     )
 }

@@ -135,7 +135,11 @@ pub async fn start_run(
     let result = store
         .append_many(vec![
             NewEvents::new(&commit_stream, ExpectedVersion::NoStream, vec![received]),
-            NewEvents::new(run_stream(&run_id), ExpectedVersion::NoStream, vec![started]),
+            NewEvents::new(
+                run_stream(&run_id),
+                ExpectedVersion::NoStream,
+                vec![started],
+            ),
         ])
         .await;
     match result {
@@ -162,7 +166,10 @@ pub async fn start_run(
     }
 }
 
-async fn existing_run(store: &EventStore, commit_stream: &str) -> Result<Option<String>, StoreError> {
+async fn existing_run(
+    store: &EventStore,
+    commit_stream: &str,
+) -> Result<Option<String>, StoreError> {
     let events = store.read_stream(commit_stream).await?;
     Ok(events
         .first()

@@ -42,23 +42,47 @@ fn generate(root: &Path, target: usize) -> std::io::Result<usize> {
         ("Entity/DbConnection.yaml", "name: DbConnection\nfields:\n  name: {type: string}\n  url: {type: string}\n  username: {type: string}\n  password: {type: encrypted}\n  maxActive: {type: integer}\n"),
     ];
     for (rel, text) in types {
-        write(root, &format!("META-INF/types/{rel}"), &format!("---\n{text}"))?;
+        write(
+            root,
+            &format!("META-INF/types/{rel}"),
+            &format!("---\n{text}"),
+        )?;
     }
-    write(root, "_parent.yaml", "---\ntype: Root\nfields:\n  name: System Components\n")?;
+    write(
+        root,
+        "_parent.yaml",
+        "---\ntype: Root\nfields:\n  name: System Components\n",
+    )?;
     let mut count = 1;
-    write(root, "Libraries/Cache Manager/_parent.yaml", "---\ntype: CacheManager\nfields:\n  name: Cache Manager\n")?;
+    write(
+        root,
+        "Libraries/Cache Manager/_parent.yaml",
+        "---\ntype: CacheManager\nfields:\n  name: Cache Manager\n",
+    )?;
     count += 1;
     for c in 0..20 {
-        write(root, &format!("Libraries/Cache Manager/Cache {c}.yaml"), &format!("---\ntype: Cache\nfields:\n  name: Cache {c}\n  maxElementsInMemory: {}\n", 100 * (c + 1)))?;
+        write(
+            root,
+            &format!("Libraries/Cache Manager/Cache {c}.yaml"),
+            &format!(
+                "---\ntype: Cache\nfields:\n  name: Cache {c}\n  maxElementsInMemory: {}\n",
+                100 * (c + 1)
+            ),
+        )?;
         count += 1;
     }
-    let mut cats = String::from("---\ntype: CategoryGroup\nfields:\n  name: Filter Categories\nchildren:\n");
+    let mut cats =
+        String::from("---\ntype: CategoryGroup\nfields:\n  name: Filter Categories\nchildren:\n");
     for c in ["miscellaneous", "authentication", "routing", "monitoring"] {
         cats.push_str(&format!("- type: Category\n  fields:\n    name: {c}\n"));
     }
     write(root, "System/Filter Categories.yaml", &cats)?;
     count += 1;
-    write(root, "External Connections/Database Connections/_parent.yaml", "---\ntype: DbConnectionGroup\nfields:\n  name: Database Connections\n")?;
+    write(
+        root,
+        "External Connections/Database Connections/_parent.yaml",
+        "---\ntype: DbConnectionGroup\nfields:\n  name: Database Connections\n",
+    )?;
     count += 1;
     let mut values = String::from("---\ndb:\n");
     let dbs = target / 20;
@@ -71,10 +95,14 @@ fn generate(root: &Path, target: usize) -> std::io::Result<usize> {
                 8 + d % 5
             ),
         )?;
-        values.push_str(&format!("  c{d}:\n    url: jdbc:mysql://db{d}.local:3306/app\n    user: app{d}\n"));
+        values.push_str(&format!(
+            "  c{d}:\n    url: jdbc:mysql://db{d}.local:3306/app\n    user: app{d}\n"
+        ));
         count += 1;
     }
-    values.push_str("policies:\n  greeting: Hello\n  debug: false\n  backend: https://backend.local\n");
+    values.push_str(
+        "policies:\n  greeting: Hello\n  debug: false\n  backend: https://backend.local\n",
+    );
     write(root, "values.yaml", &values)?;
 
     let per_group = 100;
@@ -82,7 +110,11 @@ fn generate(root: &Path, target: usize) -> std::io::Result<usize> {
     while count < target {
         let g = p / per_group;
         if p % per_group == 0 {
-            write(root, &format!("Policies/Group {g}/_parent.yaml"), &format!("---\ntype: CircuitContainer\nfields:\n  name: Group {g}\n"))?;
+            write(
+                root,
+                &format!("Policies/Group {g}/_parent.yaml"),
+                &format!("---\ntype: CircuitContainer\nfields:\n  name: Group {g}\n"),
+            )?;
             count += 1;
             if count >= target {
                 break;
@@ -90,15 +122,31 @@ fn generate(root: &Path, target: usize) -> std::io::Result<usize> {
         }
         let name = format!("Policy {p}");
         let kind = p % 20;
-        let greeting = if kind < 4 { "'{{ policies.greeting }} from {{ env \"REGION\" \"eu\" }}'".to_string() } else { "Hello".to_string() };
+        let greeting = if kind < 4 {
+            "'{{ policies.greeting }} from {{ env \"REGION\" \"eu\" }}'".to_string()
+        } else {
+            "Hello".to_string()
+        };
         let body = if kind == 5 {
-            write(root, &format!("Policies/Group {g}/{name}-Files/Set Message.json"), &format!("{{\"policy\": \"{name}\", \"msg\": \"it's ${{name}}\"}}\n"))?;
+            write(
+                root,
+                &format!("Policies/Group {g}/{name}-Files/Set Message.json"),
+                &format!("{{\"policy\": \"{name}\", \"msg\": \"it's ${{name}}\"}}\n"),
+            )?;
             format!("'{{{{file \"{name}-Files/Set Message.json\"}}}}'")
         } else {
             "'{\"ok\": true}'".to_string()
         };
-        let debug_block = if kind == 6 { "{{#if policies.debug}}\n  description: debug build\n{{else}}\n  description: ''\n{{/if}}\n" } else { "" };
-        let url = if kind == 7 { "'{{ policies.backend }}/api'" } else { "https://backend.local/api" };
+        let debug_block = if kind == 6 {
+            "{{#if policies.debug}}\n  description: debug build\n{{else}}\n  description: ''\n{{/if}}\n"
+        } else {
+            ""
+        };
+        let url = if kind == 7 {
+            "'{{ policies.backend }}/api'"
+        } else {
+            "https://backend.local/api"
+        };
         let text = format!(
             "---\ntype: FilterCircuit\nfields:\n  name: {name}\n  start: ./Set name\n  category: /System/Filter Categories/{cat}\n{debug_block}children:\n\
 - type: SetAttributeFilter\n  fields:\n    name: Set name\n    messageAttribute: greeting\n    attributeValue: {greeting}\n  routing:\n    success: ../Cache lookup\n  logging:\n    fatal: 'Error while setting the attribute. Error: ${{circuit.exception}}'\n    failure: Failed to set the attribute\n    success: Set the attribute\n\
@@ -116,7 +164,9 @@ fn generate(root: &Path, target: usize) -> std::io::Result<usize> {
     for (i, s) in STAGES.iter().enumerate() {
         let mut overlay = format!("policies:\n  greeting: Hello {s}\n  debug: {}\n  backend: https://backend.{s}.example\ndb:\n", i == 0);
         for d in 0..dbs {
-            overlay.push_str(&format!("  c{d}:\n    url: jdbc:mysql://db{d}.{s}.example:3306/app\n"));
+            overlay.push_str(&format!(
+                "  c{d}:\n    url: jdbc:mysql://db{d}.{s}.example:3306/app\n"
+            ));
         }
         write(root, &format!("../stages/{s}.yaml"), &overlay)?;
     }
@@ -136,14 +186,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = tmp.path().join("project");
     let t = Instant::now();
     let n = generate(&root, files)?;
-    println!("generated {n} entity files in {:?} ({})", t.elapsed(), root.display());
-    let overlays: Vec<String> =
-        STAGES.iter().map(|s| std::fs::read_to_string(tmp.path().join(format!("stages/{s}.yaml")))).collect::<Result<_, _>>()?;
+    println!(
+        "generated {n} entity files in {:?} ({})",
+        t.elapsed(),
+        root.display()
+    );
+    let overlays: Vec<String> = STAGES
+        .iter()
+        .map(|s| std::fs::read_to_string(tmp.path().join(format!("stages/{s}.yaml"))))
+        .collect::<Result<_, _>>()?;
     let env = MapEnv::from_pairs([("REGION", "eu-west-1"), ("DB_PASSWORD_0", "s3cr3t")]);
     let opts = ValidateOptions::default();
-    println!("cores: {}", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    println!(
+        "cores: {}",
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)
+    );
 
-    let (mut loads, mut stages_t, mut totals, mut validates) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut loads, mut stages_t, mut totals, mut validates) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for it in 0..iterations {
         let t0 = Instant::now();
         let project = Project::load(&root)?;
@@ -152,7 +214,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut rendered_files = 0;
         for (s, overlay) in STAGES.iter().zip(&overlays) {
             let name = format!("stages/{s}.yaml");
-            let values = project.stage_values(Some(ValuesSource { name: &name, text: overlay }), &env);
+            let values = project.stage_values(
+                Some(ValuesSource {
+                    name: &name,
+                    text: overlay,
+                }),
+                &env,
+            );
             match project.render(&values, &env, &opts) {
                 Ok(files) => rendered_files += files.len(),
                 Err(report) => {
@@ -167,7 +235,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let t2 = Instant::now();
         for (s, overlay) in STAGES.iter().zip(&overlays) {
             let name = format!("stages/{s}.yaml");
-            let values = project.stage_values(Some(ValuesSource { name: &name, text: overlay }), &env);
+            let values = project.stage_values(
+                Some(ValuesSource {
+                    name: &name,
+                    text: overlay,
+                }),
+                &env,
+            );
             let report = project.validate(&values, &env, &opts);
             assert!(report.is_ok());
         }
@@ -190,9 +264,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let project = Project::load(&root)?;
-    let values = project.stage_values(Some(ValuesSource { name: "stages/prod.yaml", text: &overlays[4] }), &env);
+    let values = project.stage_values(
+        Some(ValuesSource {
+            name: "stages/prod.yaml",
+            text: &overlays[4],
+        }),
+        &env,
+    );
     let t = Instant::now();
     let pkg = package_yaml(&project, &values, &env, RenderMode::Placeholders, &opts)?;
-    println!("package (render: false) of one stage: {:?}, {} files, {} bytes, {}", t.elapsed(), pkg.files, pkg.size(), pkg.digest);
+    println!(
+        "package (render: false) of one stage: {:?}, {} files, {} bytes, {}",
+        t.elapsed(),
+        pkg.files,
+        pkg.size(),
+        pkg.digest
+    );
     Ok(())
 }

@@ -42,7 +42,9 @@ pub use gantry_proto::events::Diagnostic;
 pub use package::{package_yaml, Package, PackageError, RenderMode};
 pub use template::{Env, MapEnv, ProcessEnv};
 pub use values::{values_digest, StageValues, ValuesSource};
-pub use yamles::{render_project, validate_project, Project, RenderedFile, Report, ValidateOptions};
+pub use yamles::{
+    render_project, validate_project, Project, RenderedFile, Report, ValidateOptions,
+};
 
 /// Failures to read a project (its content's problems are diagnostics instead).
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +65,9 @@ pub enum EnvgenError {
 
 impl EnvgenError {
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        EnvgenError::Io { path: path.to_path_buf(), source }
+        EnvgenError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }

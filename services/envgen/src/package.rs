@@ -77,9 +77,13 @@ pub fn package_yaml(
             if !report.is_ok() {
                 return Err(PackageError::Invalid(report));
             }
-            let mut files: Vec<(String, Vec<u8>)> =
-                project.files().filter(|(p, _)| *p != "values.yaml").map(|(p, d)| (p.to_string(), d.to_vec())).collect();
-            let has_values = project.values_source().is_some() || values.raw().as_object().is_some_and(|m| !m.is_empty());
+            let mut files: Vec<(String, Vec<u8>)> = project
+                .files()
+                .filter(|(p, _)| *p != "values.yaml")
+                .map(|(p, d)| (p.to_string(), d.to_vec()))
+                .collect();
+            let has_values = project.values_source().is_some()
+                || values.raw().as_object().is_some_and(|m| !m.is_empty());
             if has_values {
                 files.push(("values.yaml".to_string(), values.to_yaml().into_bytes()));
             }
@@ -87,11 +91,19 @@ pub fn package_yaml(
         }
         RenderMode::Rendered => {
             let report = project.validate(values, env, opts);
-            let rendered = project.render(values, env, opts).map_err(PackageError::Invalid)?;
-            (rendered.into_iter().map(|f| (f.path, f.contents)).collect(), report.warnings)
+            let rendered = project
+                .render(values, env, opts)
+                .map_err(PackageError::Invalid)?;
+            (
+                rendered.into_iter().map(|f| (f.path, f.contents)).collect(),
+                report.warnings,
+            )
         }
     };
-    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
+    let refs: Vec<(&str, &[u8])> = files
+        .iter()
+        .map(|(p, d)| (p.as_str(), d.as_slice()))
+        .collect();
     let bytes = tar_gz(project.directories(), &refs)?;
     Ok(Package {
         digest: sha256(&bytes),
@@ -125,7 +137,9 @@ pub fn tar_gz(dirs: &[String], files: &[(&str, &[u8])]) -> std::io::Result<Vec<u
     items.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
     items.dedup_by(|a, b| a.0 == b.0);
 
-    let gz = GzBuilder::new().mtime(0).write(Vec::new(), Compression::new(6));
+    let gz = GzBuilder::new()
+        .mtime(0)
+        .write(Vec::new(), Compression::new(6));
     let mut tar = tar::Builder::new(gz);
     tar.mode(tar::HeaderMode::Deterministic);
     for (_, item) in &items {

@@ -39,7 +39,8 @@ impl Masker {
                 self.secrets.push(s);
             }
         }
-        self.secrets.sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        self.secrets
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
     }
 
     /// Number of secrets known.
@@ -79,8 +80,18 @@ impl Masker {
 pub fn credential_key(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
     const WORDS: [&str; 12] = [
-        "password", "passwd", "pwd", "secret", "token", "apikey", "api_key", "credential", "passphrase", "private",
-        "clientsecret", "auth",
+        "password",
+        "passwd",
+        "pwd",
+        "secret",
+        "token",
+        "apikey",
+        "api_key",
+        "credential",
+        "passphrase",
+        "private",
+        "clientsecret",
+        "auth",
     ];
     WORDS.iter().any(|w| k.contains(w)) || k == "key" || k.ends_with("_key") || k.ends_with("-key")
 }
@@ -92,7 +103,11 @@ pub fn looks_like_credential(s: &str) -> bool {
         return true;
     }
     // AWS access key id.
-    if s.len() == 20 && s.starts_with("AKIA") && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit()) {
+    if s.len() == 20
+        && s.starts_with("AKIA")
+        && s.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit())
+    {
         return true;
     }
     // JWT: three base64url parts, the first a JSON header.
@@ -101,11 +116,18 @@ pub fn looks_like_credential(s: &str) -> bool {
     }
     // A long random-looking token: no spaces, mixed letters and digits, few
     // separators, and not a path or URL.
-    if s.len() >= 24 && !s.contains(char::is_whitespace) && !s.contains("://") && !s.starts_with('/') {
+    if s.len() >= 24
+        && !s.contains(char::is_whitespace)
+        && !s.contains("://")
+        && !s.starts_with('/')
+    {
         let upper = s.chars().any(|c| c.is_ascii_uppercase());
         let lower = s.chars().any(|c| c.is_ascii_lowercase());
         let digit = s.chars().any(|c| c.is_ascii_digit());
-        let seps = s.chars().filter(|c| matches!(c, '.' | '-' | '_' | '/' | ':')).count();
+        let seps = s
+            .chars()
+            .filter(|c| matches!(c, '.' | '-' | '_' | '/' | ':'))
+            .count();
         if upper && lower && digit && seps * 8 < s.len() {
             return true;
         }
@@ -124,7 +146,9 @@ pub fn collect_from_values(v: &Value, out: &mut Vec<String>) {
             }
             Value::Number(n) if under_credential => out.push(n.to_string()),
             Value::Array(items) => items.iter().for_each(|i| walk(i, under_credential, out)),
-            Value::Object(m) => m.iter().for_each(|(k, v)| walk(v, under_credential || credential_key(k), out)),
+            Value::Object(m) => m
+                .iter()
+                .for_each(|(k, v)| walk(v, under_credential || credential_key(k), out)),
             _ => {}
         }
     }
@@ -155,14 +179,27 @@ mod tests {
             &mut out,
         );
         out.sort();
-        assert_eq!(out, vec!["Y2hhbmdlbWU=", "Zm9vYmFyYmF6cXV1eDEyMzQ1Njc4OTBBQkNE", "t0k3n-value"]);
+        assert_eq!(
+            out,
+            vec![
+                "Y2hhbmdlbWU=",
+                "Zm9vYmFyYmF6cXV1eDEyMzQ1Njc4OTBBQkNE",
+                "t0k3n-value"
+            ]
+        );
     }
 
     #[test]
     fn credential_shapes() {
         assert!(looks_like_credential("AKIAIOSFODNN7EXAMPLE"));
-        assert!(looks_like_credential("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc"));
-        assert!(!looks_like_credential("jdbc:mysql://127.0.0.1:3306/DefaultDb"));
-        assert!(!looks_like_credential("org.apache.cassandra.locator.SimpleStrategy"));
+        assert!(looks_like_credential(
+            "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.abc"
+        ));
+        assert!(!looks_like_credential(
+            "jdbc:mysql://127.0.0.1:3306/DefaultDb"
+        ));
+        assert!(!looks_like_credential(
+            "org.apache.cassandra.locator.SimpleStrategy"
+        ));
     }
 }

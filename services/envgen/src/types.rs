@@ -38,7 +38,9 @@ struct Raw {
 impl TypeModel {
     /// Build from `(path relative to META-INF/types, file text)` pairs.
     /// Returns the model and a message per file that could not be read.
-    pub fn build<'a, I: IntoIterator<Item = (&'a str, &'a str)>>(files: I) -> (TypeModel, Vec<(String, String)>) {
+    pub fn build<'a, I: IntoIterator<Item = (&'a str, &'a str)>>(
+        files: I,
+    ) -> (TypeModel, Vec<(String, String)>) {
         let mut raw: HashMap<String, Raw> = HashMap::new();
         let mut problems = Vec::new();
         for (rel, text) in files {
@@ -54,13 +56,23 @@ impl TypeModel {
                     continue;
                 }
             };
-            let file_stem = rel.rsplit('/').next().unwrap_or(rel).trim_end_matches(".yaml");
-            let name = v.get("name").and_then(Value::as_str).unwrap_or(file_stem).to_string();
+            let file_stem = rel
+                .rsplit('/')
+                .next()
+                .unwrap_or(rel)
+                .trim_end_matches(".yaml");
+            let name = v
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or(file_stem)
+                .to_string();
             let mut dirs: Vec<&str> = rel.split('/').collect();
             dirs.pop();
             let parent = dirs.last().map(|s| s.to_string());
             let key_fields = v.get("keyFields").and_then(Value::as_array).map(|a| {
-                a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect::<Vec<_>>()
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect::<Vec<_>>()
             });
             let fields = v
                 .get("fields")
@@ -68,13 +80,23 @@ impl TypeModel {
                 .map(|m| {
                     m.iter()
                         .map(|(k, f)| {
-                            let is_ref = f.get("type").and_then(Value::as_str).is_some_and(|t| t.starts_with('@'));
+                            let is_ref = f
+                                .get("type")
+                                .and_then(Value::as_str)
+                                .is_some_and(|t| t.starts_with('@'));
                             (k.clone(), is_ref)
                         })
                         .collect()
                 })
                 .unwrap_or_default();
-            raw.insert(name, Raw { parent, key_fields, fields });
+            raw.insert(
+                name,
+                Raw {
+                    parent,
+                    key_fields,
+                    fields,
+                },
+            );
         }
         let mut types = HashMap::with_capacity(raw.len());
         for name in raw.keys() {
@@ -132,10 +154,15 @@ mod tests {
             ("Entity/Broken.yaml", "name: [\n"),
         ]);
         assert_eq!(problems.len(), 1);
-        let Some(x) = m.get("XMLFirewall") else { panic!("no type") };
+        let Some(x) = m.get("XMLFirewall") else {
+            panic!("no type")
+        };
         assert_eq!(x.key_fields, vec!["uriprefix", "httpMethod"]);
         assert!(x.refs.contains("filterCircuit") && x.refs.contains("corsProfile"));
         assert!(x.fields.contains("uriprefix") && !x.refs.contains("uriprefix"));
-        assert_eq!(m.get("Entity").map(|e| e.key_fields.clone()), Some(vec!["name".to_string()]));
+        assert_eq!(
+            m.get("Entity").map(|e| e.key_fields.clone()),
+            Some(vec!["name".to_string()])
+        );
     }
 }

@@ -50,14 +50,23 @@ impl Default for StageValues {
 impl StageValues {
     /// No values at all.
     pub fn empty() -> Self {
-        StageValues { raw: Value::Object(Map::new()), resolved: Value::Object(Map::new()), secrets: Vec::new(), diagnostics: Vec::new() }
+        StageValues {
+            raw: Value::Object(Map::new()),
+            resolved: Value::Object(Map::new()),
+            secrets: Vec::new(),
+            diagnostics: Vec::new(),
+        }
     }
 
     /// Load the project's `values.yaml` (if any) and the stage overlay (if any),
     /// resolve their placeholders against `env`, and deep-merge the overlay on
     /// top. Problems are kept in [`StageValues::diagnostics`]; what could be
     /// read is still merged.
-    pub fn load(project: Option<ValuesSource<'_>>, overlay: Option<ValuesSource<'_>>, env: &dyn Env) -> StageValues {
+    pub fn load(
+        project: Option<ValuesSource<'_>>,
+        overlay: Option<ValuesSource<'_>>,
+        env: &dyn Env,
+    ) -> StageValues {
         let mut out = StageValues::empty();
         for (src, is_overlay) in [(project, false), (overlay, true)] {
             let Some(src) = src else { continue };
@@ -80,7 +89,12 @@ impl StageValues {
         let mut secrets_found = Vec::new();
         let mut diagnostics = Vec::new();
         let resolved = resolve_tree(&raw, "", env, &mut secrets_found, &mut diagnostics);
-        let mut out = StageValues { raw, resolved, secrets: secrets_found, diagnostics };
+        let mut out = StageValues {
+            raw,
+            resolved,
+            secrets: secrets_found,
+            diagnostics,
+        };
         secrets::collect_from_values(&out.resolved, &mut out.secrets);
         out.secrets.sort();
         out.secrets.dedup();
@@ -182,7 +196,10 @@ pub fn canonical_json(v: &Value) -> String {
 
 /// `sha256:<hex>` of [`canonical_json`].
 pub fn values_digest(v: &Value) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(canonical_json(v).as_bytes())))
+    format!(
+        "sha256:{}",
+        hex::encode(Sha256::digest(canonical_json(v).as_bytes()))
+    )
 }
 
 struct Loaded {
@@ -206,7 +223,12 @@ fn load_one(src: ValuesSource<'_>, is_overlay: bool, env: &dyn Env) -> Loaded {
     let pos = |offset: usize| template::pos::pos_of(text, offset);
     let t = Template::parse(text);
     for e in t.errors() {
-        out.diagnostics.push(diag::at(src.name, Some(pos(e.offset)), e.placeholder.clone(), e.message.clone()));
+        out.diagnostics.push(diag::at(
+            src.name,
+            Some(pos(e.offset)),
+            e.placeholder.clone(),
+            e.message.clone(),
+        ));
     }
     if !t.errors().is_empty() {
         return out;
@@ -243,12 +265,22 @@ fn load_one(src: ValuesSource<'_>, is_overlay: bool, env: &dyn Env) -> Loaded {
         Ok(Some(root)) => root,
         Ok(None) => return out,
         Err(e) => {
-            out.diagnostics.push(diag::at(src.name, Some(pos(to_src(e.offset))), None, format!("invalid YAML: {}", e.message)));
+            out.diagnostics.push(diag::at(
+                src.name,
+                Some(pos(to_src(e.offset))),
+                None,
+                format!("invalid YAML: {}", e.message),
+            ));
             return out;
         }
     };
     if !matches!(root.kind, YKind::Map(_)) && !root.is_null() {
-        out.diagnostics.push(diag::at(src.name, Some(pos(to_src(root.start))), None, "a values file must be a mapping of names to values"));
+        out.diagnostics.push(diag::at(
+            src.name,
+            Some(pos(to_src(root.start))),
+            None,
+            "a values file must be a mapping of names to values",
+        ));
         return out;
     }
     let mut cx = Conv {
@@ -288,7 +320,8 @@ impl Conv<'_, '_> {
     fn report(&mut self, protected_offset: usize, field: &str, message: String) {
         let p = self.pos(protected_offset);
         let field = (!field.is_empty()).then(|| field.to_string());
-        self.diagnostics.push(diag::at(self.name, Some(p), field, message));
+        self.diagnostics
+            .push(diag::at(self.name, Some(p), field, message));
     }
 
     /// Returns (raw, resolved).
@@ -299,14 +332,26 @@ impl Conv<'_, '_> {
                 let mut res = Map::new();
                 for (k, v) in entries {
                     let Some(key) = k.as_str() else {
-                        self.report(k.start, path, "a key in a values file must be a string".to_string());
+                        self.report(
+                            k.start,
+                            path,
+                            "a key in a values file must be a string".to_string(),
+                        );
                         continue;
                     };
                     if key.contains(TOKEN_PREFIX) {
-                        self.report(k.start, path, "placeholders are not allowed in keys".to_string());
+                        self.report(
+                            k.start,
+                            path,
+                            "placeholders are not allowed in keys".to_string(),
+                        );
                         continue;
                     }
-                    let child = if path.is_empty() { key.to_string() } else { format!("{path}.{key}") };
+                    let child = if path.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{path}.{key}")
+                    };
                     if raw.contains_key(key) {
                         self.report(k.start, &child, format!("duplicate key `{key}`"));
                         continue;
@@ -328,14 +373,22 @@ impl Conv<'_, '_> {
                 (Value::Array(raw), Value::Array(res))
             }
             YKind::Alias => {
-                self.report(n.start, path, "YAML aliases (`*name`) are not supported in values files".to_string());
+                self.report(
+                    n.start,
+                    path,
+                    "YAML aliases (`*name`) are not supported in values files".to_string(),
+                );
                 (Value::Null, Value::Null)
             }
             YKind::Scalar { text, plain } => {
                 if text.contains(TOKEN_PREFIX) {
                     return self.placeholders(text, *plain);
                 }
-                let v = if *plain { yaml::resolve_plain(text) } else { Value::String(text.clone()) };
+                let v = if *plain {
+                    yaml::resolve_plain(text)
+                } else {
+                    Value::String(text.clone())
+                };
                 if self.is_overlay {
                     if let Some(name) = text.strip_prefix("env:").filter(|s| is_env_name(s)) {
                         return self.env_ref(n, name, path);
@@ -365,7 +418,10 @@ impl Conv<'_, '_> {
             let after = &rest[i + TOKEN_PREFIX.len()..];
             let digits: String = after.chars().take_while(|c| c.is_ascii_digit()).collect();
             let consumed = (i + TOKEN_PREFIX.len() + digits.len() + 2).min(rest.len());
-            let found = digits.parse::<usize>().ok().and_then(|k| self.exprs.get(k).map(|e| (k, *e)));
+            let found = digits
+                .parse::<usize>()
+                .ok()
+                .and_then(|k| self.exprs.get(k).map(|e| (k, *e)));
             match found {
                 Some((k, (start, end, expr))) => {
                     count += 1;
@@ -376,8 +432,12 @@ impl Conv<'_, '_> {
                         Err(e) => {
                             failed = true;
                             let p = template::pos::pos_of(self.text, e.offset);
-                            let field = e.placeholder.clone().or_else(|| Some(self.text[start..end].to_string()));
-                            self.diagnostics.push(diag::at(self.name, Some(p), field, e.message));
+                            let field = e
+                                .placeholder
+                                .clone()
+                                .or_else(|| Some(self.text[start..end].to_string()));
+                            self.diagnostics
+                                .push(diag::at(self.name, Some(p), field, e.message));
                         }
                     }
                 }
@@ -394,7 +454,9 @@ impl Conv<'_, '_> {
         let resolved = match first {
             // `key: {{ env "PORT" }}` unquoted: the gateway pastes the value into
             // the text before parsing, so `8080` becomes a number, `false` a bool.
-            Some(k) if count == 1 && !other_text && plain && !failed && !self.quoted(k) => yaml::resolve_plain(&res),
+            Some(k) if count == 1 && !other_text && plain && !failed && !self.quoted(k) => {
+                yaml::resolve_plain(&res)
+            }
             _ => Value::String(res),
         };
         (Value::String(raw), resolved)
@@ -402,7 +464,9 @@ impl Conv<'_, '_> {
 
     /// Is placeholder `k` directly inside quotes in the source?
     fn quoted(&self, k: usize) -> bool {
-        let Some((start, _, _)) = self.exprs.get(k) else { return false };
+        let Some((start, _, _)) = self.exprs.get(k) else {
+            return false;
+        };
         matches!(self.text[..*start].chars().last(), Some('\'' | '"'))
     }
 
@@ -416,10 +480,19 @@ impl Conv<'_, '_> {
         }
         if let template::Expr::Call { helper, at, .. } = expr {
             if helper.name() == "file" {
-                return Err(template::TemplateError::new(*at, "`file` is not supported in values files".to_string(), None));
+                return Err(template::TemplateError::new(
+                    *at,
+                    "`file` is not supported in values files".to_string(),
+                    None,
+                ));
             }
         }
-        let ctx = Context { values: &Value::Null, env: self.env, files: &NoFiles, base_dir: "" };
+        let ctx = Context {
+            values: &Value::Null,
+            env: self.env,
+            files: &NoFiles,
+            base_dir: "",
+        };
         let v = template::eval_expr(expr, &ctx, self.secrets)?;
         Ok(match v {
             Value::String(s) => s,
@@ -436,7 +509,11 @@ impl Conv<'_, '_> {
                 (raw, Value::String(v))
             }
             None => {
-                self.report(n.start, path, format!("environment variable `{name}` (from `env:{name}`) is not set"));
+                self.report(
+                    n.start,
+                    path,
+                    format!("environment variable `{name}` (from `env:{name}`) is not set"),
+                );
                 (raw, Value::String(String::new()))
             }
         }
@@ -445,12 +522,20 @@ impl Conv<'_, '_> {
     fn file_ref(&mut self, n: &YNode, file: &str, path: &str) -> (Value, Value) {
         match std::fs::read_to_string(file) {
             Ok(content) => {
-                let content = content.strip_suffix('\n').map(|c| c.strip_suffix('\r').unwrap_or(c)).unwrap_or(&content).to_string();
+                let content = content
+                    .strip_suffix('\n')
+                    .map(|c| c.strip_suffix('\r').unwrap_or(c))
+                    .unwrap_or(&content)
+                    .to_string();
                 self.secrets.push(content.clone());
                 (Value::String(content.clone()), Value::String(content))
             }
             Err(e) => {
-                self.report(n.start, path, format!("cannot read secret file `{file}` (from `file:{file}`): {e}"));
+                self.report(
+                    n.start,
+                    path,
+                    format!("cannot read secret file `{file}` (from `file:{file}`): {e}"),
+                );
                 (Value::String(String::new()), Value::String(String::new()))
             }
         }
@@ -464,11 +549,22 @@ fn is_env_name(s: &str) -> bool {
 }
 
 /// Resolve placeholders in the strings of a tree (no positions known).
-fn resolve_tree(v: &Value, path: &str, env: &dyn Env, secrets: &mut Vec<String>, diags: &mut Vec<Diagnostic>) -> Value {
+fn resolve_tree(
+    v: &Value,
+    path: &str,
+    env: &dyn Env,
+    secrets: &mut Vec<String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Value {
     match v {
         Value::String(s) if s.contains("{{") => {
             let t = Template::parse(s.as_str());
-            let ctx = Context { values: &Value::Null, env, files: &NoFiles, base_dir: "" };
+            let ctx = Context {
+                values: &Value::Null,
+                env,
+                files: &NoFiles,
+                base_dir: "",
+            };
             let r = t.render(&ctx);
             secrets.extend(r.secrets.iter().cloned());
             for e in t.errors().iter().chain(r.errors.iter()) {
@@ -482,13 +578,20 @@ fn resolve_tree(v: &Value, path: &str, env: &dyn Env, secrets: &mut Vec<String>,
             }
             Value::String(r.text)
         }
-        Value::Array(a) => {
-            Value::Array(a.iter().enumerate().map(|(i, x)| resolve_tree(x, &format!("{path}.{i}"), env, secrets, diags)).collect())
-        }
+        Value::Array(a) => Value::Array(
+            a.iter()
+                .enumerate()
+                .map(|(i, x)| resolve_tree(x, &format!("{path}.{i}"), env, secrets, diags))
+                .collect(),
+        ),
         Value::Object(m) => Value::Object(
             m.iter()
                 .map(|(k, x)| {
-                    let p = if path.is_empty() { k.clone() } else { format!("{path}.{k}") };
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
                     (k.clone(), resolve_tree(x, &p, env, secrets, diags))
                 })
                 .collect(),

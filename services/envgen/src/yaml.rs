@@ -21,7 +21,10 @@ pub(crate) struct YNode {
 pub(crate) enum YKind {
     /// A scalar; `plain` tells whether it was unquoted (and so is subject to
     /// null/bool/number resolution).
-    Scalar { text: String, plain: bool },
+    Scalar {
+        text: String,
+        plain: bool,
+    },
     Seq(Vec<YNode>),
     Map(Vec<(YNode, YNode)>),
     /// An alias (`*name`): the documents we read have no use for them.
@@ -40,7 +43,10 @@ impl YNode {
     /// Value of `key` in a mapping node.
     pub fn get(&self, key: &str) -> Option<&YNode> {
         match &self.kind {
-            YKind::Map(entries) => entries.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v),
+            YKind::Map(entries) => entries
+                .iter()
+                .find(|(k, _)| k.as_str() == Some(key))
+                .map(|(_, v)| v),
             _ => None,
         }
     }
@@ -101,21 +107,31 @@ pub(crate) fn parse(text: &str) -> Result<Option<YNode>, YamlError> {
                         offset: n.start,
                         line: n.line,
                         column: n.column,
-                        message: "a second YAML document (`---`): an entity file holds one document".to_string(),
+                        message:
+                            "a second YAML document (`---`): an entity file holds one document"
+                                .to_string(),
                     });
                 }
                 None
             }
-            Event::Scalar(text, style, ..) => {
-                Some(node(YKind::Scalar { text: text.into_owned(), plain: style == ScalarStyle::Plain }, &span))
-            }
+            Event::Scalar(text, style, ..) => Some(node(
+                YKind::Scalar {
+                    text: text.into_owned(),
+                    plain: style == ScalarStyle::Plain,
+                },
+                &span,
+            )),
             Event::Alias(..) => Some(node(YKind::Alias, &span)),
             Event::SequenceStart(..) => {
                 stack.push(Frame::Seq(node(YKind::Seq(Vec::new()), &span), Vec::new()));
                 None
             }
             Event::MappingStart(..) => {
-                stack.push(Frame::Map(node(YKind::Map(Vec::new()), &span), Vec::new(), None));
+                stack.push(Frame::Map(
+                    node(YKind::Map(Vec::new()), &span),
+                    Vec::new(),
+                    None,
+                ));
                 None
             }
             Event::SequenceEnd => match stack.pop() {
@@ -160,7 +176,12 @@ pub(crate) fn to_json(n: &YNode) -> Result<Value, (usize, String)> {
     Ok(match &n.kind {
         YKind::Scalar { text, plain: true } => resolve_plain(text),
         YKind::Scalar { text, plain: false } => Value::String(text.clone()),
-        YKind::Alias => return Err((n.start, "YAML aliases (`*name`) are not supported here".to_string())),
+        YKind::Alias => {
+            return Err((
+                n.start,
+                "YAML aliases (`*name`) are not supported here".to_string(),
+            ))
+        }
         YKind::Seq(items) => Value::Array(items.iter().map(to_json).collect::<Result<_, _>>()?),
         YKind::Map(entries) => {
             let mut m = Map::new();
@@ -185,8 +206,8 @@ pub(crate) fn resolve_plain(s: &str) -> Value {
         "" | "~" | "null" | "Null" | "NULL" => return Value::Null,
         "true" | "True" | "TRUE" => return Value::Bool(true),
         "false" | "False" | "FALSE" => return Value::Bool(false),
-        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf" | "-.INF" | ".nan" | ".NaN"
-        | ".NAN" => return Value::String(s.to_string()), // not representable in JSON: keep the text
+        ".inf" | ".Inf" | ".INF" | "+.inf" | "+.Inf" | "+.INF" | "-.inf" | "-.Inf" | "-.INF"
+        | ".nan" | ".NaN" | ".NAN" => return Value::String(s.to_string()), // not representable in JSON: keep the text
         _ => {}
     }
     let digits = |t: &str, radix: u32| !t.is_empty() && t.chars().all(|c| c.is_digit(radix));
@@ -228,7 +249,10 @@ fn is_core_float(s: &str) -> bool {
         None => (s, None),
     };
     let mant_ok = match mant.split_once('.') {
-        Some((a, b)) => (a.chars().all(|c| c.is_ascii_digit()) && b.chars().all(|c| c.is_ascii_digit())) && !(a.is_empty() && b.is_empty()),
+        Some((a, b)) => {
+            (a.chars().all(|c| c.is_ascii_digit()) && b.chars().all(|c| c.is_ascii_digit()))
+                && !(a.is_empty() && b.is_empty())
+        }
         None => !mant.is_empty() && mant.chars().all(|c| c.is_ascii_digit()),
     };
     let exp_ok = exp.is_none_or(|e| {
@@ -246,13 +270,19 @@ mod tests {
     #[test]
     fn positions_of_scalars() {
         let text = "---\ntype: X\nfields:\n  name: 'a b'\n  list:\n  - /x/y\n";
-        let Ok(Some(root)) = parse(text) else { panic!("no parse") };
+        let Ok(Some(root)) = parse(text) else {
+            panic!("no parse")
+        };
         let name = root.get("fields").and_then(|f| f.get("name"));
         let Some(name) = name else { panic!("no name") };
         assert_eq!(name.as_str(), Some("a b"));
         assert_eq!((name.line, name.column), (4, 9));
         assert_eq!(&text[name.start..name.end], "'a b'");
-        let Some(YNode { kind: YKind::Seq(items), .. }) = root.get("fields").and_then(|f| f.get("list")) else {
+        let Some(YNode {
+            kind: YKind::Seq(items),
+            ..
+        }) = root.get("fields").and_then(|f| f.get("list"))
+        else {
             panic!("no list")
         };
         assert_eq!((items[0].line, items[0].column), (6, 5));
@@ -260,23 +290,33 @@ mod tests {
 
     #[test]
     fn errors_have_positions() {
-        let Err(e) = parse("a: 1\nb: 'unterminated\nc: 2\n") else { panic!("parsed") };
+        let Err(e) = parse("a: 1\nb: 'unterminated\nc: 2\n") else {
+            panic!("parsed")
+        };
         assert!(e.line >= 2, "{e:?}");
-        let Err(e) = parse("a: b: c\n") else { panic!("parsed") };
+        let Err(e) = parse("a: b: c\n") else {
+            panic!("parsed")
+        };
         assert_eq!(e.line, 1);
         assert!(parse("a: 1\n---\nb: 2\n").is_err());
     }
 
     #[test]
     fn json_with_core_schema() {
-        let Ok(Some(n)) = parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: [x, 0x1F]\ng: 1e3\nh: 2024-01-01\n") else {
+        let Ok(Some(n)) =
+            parse("a: 1\nb: '1'\nc: true\nd: ~\ne: 1.5\nf: [x, 0x1F]\ng: 1e3\nh: 2024-01-01\n")
+        else {
             panic!("no parse")
         };
         assert_eq!(
             to_json(&n),
-            Ok(json!({"a": 1, "b": "1", "c": true, "d": null, "e": 1.5, "f": ["x", 31], "g": 1000.0, "h": "2024-01-01"}))
+            Ok(
+                json!({"a": 1, "b": "1", "c": true, "d": null, "e": 1.5, "f": ["x", 31], "g": 1000.0, "h": "2024-01-01"})
+            )
         );
-        let Ok(Some(n)) = parse("a: 1\na: 2\n") else { panic!("no parse") };
+        let Ok(Some(n)) = parse("a: 1\na: 2\n") else {
+            panic!("no parse")
+        };
         assert!(to_json(&n).is_err());
     }
 }

@@ -61,7 +61,8 @@ fn project_with(changes: &[(&str, Option<&str>)]) -> tempfile::TempDir {
     for (rel, content) in changes {
         match content {
             Some(c) => common::write_files(dir.path(), &[(rel, c)]),
-            None => std::fs::remove_file(dir.path().join(rel)).unwrap_or_else(|e| panic!("rm {rel}: {e}")),
+            None => std::fs::remove_file(dir.path().join(rel))
+                .unwrap_or_else(|e| panic!("rm {rel}: {e}")),
         }
     }
     dir
@@ -69,12 +70,26 @@ fn project_with(changes: &[(&str, Option<&str>)]) -> tempfile::TempDir {
 
 fn validate(dir: &tempfile::TempDir, env: &MapEnv, overlay: Option<&str>) -> Vec<Diagnostic> {
     let project = Project::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let values = project.stage_values(overlay.map(|text| ValuesSource { name: "environments/test.yaml", text }), env);
-    project.validate(&values, env, &ValidateOptions::strict()).errors
+    let values = project.stage_values(
+        overlay.map(|text| ValuesSource {
+            name: "environments/test.yaml",
+            text,
+        }),
+        env,
+    );
+    project
+        .validate(&values, env, &ValidateOptions::strict())
+        .errors
 }
 
 /// Exactly one diagnostic, at `file:line:column`, whose message contains `needle`.
-fn expect_one(changes: &[(&str, Option<&str>)], file: &str, line: u32, column: u32, needle: &str) -> Diagnostic {
+fn expect_one(
+    changes: &[(&str, Option<&str>)],
+    file: &str,
+    line: u32,
+    column: u32,
+    needle: &str,
+) -> Diagnostic {
     let dir = project_with(changes);
     let diags = validate(&dir, &MapEnv::empty(), None);
     assert_eq!(diags.len(), 1, "{}", common::show(&diags));
@@ -85,7 +100,11 @@ fn expect_one(changes: &[(&str, Option<&str>)], file: &str, line: u32, column: u
         "{}",
         common::show(&diags)
     );
-    assert!(d.message.contains(needle), "{:?} does not contain {needle:?}", d.message);
+    assert!(
+        d.message.contains(needle),
+        "{:?} does not contain {needle:?}",
+        d.message
+    );
     d
 }
 
@@ -102,7 +121,10 @@ fn the_base_project_is_valid() {
 #[test]
 fn undefined_value_path() {
     let d = expect_one(
-        &[(MAIN, Some("---\ntype: DbConnection\nfields:\n  name: Main\n  url: '{{ db.nope }}'\n"))],
+        &[(
+            MAIN,
+            Some("---\ntype: DbConnection\nfields:\n  name: Main\n  url: '{{ db.nope }}'\n"),
+        )],
         MAIN,
         5,
         12,
@@ -114,7 +136,10 @@ fn undefined_value_path() {
 #[test]
 fn env_without_default_is_unset() {
     expect_one(
-        &[(MAIN, Some("---\ntype: DbConnection\nfields:\n  name: Main\n  url: \"{{env 'DB_URL'}}\"\n"))],
+        &[(
+            MAIN,
+            Some("---\ntype: DbConnection\nfields:\n  name: Main\n  url: \"{{env 'DB_URL'}}\"\n"),
+        )],
         MAIN,
         5,
         11,
@@ -125,7 +150,10 @@ fn env_without_default_is_unset() {
 #[test]
 fn unterminated_placeholder() {
     expect_one(
-        &[(MAIN, Some("---\ntype: DbConnection\nfields:\n  name: Main\n  url: '{{ db.url '\n"))],
+        &[(
+            MAIN,
+            Some("---\ntype: DbConnection\nfields:\n  name: Main\n  url: '{{ db.url '\n"),
+        )],
         MAIN,
         5,
         9,
@@ -136,7 +164,10 @@ fn unterminated_placeholder() {
 #[test]
 fn unmatched_close_tag() {
     expect_one(
-        &[(MAIN, Some("---\ntype: DbConnection\nfields:\n  name: Main\n{{/if}}\n"))],
+        &[(
+            MAIN,
+            Some("---\ntype: DbConnection\nfields:\n  name: Main\n{{/if}}\n"),
+        )],
         MAIN,
         5,
         1,
@@ -147,7 +178,10 @@ fn unmatched_close_tag() {
 #[test]
 fn unknown_helper() {
     expect_one(
-        &[(MAIN, Some("---\ntype: DbConnection\nfields:\n  name: Main\n  url: '{{ lookup \"db\" }}'\n"))],
+        &[(
+            MAIN,
+            Some("---\ntype: DbConnection\nfields:\n  name: Main\n  url: '{{ lookup \"db\" }}'\n"),
+        )],
         MAIN,
         5,
         12,
@@ -158,7 +192,10 @@ fn unknown_helper() {
 #[test]
 fn yaml_syntax_error() {
     expect_one(
-        &[(MAIN, Some("---\ntype: DbConnection\nfields:\n  name: Main\n   url: x\n"))],
+        &[(
+            MAIN,
+            Some("---\ntype: DbConnection\nfields:\n  name: Main\n   url: x\n"),
+        )],
         MAIN,
         5,
         7,
@@ -183,27 +220,54 @@ fn yaml_broken_only_after_rendering() {
 
 #[test]
 fn broken_absolute_reference() {
-    let text = BASE[7].1.replace("/Libraries/Cache Manager/Sessions", "/Libraries/Cache Manager/Sesions");
-    let d = expect_one(&[(HELLO, Some(&text))], HELLO, 18, 12, "`/Libraries/Cache Manager/Sesions` points at no entity");
+    let text = BASE[7].1.replace(
+        "/Libraries/Cache Manager/Sessions",
+        "/Libraries/Cache Manager/Sesions",
+    );
+    let d = expect_one(
+        &[(HELLO, Some(&text))],
+        HELLO,
+        18,
+        12,
+        "`/Libraries/Cache Manager/Sesions` points at no entity",
+    );
     assert_eq!(d.field.as_deref(), Some("fields.cache"));
 }
 
 #[test]
 fn broken_relative_reference() {
-    let text = BASE[7].1.replace("start: ./Set Message", "start: ./Set Mesage");
-    expect_one(&[(HELLO, Some(&text))], HELLO, 5, 10, "`./Set Mesage` (`/Policies/Demo/Hello/Set Mesage`)");
+    let text = BASE[7]
+        .1
+        .replace("start: ./Set Message", "start: ./Set Mesage");
+    expect_one(
+        &[(HELLO, Some(&text))],
+        HELLO,
+        5,
+        10,
+        "`./Set Mesage` (`/Policies/Demo/Hello/Set Mesage`)",
+    );
 }
 
 #[test]
 fn broken_typed_reference() {
-    let text = BASE[7].1.replace("(Category)misc", "(Category)miscellaneous");
+    let text = BASE[7]
+        .1
+        .replace("(Category)misc", "(Category)miscellaneous");
     expect_one(&[(HELLO, Some(&text))], HELLO, 6, 13, "points at no entity");
 }
 
 #[test]
 fn reference_above_the_root() {
-    let text = BASE[7].1.replace("success: ../Cache It", "success: ../../../../../Cache It");
-    expect_one(&[(HELLO, Some(&text))], HELLO, 14, 14, "climbs above the project root");
+    let text = BASE[7]
+        .1
+        .replace("success: ../Cache It", "success: ../../../../../Cache It");
+    expect_one(
+        &[(HELLO, Some(&text))],
+        HELLO,
+        14,
+        14,
+        "climbs above the project root",
+    );
 }
 
 #[test]
@@ -221,7 +285,10 @@ fn missing_externalized_file() {
 #[test]
 fn missing_included_file() {
     expect_one(
-        &[(MAIN, Some("---\ntype: DbConnection\nfields:\n  name: Main\n  url: \"{{file 'url.txt'}}\"\n"))],
+        &[(
+            MAIN,
+            Some("---\ntype: DbConnection\nfields:\n  name: Main\n  url: \"{{file 'url.txt'}}\"\n"),
+        )],
         MAIN,
         5,
         11,
@@ -243,7 +310,10 @@ fn included_file_outside_the_project() {
 #[test]
 fn unknown_entity_type() {
     expect_one(
-        &[("Libraries/Cache Manager/Other.yaml", Some("---\ntype: Cachee\nfields:\n  name: Other\n"))],
+        &[(
+            "Libraries/Cache Manager/Other.yaml",
+            Some("---\ntype: Cachee\nfields:\n  name: Other\n"),
+        )],
         "Libraries/Cache Manager/Other.yaml",
         2,
         7,
@@ -254,7 +324,10 @@ fn unknown_entity_type() {
 #[test]
 fn unknown_field() {
     expect_one(
-        &[("Libraries/Cache Manager/Other.yaml", Some("---\ntype: Cache\nfields:\n  name: Other\n  sise: 3\n"))],
+        &[(
+            "Libraries/Cache Manager/Other.yaml",
+            Some("---\ntype: Cache\nfields:\n  name: Other\n  sise: 3\n"),
+        )],
         "Libraries/Cache Manager/Other.yaml",
         5,
         3,
@@ -276,7 +349,10 @@ fn duplicate_entity() {
 #[test]
 fn missing_type() {
     expect_one(
-        &[("Libraries/Cache Manager/Other.yaml", Some("---\nfields:\n  name: Other\n"))],
+        &[(
+            "Libraries/Cache Manager/Other.yaml",
+            Some("---\nfields:\n  name: Other\n"),
+        )],
         "Libraries/Cache Manager/Other.yaml",
         2,
         1,
@@ -287,7 +363,10 @@ fn missing_type() {
 #[test]
 fn duplicate_yaml_key() {
     expect_one(
-        &[("Libraries/Cache Manager/Other.yaml", Some("---\ntype: Cache\nfields:\n  name: Other\n  size: 1\n  size: 2\n"))],
+        &[(
+            "Libraries/Cache Manager/Other.yaml",
+            Some("---\ntype: Cache\nfields:\n  name: Other\n  size: 1\n  size: 2\n"),
+        )],
         "Libraries/Cache Manager/Other.yaml",
         6,
         3,
@@ -298,7 +377,10 @@ fn duplicate_yaml_key() {
 #[test]
 fn block_never_closed() {
     expect_one(
-        &[(MAIN, Some("---\ntype: DbConnection\nfields:\n  name: Main\n{{#if feature.on}}\n  url: x\n"))],
+        &[(
+            MAIN,
+            Some("---\ntype: DbConnection\nfields:\n  name: Main\n{{#if feature.on}}\n  url: x\n"),
+        )],
         MAIN,
         5,
         1,
@@ -329,8 +411,10 @@ fn all_problems_at_once_sorted_by_file_and_line() {
         ("Policies/Demo/Hello-Files/message.json", None),
     ]);
     let diags = validate(&dir, &MapEnv::empty(), None);
-    let got: Vec<(String, u32)> =
-        diags.iter().map(|d| (d.file.clone().unwrap_or_default(), d.line.unwrap_or(0))).collect();
+    let got: Vec<(String, u32)> = diags
+        .iter()
+        .map(|d| (d.file.clone().unwrap_or_default(), d.line.unwrap_or(0)))
+        .collect();
     assert_eq!(
         got,
         vec![
@@ -355,9 +439,21 @@ fn stage_overlay_and_env_feed_placeholders() {
     let diags = validate(&dir, &env, Some("db:\n  url: jdbc:mysql://test-db/db\n"));
     assert!(diags.is_empty(), "{}", common::show(&diags));
     let project = Project::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let values = project.stage_values(Some(ValuesSource { name: "environments/test.yaml", text: "db:\n  url: jdbc:mysql://test-db/db\n" }), &env);
-    let files = project.render(&values, &env, &ValidateOptions::strict()).unwrap_or_else(|r| panic!("{}", common::show(&r.errors)));
-    let main = files.iter().find(|f| f.path == MAIN).map(|f| String::from_utf8_lossy(&f.contents).to_string()).unwrap_or_default();
+    let values = project.stage_values(
+        Some(ValuesSource {
+            name: "environments/test.yaml",
+            text: "db:\n  url: jdbc:mysql://test-db/db\n",
+        }),
+        &env,
+    );
+    let files = project
+        .render(&values, &env, &ValidateOptions::strict())
+        .unwrap_or_else(|r| panic!("{}", common::show(&r.errors)));
+    let main = files
+        .iter()
+        .find(|f| f.path == MAIN)
+        .map(|f| String::from_utf8_lossy(&f.contents).to_string())
+        .unwrap_or_default();
     assert!(main.contains("url: 'jdbc:mysql://test-db/db'"), "{main}");
     assert!(main.contains("password: 'czNjcjN0LXBhc3M='"), "{main}");
     assert!(!files.iter().any(|f| f.path == "values.yaml"));
@@ -372,8 +468,16 @@ fn secrets_are_masked_in_diagnostics() {
     let env = MapEnv::from_pairs([("CATEGORY", "TopSecretCategory")]);
     let diags = validate(&dir, &env, Some("db:\n  password: env:CATEGORY\n"));
     assert_eq!(diags.len(), 1, "{}", common::show(&diags));
-    assert!(!diags[0].message.contains("TopSecretCategory"), "{}", diags[0].message);
-    assert!(diags[0].message.contains("/System/Filter Categories/****"), "{}", diags[0].message);
+    assert!(
+        !diags[0].message.contains("TopSecretCategory"),
+        "{}",
+        diags[0].message
+    );
+    assert!(
+        diags[0].message.contains("/System/Filter Categories/****"),
+        "{}",
+        diags[0].message
+    );
 }
 
 #[test]
@@ -383,20 +487,41 @@ fn without_a_type_model_references_are_found_by_shape() {
     let project = Project::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let env = MapEnv::empty();
     let values = project.stage_values(None, &env);
-    assert!(project.validate(&values, &env, &ValidateOptions::strict()).errors.is_empty());
-    let broken = BASE[7].1.replace("/Libraries/Cache Manager/Sessions", "/Libraries/Cache Manager/Gone");
+    assert!(project
+        .validate(&values, &env, &ValidateOptions::strict())
+        .errors
+        .is_empty());
+    let broken = BASE[7].1.replace(
+        "/Libraries/Cache Manager/Sessions",
+        "/Libraries/Cache Manager/Gone",
+    );
     common::write_files(dir.path(), &[(HELLO, &broken)]);
     let project = Project::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let errors = project.validate(&values, &env, &ValidateOptions::strict()).errors;
+    let errors = project
+        .validate(&values, &env, &ValidateOptions::strict())
+        .errors;
     assert_eq!(errors.len(), 1, "{}", common::show(&errors));
     assert_eq!(errors[0].line, Some(18));
 }
 
 #[test]
 fn empty_values_are_fine_for_a_project_without_placeholders() {
-    let hello = BASE[7].1.replace("{{#if feature.on}}\n", "").replace("{{/if}}\n", "");
-    let dir = project_with(&[(MAIN, Some("---\ntype: DbConnection\nfields:\n  name: Main\n")), (HELLO, Some(&hello))]);
+    let hello = BASE[7]
+        .1
+        .replace("{{#if feature.on}}\n", "")
+        .replace("{{/if}}\n", "");
+    let dir = project_with(&[
+        (
+            MAIN,
+            Some("---\ntype: DbConnection\nfields:\n  name: Main\n"),
+        ),
+        (HELLO, Some(&hello)),
+    ]);
     let project = Project::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
-    let report = project.validate(&StageValues::empty(), &MapEnv::empty(), &ValidateOptions::strict());
+    let report = project.validate(
+        &StageValues::empty(),
+        &MapEnv::empty(),
+        &ValidateOptions::strict(),
+    );
     assert!(report.is_ok(), "{}", common::show(&report.errors));
 }

@@ -25,7 +25,11 @@ fn read_archive(bytes: &[u8]) -> Vec<Entry> {
     for e in archive.entries().unwrap_or_else(|e| panic!("{e}")) {
         let mut e = e.unwrap_or_else(|e| panic!("{e}"));
         let h = e.header().clone();
-        let path = e.path().unwrap_or_else(|e| panic!("{e}")).to_string_lossy().to_string();
+        let path = e
+            .path()
+            .unwrap_or_else(|e| panic!("{e}"))
+            .to_string_lossy()
+            .to_string();
         let mut data = Vec::new();
         e.read_to_end(&mut data).unwrap_or_else(|e| panic!("{e}"));
         out.push(Entry {
@@ -44,7 +48,12 @@ fn read_archive(bytes: &[u8]) -> Vec<Entry> {
 #[test]
 fn archive_layout_is_fixed() {
     let long = format!("{}/{}.yaml", "d".repeat(80), "f".repeat(80));
-    let files: Vec<(&str, &[u8])> = vec![("b.yaml", b"b"), ("a/x.yaml", b"x"), (long.as_str(), b"long"), ("a b/y", b"y")];
+    let files: Vec<(&str, &[u8])> = vec![
+        ("b.yaml", b"b"),
+        ("a/x.yaml", b"x"),
+        (long.as_str(), b"long"),
+        ("a b/y", b"y"),
+    ];
     let dirs = vec!["a".to_string(), "a b".to_string(), "d".repeat(80)];
     let bytes = tar_gz(&dirs, &files).unwrap_or_else(|e| panic!("{e}"));
     let entries = read_archive(&bytes);
@@ -53,16 +62,29 @@ fn archive_layout_is_fixed() {
     sorted.sort();
     assert_eq!(paths, sorted);
     assert_eq!(paths[0], "a b/");
-    assert!(paths.contains(&long.as_str()), "GNU long names keep long paths");
+    assert!(
+        paths.contains(&long.as_str()),
+        "GNU long names keep long paths"
+    );
     for e in &entries {
-        assert!(!e.path.starts_with('/') && !e.path.starts_with("./"), "{}", e.path);
+        assert!(
+            !e.path.starts_with('/') && !e.path.starts_with("./"),
+            "{}",
+            e.path
+        );
         assert_eq!((e.mtime, e.uid, e.gid), (0, 0, 0));
         match e.kind {
             tar::EntryType::Directory => assert_eq!(e.mode, 0o755),
             _ => assert_eq!(e.mode, 0o644),
         }
     }
-    assert_eq!(entries.iter().find(|e| e.path == "b.yaml").map(|e| e.data.clone()), Some(b"b".to_vec()));
+    assert_eq!(
+        entries
+            .iter()
+            .find(|e| e.path == "b.yaml")
+            .map(|e| e.data.clone()),
+        Some(b"b".to_vec())
+    );
     // Same input, same bytes; input order does not matter.
     let mut shuffled = files.clone();
     shuffled.reverse();
@@ -77,8 +99,21 @@ fn package_is_deterministic_and_carries_stage_values() {
     let overlay = "Server_Settings:\n  Cassandra_Settings:\n    username: env:CASSANDRA_USER\n    replication: 3\n";
     let build = || {
         let project = Project::load(&root).unwrap_or_else(|e| panic!("{e}"));
-        let values = project.stage_values(Some(ValuesSource { name: "environments/prod.yaml", text: overlay }), &env);
-        package_yaml(&project, &values, &env, RenderMode::Placeholders, &ValidateOptions::default()).unwrap_or_else(|e| panic!("{e}"))
+        let values = project.stage_values(
+            Some(ValuesSource {
+                name: "environments/prod.yaml",
+                text: overlay,
+            }),
+            &env,
+        );
+        package_yaml(
+            &project,
+            &values,
+            &env,
+            RenderMode::Placeholders,
+            &ValidateOptions::default(),
+        )
+        .unwrap_or_else(|e| panic!("{e}"))
     };
     let a = build();
     let b = build();
@@ -86,27 +121,65 @@ fn package_is_deterministic_and_carries_stage_values() {
     assert_eq!(a.digest, sha256(&a.bytes));
 
     let entries = read_archive(&a.bytes);
-    assert_eq!(entries.iter().filter(|e| e.kind == tar::EntryType::Regular).count() as u64, a.files);
-    assert!(entries.iter().any(|e| e.path == "_parent.yaml"), "no root folder");
-    let values = entries.iter().find(|e| e.path == "values.yaml").map(|e| String::from_utf8_lossy(&e.data).to_string());
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e.kind == tar::EntryType::Regular)
+            .count() as u64,
+        a.files
+    );
+    assert!(
+        entries.iter().any(|e| e.path == "_parent.yaml"),
+        "no root folder"
+    );
+    let values = entries
+        .iter()
+        .find(|e| e.path == "values.yaml")
+        .map(|e| String::from_utf8_lossy(&e.data).to_string());
     let values = values.unwrap_or_else(|| panic!("no values.yaml"));
     // The overlay is merged in; the env reference stays a placeholder for the
     // gateway, and its value never lands in the package.
     assert!(values.contains("replication: 3"), "{values}");
-    assert!(values.contains("username: '{{ env \"CASSANDRA_USER\" }}'"), "{values}");
+    assert!(
+        values.contains("username: '{{ env \"CASSANDRA_USER\" }}'"),
+        "{values}"
+    );
     assert!(values.contains("readConsistencyLevel: ONE"), "{values}");
     assert!(!String::from_utf8_lossy(&a.bytes).contains("cass-user-1"));
     // Entity files keep their placeholders.
-    let cass = entries.iter().find(|e| e.path == "Server Settings/Cassandra Settings.yaml").map(|e| e.data.clone()).unwrap_or_default();
-    assert!(String::from_utf8_lossy(&cass).contains("{{Server_Settings.Cassandra_Settings.username}}"));
+    let cass = entries
+        .iter()
+        .find(|e| e.path == "Server Settings/Cassandra Settings.yaml")
+        .map(|e| e.data.clone())
+        .unwrap_or_default();
+    assert!(
+        String::from_utf8_lossy(&cass).contains("{{Server_Settings.Cassandra_Settings.username}}")
+    );
 
     // Rendered: values are in the files, no values.yaml.
     let project = Project::load(&root).unwrap_or_else(|e| panic!("{e}"));
-    let values = project.stage_values(Some(ValuesSource { name: "environments/prod.yaml", text: overlay }), &env);
-    let r = package_yaml(&project, &values, &env, RenderMode::Rendered, &ValidateOptions::default()).unwrap_or_else(|e| panic!("{e}"));
+    let values = project.stage_values(
+        Some(ValuesSource {
+            name: "environments/prod.yaml",
+            text: overlay,
+        }),
+        &env,
+    );
+    let r = package_yaml(
+        &project,
+        &values,
+        &env,
+        RenderMode::Rendered,
+        &ValidateOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
     let entries = read_archive(&r.bytes);
     assert!(!entries.iter().any(|e| e.path == "values.yaml"));
-    let cass = entries.iter().find(|e| e.path == "Server Settings/Cassandra Settings.yaml").map(|e| e.data.clone()).unwrap_or_default();
+    let cass = entries
+        .iter()
+        .find(|e| e.path == "Server Settings/Cassandra Settings.yaml")
+        .map(|e| e.data.clone())
+        .unwrap_or_default();
     let cass = String::from_utf8_lossy(&cass);
     assert!(cass.contains("username: 'cass-user-1'"), "{cass}");
     assert!(cass.contains("replication: '3'"), "{cass}");

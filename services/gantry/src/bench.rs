@@ -1,17 +1,338 @@
-//! `gantry bench`: measurements recorded in BENCHMARKS.md.
+//! `gantry bench`: the measurements behind BENCHMARKS.md, run against real
+//! components (SQLite in a temp dir, or the Postgres and NATS named by
+//! `--database-url` / `--nats-url`). Each prints one JSON line of results.
 
-use clap::Subcommand;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use axum::Router;
+use clap::{Subcommand, ValueEnum};
+use gantry_core::bus::{EventBus, NatsBus, SqlBus};
+use gantry_core::relay::Relay;
+use gantry_core::{App, EventStore, ExpectedVersion, NewEvents, Settings};
+use gantry_proto::events::RunCancelled;
+use gantry_proto::{CloudEvent, EventName};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::Global;
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
-    /// Append→delivered latency of one event.
-    Hop,
+    /// Append→delivered latency of single events, one at a time.
+    Hop {
+        #[arg(long, value_enum, default_value_t = Mode::Embedded)]
+        mode: Mode,
+        #[arg(long, default_value_t = 2000)]
+        events: usize,
+    },
+    /// Sustained events/s through append → relay → NATS consumer.
+    Throughput {
+        #[arg(long, default_value_t = 50_000)]
+        events: usize,
+        /// Concurrent appenders.
+        #[arg(long, default_value_t = 4)]
+        writers: usize,
+        /// Events per append (one transaction).
+        #[arg(long, default_value_t = 10)]
+        batch: usize,
+    },
+    /// Verified webhooks/s and latency against an in-process server.
+    Webhooks {
+        #[arg(long, default_value_t = 10_000)]
+        requests: usize,
+        #[arg(long, default_value_t = 16)]
+        concurrency: usize,
+    },
 }
 
-pub async fn run(command: BenchCommand, _global: &Global) -> anyhow::Result<()> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    /// SQLite, consumers tailing the log in-process.
+    Embedded,
+    /// Postgres + NATS (needs --database-url and --nats-url).
+    Nats,
+}
+
+pub async fn run(command: BenchCommand, global: &Global) -> anyhow::Result<()> {
     match command {
-        BenchCommand::Hop => anyhow::bail!("not yet"),
+        BenchCommand::Hop { mode, events } => hop(global, mode, events).await,
+        BenchCommand::Throughput {
+            events,
+            writers,
+            batch,
+        } => throughput(global, events, writers, batch).await,
+        BenchCommand::Webhooks {
+            requests,
+            concurrency,
+        } => webhooks(global, requests, concurrency).await,
     }
+}
+
+fn event(i: usize) -> CloudEvent {
+    CloudEvent::new(
+        "bench",
+        "bench",
+        Some("bench-run"),
+        &RunCancelled {
+            user: "bench".into(),
+            reason: Some(i.to_string()),
+        },
+    )
+}
+
+/// p50, p99 and max of microsecond samples.
+fn percentiles(mut samples: Vec<u64>) -> serde_json::Value {
+    samples.sort_unstable();
+    let at = |q: f64| {
+        let i = ((samples.len() as f64 - 1.0) * q).round() as usize;
+        samples.get(i).copied().unwrap_or_default() as f64 / 1000.0
+    };
+    json!({ "samples": samples.len(), "p50_ms": at(0.50), "p99_ms": at(0.99), "max_ms": at(1.0) })
+}
+
+struct Setup {
+    store: EventStore,
+    bus: Arc<dyn EventBus>,
+    shutdown: CancellationToken,
+    _dir: Option<tempfile::TempDir>,
+}
+
+impl Drop for Setup {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// A fresh store and bus for one measurement: SQLite in a temp dir, or the
+/// configured Postgres and NATS with a unique stream so runs never mix.
+async fn setup(global: &Global, mode: Mode) -> anyhow::Result<Setup> {
+    let shutdown = CancellationToken::new();
+    match mode {
+        Mode::Embedded => {
+            let dir = tempfile::tempdir()?;
+            let store =
+                EventStore::connect(&format!("sqlite://{}", dir.path().join("bench.db").display()))
+                    .await?;
+            store.migrate().await?;
+            Ok(Setup {
+                bus: Arc::new(SqlBus::new(store.clone())),
+                store,
+                shutdown,
+                _dir: Some(dir),
+            })
+        }
+        Mode::Nats => {
+            let settings = global.settings();
+            let (Some(db), Some(mut nats)) = (settings.database_url.clone(), settings.nats()) else {
+                bail!("--mode nats needs --database-url postgres://... and --nats-url nats://...");
+            };
+            let store = EventStore::connect(&db).await?;
+            store.migrate().await?;
+            let tag = uuid::Uuid::new_v4().simple().to_string();
+            nats.prefix = format!("bench{}", &tag[..8]);
+            nats.stream = format!("BENCH_{}", &tag[..8]).to_uppercase();
+            let bus = NatsBus::connect(nats).await?;
+            // Start publishing from the current head: earlier events are not ours.
+            let relay = Relay::new(store.clone(), bus.clone());
+            let head = store.head().await?;
+            store
+                .save_checkpoint(&relay_checkpoint(&bus), head)
+                .await?;
+            tokio::spawn(relay.run(shutdown.child_token()));
+            Ok(Setup {
+                bus: Arc::new(bus),
+                store,
+                shutdown,
+                _dir: None,
+            })
+        }
+    }
+}
+
+fn relay_checkpoint(bus: &NatsBus) -> String {
+    let s = bus.settings();
+    format!("relay:{}:{}", s.stream, s.prefix)
+}
+
+async fn hop(global: &Global, mode: Mode, n: usize) -> anyhow::Result<()> {
+    let setup = setup(global, mode).await?;
+    let mut sub = setup
+        .bus
+        .subscribe("bench-hop", &[EventName::RunCancelled])
+        .await?;
+    let stream = format!("bench-{}", uuid::Uuid::new_v4());
+    let mut samples = Vec::with_capacity(n);
+    // A short warm-up settles connections and consumer creation.
+    for i in 0..n + 50 {
+        let ev = event(i);
+        let id = ev.id;
+        let t0 = Instant::now();
+        setup.store.append(&stream, ExpectedVersion::Any, vec![ev]).await?;
+        let delivery = loop {
+            let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
+                .await
+                .context("event not delivered within 10 s")??
+                .context("bus closed")?;
+            if d.event.id == id {
+                break d;
+            }
+            d.ack().await?;
+        };
+        let elapsed = t0.elapsed();
+        delivery.ack().await?;
+        if i >= 50 {
+            samples.push(elapsed.as_micros() as u64);
+        }
+    }
+    println!(
+        "{}",
+        json!({ "bench": "hop", "mode": format!("{mode:?}").to_lowercase(), "latency": percentiles(samples) })
+    );
+    Ok(())
+}
+
+async fn throughput(global: &Global, n: usize, writers: usize, batch: usize) -> anyhow::Result<()> {
+    let setup = setup(global, Mode::Nats).await?;
+    let mut sub = setup
+        .bus
+        .subscribe("bench-throughput", &[EventName::RunCancelled])
+        .await?;
+    let start = Instant::now();
+    let per_writer = n / writers;
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let store = setup.store.clone();
+        tasks.push(tokio::spawn(async move {
+            let stream = format!("bench-{}", uuid::Uuid::new_v4());
+            let mut i = 0;
+            while i < per_writer {
+                let events: Vec<_> = (i..(i + batch).min(per_writer)).map(|j| event(w * per_writer + j)).collect();
+                i += events.len();
+                store
+                    .append_many(vec![NewEvents::new(&stream, ExpectedVersion::Any, events)])
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    let total = per_writer * writers;
+    let received = AtomicUsize::new(0);
+    while received.load(Ordering::Relaxed) < total {
+        let d = tokio::time::timeout(Duration::from_secs(30), sub.next())
+            .await
+            .context("delivery stalled for 30 s")??
+            .context("bus closed")?;
+        d.ack().await?;
+        received.fetch_add(1, Ordering::Relaxed);
+    }
+    let appended_in = {
+        for t in tasks {
+            t.await??;
+        }
+        start.elapsed()
+    };
+    let elapsed = start.elapsed();
+    println!(
+        "{}",
+        json!({
+            "bench": "throughput",
+            "events": total,
+            "writers": writers,
+            "batch": batch,
+            "seconds": elapsed.as_secs_f64(),
+            "events_per_second": total as f64 / elapsed.as_secs_f64(),
+            "append_seconds": appended_in.as_secs_f64(),
+        })
+    );
+    Ok(())
+}
+
+async fn webhooks(global: &Global, n: usize, concurrency: usize) -> anyhow::Result<()> {
+    use hmac::{Hmac, Mac};
+    use sha2::Sha256;
+
+    const SECRET: &str = "bench-secret";
+    let dir = tempfile::tempdir()?;
+    let pipelines = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipelines)?;
+    std::fs::write(
+        pipelines.join("bench.yaml"),
+        "name: bench\nsource:\n  repo: https://git.example.com/bench/config.git\n  branch: main\n  \
+         webhook_secret: env:GANTRY_BENCH_WEBHOOK_SECRET\ngateway:\n  format: yaml\n  path: gateway/\n\
+         stages:\n  - name: test\n  - name: prod\n",
+    )?;
+    std::env::set_var("GANTRY_BENCH_WEBHOOK_SECRET", SECRET);
+    let mut settings: Settings = global.settings();
+    settings.pipelines = pipelines;
+    settings.data_dir = dir.path().join("data");
+    settings.nats_url = None;
+    let app = App::start(settings).await?;
+    let http: Router = gantry_webhook::router(app.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    tokio::spawn(async move { axum::serve(listener, http).await });
+
+    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let next = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (client, next) = (client.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                if i >= n {
+                    return anyhow::Ok(samples);
+                }
+                let body = serde_json::to_vec(&json!({
+                    "ref": "refs/heads/main",
+                    "after": format!("{:040x}", i + 1),
+                    "repository": { "clone_url": "https://git.example.com/bench/config.git" },
+                    "head_commit": { "message": "bench", "author": { "name": "b", "email": "b@example.com" } }
+                }))?;
+                let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes())?;
+                mac.update(&body);
+                let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
+                let t0 = Instant::now();
+                let resp = client
+                    .post(format!("http://{addr}/webhooks/github"))
+                    .header("X-GitHub-Event", "push")
+                    .header("X-GitHub-Delivery", format!("bench-{i}"))
+                    .header("X-Hub-Signature-256", sig)
+                    .body(body)
+                    .send()
+                    .await?;
+                let status = resp.status();
+                let _ = resp.bytes().await?;
+                if status != 202 {
+                    bail!("webhook answered {status}");
+                }
+                samples.push(t0.elapsed().as_micros() as u64);
+            }
+        }));
+    }
+    let mut samples = Vec::with_capacity(n);
+    for t in tasks {
+        samples.extend(t.await??);
+    }
+    let elapsed = start.elapsed();
+    let runs = app.store.head().await? / 2;
+    println!(
+        "{}",
+        json!({
+            "bench": "webhooks",
+            "store": format!("{:?}", app.store.backend()).to_lowercase(),
+            "requests": n,
+            "concurrency": concurrency,
+            "runs_recorded": runs,
+            "seconds": elapsed.as_secs_f64(),
+            "webhooks_per_second": n as f64 / elapsed.as_secs_f64(),
+            "latency": percentiles(samples),
+        })
+    );
+    Ok(())
 }

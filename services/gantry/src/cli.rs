@@ -24,25 +24,50 @@ pub struct Cli {
 #[derive(Debug, Args)]
 pub struct Global {
     /// Event store: sqlite://PATH or postgres://... [default: sqlite://<data-dir>/gantry.db]
-    #[arg(long, env = "GANTRY_DATABASE_URL", global = true, hide_env_values = true)]
+    #[arg(
+        long,
+        env = "GANTRY_DATABASE_URL",
+        global = true,
+        hide_env_values = true
+    )]
     pub database_url: Option<String>,
     /// NATS server for distributed delivery; in-process delivery when unset.
     #[arg(long, env = "GANTRY_NATS_URL", global = true, hide_env_values = true)]
     pub nats_url: Option<String>,
     /// Subject prefix on NATS, so installations can share a server.
-    #[arg(long, env = "GANTRY_NATS_PREFIX", default_value = "gantry", global = true)]
+    #[arg(
+        long,
+        env = "GANTRY_NATS_PREFIX",
+        default_value = "gantry",
+        global = true
+    )]
     pub nats_prefix: String,
     /// JetStream stream name.
-    #[arg(long, env = "GANTRY_NATS_STREAM", default_value = "GANTRY_EVENTS", global = true)]
+    #[arg(
+        long,
+        env = "GANTRY_NATS_STREAM",
+        default_value = "GANTRY_EVENTS",
+        global = true
+    )]
     pub nats_stream: String,
     /// HTTP listen address; client commands talk to the server here.
     #[arg(long, env = "GANTRY_LISTEN", default_value = gantry_core::config::DEFAULT_LISTEN, global = true)]
     pub listen: SocketAddr,
     /// Directory of pipeline definitions.
-    #[arg(long, env = "GANTRY_PIPELINES", default_value = "pipelines", global = true)]
+    #[arg(
+        long,
+        env = "GANTRY_PIPELINES",
+        default_value = "pipelines",
+        global = true
+    )]
     pub pipelines: PathBuf,
     /// Where embedded state (SQLite, packages) lives.
-    #[arg(long, env = "GANTRY_DATA_DIR", default_value = ".gantry", global = true)]
+    #[arg(
+        long,
+        env = "GANTRY_DATA_DIR",
+        default_value = ".gantry",
+        global = true
+    )]
     pub data_dir: PathBuf,
     /// YAML file of API tokens; when set, every /api call needs a bearer token.
     #[arg(long, env = "GANTRY_API_TOKENS", global = true)]

@@ -127,7 +127,10 @@ impl Client {
         };
         let resp = router.oneshot(req).await?;
         let status = resp.status();
-        let stream = resp.into_body().into_data_stream().map_err(anyhow::Error::from);
+        let stream = resp
+            .into_body()
+            .into_data_stream()
+            .map_err(anyhow::Error::from);
         Ok(Response {
             status,
             body: Box::pin(stream),

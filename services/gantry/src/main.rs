@@ -19,7 +19,10 @@ use client::Client;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     gantry_core::telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -42,7 +45,12 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve { service } => server::serve(g.settings(), service).await?,
         Command::Pipelines {
             command: PipelinesCommand::Validate { path },
-        } => return Ok(validate(path.unwrap_or_else(|| g.pipelines.clone()), g.output)),
+        } => {
+            return Ok(validate(
+                path.unwrap_or_else(|| g.pipelines.clone()),
+                g.output,
+            ))
+        }
         Command::Migrate => {
             let settings = g.settings();
             let url = settings.database_url();
@@ -68,7 +76,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             let position = app.projections.rebuild().await?;
             match g.output {
                 Output::Json => println!("{}", json!({ "rebuilt_to_position": position })),
-                Output::Text => println!("projections rebuilt from the log up to position {position}"),
+                Output::Text => {
+                    println!("projections rebuilt from the log up to position {position}")
+                }
             }
         }
         Command::Trigger {
@@ -114,7 +124,11 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             if let Some(s) = status {
                 path.push_str(&format!("&status={}", urlencode(&s)));
             }
-            let runs = Client::new(g).send(Method::GET, &path, None).await?.json().await?;
+            let runs = Client::new(g)
+                .send(Method::GET, &path, None)
+                .await?
+                .json()
+                .await?;
             match g.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&runs)?),
                 Output::Text => print_runs(&runs),
@@ -122,7 +136,11 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Run { id } => {
             let run = Client::new(g)
-                .send(Method::GET, &format!("/api/v1/runs/{}", urlencode(&id)), None)
+                .send(
+                    Method::GET,
+                    &format!("/api/v1/runs/{}", urlencode(&id)),
+                    None,
+                )
                 .await?
                 .json()
                 .await?;
@@ -131,8 +149,16 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 Output::Text => print_run(&run),
             }
         }
-        Command::Approve { run, stage, comment } => {
-            let path = format!("/api/v1/runs/{}/stages/{}/approve", urlencode(&run), urlencode(&stage));
+        Command::Approve {
+            run,
+            stage,
+            comment,
+        } => {
+            let path = format!(
+                "/api/v1/runs/{}/stages/{}/approve",
+                urlencode(&run),
+                urlencode(&stage)
+            );
             let resp = Client::new(g)
                 .send(Method::POST, &path, Some(json!({ "comment": comment })))
                 .await?
@@ -141,7 +167,11 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             print_decision(g.output, &resp, "approved")?;
         }
         Command::Reject { run, stage, reason } => {
-            let path = format!("/api/v1/runs/{}/stages/{}/reject", urlencode(&run), urlencode(&stage));
+            let path = format!(
+                "/api/v1/runs/{}/stages/{}/reject",
+                urlencode(&run),
+                urlencode(&stage)
+            );
             let resp = Client::new(g)
                 .send(Method::POST, &path, Some(json!({ "reason": reason })))
                 .await?
@@ -199,11 +229,19 @@ fn validate(path: std::path::PathBuf, output: Output) -> ExitCode {
     };
     match (result, output) {
         (Ok(names), Output::Json) => {
-            println!("{}", json!({ "valid": true, "pipelines": names, "errors": [] }));
+            println!(
+                "{}",
+                json!({ "valid": true, "pipelines": names, "errors": [] })
+            );
             ExitCode::SUCCESS
         }
         (Ok(names), Output::Text) => {
-            println!("{} pipeline(s) valid in {}: {}", names.len(), path.display(), names.join(", "));
+            println!(
+                "{} pipeline(s) valid in {}: {}",
+                names.len(),
+                path.display(),
+                names.join(", ")
+            );
             ExitCode::SUCCESS
         }
         (Err(errors), Output::Json) => {
@@ -247,7 +285,10 @@ fn print_runs(runs: &Value) {
         println!("no runs");
         return;
     }
-    println!("{:<36}  {:<16}  {:<12}  {:<10}  CREATED", "RUN", "PIPELINE", "COMMIT", "STATUS");
+    println!(
+        "{:<36}  {:<16}  {:<12}  {:<10}  CREATED",
+        "RUN", "PIPELINE", "COMMIT", "STATUS"
+    );
     for r in runs {
         println!(
             "{:<36}  {:<16}  {:<12.12}  {:<10}  {}",
@@ -263,7 +304,11 @@ fn print_runs(runs: &Value) {
 fn print_run(run: &Value) {
     println!("run       {}", str_of(&run["run_id"]));
     println!("pipeline  {}", str_of(&run["pipeline"]));
-    println!("commit    {} ({})", str_of(&run["commit"]), str_of(&run["branch"]));
+    println!(
+        "commit    {} ({})",
+        str_of(&run["commit"]),
+        str_of(&run["branch"])
+    );
     if let Some(m) = run["message"].as_str() {
         println!("message   {}", m.lines().next().unwrap_or(""));
     }
@@ -283,7 +328,12 @@ fn print_run(run: &Value) {
         } else {
             String::new()
         };
-        println!("{:<16}  {:<18}  {}", str_of(&s["name"]), str_of(&s["status"]), detail);
+        println!(
+            "{:<16}  {:<18}  {}",
+            str_of(&s["name"]),
+            str_of(&s["status"]),
+            detail
+        );
     }
 }
 
@@ -293,7 +343,11 @@ fn describe_wait(w: &Value) -> String {
             "waits for {required} approval(s) from {}",
             w["approvers"]
                 .as_array()
-                .map(|a| a.iter().filter_map(|x| x.as_str()).collect::<Vec<_>>().join(", "))
+                .map(|a| a
+                    .iter()
+                    .filter_map(|x| x.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "))
                 .unwrap_or_default()
         );
     }
@@ -314,7 +368,10 @@ fn print_event(id: Option<i64>, data: &str) {
     let name = gantry_proto::EventName::from_type_name(ty)
         .map(|n| n.as_str().to_owned())
         .unwrap_or_else(|| ty.to_owned());
-    let stage = e["data"]["stage"].as_str().map(|s| format!(" stage={s}")).unwrap_or_default();
+    let stage = e["data"]["stage"]
+        .as_str()
+        .map(|s| format!(" stage={s}"))
+        .unwrap_or_default();
     println!(
         "#{:<6} {} {:<20} pipeline={} run={}{}",
         id.map(|i| i.to_string()).unwrap_or_default(),

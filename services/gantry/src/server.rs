@@ -60,9 +60,9 @@ async fn run(app: App, http: Router, role: &str) -> anyhow::Result<()> {
     app.spawn_background(&mut tasks, &shutdown);
 
     let addr = app.settings.listen;
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}; set --listen or GANTRY_LISTEN to a free address"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}; set --listen or GANTRY_LISTEN to a free address")
+    })?;
     let local = listener.local_addr()?;
     tracing::info!(
         role,
@@ -79,10 +79,8 @@ async fn run(app: App, http: Router, role: &str) -> anyhow::Result<()> {
         .context("HTTP server failed")?;
 
     shutdown.cancel();
-    let drained = tokio::time::timeout(DRAIN, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(DRAIN, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("background work did not finish within {DRAIN:?}; stopping it");
         tasks.abort_all();
@@ -90,4 +88,3 @@ async fn run(app: App, http: Router, role: &str) -> anyhow::Result<()> {
     tracing::info!("stopped");
     Ok(())
 }
-

@@ -46,13 +46,19 @@ async fn receive(
         Ok(p) => p,
         Err(e) => return Problem::not_found(e.to_string()).into_response(),
     };
-    gantry_core::metrics::inc("gantry_webhooks_received_total", &[("provider", provider.as_str())]);
+    gantry_core::metrics::inc(
+        "gantry_webhooks_received_total",
+        &[("provider", provider.as_str())],
+    );
     match handle(&app, provider, &headers, &body).await {
         Ok(r) => r,
         Err(p) => {
             gantry_core::metrics::inc(
                 "gantry_webhooks_rejected_total",
-                &[("provider", provider.as_str()), ("status", &p.status.to_string())],
+                &[
+                    ("provider", provider.as_str()),
+                    ("status", &p.status.to_string()),
+                ],
             );
             p.into_response()
         }
@@ -68,15 +74,12 @@ async fn handle(
     let push = match payload::parse(provider, headers, body) {
         Ok(WebhookEvent::Push(push)) => push,
         Ok(WebhookEvent::Ping) => {
-            return Ok((StatusCode::OK, Json(json!({ "status": "pong" })))
-                .into_response())
+            return Ok((StatusCode::OK, Json(json!({ "status": "pong" }))).into_response())
         }
         Ok(WebhookEvent::Ignored { kind }) => {
             return Ok(ignored(format!("`{kind}` events start no run")));
         }
-        Err(e) => {
-            return Err(Problem::bad_request(e.to_string()).with_type("malformed-webhook"))
-        }
+        Err(e) => return Err(Problem::bad_request(e.to_string()).with_type("malformed-webhook")),
     };
 
     let pipelines = app.pipelines.get();
@@ -127,10 +130,19 @@ async fn handle(
         runs.push(trigger::start_run(&app.store, "webhook", pipeline, info).await?);
     }
     tracing::info!(provider = provider.as_str(), commit = %push.commit, runs = runs.len(), "webhook accepted");
-    Ok((StatusCode::ACCEPTED, Json(json!({ "status": "accepted", "runs": runs }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "status": "accepted", "runs": runs })),
+    )
+        .into_response())
 }
 
-fn signature_valid(pipeline: &Pipeline, provider: Provider, headers: &HeaderMap, body: &[u8]) -> bool {
+fn signature_valid(
+    pipeline: &Pipeline,
+    provider: Provider,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> bool {
     let Some(secret_ref) = &pipeline.source.webhook_secret else {
         tracing::warn!(pipeline = %pipeline.name, "webhook refused: the pipeline has no source.webhook_secret");
         return false;
@@ -146,5 +158,9 @@ fn signature_valid(pipeline: &Pipeline, provider: Provider, headers: &HeaderMap,
 }
 
 fn ignored(reason: String) -> Response {
-    (StatusCode::OK, Json(json!({ "status": "ignored", "reason": reason }))).into_response()
+    (
+        StatusCode::OK,
+        Json(json!({ "status": "ignored", "reason": reason })),
+    )
+        .into_response()
 }

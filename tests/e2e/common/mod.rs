@@ -30,7 +30,10 @@ impl Gantry {
         let mut g = Gantry {
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             dir: dir.to_owned(),
             port,
             log,
@@ -72,7 +75,11 @@ impl Gantry {
                     panic!("gantry exited with {status} at start:\n{}", self.log_text());
                 }
             }
-            assert!(std::time::Instant::now() < deadline, "gantry did not come up:\n{}", self.log_text());
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gantry did not come up:\n{}",
+                self.log_text()
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -190,11 +197,19 @@ pub async fn get_json(base: &str, path: &str) -> Value {
 }
 
 /// Reads SSE messages from `/api/v1/events` until `done` says so (30 s at most).
-pub async fn read_sse(base: &str, query: &str, mut done: impl FnMut(&[(i64, Value)]) -> bool) -> Vec<(i64, Value)> {
+pub async fn read_sse(
+    base: &str,
+    query: &str,
+    mut done: impl FnMut(&[(i64, Value)]) -> bool,
+) -> Vec<(i64, Value)> {
     use futures::StreamExt;
-    let resp = reqwest::get(format!("{base}/api/v1/events{query}")).await.expect("SSE");
+    let resp = reqwest::get(format!("{base}/api/v1/events{query}"))
+        .await
+        .expect("SSE");
     assert_eq!(
-        resp.headers().get("content-type").and_then(|v| v.to_str().ok()),
+        resp.headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok()),
         Some("text/event-stream")
     );
     let mut stream = resp.bytes_stream();

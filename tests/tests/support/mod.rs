@@ -15,7 +15,11 @@ use tempfile::TempDir;
 pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Awaits `fut`, failing with `what` when it takes longer than `limit`.
-pub async fn within<T>(limit: Duration, what: &str, fut: impl Future<Output = T>) -> anyhow::Result<T> {
+pub async fn within<T>(
+    limit: Duration,
+    what: &str,
+    fut: impl Future<Output = T>,
+) -> anyhow::Result<T> {
     tokio::time::timeout(limit, fut)
         .await
         .map_err(|_| anyhow!("timed out after {limit:?} waiting for {what}"))
@@ -85,7 +89,9 @@ pub fn cancelled(run: &str) -> CloudEvent {
 pub async fn sqlite_store() -> anyhow::Result<(EventStore, TempDir)> {
     let dir = tempfile::Builder::new().prefix("gantry-store-").tempdir()?;
     let url = format!("sqlite://{}", dir.path().join("gantry.db").display());
-    let store = EventStore::connect(&url).await.context("connecting SQLite store")?;
+    let store = EventStore::connect(&url)
+        .await
+        .context("connecting SQLite store")?;
     store.migrate().await?;
     Ok((store, dir))
 }

@@ -95,7 +95,10 @@ impl SqlSubscription {
         for t in &self.types {
             q = q.bind(t.clone());
         }
-        let rows = q.fetch_all(self.store.pool()).await.map_err(crate::StoreError::from)?;
+        let rows = q
+            .fetch_all(self.store.pool())
+            .await
+            .map_err(crate::StoreError::from)?;
         let head_before = self.wake.head();
         for row in &rows {
             let position: i64 = row.try_get(0).map_err(crate::StoreError::from)?;

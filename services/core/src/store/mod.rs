@@ -202,9 +202,15 @@ impl EventStore {
                     if backend == Backend::Sqlite {
                         // WAL lets readers (SSE, projections, other processes)
                         // work while one writer appends.
-                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA synchronous = NORMAL").execute(&mut *conn).await?;
-                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA journal_mode = WAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA synchronous = NORMAL")
+                            .execute(&mut *conn)
+                            .await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000")
+                            .execute(&mut *conn)
+                            .await?;
                     }
                     Ok(())
                 })
@@ -227,7 +233,11 @@ impl EventStore {
     /// Applies the embedded migrations (idempotent).
     pub async fn migrate(&self) -> Result<(), StoreError> {
         match self.inner.backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&self.inner.pool).await?,
+            Backend::Sqlite => {
+                sqlx::migrate!("./migrations/sqlite")
+                    .run(&self.inner.pool)
+                    .await?
+            }
             Backend::Postgres => {
                 sqlx::migrate!("./migrations/postgres")
                     .run(&self.inner.pool)

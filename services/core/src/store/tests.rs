@@ -25,7 +25,11 @@ fn event(run: &str) -> CloudEvent {
 async fn append_assigns_consecutive_positions_and_versions() {
     let (store, _dir) = sqlite_store().await;
     let a = store
-        .append("run-1", ExpectedVersion::NoStream, vec![event("1"), event("1")])
+        .append(
+            "run-1",
+            ExpectedVersion::NoStream,
+            vec![event("1"), event("1")],
+        )
         .await
         .unwrap();
     assert_eq!(a.positions, vec![1, 2]);
@@ -68,7 +72,11 @@ async fn optimistic_concurrency_rejects_stale_writers() {
         .await
         .unwrap();
     assert_eq!(store.stream_version("s").await.unwrap(), 2);
-    assert_eq!(store.head().await.unwrap(), 2, "rejected appends wrote nothing");
+    assert_eq!(
+        store.head().await.unwrap(),
+        2,
+        "rejected appends wrote nothing"
+    );
 }
 
 #[tokio::test]
@@ -109,7 +117,11 @@ async fn multi_stream_appends_are_atomic() {
         .await
         .unwrap_err();
     assert!(err.is_conflict());
-    assert_eq!(store.stream_version("a").await.unwrap(), 0, "nothing of the batch landed");
+    assert_eq!(
+        store.stream_version("a").await.unwrap(),
+        0,
+        "nothing of the batch landed"
+    );
 }
 
 #[tokio::test]

@@ -41,7 +41,10 @@ impl Wakeups {
 }
 
 /// Listens for NOTIFYs from appends in any process and feeds them to `head`.
-pub(crate) fn spawn_pg_listener(url: String, head: watch::Sender<i64>) -> tokio::task::JoinHandle<()> {
+pub(crate) fn spawn_pg_listener(
+    url: String,
+    head: watch::Sender<i64>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -53,7 +56,10 @@ pub(crate) fn spawn_pg_listener(url: String, head: watch::Sender<i64>) -> tokio:
     })
 }
 
-async fn listen(url: &str, head: &watch::Sender<i64>) -> Result<std::convert::Infallible, sqlx::Error> {
+async fn listen(
+    url: &str,
+    head: &watch::Sender<i64>,
+) -> Result<std::convert::Infallible, sqlx::Error> {
     let mut listener = PgListener::connect(url).await?;
     listener.listen(super::NOTIFY_CHANNEL).await?;
     loop {

@@ -27,18 +27,71 @@ pub(crate) struct Out<'s> {
     pub segs: Vec<Segment>,
     pub errors: Vec<TemplateError>,
     pub secrets: Vec<String>,
+    /// The text of each expression (by id); `None` where it failed.
+    pub values: Vec<Option<String>>,
+    /// Probe mode: expressions are not evaluated but written as markers
+    /// (see [`marker`]), and scalars holding them are double-quoted.
+    pub probe: bool,
+}
+
+/// Opens a marker in a probe rendering.
+pub(crate) const MARK_OPEN: char = '\u{E000}';
+/// Closes a marker.
+pub(crate) const MARK_CLOSE: char = '\u{E001}';
+
+/// The stand-in for expression `id` in a probe rendering.
+pub(crate) fn marker(id: usize) -> String {
+    format!("{MARK_OPEN}{id}{MARK_CLOSE}")
+}
+
+/// Replace the markers in `s` by the expressions' texts. Returns `None` if a
+/// marked expression has no value (it failed to evaluate).
+pub(crate) fn substitute(s: &str, values: &[Option<String>]) -> Option<String> {
+    if !s.contains(MARK_OPEN) {
+        return Some(s.to_string());
+    }
+    let mut out = String::with_capacity(s.len() + 16);
+    let mut rest = s;
+    while let Some(i) = rest.find(MARK_OPEN) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + MARK_OPEN.len_utf8()..];
+        let j = after.find(MARK_CLOSE)?;
+        let id: usize = after[..j].parse().ok()?;
+        out.push_str(values.get(id)?.as_deref()?);
+        rest = &after[j + MARK_CLOSE.len_utf8()..];
+    }
+    out.push_str(rest);
+    Some(out)
+}
+
+impl Out<'_> {
+    fn record(&mut self, id: usize, v: &str) {
+        if let Some(slot) = self.values.get_mut(id) {
+            *slot = Some(v.to_string());
+        }
+    }
 }
 
 impl Out<'_> {
     fn literal(&mut self, start: usize, end: usize) {
         if end > start {
-            self.segs.push(Segment { out: self.text.len(), src: start, literal: true, poisoned: false });
+            self.segs.push(Segment {
+                out: self.text.len(),
+                src: start,
+                literal: true,
+                poisoned: false,
+            });
             self.text.push_str(&self.src[start..end]);
         }
     }
 
     fn value(&mut self, src: usize, text: &str, poisoned: bool) {
-        self.segs.push(Segment { out: self.text.len(), src, literal: false, poisoned });
+        self.segs.push(Segment {
+            out: self.text.len(),
+            src,
+            literal: false,
+            poisoned,
+        });
         self.text.push_str(text);
     }
 }
@@ -48,19 +101,33 @@ pub(crate) fn render_nodes(nodes: &[Node], ctx: &Context<'_>, out: &mut Out<'_>)
         match node {
             Node::Text { start, end } => out.literal(*start, *end),
             Node::Invalid { start, .. } => out.value(*start, "", true),
-            Node::Expr { expr, start, end, ctx: vctx } => {
-                match eval(expr, ctx, &mut out.secrets).and_then(|v| to_text(&v, expr)) {
-                    Ok(s) => {
-                        let s = escape_in(&s, *vctx);
-                        out.value(*start, &s, false);
-                    }
-                    Err(e) => {
-                        out.errors.push(e.with_placeholder(out.src[*start..*end].to_string()));
-                        out.value(*start, "", true);
-                    }
+            Node::Expr { start, id, .. } if out.probe => out.value(*start, &marker(*id), false),
+            Node::Expr {
+                expr,
+                start,
+                end,
+                ctx: vctx,
+                id,
+            } => match eval(expr, ctx, &mut out.secrets).and_then(|v| to_text(&v, expr)) {
+                Ok(s) => {
+                    out.record(*id, &s);
+                    let s = escape_in(&s, *vctx);
+                    out.value(*start, &s, false);
                 }
-            }
-            Node::Block { kind, cond, body, inverse, start, end } => {
+                Err(e) => {
+                    out.errors
+                        .push(e.with_placeholder(out.src[*start..*end].to_string()));
+                    out.value(*start, "", true);
+                }
+            },
+            Node::Block {
+                kind,
+                cond,
+                body,
+                inverse,
+                start,
+                end,
+            } => {
                 match eval(cond, ctx, &mut out.secrets) {
                     Ok(v) => {
                         let t = truthy(&v);
@@ -68,17 +135,25 @@ pub(crate) fn render_nodes(nodes: &[Node], ctx: &Context<'_>, out: &mut Out<'_>)
                         render_nodes(if take { body } else { inverse }, ctx, out);
                     }
                     Err(e) => {
-                        out.errors.push(e.with_placeholder(out.src[*start..*end].to_string()));
+                        out.errors
+                            .push(e.with_placeholder(out.src[*start..*end].to_string()));
                         // Still render (and so check) the main branch.
                         render_nodes(body, ctx, out);
                     }
                 }
             }
-            Node::Scalar { style, in_flow, parts, start, end } => {
+            Node::Scalar {
+                style,
+                in_flow,
+                parts,
+                start,
+                end,
+            } => {
                 // The scalar's value, and the pieces it is made of (for the
                 // source map when the scalar keeps its style).
                 let mut value = String::new();
-                let mut pieces: Vec<(String, Option<usize>, usize, bool)> = Vec::with_capacity(parts.len());
+                let mut pieces: Vec<(String, Option<usize>, usize, bool)> =
+                    Vec::with_capacity(parts.len());
                 let mut poisoned = false;
                 for p in parts {
                     match p {
@@ -91,15 +166,33 @@ pub(crate) fn render_nodes(nodes: &[Node], ctx: &Context<'_>, out: &mut Out<'_>)
                             }
                             pieces.push((lit.to_string(), Some(*start), *start, false));
                         }
-                        Node::Expr { expr, start, end, .. } => {
-                            match eval(expr, ctx, &mut out.secrets).and_then(|v| to_text(&v, expr)) {
+                        Node::Expr { start, id, .. } if out.probe => {
+                            value.push_str(&marker(*id));
+                            pieces.push((String::new(), None, *start, false));
+                        }
+                        Node::Expr {
+                            expr,
+                            start,
+                            end,
+                            id,
+                            ..
+                        } => {
+                            match eval(expr, ctx, &mut out.secrets).and_then(|v| to_text(&v, expr))
+                            {
                                 Ok(s) => {
+                                    out.record(*id, &s);
                                     value.push_str(&s);
-                                    let shown = if *style == ScalarStyle::Single { s.replace('\'', "''") } else { s };
+                                    let shown = if *style == ScalarStyle::Single {
+                                        s.replace('\'', "''")
+                                    } else {
+                                        s
+                                    };
                                     pieces.push((shown, None, *start, false));
                                 }
                                 Err(e) => {
-                                    out.errors.push(e.with_placeholder(out.src[*start..*end].to_string()));
+                                    out.errors.push(
+                                        e.with_placeholder(out.src[*start..*end].to_string()),
+                                    );
                                     poisoned = true;
                                     pieces.push((String::new(), None, *start, true));
                                 }
@@ -110,10 +203,12 @@ pub(crate) fn render_nodes(nodes: &[Node], ctx: &Context<'_>, out: &mut Out<'_>)
                 }
                 // A value that failed is left out; keep the style then, so that
                 // the rest of the scalar still maps back exactly.
-                let keep = poisoned || match style {
-                    ScalarStyle::Single => !value.contains(['\n', '\r']),
-                    ScalarStyle::Plain => plain_safe(&value, *in_flow),
-                };
+                let keep = !out.probe
+                    && (poisoned
+                        || match style {
+                            ScalarStyle::Single => !value.contains(['\n', '\r']),
+                            ScalarStyle::Plain => plain_safe(&value, *in_flow),
+                        });
                 if keep {
                     // Same style: map every piece back precisely.
                     if *style == ScalarStyle::Single {
@@ -201,7 +296,9 @@ pub(crate) fn double_quoted(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => out.push_str(&format!("\\x{:02X}", c as u32)),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02X}", c as u32))
+            }
             c => out.push(c),
         }
     }
@@ -212,11 +309,33 @@ pub(crate) fn double_quoted(s: &str) -> String {
 /// Can `s` be written as a plain YAML scalar and read back as the same text?
 /// (Conservative: anything doubtful gets quoted.)
 fn plain_safe(s: &str, in_flow: bool) -> bool {
-    let Some(first) = s.chars().next() else { return false };
+    let Some(first) = s.chars().next() else {
+        return false;
+    };
     if s.starts_with(char::is_whitespace) || s.ends_with(char::is_whitespace) {
         return false;
     }
-    if matches!(first, '-' | '?' | ':' | ',' | '[' | ']' | '{' | '}' | '#' | '&' | '*' | '!' | '|' | '>' | '\'' | '"' | '%' | '@' | '`') {
+    if matches!(
+        first,
+        '-' | '?'
+            | ':'
+            | ','
+            | '['
+            | ']'
+            | '{'
+            | '}'
+            | '#'
+            | '&'
+            | '*'
+            | '!'
+            | '|'
+            | '>'
+            | '\''
+            | '"'
+            | '%'
+            | '@'
+            | '`'
+    ) {
         return false;
     }
     if s.contains(": ") || s.contains(" #") || s.ends_with(':') || s.contains(['\n', '\r', '\t']) {
@@ -229,11 +348,20 @@ fn plain_safe(s: &str, in_flow: bool) -> bool {
 }
 
 /// Evaluate an expression.
-pub(crate) fn eval(expr: &Expr, ctx: &Context<'_>, secrets: &mut Vec<String>) -> Result<Value, TemplateError> {
+pub(crate) fn eval(
+    expr: &Expr,
+    ctx: &Context<'_>,
+    secrets: &mut Vec<String>,
+) -> Result<Value, TemplateError> {
     match expr {
         Expr::Lit { value, .. } => Ok(value.clone()),
         Expr::Path { segments, text, at } => lookup(ctx.values, segments, text, *at).cloned(),
-        Expr::Call { helper, args, hash, at } => {
+        Expr::Call {
+            helper,
+            args,
+            hash,
+            at,
+        } => {
             let mut vals = Vec::with_capacity(args.len());
             for a in args {
                 vals.push(eval(a, ctx, secrets)?);
@@ -243,10 +371,15 @@ pub(crate) fn eval(expr: &Expr, ctx: &Context<'_>, secrets: &mut Vec<String>) ->
                     let name = as_str(&vals[0], "`env` variable name", *at)?;
                     let default = match (vals.get(1), hash.first()) {
                         (Some(v), _) => Some(as_str(v, "`env` default", *at)?),
-                        (None, Some((_, e))) => Some(as_str(&eval(e, ctx, secrets)?, "`env` default", *at)?),
+                        (None, Some((_, e))) => {
+                            Some(as_str(&eval(e, ctx, secrets)?, "`env` default", *at)?)
+                        }
                         (None, None) => None,
                     };
-                    let found = ctx.env.var(&name).or_else(|| ctx.env.var(&name.to_lowercase()));
+                    let found = ctx
+                        .env
+                        .var(&name)
+                        .or_else(|| ctx.env.var(&name.to_lowercase()));
                     match (found, default) {
                         (Some(v), _) => {
                             if !v.is_empty() {
@@ -264,7 +397,9 @@ pub(crate) fn eval(expr: &Expr, ctx: &Context<'_>, secrets: &mut Vec<String>) ->
                 }
                 Helper::Base64 => {
                     let s = scalar_text(&vals[0], "`base64` argument", *at)?;
-                    Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(s.as_bytes())))
+                    Ok(Value::String(
+                        base64::engine::general_purpose::STANDARD.encode(s.as_bytes()),
+                    ))
                 }
                 Helper::File => {
                     let path = as_str(&vals[0], "`file` path", *at)?;
@@ -279,13 +414,24 @@ pub(crate) fn eval(expr: &Expr, ctx: &Context<'_>, secrets: &mut Vec<String>) ->
                             ))
                         }
                     };
-                    let rel = super::join_rel(ctx.base_dir, &path).map_err(|m| TemplateError::new(*at, m, None))?;
+                    let rel = super::join_rel(ctx.base_dir, &path)
+                        .map_err(|m| TemplateError::new(*at, m, None))?;
                     let bytes = ctx.files.read(&rel).map_err(|e| {
-                        let why = if e.kind() == std::io::ErrorKind::NotFound { "does not exist".to_string() } else { e.to_string() };
-                        TemplateError::new(*at, format!("included file `{path}` (`{rel}` in the project) {why}"), None)
+                        let why = if e.kind() == std::io::ErrorKind::NotFound {
+                            "does not exist".to_string()
+                        } else {
+                            e.to_string()
+                        };
+                        TemplateError::new(
+                            *at,
+                            format!("included file `{path}` (`{rel}` in the project) {why}"),
+                            None,
+                        )
                     })?;
                     if binary {
-                        Ok(Value::String(base64::engine::general_purpose::STANDARD.encode(&bytes)))
+                        Ok(Value::String(
+                            base64::engine::general_purpose::STANDARD.encode(&bytes),
+                        ))
                     } else {
                         String::from_utf8(bytes).map(Value::String).map_err(|_| {
                             TemplateError::new(
@@ -305,7 +451,11 @@ fn as_str(v: &Value, what: &str, at: usize) -> Result<String, TemplateError> {
     match v {
         Value::String(s) => Ok(s.clone()),
         Value::Number(_) | Value::Bool(_) => Ok(v.to_string()),
-        _ => Err(TemplateError::new(at, format!("{what} must be a string"), None)),
+        _ => Err(TemplateError::new(
+            at,
+            format!("{what} must be a string"),
+            None,
+        )),
     }
 }
 
@@ -317,7 +467,12 @@ fn scalar_text(v: &Value, what: &str, at: usize) -> Result<String, TemplateError
 }
 
 /// Follow `segments` through `values`. Array entries are addressed by index.
-pub(crate) fn lookup<'v>(values: &'v Value, segments: &[String], text: &str, at: usize) -> Result<&'v Value, TemplateError> {
+pub(crate) fn lookup<'v>(
+    values: &'v Value,
+    segments: &[String],
+    text: &str,
+    at: usize,
+) -> Result<&'v Value, TemplateError> {
     let mut cur = values;
     for (i, seg) in segments.iter().enumerate() {
         let next = match cur {
@@ -335,7 +490,11 @@ pub(crate) fn lookup<'v>(values: &'v Value, segments: &[String], text: &str, at:
             },
             _ if i > 0 => {
                 let parent = segments[..i].join(".");
-                return Err(TemplateError::new(at, format!("`{text}`: `{parent}` is a single value, not a map"), None));
+                return Err(TemplateError::new(
+                    at,
+                    format!("`{text}`: `{parent}` is a single value, not a map"),
+                    None,
+                ));
             }
             _ => None,
         };

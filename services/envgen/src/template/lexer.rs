@@ -51,7 +51,10 @@ pub(crate) fn scan(src: &str, errors: &mut Vec<TemplateError>) -> Vec<Piece> {
         match scan_tag(src, start) {
             Ok(tag) => {
                 if start > text_start {
-                    pieces.push(Piece::Text { start: text_start, end: start });
+                    pieces.push(Piece::Text {
+                        start: text_start,
+                        end: start,
+                    });
                 }
                 i = tag.end;
                 text_start = tag.end;
@@ -64,7 +67,10 @@ pub(crate) fn scan(src: &str, errors: &mut Vec<TemplateError>) -> Vec<Piece> {
         }
     }
     if text_start < src.len() {
-        pieces.push(Piece::Text { start: text_start, end: src.len() });
+        pieces.push(Piece::Text {
+            start: text_start,
+            end: src.len(),
+        });
     }
     apply_whitespace_control(src, &mut pieces);
     pieces
@@ -165,11 +171,23 @@ fn scan_tag(src: &str, start: usize) -> Result<Tag, TemplateError> {
             _ => (TagKind::Expr, b0),
         }
     };
-    Ok(Tag { start, end, body_start, body_end, kind, strip_before, strip_after })
+    Ok(Tag {
+        start,
+        end,
+        body_start,
+        body_end,
+        kind,
+        strip_before,
+        strip_after,
+    })
 }
 
 fn is_keyword(s: &str, kw: &str) -> bool {
-    s.starts_with(kw) && s[kw.len()..].chars().next().is_none_or(|c| c.is_whitespace())
+    s.starts_with(kw)
+        && s[kw.len()..]
+            .chars()
+            .next()
+            .is_none_or(|c| c.is_whitespace())
 }
 
 /// The start of a tag, for error messages: up to the end of its line, at most 60 chars.
@@ -188,9 +206,13 @@ pub(crate) fn excerpt(src: &str, start: usize) -> String {
 fn apply_whitespace_control(src: &str, pieces: &mut [Piece]) {
     let bytes = src.as_bytes();
     // Decide on the untouched pieces first, then trim.
-    let standalone: Vec<bool> = (0..pieces.len()).map(|i| is_standalone(src, pieces, i)).collect();
+    let standalone: Vec<bool> = (0..pieces.len())
+        .map(|i| is_standalone(src, pieces, i))
+        .collect();
     for i in 0..pieces.len() {
-        let Piece::Tag(tag) = &pieces[i] else { continue };
+        let Piece::Tag(tag) = &pieces[i] else {
+            continue;
+        };
         let (strip_before, strip_after) = (tag.strip_before, tag.strip_after);
         if strip_before && i > 0 {
             if let Piece::Text { start, end } = &mut pieces[i - 1] {
@@ -231,7 +253,9 @@ fn apply_whitespace_control(src: &str, pieces: &mut [Piece]) {
 }
 
 fn is_standalone(src: &str, pieces: &[Piece], i: usize) -> bool {
-    let Piece::Tag(tag) = &pieces[i] else { return false };
+    let Piece::Tag(tag) = &pieces[i] else {
+        return false;
+    };
     if tag.kind == TagKind::Expr || tag.strip_before || tag.strip_after {
         return false;
     }
@@ -275,7 +299,11 @@ pub(crate) enum Tok {
 
 /// Tokenize the body of a tag (`src[start..end]`). Offsets in the result are
 /// absolute byte offsets into `src`.
-pub(crate) fn tokenize(src: &str, start: usize, end: usize) -> Result<Vec<(Tok, usize)>, TemplateError> {
+pub(crate) fn tokenize(
+    src: &str,
+    start: usize,
+    end: usize,
+) -> Result<Vec<(Tok, usize)>, TemplateError> {
     let bytes = src.as_bytes();
     let mut out = Vec::new();
     let mut i = start;
@@ -320,7 +348,11 @@ pub(crate) fn tokenize(src: &str, start: usize, end: usize) -> Result<Vec<(Tok, 
                     i += ch.len_utf8();
                 }
                 if !closed {
-                    return Err(TemplateError::new(at, "unterminated string".to_string(), Some(excerpt(src, at))));
+                    return Err(TemplateError::new(
+                        at,
+                        "unterminated string".to_string(),
+                        Some(excerpt(src, at)),
+                    ));
                 }
                 out.push((Tok::Str(s), at));
             }
@@ -370,7 +402,11 @@ pub(crate) fn tokenize(src: &str, start: usize, end: usize) -> Result<Vec<(Tok, 
                 }
                 if j == i {
                     let ch = src[i..].chars().next().unwrap_or('?');
-                    return Err(TemplateError::new(at, format!("unexpected `{ch}` in a placeholder"), Some(excerpt(src, at))));
+                    return Err(TemplateError::new(
+                        at,
+                        format!("unexpected `{ch}` in a placeholder"),
+                        Some(excerpt(src, at)),
+                    ));
                 }
                 out.push((Tok::Word(src[i..j].to_string()), at));
                 i = j;
@@ -381,7 +417,8 @@ pub(crate) fn tokenize(src: &str, start: usize, end: usize) -> Result<Vec<(Tok, 
 }
 
 fn is_word_byte(c: u8) -> bool {
-    !(c.is_ascii_whitespace() || matches!(c, b'(' | b')' | b'=' | b'"' | b'\'' | b'{' | b'}' | b'~'))
+    !(c.is_ascii_whitespace()
+        || matches!(c, b'(' | b')' | b'=' | b'"' | b'\'' | b'{' | b'}' | b'~'))
 }
 
 #[cfg(test)]
@@ -438,7 +475,9 @@ mod tests {
     #[test]
     fn tokens() {
         let src = r#"base64 (env 'X' default="d") a.b.[0] 12"#;
-        let toks: Vec<Tok> = tokenize(src, 0, src.len()).map(|v| v.into_iter().map(|(t, _)| t).collect()).unwrap_or_default();
+        let toks: Vec<Tok> = tokenize(src, 0, src.len())
+            .map(|v| v.into_iter().map(|(t, _)| t).collect())
+            .unwrap_or_default();
         assert_eq!(
             toks,
             vec![

@@ -32,7 +32,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
-pub(crate) use eval::double_quoted;
+pub(crate) use eval::{double_quoted, substitute, MARK_OPEN};
 pub(crate) use parser::{Expr, Node};
 pub use pos::{LineIndex, Pos};
 
@@ -49,7 +49,11 @@ pub struct TemplateError {
 
 impl TemplateError {
     pub(crate) fn new(offset: usize, message: String, placeholder: Option<String>) -> Self {
-        TemplateError { offset, message, placeholder }
+        TemplateError {
+            offset,
+            message,
+            placeholder,
+        }
     }
 
     pub(crate) fn with_placeholder(mut self, p: String) -> Self {
@@ -102,7 +106,12 @@ impl MapEnv {
         K: Into<String>,
         V: Into<String>,
     {
-        MapEnv(pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect())
+        MapEnv(
+            pairs
+                .into_iter()
+                .map(|(k, v)| (k.into(), v.into()))
+                .collect(),
+        )
     }
 }
 
@@ -136,7 +145,10 @@ impl FileLoader for DirLoader {
     fn read(&self, rel_path: &str) -> std::io::Result<Vec<u8>> {
         let rel = Path::new(rel_path);
         if rel.components().any(|c| !matches!(c, Component::Normal(_))) {
-            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "path leaves the project"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "path leaves the project",
+            ));
         }
         std::fs::read(self.root.join(rel))
     }
@@ -148,7 +160,10 @@ pub struct NoFiles;
 
 impl FileLoader for NoFiles {
     fn read(&self, _rel_path: &str) -> std::io::Result<Vec<u8>> {
-        Err(std::io::Error::new(std::io::ErrorKind::NotFound, "no files here"))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "no files here",
+        ))
     }
 }
 
@@ -173,6 +188,7 @@ pub struct Template {
     nodes: Vec<Node>,
     errors: Vec<TemplateError>,
     has_tags: bool,
+    expr_count: usize,
 }
 
 /// The result of rendering: the text, every evaluation problem, and a map back
@@ -186,6 +202,8 @@ pub struct Rendered {
     /// Values that came from the environment (to be masked in diagnostics).
     pub secrets: Vec<String>,
     segs: Vec<eval::Segment>,
+    /// The text of each expression, by id (`None`: failed, or not rendered).
+    pub(crate) values: Vec<Option<String>>,
 }
 
 impl Rendered {
@@ -210,8 +228,14 @@ impl Rendered {
     /// Whether output bytes `start..=end` hold (or touch) a value that could
     /// not be computed, so that their content is a stand-in not worth checking.
     pub fn is_poisoned(&self, start: usize, end: usize) -> bool {
-        let first = self.segs.partition_point(|s| s.out < start).saturating_sub(1);
-        self.segs[first..].iter().take_while(|s| s.out <= end).any(|s| s.poisoned)
+        let first = self
+            .segs
+            .partition_point(|s| s.out < start)
+            .saturating_sub(1);
+        self.segs[first..]
+            .iter()
+            .take_while(|s| s.out <= end)
+            .any(|s| s.poisoned)
     }
 }
 
@@ -222,14 +246,26 @@ impl Template {
         let source = source.into();
         let has_tags = source.contains("{{");
         let mut errors = Vec::new();
-        let nodes = if has_tags {
+        let (nodes, expr_count) = if has_tags {
             parser::parse(&source, &mut errors)
         } else if source.is_empty() {
-            Vec::new()
+            (Vec::new(), 0)
         } else {
-            vec![Node::Text { start: 0, end: source.len() }]
+            (
+                vec![Node::Text {
+                    start: 0,
+                    end: source.len(),
+                }],
+                0,
+            )
         };
-        Template { source, nodes, errors, has_tags }
+        Template {
+            source,
+            nodes,
+            errors,
+            has_tags,
+            expr_count,
+        }
     }
 
     /// The source text.
@@ -255,12 +291,22 @@ impl Template {
     /// Render against `ctx`. Evaluation goes on after a problem, so that every
     /// problem is in [`Rendered::errors`].
     pub fn render(&self, ctx: &Context<'_>) -> Rendered {
+        self.render_mode(ctx, false)
+    }
+
+    fn render_mode(&self, ctx: &Context<'_>, probe: bool) -> Rendered {
         if !self.has_tags {
             return Rendered {
                 text: self.source.clone(),
                 errors: Vec::new(),
                 secrets: Vec::new(),
-                segs: vec![eval::Segment { out: 0, src: 0, literal: true, poisoned: false }],
+                segs: vec![eval::Segment {
+                    out: 0,
+                    src: 0,
+                    literal: true,
+                    poisoned: false,
+                }],
+                values: Vec::new(),
             };
         }
         let mut out = eval::Out {
@@ -269,9 +315,45 @@ impl Template {
             segs: Vec::new(),
             errors: Vec::new(),
             secrets: Vec::new(),
+            values: vec![None; self.expr_count],
+            probe,
         };
         eval::render_nodes(&self.nodes, ctx, &mut out);
-        Rendered { text: out.text, errors: out.errors, secrets: out.secrets, segs: out.segs }
+        Rendered {
+            text: out.text,
+            errors: out.errors,
+            secrets: out.secrets,
+            segs: out.segs,
+            values: out.values,
+        }
+    }
+
+    /// Can values change this template's YAML structure? Not when it has no
+    /// block helpers and every placeholder sits in a scalar that the renderer
+    /// re-quotes as a whole, or in a double-quoted scalar: then whatever the
+    /// values, each placeholder stays inside its scalar.
+    pub(crate) fn is_stable(&self) -> bool {
+        self.errors.is_empty()
+            && self.nodes.iter().all(|n| match n {
+                Node::Text { .. } | Node::Scalar { .. } => true,
+                Node::Expr { ctx, .. } => *ctx == yamlctx::ValueCtx::Double,
+                Node::Block { .. } | Node::Invalid { .. } => false,
+            })
+    }
+
+    /// Render with markers in place of the values (see [`substitute`]): one
+    /// parse of this text serves every stage of a stable template.
+    pub(crate) fn render_probe(&self) -> Rendered {
+        let values = Value::Null;
+        self.render_mode(
+            &Context {
+                values: &values,
+                env: &MapEnv::empty(),
+                files: &NoFiles,
+                base_dir: "",
+            },
+            true,
+        )
     }
 
     /// Render and fail on any problem (parse or evaluation).
@@ -289,12 +371,23 @@ impl Template {
     /// Every `{{ expr }}` with its tag's byte range, in source order, and the
     /// start of the first block helper, if any.
     pub(crate) fn expressions(&self) -> (Vec<(usize, usize, &Expr)>, Option<usize>) {
-        fn walk<'a>(nodes: &'a [Node], out: &mut Vec<(usize, usize, &'a Expr)>, block: &mut Option<usize>) {
+        fn walk<'a>(
+            nodes: &'a [Node],
+            out: &mut Vec<(usize, usize, &'a Expr)>,
+            block: &mut Option<usize>,
+        ) {
             for n in nodes {
                 match n {
-                    Node::Expr { expr, start, end, .. } => out.push((*start, *end, expr)),
+                    Node::Expr {
+                        expr, start, end, ..
+                    } => out.push((*start, *end, expr)),
                     Node::Scalar { parts, .. } => walk(parts, out, block),
-                    Node::Block { body, inverse, start, .. } => {
+                    Node::Block {
+                        body,
+                        inverse,
+                        start,
+                        ..
+                    } => {
                         block.get_or_insert(*start);
                         walk(body, out, block);
                         walk(inverse, out, block);
@@ -312,15 +405,24 @@ impl Template {
 }
 
 /// Evaluate one expression (crate-internal: used for `values.yaml`).
-pub(crate) fn eval_expr(expr: &Expr, ctx: &Context<'_>, secrets: &mut Vec<String>) -> Result<Value, TemplateError> {
+pub(crate) fn eval_expr(
+    expr: &Expr,
+    ctx: &Context<'_>,
+    secrets: &mut Vec<String>,
+) -> Result<Value, TemplateError> {
     eval::eval(expr, ctx, secrets)
 }
 
 /// Join `path` to the directory `base` (both relative to the project root) and
 /// normalize. Fails for absolute paths and paths that leave the project.
 pub fn join_rel(base: &str, path: &str) -> Result<String, String> {
-    if path.starts_with('/') || path.starts_with('\\') || path.contains(':') && Path::new(path).is_absolute() {
-        return Err(format!("`{path}` is absolute; paths are relative to the file that names them"));
+    if path.starts_with('/')
+        || path.starts_with('\\')
+        || path.contains(':') && Path::new(path).is_absolute()
+    {
+        return Err(format!(
+            "`{path}` is absolute; paths are relative to the file that names them"
+        ));
     }
     let mut parts: Vec<&str> = base.split('/').filter(|s| !s.is_empty()).collect();
     for seg in path.split('/') {
@@ -342,9 +444,18 @@ pub fn join_rel(base: &str, path: &str) -> Result<String, String> {
 
 /// Render `source` against `values` and `env` (no file includes) and fail on
 /// any problem. A convenience for small templates.
-pub fn render_str(source: &str, values: &Value, env: &dyn Env) -> Result<String, Vec<TemplateError>> {
+pub fn render_str(
+    source: &str,
+    values: &Value,
+    env: &dyn Env,
+) -> Result<String, Vec<TemplateError>> {
     let t = Template::parse(source);
-    t.render_strict(&Context { values, env, files: &NoFiles, base_dir: "" })
+    t.render_strict(&Context {
+        values,
+        env,
+        files: &NoFiles,
+        base_dir: "",
+    })
 }
 
 #[cfg(test)]

@@ -43,11 +43,20 @@ impl Helper {
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) enum Expr {
     /// A value path: `a.b.0`. `segments` are the keys, `text` is as written.
-    Path { segments: Vec<String>, text: String, at: usize },
+    Path {
+        segments: Vec<String>,
+        text: String,
+        at: usize,
+    },
     /// A literal: string, number, `true`, `false`, `null`.
     Lit { value: Value, at: usize },
     /// A helper call (also a sub-expression).
-    Call { helper: Helper, args: Vec<Expr>, hash: Vec<(String, Expr)>, at: usize },
+    Call {
+        helper: Helper,
+        args: Vec<Expr>,
+        hash: Vec<(String, Expr)>,
+        at: usize,
+    },
 }
 
 impl Expr {
@@ -79,14 +88,33 @@ pub(crate) enum Node {
     Text { start: usize, end: usize },
     /// `{{ expr }}` at `src[start..end]`, with its YAML context. `id` numbers
     /// the expressions of a template in source order.
-    Expr { expr: Expr, start: usize, end: usize, ctx: ValueCtx, id: usize },
+    Expr {
+        expr: Expr,
+        start: usize,
+        end: usize,
+        ctx: ValueCtx,
+        id: usize,
+    },
     /// A placeholder that did not parse; renders as nothing.
     Invalid { start: usize, end: usize },
     /// `{{#if}}` / `{{#unless}}`, with the `{{else}}` part in `inverse`.
-    Block { kind: BlockKind, cond: Expr, body: Vec<Node>, inverse: Vec<Node>, start: usize, end: usize },
+    Block {
+        kind: BlockKind,
+        cond: Expr,
+        body: Vec<Node>,
+        inverse: Vec<Node>,
+        start: usize,
+        end: usize,
+    },
     /// A whole one-line YAML scalar made of text and placeholders. For a
     /// single-quoted scalar `parts` excludes the quotes.
-    Scalar { style: ScalarStyle, in_flow: bool, parts: Vec<Node>, start: usize, end: usize },
+    Scalar {
+        style: ScalarStyle,
+        in_flow: bool,
+        parts: Vec<Node>,
+        start: usize,
+        end: usize,
+    },
 }
 
 /// Parse `src` into nodes. Every problem is pushed to `errors`; parsing goes on
@@ -122,7 +150,10 @@ fn number(nodes: &mut [Node], next: &mut usize) {
 /// A piece after grouping: scalars are gathered into one unit.
 enum GPiece {
     Plain(Piece, ValueCtx),
-    Scalar { span: ScalarSpan, inner: Vec<(Piece, ValueCtx)> },
+    Scalar {
+        span: ScalarSpan,
+        inner: Vec<(Piece, ValueCtx)>,
+    },
 }
 
 fn group(src: &str, pieces: Vec<Piece>, ctx: &[ValueCtx], spans: &[ScalarSpan]) -> Vec<GPiece> {
@@ -144,13 +175,25 @@ fn group(src: &str, pieces: Vec<Piece>, ctx: &[ValueCtx], spans: &[ScalarSpan]) 
                     if e < sp.end {
                         acc.push((p, c));
                     } else {
-                        acc.push((Piece::Text { start: s, end: sp.end }, c));
+                        acc.push((
+                            Piece::Text {
+                                start: s,
+                                end: sp.end,
+                            },
+                            c,
+                        ));
                         if let Some(acc) = inner.take() {
-                            out.push(GPiece::Scalar { span: sp, inner: acc });
+                            out.push(GPiece::Scalar {
+                                span: sp,
+                                inner: acc,
+                            });
                         }
                         k += 1;
                         if e > sp.end {
-                            queue.push_front(Piece::Text { start: sp.end, end: e });
+                            queue.push_front(Piece::Text {
+                                start: sp.end,
+                                end: e,
+                            });
                         }
                     }
                 }
@@ -159,7 +202,10 @@ fn group(src: &str, pieces: Vec<Piece>, ctx: &[ValueCtx], spans: &[ScalarSpan]) 
                     acc.push((p, c));
                     if te >= sp.end {
                         if let Some(acc) = inner.take() {
-                            out.push(GPiece::Scalar { span: sp, inner: acc });
+                            out.push(GPiece::Scalar {
+                                span: sp,
+                                inner: acc,
+                            });
                         }
                         k += 1;
                     }
@@ -169,8 +215,17 @@ fn group(src: &str, pieces: Vec<Piece>, ctx: &[ValueCtx], spans: &[ScalarSpan]) 
                     if e <= sp.start {
                         out.push(GPiece::Plain(p, c));
                     } else if s < sp.start {
-                        out.push(GPiece::Plain(Piece::Text { start: s, end: sp.start }, c));
-                        queue.push_front(Piece::Text { start: sp.start, end: e });
+                        out.push(GPiece::Plain(
+                            Piece::Text {
+                                start: s,
+                                end: sp.start,
+                            },
+                            c,
+                        ));
+                        queue.push_front(Piece::Text {
+                            start: sp.start,
+                            end: e,
+                        });
                     } else {
                         inner = Some(Vec::new());
                         queue.push_front(p);
@@ -216,7 +271,14 @@ fn target<'a>(root: &'a mut Vec<Node>, stack: &'a mut [Frame]) -> &'a mut Vec<No
 
 fn close_frame(root: &mut Vec<Node>, stack: &mut Vec<Frame>) {
     if let Some(f) = stack.pop() {
-        let node = Node::Block { kind: f.kind, cond: f.cond, body: f.body, inverse: f.inverse, start: f.start, end: f.end };
+        let node = Node::Block {
+            kind: f.kind,
+            cond: f.cond,
+            body: f.body,
+            inverse: f.inverse,
+            start: f.start,
+            end: f.end,
+        };
         target(root, stack).push(node);
     }
 }
@@ -283,7 +345,10 @@ fn build(src: &str, pieces: Vec<GPiece>, errors: &mut Vec<TemplateError>) -> Vec
                         // Keep a frame so that the matching close tag does not also fail.
                         stack.push(Frame {
                             kind: BlockKind::If,
-                            cond: Expr::Lit { value: Value::Bool(true), at: t.start },
+                            cond: Expr::Lit {
+                                value: Value::Bool(true),
+                                at: t.start,
+                            },
                             start: t.start,
                             end: t.end,
                             body: Vec::new(),
@@ -306,7 +371,10 @@ fn build(src: &str, pieces: Vec<GPiece>, errors: &mut Vec<TemplateError>) -> Vec
                     if top.in_else {
                         errors.push(TemplateError::new(
                             t.start,
-                            format!("second `{{{{else}}}}` in the `{{{{#{}}}}}` block", top.kind.name()),
+                            format!(
+                                "second `{{{{else}}}}` in the `{{{{#{}}}}}` block",
+                                top.kind.name()
+                            ),
                             Some(src[t.start..t.end].to_string()),
                         ));
                         continue;
@@ -365,7 +433,11 @@ fn build(src: &str, pieces: Vec<GPiece>, errors: &mut Vec<TemplateError>) -> Vec
         if !f.chained {
             errors.push(TemplateError::new(
                 f.start,
-                format!("`{{{{#{}}}}}` is never closed: add `{{{{/{}}}}}`", f.kind.name(), f.kind.name()),
+                format!(
+                    "`{{{{#{}}}}}` is never closed: add `{{{{/{}}}}}`",
+                    f.kind.name(),
+                    f.kind.name()
+                ),
                 Some(src[f.start..f.end].to_string()),
             ));
         }
@@ -380,38 +452,83 @@ fn expr_node(src: &str, t: &Tag, ctx: ValueCtx, errors: &mut Vec<TemplateError>)
         Ok(toks) => toks,
         Err(e) => {
             errors.push(e.with_placeholder(placeholder));
-            return Some(Node::Invalid { start: t.start, end: t.end });
+            return Some(Node::Invalid {
+                start: t.start,
+                end: t.end,
+            });
         }
     };
     if toks.is_empty() {
-        errors.push(TemplateError::new(t.start, "empty placeholder `{{}}`".to_string(), Some(placeholder)));
-        return Some(Node::Invalid { start: t.start, end: t.end });
+        errors.push(TemplateError::new(
+            t.start,
+            "empty placeholder `{{}}`".to_string(),
+            Some(placeholder),
+        ));
+        return Some(Node::Invalid {
+            start: t.start,
+            end: t.end,
+        });
     }
-    let mut p = ExprParser { src, toks: &toks, i: 0, end: t.body_end };
+    let mut p = ExprParser {
+        src,
+        toks: &toks,
+        i: 0,
+        end: t.body_end,
+    };
     match p.top() {
-        Ok(expr) => Some(Node::Expr { expr, start: t.start, end: t.end, ctx, id: 0 }),
+        Ok(expr) => Some(Node::Expr {
+            expr,
+            start: t.start,
+            end: t.end,
+            ctx,
+            id: 0,
+        }),
         Err(e) => {
             errors.push(e.with_placeholder(placeholder));
-            Some(Node::Invalid { start: t.start, end: t.end })
+            Some(Node::Invalid {
+                start: t.start,
+                end: t.end,
+            })
         }
     }
 }
 
 fn open_block(src: &str, t: &Tag) -> Result<(BlockKind, Expr), TemplateError> {
     let placeholder = src[t.start..t.end].to_string();
-    let toks = tokenize(src, t.body_start, t.body_end).map_err(|e| e.with_placeholder(placeholder.clone()))?;
+    let toks = tokenize(src, t.body_start, t.body_end)
+        .map_err(|e| e.with_placeholder(placeholder.clone()))?;
     let err = |at: usize, msg: String| TemplateError::new(at, msg, Some(placeholder.clone()));
     let (kind, at) = match toks.first() {
         Some((Tok::Word(w), at)) if w == "if" => (BlockKind::If, *at),
         Some((Tok::Word(w), at)) if w == "unless" => (BlockKind::Unless, *at),
         Some((Tok::Word(w), at)) => {
-            return Err(err(*at, format!("unknown block helper `#{w}` (supported: `#if`, `#unless`)")));
+            return Err(err(
+                *at,
+                format!("unknown block helper `#{w}` (supported: `#if`, `#unless`)"),
+            ));
         }
-        _ => return Err(err(t.start, "a block needs a helper: `{{#if x}}` or `{{#unless x}}`".to_string())),
+        _ => {
+            return Err(err(
+                t.start,
+                "a block needs a helper: `{{#if x}}` or `{{#unless x}}`".to_string(),
+            ))
+        }
     };
-    let mut p = ExprParser { src, toks: &toks, i: 1, end: t.body_end };
+    let mut p = ExprParser {
+        src,
+        toks: &toks,
+        i: 1,
+        end: t.body_end,
+    };
     if p.i >= toks.len() {
-        return Err(err(at, format!("`#{}` needs a condition, e.g. `{{{{#{} feature.enabled}}}}`", kind.name(), kind.name())));
+        return Err(err(
+            at,
+            format!(
+                "`#{}` needs a condition, e.g. `{{{{#{} feature.enabled}}}}`",
+                kind.name(),
+                kind.name()
+            ),
+        ));
     }
     let cond = p.arg()?;
     if let Some((_, at2)) = toks.get(p.i) {
@@ -437,13 +554,18 @@ impl ExprParser<'_> {
         let e = match self.toks.first() {
             Some((Tok::Word(w), at)) => {
                 if is_reserved(w) {
-                    return Err(self.err(*at, format!("`{w}` is a reserved word and cannot start a placeholder")));
+                    return Err(self.err(
+                        *at,
+                        format!("`{w}` is a reserved word and cannot start a placeholder"),
+                    ));
                 }
                 self.call_or_path()?
             }
             Some((Tok::LParen, _)) => self.arg()?,
             Some((Tok::Str(_) | Tok::Num(_), _)) => self.arg()?,
-            Some((_, at)) => return Err(self.err(*at, "unexpected token at the start of a placeholder".into())),
+            Some((_, at)) => {
+                return Err(self.err(*at, "unexpected token at the start of a placeholder".into()))
+            }
             None => return Err(self.err(self.end, "empty placeholder".into())),
         };
         if let Some((_, at)) = self.toks.get(self.i) {
@@ -469,7 +591,10 @@ impl ExprParser<'_> {
             if at_end {
                 return path_expr(&w, at);
             }
-            return Err(self.err(at, format!("unknown helper `{w}` (supported: env, base64, file)")));
+            return Err(self.err(
+                at,
+                format!("unknown helper `{w}` (supported: env, base64, file)"),
+            ));
         };
         let mut args = Vec::new();
         let mut hash = Vec::new();
@@ -487,12 +612,20 @@ impl ExprParser<'_> {
                 continue;
             }
             if !hash.is_empty() {
-                return Err(self.err(tat, "positional arguments must come before `name=value` ones".into()));
+                return Err(self.err(
+                    tat,
+                    "positional arguments must come before `name=value` ones".into(),
+                ));
             }
             args.push(self.arg()?);
         }
         check_arity(helper, &args, &hash, at)?;
-        Ok(Expr::Call { helper, args, hash, at })
+        Ok(Expr::Call {
+            helper,
+            args,
+            hash,
+            at,
+        })
     }
 
     /// One argument: literal, path, or `( sub-expression )`.
@@ -502,7 +635,10 @@ impl ExprParser<'_> {
         };
         self.i += 1;
         match tok {
-            Tok::Str(s) => Ok(Expr::Lit { value: Value::String(s), at }),
+            Tok::Str(s) => Ok(Expr::Lit {
+                value: Value::String(s),
+                at,
+            }),
             Tok::Num(n) => {
                 let value = n
                     .parse::<i64>()
@@ -512,9 +648,18 @@ impl ExprParser<'_> {
                 Ok(Expr::Lit { value, at })
             }
             Tok::Word(w) => match w.as_str() {
-                "true" => Ok(Expr::Lit { value: Value::Bool(true), at }),
-                "false" => Ok(Expr::Lit { value: Value::Bool(false), at }),
-                "null" | "undefined" => Ok(Expr::Lit { value: Value::Null, at }),
+                "true" => Ok(Expr::Lit {
+                    value: Value::Bool(true),
+                    at,
+                }),
+                "false" => Ok(Expr::Lit {
+                    value: Value::Bool(false),
+                    at,
+                }),
+                "null" | "undefined" => Ok(Expr::Lit {
+                    value: Value::Null,
+                    at,
+                }),
                 _ => {
                     if Helper::from_name(&w).is_some() {
                         return Err(self.err(
@@ -567,7 +712,11 @@ fn path_expr(w: &str, at: usize) -> Result<Expr, TemplateError> {
             }
             b'.' | b'/' => {
                 if cur.is_empty() && !literal {
-                    return Err(TemplateError::new(at, format!("`{w}` has an empty path segment"), None));
+                    return Err(TemplateError::new(
+                        at,
+                        format!("`{w}` has an empty path segment"),
+                        None,
+                    ));
                 }
                 segments.push(std::mem::take(&mut cur));
                 literal = false;
@@ -581,20 +730,44 @@ fn path_expr(w: &str, at: usize) -> Result<Expr, TemplateError> {
         }
     }
     if cur.is_empty() && !literal {
-        return Err(TemplateError::new(at, format!("`{w}` has an empty path segment"), None));
+        return Err(TemplateError::new(
+            at,
+            format!("`{w}` has an empty path segment"),
+            None,
+        ));
     }
     segments.push(cur);
-    if segments.first().is_some_and(|s| s.starts_with(|c: char| c.is_ascii_digit())) {
-        return Err(TemplateError::new(at, format!("`{w}` starts with a digit; a value path must start with a letter or `_`"), None));
+    if segments
+        .first()
+        .is_some_and(|s| s.starts_with(|c: char| c.is_ascii_digit()))
+    {
+        return Err(TemplateError::new(
+            at,
+            format!("`{w}` starts with a digit; a value path must start with a letter or `_`"),
+            None,
+        ));
     }
-    Ok(Expr::Path { segments, text: w.to_string(), at })
+    Ok(Expr::Path {
+        segments,
+        text: w.to_string(),
+        at,
+    })
 }
 
-fn check_arity(helper: Helper, args: &[Expr], hash: &[(String, Expr)], at: usize) -> Result<(), TemplateError> {
+fn check_arity(
+    helper: Helper,
+    args: &[Expr],
+    hash: &[(String, Expr)],
+    at: usize,
+) -> Result<(), TemplateError> {
     let bad = |msg: &str| Err(TemplateError::new(at, msg.to_string(), None));
     for (k, _) in hash {
         if !(helper == Helper::Env && k == "default") {
-            return Err(TemplateError::new(at, format!("helper `{}` has no `{k}=` option", helper.name()), None));
+            return Err(TemplateError::new(
+                at,
+                format!("helper `{}` has no `{k}=` option", helper.name()),
+                None,
+            ));
         }
     }
     match helper {
@@ -644,7 +817,10 @@ mod tests {
                 _ => {}
             }
         }
-        Expr::Lit { value: Value::Null, at: 0 }
+        Expr::Lit {
+            value: Value::Null,
+            at: 0,
+        }
     }
 
     fn errors(src: &str) -> Vec<TemplateError> {
@@ -655,24 +831,47 @@ mod tests {
 
     #[test]
     fn paths_and_calls() {
-        assert!(matches!(one("{{ a.b.0 }}"), Expr::Path { ref segments, .. } if segments == &["a", "b", "0"]));
-        assert!(matches!(one("{{a.[b c].x}}"), Expr::Path { ref segments, .. } if segments == &["a", "b c", "x"]));
+        assert!(
+            matches!(one("{{ a.b.0 }}"), Expr::Path { ref segments, .. } if segments == &["a", "b", "0"])
+        );
+        assert!(
+            matches!(one("{{a.[b c].x}}"), Expr::Path { ref segments, .. } if segments == &["a", "b c", "x"])
+        );
         let e = one(r#"{{ base64 (env "X" (base64 'y')) }}"#);
-        let Expr::Call { helper: Helper::Base64, args, .. } = e else { panic!("not a call") };
-        assert!(matches!(&args[0], Expr::Call { helper: Helper::Env, args, .. } if args.len() == 2));
+        let Expr::Call {
+            helper: Helper::Base64,
+            args,
+            ..
+        } = e
+        else {
+            panic!("not a call")
+        };
+        assert!(
+            matches!(&args[0], Expr::Call { helper: Helper::Env, args, .. } if args.len() == 2)
+        );
     }
 
     #[test]
     fn parse_errors() {
-        assert!(errors("{{ nope \"x\" }}")[0].message.contains("unknown helper `nope`"));
+        assert!(errors("{{ nope \"x\" }}")[0]
+            .message
+            .contains("unknown helper `nope`"));
         assert!(errors("{{/if}}")[0].message.contains("no matching opening"));
-        assert!(errors("{{#if a}}x{{/unless}}")[0].message.contains("does not match"));
+        assert!(errors("{{#if a}}x{{/unless}}")[0]
+            .message
+            .contains("does not match"));
         assert!(errors("{{#if a}}x")[0].message.contains("never closed"));
-        assert!(errors("{{#each a}}x{{/each}}")[0].message.contains("unknown block helper"));
+        assert!(errors("{{#each a}}x{{/each}}")[0]
+            .message
+            .contains("unknown block helper"));
         assert!(errors("{{ true }}")[0].message.contains("reserved"));
-        assert!(errors("{{ 42_foo.bar }}")[0].message.contains("starts with a digit"));
+        assert!(errors("{{ 42_foo.bar }}")[0]
+            .message
+            .contains("starts with a digit"));
         assert!(errors("{{ env }}")[0].message.contains("`env` takes"));
-        assert!(errors("{{ base64 (env \"X\" }}")[0].message.contains("unclosed `(`"));
+        assert!(errors("{{ base64 (env \"X\" }}")[0]
+            .message
+            .contains("unclosed `(`"));
         assert!(errors("{{else}}")[0].message.contains("outside"));
     }
 }

@@ -45,7 +45,12 @@ impl LineIndex {
         let column = text
             .get(start..offset)
             .map(|s| s.chars().count())
-            .unwrap_or_else(|| text.as_bytes()[start..offset].iter().filter(|b| (**b & 0xC0) != 0x80).count());
+            .unwrap_or_else(|| {
+                text.as_bytes()[start..offset]
+                    .iter()
+                    .filter(|b| (**b & 0xC0) != 0x80)
+                    .count()
+            });
         Pos {
             offset,
             line: u32::try_from(line_idx + 1).unwrap_or(u32::MAX),
@@ -67,11 +72,32 @@ mod tests {
     fn lines_and_columns() {
         let t = "ab\ncdé\nf";
         let idx = LineIndex::new(t);
-        assert_eq!(idx.pos(t, 0), Pos { offset: 0, line: 1, column: 1 });
-        assert_eq!(idx.pos(t, 3), Pos { offset: 3, line: 2, column: 1 });
+        assert_eq!(
+            idx.pos(t, 0),
+            Pos {
+                offset: 0,
+                line: 1,
+                column: 1
+            }
+        );
+        assert_eq!(
+            idx.pos(t, 3),
+            Pos {
+                offset: 3,
+                line: 2,
+                column: 1
+            }
+        );
         // 'é' is two bytes; the 'f' line starts after it and the newline.
         let f = t.find('f').unwrap_or(0);
-        assert_eq!(idx.pos(t, f), Pos { offset: f, line: 3, column: 1 });
+        assert_eq!(
+            idx.pos(t, f),
+            Pos {
+                offset: f,
+                line: 3,
+                column: 1
+            }
+        );
         let nl = t.rfind('\n').unwrap_or(0);
         assert_eq!(idx.pos(t, nl).column, 4);
     }

@@ -27,18 +27,29 @@ fn files() -> Files {
     let mut m = BTreeMap::new();
     m.insert("dir/cert.pem".to_string(), b"MIIB\nAAAA\n".to_vec());
     m.insert("dir/sub/x.xsd".to_string(), vec![0u8, 159, 146, 150]);
-    m.insert("dir/msg.html".to_string(), b"<p>doesn't\n  indent</p>".to_vec());
+    m.insert(
+        "dir/msg.html".to_string(),
+        b"<p>doesn't\n  indent</p>".to_vec(),
+    );
     Files(m)
 }
 
 fn render_with(src: &str, env: &MapEnv) -> Result<String, Vec<TemplateError>> {
     let v = values();
     let f = files();
-    Template::parse(src).render_strict(&Context { values: &v, env, files: &f, base_dir: "dir" })
+    Template::parse(src).render_strict(&Context {
+        values: &v,
+        env,
+        files: &f,
+        base_dir: "dir",
+    })
 }
 
 fn r(src: &str) -> String {
-    match render_with(src, &MapEnv::from_pairs([("HOST", "h1"), ("lower", "lc"), ("SECRET", "s3cr3t")])) {
+    match render_with(
+        src,
+        &MapEnv::from_pairs([("HOST", "h1"), ("lower", "lc"), ("SECRET", "s3cr3t")]),
+    ) {
         Ok(s) => s,
         Err(e) => panic!("{src:?}: {e:?}"),
     }
@@ -79,7 +90,10 @@ fn base64_and_nested_subexpressions() {
     assert_eq!(r(r#"p: {{base64 'changeme'}}"#), "p: Y2hhbmdlbWU=");
     assert_eq!(r(r#"p: {{ base64 (env "SECRET") }}"#), "p: czNjcjN0");
     assert_eq!(r(r#"p: {{ base64 (env "NOPE" "s3cr3t") }}"#), "p: czNjcjN0");
-    assert_eq!(r(r#"p: {{ base64 (base64 (env "NOPE" (base64 "x"))) }}"#), "p: WlVFOVBRPT0=");
+    assert_eq!(
+        r(r#"p: {{ base64 (base64 (env "NOPE" (base64 "x"))) }}"#),
+        "p: WlVFOVBRPT0="
+    );
     assert_eq!(r(r#"p: {{base64(env "SECRET")}}"#), "p: czNjcjN0");
 }
 
@@ -89,12 +103,24 @@ fn if_unless_else() {
     assert_eq!(r("{{#if flags.off}}yes{{else}}no{{/if}}"), "no");
     assert_eq!(r("{{#unless flags.off}}yes{{/unless}}"), "yes");
     assert_eq!(r("{{#unless flags.on}}yes{{else}}no{{/unless}}"), "no");
-    assert_eq!(r("{{#if flags.off}}a{{else if flags.on}}b{{else}}c{{/if}}"), "b");
-    assert_eq!(r("{{#if flags.off}}a{{else if flags.zero}}b{{else}}c{{/if}}"), "c");
+    assert_eq!(
+        r("{{#if flags.off}}a{{else if flags.on}}b{{else}}c{{/if}}"),
+        "b"
+    );
+    assert_eq!(
+        r("{{#if flags.off}}a{{else if flags.zero}}b{{else}}c{{/if}}"),
+        "c"
+    );
     assert_eq!(r("{{# if flags.on }}y{{ else }}n{{/ if }}"), "y");
     assert_eq!(r("{{#if flags.on}}y{{^}}n{{/if}}"), "y");
     for falsy in ["off", "zero", "empty", "none", "list"] {
-        assert_eq!(r(&format!("{{{{#if flags.{falsy}}}}}t{{{{else}}}}f{{{{/if}}}}")), "f", "{falsy}");
+        assert_eq!(
+            r(&format!(
+                "{{{{#if flags.{falsy}}}}}t{{{{else}}}}f{{{{/if}}}}"
+            )),
+            "f",
+            "{falsy}"
+        );
     }
     assert_eq!(r("{{#if flags.map}}t{{else}}f{{/if}}"), "t");
     assert_eq!(r(r#"{{#if (env "HOST")}}t{{else}}f{{/if}}"#), "t");
@@ -105,30 +131,53 @@ fn if_unless_else() {
 fn block_lines_are_removed_cleanly() {
     let src = "fields:\n  a: 1\n{{#unless flags.on}}\n  b: 2\n{{/unless}}\n{{#if flags.on}}\n  c: 3\n{{/if}}\n";
     assert_eq!(r(src), "fields:\n  a: 1\n  c: 3\n");
-    assert_eq!(r("a: 1 {{! a comment }}\nb: 2{{!-- {{ not.a.placeholder }} --}}"), "a: 1 \nb: 2");
+    assert_eq!(
+        r("a: 1 {{! a comment }}\nb: 2{{!-- {{ not.a.placeholder }} --}}"),
+        "a: 1 \nb: 2"
+    );
     assert_eq!(r("a: x  {{~ db.user ~}}  y"), "a: xscotty");
 }
 
 #[test]
 fn file_includes() {
     assert_eq!(r(r#"c: "{{file 'cert.pem'}}""#), r#"c: "MIIB\nAAAA\n""#);
-    assert_eq!(r(r#"c: '{{ file "sub/x.xsd" "binary" }}'"#), "c: 'AJ+Slg=='");
+    assert_eq!(
+        r(r#"c: '{{ file "sub/x.xsd" "binary" }}'"#),
+        "c: 'AJ+Slg=='"
+    );
     // A file with an apostrophe and new lines inside a single-quoted scalar is
     // re-quoted so that the YAML still holds it exactly.
-    assert_eq!(r(r#"body: '{{file "msg.html"}}'"#), r#"body: "<p>doesn't\n  indent</p>""#);
-    assert!(err(r#"c: '{{file "missing.pem"}}'"#)[0].message.contains("does not exist"));
-    assert!(err(r#"c: '{{file "../../etc/passwd"}}'"#)[0].message.contains("outside the project"));
-    assert!(err(r#"c: '{{file "sub/x.xsd"}}'"#)[0].message.contains("binary"));
-    assert!(err(r#"c: '{{file "cert.pem" "text"}}'"#)[0].message.contains("must be \"binary\""));
+    assert_eq!(
+        r(r#"body: '{{file "msg.html"}}'"#),
+        r#"body: "<p>doesn't\n  indent</p>""#
+    );
+    assert!(err(r#"c: '{{file "missing.pem"}}'"#)[0]
+        .message
+        .contains("does not exist"));
+    assert!(err(r#"c: '{{file "../../etc/passwd"}}'"#)[0]
+        .message
+        .contains("outside the project"));
+    assert!(err(r#"c: '{{file "sub/x.xsd"}}'"#)[0]
+        .message
+        .contains("binary"));
+    assert!(err(r#"c: '{{file "cert.pem" "text"}}'"#)[0]
+        .message
+        .contains("must be \"binary\""));
 }
 
 #[test]
 fn values_are_escaped_for_their_scalar() {
     assert_eq!(r("m: '{{msg}}'"), r#"m: "it's \"quoted\"\nsecond line""#);
-    assert_eq!(r(r#"m: "x{{msg}}""#), r#"m: "xit's \"quoted\"\nsecond line""#);
+    assert_eq!(
+        r(r#"m: "x{{msg}}""#),
+        r#"m: "xit's \"quoted\"\nsecond line""#
+    );
     assert_eq!(r("m: {{msg}}"), r#"m: "it's \"quoted\"\nsecond line""#);
     assert_eq!(r("m: {{ db.pw }}"), r#"m: """#);
-    assert_eq!(r("m: |\n  a\n  {{msg}}\n"), "m: |\n  a\n  it's \"quoted\"\n  second line\n");
+    assert_eq!(
+        r("m: |\n  a\n  {{msg}}\n"),
+        "m: |\n  a\n  it's \"quoted\"\n  second line\n"
+    );
     assert_eq!(r("m: 'a{{ db.user }}b'"), "m: 'ascottb'");
     assert_eq!(r("u: jdbc://{{ db.user }}:1"), "u: jdbc://scott:1");
 }
@@ -141,7 +190,10 @@ fn evaluation_errors_are_located_and_all_reported() {
     let t = Template::parse(src);
     let p = t.position(errs[0].offset);
     assert_eq!((p.line, p.column), (2, 7));
-    assert_eq!(errs[0].message, "`db.nope` is not defined in values.yaml or the stage overlay");
+    assert_eq!(
+        errs[0].message,
+        "`db.nope` is not defined in values.yaml or the stage overlay"
+    );
     assert_eq!(errs[0].placeholder.as_deref(), Some("{{ db.nope }}"));
     assert!(errs[1].message.contains("`UNSET` is not set"));
     assert!(errs[2].message.contains("has 2 entries"));
@@ -158,7 +210,9 @@ fn parse_errors_are_located() {
     assert!(t.errors()[0].message.contains("unterminated `{{`"));
 
     let t = Template::parse("a: {{#if x}}\nb\n{{/unless}}\n");
-    assert!(t.errors()[0].message.contains("does not match `{{#if}}` opened at line 1, column 4"));
+    assert!(t.errors()[0]
+        .message
+        .contains("does not match `{{#if}}` opened at line 1, column 4"));
     assert_eq!(t.position(t.errors()[0].offset).line, 3);
 
     let t = Template::parse("a: {{ lookup \"x\" }}\n{{/if}}\n");
@@ -170,14 +224,24 @@ fn parse_errors_are_located() {
 #[test]
 fn source_map_points_back() {
     let v = values();
-    let t = Template::parse("a: {{#if flags.off}}\nx: 1\n{{/if}}\nb: '{{ db.user }}'\nc: {{ nope }} tail\n");
-    let r = t.render(&Context { values: &v, env: &MapEnv::empty(), files: &NoFiles, base_dir: "" });
+    let t = Template::parse(
+        "a: {{#if flags.off}}\nx: 1\n{{/if}}\nb: '{{ db.user }}'\nc: {{ nope }} tail\n",
+    );
+    let r = t.render(&Context {
+        values: &v,
+        env: &MapEnv::empty(),
+        files: &NoFiles,
+        base_dir: "",
+    });
     assert_eq!(r.errors.len(), 1);
     let out_c = r.text.find("c:").unwrap_or(0);
     let src_c = r.source_offset(out_c);
     assert_eq!(t.position(src_c).line, 5);
     let out_tail = r.text.find("tail").unwrap_or(0);
-    assert_eq!(&t.source()[r.source_offset(out_tail)..r.source_offset(out_tail) + 4], "tail");
+    assert_eq!(
+        &t.source()[r.source_offset(out_tail)..r.source_offset(out_tail) + 4],
+        "tail"
+    );
     // The value that failed is poisoned.
     let out_val = r.text.find("c: ").map(|i| i + 3).unwrap_or(0);
     assert!(r.is_poisoned(out_val, out_tail + 4));
@@ -189,7 +253,12 @@ fn secrets_from_env_are_reported() {
     let v = values();
     let env = MapEnv::from_pairs([("DB_PASS", "hunter22")]);
     let t = Template::parse("p: {{ env \"DB_PASS\" }}");
-    let r = t.render(&Context { values: &v, env: &env, files: &NoFiles, base_dir: "" });
+    let r = t.render(&Context {
+        values: &v,
+        env: &env,
+        files: &NoFiles,
+        base_dir: "",
+    });
     assert_eq!(r.secrets, vec!["hunter22".to_string()]);
 }
 

@@ -20,7 +20,9 @@ pub(crate) enum ValueCtx {
     Single,
     Double,
     /// Inside a `|` or `>` block scalar whose content is indented by `indent` spaces.
-    Block { indent: usize },
+    Block {
+        indent: usize,
+    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,7 +63,10 @@ struct Open {
 enum State {
     Normal,
     Quoted,
-    Block { threshold: usize, content_indent: Option<usize> },
+    Block {
+        threshold: usize,
+        content_indent: Option<usize>,
+    },
 }
 
 /// The virtual text the YAML parser will see: the template's text pieces in
@@ -75,7 +80,11 @@ struct Stream {
 }
 
 fn stream(src: &str, pieces: &[Piece]) -> Stream {
-    let mut s = Stream { bytes: Vec::with_capacity(src.len()), offs: Vec::with_capacity(src.len()), tags: Vec::new() };
+    let mut s = Stream {
+        bytes: Vec::with_capacity(src.len()),
+        offs: Vec::with_capacity(src.len()),
+        tags: Vec::new(),
+    };
     for (pi, p) in pieces.iter().enumerate() {
         match p {
             Piece::Text { start, end } => {
@@ -120,7 +129,12 @@ pub(crate) fn classify(src: &str, pieces: &[Piece]) -> (Vec<ValueCtx>, Vec<Scala
             };
             if let Some(style) = style {
                 if o.has_placeholder && !o.has_other_tag && !o.multiline {
-                    spans.push(ScalarSpan { style, start: o.start, end, in_flow: o.in_flow });
+                    spans.push(ScalarSpan {
+                        style,
+                        start: o.start,
+                        end,
+                        in_flow: o.in_flow,
+                    });
                 }
             }
         }
@@ -137,13 +151,19 @@ pub(crate) fn classify(src: &str, pieces: &[Piece]) -> (Vec<ValueCtx>, Vec<Scala
             match &mut state {
                 State::Block { content_indent, .. } => {
                     if is_expr {
-                        ctx[pi] = ValueCtx::Block { indent: content_indent.unwrap_or(indent) };
+                        ctx[pi] = ValueCtx::Block {
+                            indent: content_indent.unwrap_or(indent),
+                        };
                     }
                 }
                 State::Quoted => {
                     if let Some(o) = open.as_mut() {
                         if is_expr {
-                            ctx[pi] = if o.style == Style::Single { ValueCtx::Single } else { ValueCtx::Double };
+                            ctx[pi] = if o.style == Style::Single {
+                                ValueCtx::Single
+                            } else {
+                                ValueCtx::Double
+                            };
                             o.has_placeholder = true;
                         } else {
                             o.has_other_tag = true;
@@ -185,7 +205,10 @@ pub(crate) fn classify(src: &str, pieces: &[Piece]) -> (Vec<ValueCtx>, Vec<Scala
             continue;
         }
         match &mut state {
-            State::Block { threshold, content_indent } => {
+            State::Block {
+                threshold,
+                content_indent,
+            } => {
                 if line_start {
                     let mut j = i;
                     while j < n && b[j] == b' ' {
@@ -267,7 +290,10 @@ pub(crate) fn classify(src: &str, pieces: &[Piece]) -> (Vec<ValueCtx>, Vec<Scala
                             i += 1;
                         }
                     }
-                    b':' if is_blank(at(i + 1)) || (flow > 0 && matches!(at(i + 1), Some(b',' | b'[' | b']' | b'{' | b'}'))) => {
+                    b':' if is_blank(at(i + 1))
+                        || (flow > 0
+                            && matches!(at(i + 1), Some(b',' | b'[' | b']' | b'{' | b'}'))) =>
+                    {
                         close(&mut open, &mut spans, None);
                         can_start = true;
                         i += 1;
@@ -290,7 +316,11 @@ pub(crate) fn classify(src: &str, pieces: &[Piece]) -> (Vec<ValueCtx>, Vec<Scala
                     }
                     b'\'' | b'"' if open.is_none() && can_start => {
                         open = Some(Open {
-                            style: if c == b'\'' { Style::Single } else { Style::Double },
+                            style: if c == b'\'' {
+                                Style::Single
+                            } else {
+                                Style::Double
+                            },
                             start: st.offs[i],
                             content_end: st.offs[i] + 1,
                             has_placeholder: false,
@@ -305,7 +335,10 @@ pub(crate) fn classify(src: &str, pieces: &[Piece]) -> (Vec<ValueCtx>, Vec<Scala
                         while i < n && b[i] != b'\n' {
                             i += 1;
                         }
-                        state = State::Block { threshold: indent, content_indent: None };
+                        state = State::Block {
+                            threshold: indent,
+                            content_indent: None,
+                        };
                     }
                     b'&' | b'!' if open.is_none() && can_start => {
                         while i < n && !matches!(b[i], b' ' | b'\t' | b'\n') {
@@ -352,7 +385,13 @@ mod tests {
             .filter(|(_, p)| matches!(p, Piece::Tag(t) if t.kind == TagKind::Expr))
             .map(|(i, _)| ctx[i])
             .collect();
-        (exprs, spans.iter().map(|s| (s.style, src[s.start..s.end].to_string())).collect())
+        (
+            exprs,
+            spans
+                .iter()
+                .map(|s| (s.style, src[s.start..s.end].to_string()))
+                .collect(),
+        )
     }
 
     #[test]
@@ -361,7 +400,13 @@ mod tests {
         let (ctx, spans) = run(src);
         assert_eq!(
             ctx,
-            vec![ValueCtx::Single, ValueCtx::Double, ValueCtx::Plain, ValueCtx::Block { indent: 2 }, ValueCtx::Plain]
+            vec![
+                ValueCtx::Single,
+                ValueCtx::Double,
+                ValueCtx::Plain,
+                ValueCtx::Block { indent: 2 },
+                ValueCtx::Plain
+            ]
         );
         assert_eq!(
             spans,
@@ -385,7 +430,10 @@ mod tests {
     fn block_helpers_and_lists() {
         let src = "fields:\n{{#if a}}\n  x: '{{b}}'\n{{/if}}\n  l:\n  - {{c}}\n  - [ {{d}}, e ]\n";
         let (ctx, spans) = run(src);
-        assert_eq!(ctx, vec![ValueCtx::Single, ValueCtx::Plain, ValueCtx::Plain]);
+        assert_eq!(
+            ctx,
+            vec![ValueCtx::Single, ValueCtx::Plain, ValueCtx::Plain]
+        );
         let texts: Vec<&str> = spans.iter().map(|s| s.1.as_str()).collect();
         assert_eq!(texts, vec!["'{{b}}'", "{{c}}", "{{d}}"]);
     }

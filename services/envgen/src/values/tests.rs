@@ -10,8 +10,14 @@ fn src<'a>(name: &'a str, text: &'a str) -> Option<ValuesSource<'a>> {
 #[test]
 fn deep_merge_maps_recursively_and_replaces_the_rest() {
     let mut base = json!({"a": {"b": 1, "c": [1, 2], "d": {"e": "x"}}, "keep": true});
-    deep_merge(&mut base, json!({"a": {"b": 2, "c": [3], "d": {"f": "y"}}, "new": null}));
-    assert_eq!(base, json!({"a": {"b": 2, "c": [3], "d": {"e": "x", "f": "y"}}, "keep": true, "new": null}));
+    deep_merge(
+        &mut base,
+        json!({"a": {"b": 2, "c": [3], "d": {"f": "y"}}, "new": null}),
+    );
+    assert_eq!(
+        base,
+        json!({"a": {"b": 2, "c": [3], "d": {"e": "x", "f": "y"}}, "keep": true, "new": null})
+    );
     let mut base = json!({"a": {"b": 1}});
     deep_merge(&mut base, json!({"a": "scalar"}));
     assert_eq!(base, json!({"a": "scalar"}));
@@ -19,11 +25,19 @@ fn deep_merge_maps_recursively_and_replaces_the_rest() {
 
 #[test]
 fn project_and_overlay_merge() {
-    let project = "db:\n  url: jdbc:mysql://localhost/db\n  user: scott\n  pool: 10\nflags: [a, b]\n";
+    let project =
+        "db:\n  url: jdbc:mysql://localhost/db\n  user: scott\n  pool: 10\nflags: [a, b]\n";
     let overlay = "db:\n  url: jdbc:mysql://prod/db\nflags: [c]\n";
-    let v = StageValues::load(src("values.yaml", project), src("environments/prod.yaml", overlay), &MapEnv::empty());
+    let v = StageValues::load(
+        src("values.yaml", project),
+        src("environments/prod.yaml", overlay),
+        &MapEnv::empty(),
+    );
     assert!(v.diagnostics().is_empty(), "{:?}", v.diagnostics());
-    assert_eq!(v.resolved(), &json!({"db": {"url": "jdbc:mysql://prod/db", "user": "scott", "pool": 10}, "flags": ["c"]}));
+    assert_eq!(
+        v.resolved(),
+        &json!({"db": {"url": "jdbc:mysql://prod/db", "user": "scott", "pool": 10}, "flags": ["c"]})
+    );
     assert_eq!(v.raw(), v.resolved());
 }
 
@@ -38,12 +52,18 @@ fn placeholders_in_values_keep_raw_and_resolve() {
         &json!({"db": {"host": "db.internal", "port": 5432, "pw": "Y2hhbmdlbWU=", "url": "jdbc:pg://db.internal:5432/x", "on": "false"}})
     );
     assert_eq!(v.raw()["db"]["host"], json!("{{ env \"DB_HOST\" }}"));
-    assert_eq!(v.raw()["db"]["url"], json!("jdbc:pg://{{ env \"DB_HOST\" }}:5432/x"));
+    assert_eq!(
+        v.raw()["db"]["url"],
+        json!("jdbc:pg://{{ env \"DB_HOST\" }}:5432/x")
+    );
     assert!(v.secrets().contains(&"db.internal".to_string()));
     // The raw values write back with placeholders verbatim.
     let yaml = v.to_yaml();
     assert!(yaml.contains("host: '{{ env \"DB_HOST\" }}'"), "{yaml}");
-    assert!(yaml.contains("port: \"{{ env 'DB_PORT' '5432' }}\""), "{yaml}");
+    assert!(
+        yaml.contains("port: \"{{ env 'DB_PORT' '5432' }}\""),
+        "{yaml}"
+    );
 }
 
 #[test]
@@ -51,11 +71,17 @@ fn overlay_env_and_file_references() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let secret_file = dir.path().join("pw");
     std::fs::write(&secret_file, "file-secret-123\n").unwrap_or_else(|e| panic!("{e}"));
-    let overlay = format!("db:\n  password: env:DB_PASSWORD\n  key: file:{}\n  missing: env:NOT_SET\n", secret_file.display());
+    let overlay = format!(
+        "db:\n  password: env:DB_PASSWORD\n  key: file:{}\n  missing: env:NOT_SET\n",
+        secret_file.display()
+    );
     let env = MapEnv::from_pairs([("DB_PASSWORD", "hunter2hunter2")]);
     let v = StageValues::load(None, src("environments/test.yaml", &overlay), &env);
     assert_eq!(v.resolved()["db"]["password"], json!("hunter2hunter2"));
-    assert_eq!(v.raw()["db"]["password"], json!("{{ env \"DB_PASSWORD\" }}"));
+    assert_eq!(
+        v.raw()["db"]["password"],
+        json!("{{ env \"DB_PASSWORD\" }}")
+    );
     assert_eq!(v.resolved()["db"]["key"], json!("file-secret-123"));
     assert!(v.secrets().contains(&"hunter2hunter2".to_string()));
     assert!(v.secrets().contains(&"file-secret-123".to_string()));
@@ -69,11 +95,20 @@ fn overlay_env_and_file_references() {
 
 #[test]
 fn problems_in_values_are_located() {
-    let v = StageValues::load(src("values.yaml", "a: 1\nb: {{ env \"NOPE\" }}\nc: {{ other.value }}\n"), None, &MapEnv::empty());
+    let v = StageValues::load(
+        src(
+            "values.yaml",
+            "a: 1\nb: {{ env \"NOPE\" }}\nc: {{ other.value }}\n",
+        ),
+        None,
+        &MapEnv::empty(),
+    );
     let lines: Vec<Option<u32>> = v.diagnostics().iter().map(|d| d.line).collect();
     assert_eq!(lines, vec![Some(2), Some(3)], "{:?}", v.diagnostics());
     assert!(v.diagnostics()[0].message.contains("`NOPE` is not set"));
-    assert!(v.diagnostics()[1].message.contains("cannot refer to other values"));
+    assert!(v.diagnostics()[1]
+        .message
+        .contains("cannot refer to other values"));
 
     let v = StageValues::load(src("values.yaml", "a: 1\n  b: 2\n"), None, &MapEnv::empty());
     assert_eq!(v.diagnostics().len(), 1);
@@ -84,20 +119,38 @@ fn problems_in_values_are_located() {
     assert!(v.diagnostics()[0].message.contains("duplicate key `a`"));
     assert_eq!(v.diagnostics()[0].line, Some(2));
 
-    let v = StageValues::load(src("values.yaml", "x: 1\n{{#if a}}\ny: 2\n{{/if}}\n"), None, &MapEnv::empty());
-    assert!(v.diagnostics()[0].message.contains("not supported in values files"));
+    let v = StageValues::load(
+        src("values.yaml", "x: 1\n{{#if a}}\ny: 2\n{{/if}}\n"),
+        None,
+        &MapEnv::empty(),
+    );
+    assert!(v.diagnostics()[0]
+        .message
+        .contains("not supported in values files"));
     assert_eq!(v.diagnostics()[0].line, Some(2));
 }
 
 #[test]
 fn digest_is_canonical() {
-    let a = StageValues::load(src("values.yaml", "b: 1\na: {x: 1, y: [1, 2]}\n"), None, &MapEnv::empty());
-    let b = StageValues::load(src("values.yaml", "a:\n  y: [1, 2]\n  x: 1\nb: 1\n"), None, &MapEnv::empty());
+    let a = StageValues::load(
+        src("values.yaml", "b: 1\na: {x: 1, y: [1, 2]}\n"),
+        None,
+        &MapEnv::empty(),
+    );
+    let b = StageValues::load(
+        src("values.yaml", "a:\n  y: [1, 2]\n  x: 1\nb: 1\n"),
+        None,
+        &MapEnv::empty(),
+    );
     assert_eq!(a.digest(), b.digest());
     assert!(a.digest().starts_with("sha256:"));
     assert_eq!(a.digest().len(), 7 + 64);
     assert_eq!(canonical_json(a.raw()), r#"{"a":{"x":1,"y":[1,2]},"b":1}"#);
-    let c = StageValues::load(src("values.yaml", "b: 2\na: {x: 1, y: [1, 2]}\n"), None, &MapEnv::empty());
+    let c = StageValues::load(
+        src("values.yaml", "b: 2\na: {x: 1, y: [1, 2]}\n"),
+        None,
+        &MapEnv::empty(),
+    );
     assert_ne!(a.digest(), c.digest());
 }
 
@@ -106,13 +159,20 @@ fn yaml_output_round_trips() {
     let v = json!({"a": {"s": "plain", "n": 1, "t": "true", "e": "", "q": "it's: here", "l": ["x", 2], "m": {}}, "z": null});
     let text = to_yaml(&v);
     let back = StageValues::load(src("values.yaml", &text), None, &MapEnv::empty());
-    assert!(back.diagnostics().is_empty(), "{text}\n{:?}", back.diagnostics());
+    assert!(
+        back.diagnostics().is_empty(),
+        "{text}\n{:?}",
+        back.diagnostics()
+    );
     assert_eq!(back.raw(), &v, "{text}");
 }
 
 #[test]
 fn from_value_resolves_strings() {
-    let v = StageValues::from_value(json!({"a": "{{ env \"X\" \"d\" }}", "b": ["{{ base64 \"x\" }}"]}), &MapEnv::empty());
+    let v = StageValues::from_value(
+        json!({"a": "{{ env \"X\" \"d\" }}", "b": ["{{ base64 \"x\" }}"]}),
+        &MapEnv::empty(),
+    );
     assert_eq!(v.resolved(), &json!({"a": "d", "b": ["eA=="]}));
     assert!(v.diagnostics().is_empty());
 }

@@ -51,14 +51,20 @@ pub struct ValidateOptions {
 
 impl Default for ValidateOptions {
     fn default() -> Self {
-        ValidateOptions { allow_unresolved: vec![CERTIFICATE_STORE.to_string()], threads: 0 }
+        ValidateOptions {
+            allow_unresolved: vec![CERTIFICATE_STORE.to_string()],
+            threads: 0,
+        }
     }
 }
 
 impl ValidateOptions {
     /// Every unresolved reference is an error.
     pub fn strict() -> Self {
-        ValidateOptions { allow_unresolved: Vec::new(), threads: 0 }
+        ValidateOptions {
+            allow_unresolved: Vec::new(),
+            threads: 0,
+        }
     }
 }
 
@@ -130,6 +136,10 @@ struct EntityFile {
     is_parent: bool,
     /// For files with placeholders: the parsed template (re-rendered per stage).
     template: Option<Template>,
+    /// For templates whose structure values cannot change: the analysis of a
+    /// rendering with markers for values, and that rendering (for positions).
+    /// Each stage only substitutes its values (no second YAML parse).
+    probe: Option<(Analysis, Rendered)>,
     /// For files without placeholders: analysed once.
     fixed: Option<Analysis>,
 }
@@ -139,9 +149,16 @@ struct ProjectFiles<'a>(&'a Project);
 
 impl FileLoader for ProjectFiles<'_> {
     fn read(&self, rel_path: &str) -> std::io::Result<Vec<u8>> {
-        match self.0.files.binary_search_by(|f| f.path.as_str().cmp(rel_path)) {
+        match self
+            .0
+            .files
+            .binary_search_by(|f| f.path.as_str().cmp(rel_path))
+        {
             Ok(i) => Ok(self.0.files[i].data.clone()),
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::NotFound, rel_path.to_string())),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                rel_path.to_string(),
+            )),
         }
     }
 }
@@ -150,6 +167,8 @@ impl FileLoader for ProjectFiles<'_> {
 struct StageFile {
     analysis: Option<Analysis>,
     rendered: Option<Rendered>,
+    /// The analysis comes from the probe rendering: map positions through it.
+    via_probe: bool,
     /// Problems that are already diagnostics (template and YAML errors).
     diags: Vec<Diagnostic>,
 }
@@ -158,7 +177,10 @@ fn threads(requested: usize) -> usize {
     if requested > 0 {
         return requested;
     }
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
 }
 
 /// Run `f` for every index below `n` on `workers` threads; results in index order.
@@ -185,7 +207,10 @@ fn par_map<T: Send, F: Fn(usize) -> T + Sync>(n: usize, workers: usize, f: F) ->
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_default()).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
     });
     let mut all: Vec<(usize, T)> = parts.iter_mut().flat_map(std::mem::take).collect();
     all.sort_by_key(|(i, _)| *i);
@@ -235,7 +260,12 @@ impl Project {
         };
 
         // Entity directories (everything but META-INF), root first.
-        let mut dirs = vec![Dir { path: String::new(), name: String::new(), parent: None, parent_yaml: None }];
+        let mut dirs = vec![Dir {
+            path: String::new(),
+            name: String::new(),
+            parent: None,
+            parent_yaml: None,
+        }];
         let mut dir_index: HashMap<String, usize> = HashMap::new();
         dir_index.insert(String::new(), 0);
         for d in &dirs_listing {
@@ -248,9 +278,18 @@ impl Project {
             };
             let parent = dir_index.get(&parent_path).copied();
             dir_index.insert(d.clone(), dirs.len());
-            dirs.push(Dir { path: d.clone(), name, parent, parent_yaml: None });
+            dirs.push(Dir {
+                path: d.clone(),
+                name,
+                parent,
+                parent_yaml: None,
+            });
         }
-        let top_folders: HashSet<String> = dirs.iter().filter(|d| d.parent == Some(0)).map(|d| d.name.clone()).collect();
+        let top_folders: HashSet<String> = dirs
+            .iter()
+            .filter(|d| d.parent == Some(0))
+            .map(|d| d.name.clone())
+            .collect();
 
         // Entity files.
         let mut values_file = None;
@@ -264,13 +303,18 @@ impl Project {
                 values_file = Some(i);
                 continue;
             }
-            if !name.ends_with(".yaml") || dir_path == "META-INF" || dir_path.starts_with("META-INF/") {
+            if !name.ends_with(".yaml")
+                || dir_path == "META-INF"
+                || dir_path.starts_with("META-INF/")
+            {
                 continue;
             }
             if dir_path.is_empty() && name != "_parent.yaml" {
                 continue; // other root files are not entities
             }
-            let Some(&dir) = dir_index.get(dir_path) else { continue };
+            let Some(&dir) = dir_index.get(dir_path) else {
+                continue;
+            };
             candidates.push((i, dir, name == "_parent.yaml"));
         }
         if !file_set.contains("_parent.yaml") {
@@ -283,35 +327,75 @@ impl Project {
         }
         let ctx_types = types.as_ref();
         let workers = threads(workers);
-        let prepared: Vec<(Option<Template>, Option<Analysis>, Vec<Diagnostic>)> = par_map(candidates.len(), workers, |k| {
+        type Prepared = (
+            Option<Template>,
+            Option<(Analysis, Rendered)>,
+            Option<Analysis>,
+            Vec<Diagnostic>,
+        );
+        let prepared: Vec<Prepared> = par_map(candidates.len(), workers, |k| {
             let (fi, _, _) = candidates[k];
             let f = &files[fi];
             let mut diags = Vec::new();
             let Ok(text) = std::str::from_utf8(&f.data) else {
-                diags.push(diag::at(&f.path, None, None, "not UTF-8 text: an entity file must be UTF-8 YAML"));
-                return (None, Some(Analysis::default()), diags);
+                diags.push(diag::at(
+                    &f.path,
+                    None,
+                    None,
+                    "not UTF-8 text: an entity file must be UTF-8 YAML",
+                ));
+                return (None, None, Some(Analysis::default()), diags);
             };
             if text.contains("{{") {
                 let t = Template::parse(text);
                 if !t.errors().is_empty() {
                     let idx = LineIndex::new(text);
                     for e in t.errors() {
-                        diags.push(diag::at(&f.path, Some(idx.pos(text, e.offset)), e.placeholder.clone(), e.message.clone()));
+                        diags.push(diag::at(
+                            &f.path,
+                            Some(idx.pos(text, e.offset)),
+                            e.placeholder.clone(),
+                            e.message.clone(),
+                        ));
                     }
                 }
-                return (Some(t), None, diags);
+                let probe = t.is_stable().then(|| t.render_probe()).and_then(|r| {
+                    let ctx = analyze::Ctx {
+                        types: ctx_types,
+                        top_folders: &top_folders,
+                        rendered: None,
+                        probe: true,
+                    };
+                    let a = analyze::analyze(yaml::parse(&r.text).ok()?.as_ref(), &ctx);
+                    (!a.unstable).then_some((a, r))
+                });
+                return (Some(t), probe, None, diags);
             }
-            let ctx = analyze::Ctx { types: ctx_types, top_folders: &top_folders, rendered: None };
+            let ctx = analyze::Ctx {
+                types: ctx_types,
+                top_folders: &top_folders,
+                rendered: None,
+                probe: false,
+            };
             let analysis = parse_and_analyze(&f.path, text, &ctx, None, &mut diags);
-            (None, Some(analysis.unwrap_or_default()), diags)
+            (None, None, Some(analysis.unwrap_or_default()), diags)
         });
         let mut entity_files = Vec::with_capacity(candidates.len());
-        for ((fi, dir, is_parent), (template, fixed, diags)) in candidates.into_iter().zip(prepared) {
+        for ((fi, dir, is_parent), (template, probe, fixed, diags)) in
+            candidates.into_iter().zip(prepared)
+        {
             load_diags.extend(diags);
             if is_parent {
                 dirs[dir].parent_yaml = Some(entity_files.len());
             }
-            entity_files.push(EntityFile { file: fi, dir, is_parent, template, fixed });
+            entity_files.push(EntityFile {
+                file: fi,
+                dir,
+                is_parent,
+                template,
+                probe,
+                fixed,
+            });
         }
         Ok(Project {
             root: root.to_path_buf(),
@@ -345,7 +429,10 @@ impl Project {
     /// The project's own `values.yaml`, if it has one.
     pub fn values_source(&self) -> Option<ValuesSource<'_>> {
         let f = &self.files[self.values_file?];
-        Some(ValuesSource { name: "values.yaml", text: std::str::from_utf8(&f.data).ok()? })
+        Some(ValuesSource {
+            name: "values.yaml",
+            text: std::str::from_utf8(&f.data).ok()?,
+        })
     }
 
     /// The stage's values: the project's `values.yaml` deep-merged with `overlay`.
@@ -355,7 +442,9 @@ impl Project {
 
     /// Every regular file as `(path, bytes)`, sorted by path.
     pub(crate) fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.files.iter().map(|f| (f.path.as_str(), f.data.as_slice()))
+        self.files
+            .iter()
+            .map(|f| (f.path.as_str(), f.data.as_slice()))
     }
 
     /// Every directory below the root, sorted.
@@ -372,7 +461,12 @@ impl Project {
     /// Validate, then return every file of the project with placeholders
     /// resolved in the entity files (`values.yaml` left out: nothing is left
     /// for it to fill). Fails with the report if there are errors.
-    pub fn render(&self, values: &StageValues, env: &dyn Env, opts: &ValidateOptions) -> Result<Vec<RenderedFile>, Report> {
+    pub fn render(
+        &self,
+        values: &StageValues,
+        env: &dyn Env,
+        opts: &ValidateOptions,
+    ) -> Result<Vec<RenderedFile>, Report> {
         let (report, rendered) = self.run(values, env, opts, true);
         if !report.is_ok() {
             return Err(report);
@@ -390,12 +484,21 @@ impl Project {
             .filter(|(i, _)| Some(*i) != self.values_file)
             .map(|(i, f)| RenderedFile {
                 path: f.path.clone(),
-                contents: by_file.remove(&i).map(String::into_bytes).unwrap_or_else(|| f.data.clone()),
+                contents: by_file
+                    .remove(&i)
+                    .map(String::into_bytes)
+                    .unwrap_or_else(|| f.data.clone()),
             })
             .collect())
     }
 
-    fn run(&self, values: &StageValues, env: &dyn Env, opts: &ValidateOptions, keep_text: bool) -> (Report, Vec<Option<String>>) {
+    fn run(
+        &self,
+        values: &StageValues,
+        env: &dyn Env,
+        opts: &ValidateOptions,
+        keep_text: bool,
+    ) -> (Report, Vec<Option<String>>) {
         let workers = threads(opts.threads);
         let loader = ProjectFiles(self);
         let resolved = values.resolved();
@@ -419,14 +522,29 @@ impl Project {
             .entity_files
             .iter()
             .zip(stage.iter())
-            .map(|(ef, s)| ef.fixed.as_ref().or_else(|| s.as_ref().and_then(|s| s.analysis.as_ref())))
+            .map(|(ef, s)| {
+                ef.fixed
+                    .as_ref()
+                    .or_else(|| s.as_ref().and_then(|s| s.analysis.as_ref()))
+            })
             .collect();
 
         // Positions: findings are in the parsed text; map rendered ones back.
         let mut line_indexes: HashMap<usize, LineIndex> = HashMap::new();
         let mut position = |i: usize, offset: usize, line: u32, column: u32| -> template::Pos {
-            match stage[i].as_ref().and_then(|s| s.rendered.as_ref()) {
-                None => template::Pos { offset, line, column },
+            let map = stage[i].as_ref().and_then(|s| {
+                if s.via_probe {
+                    self.entity_files[i].probe.as_ref().map(|(_, r)| r)
+                } else {
+                    s.rendered.as_ref()
+                }
+            });
+            match map {
+                None => template::Pos {
+                    offset,
+                    line,
+                    column,
+                },
                 Some(r) => {
                     let src = self.source_text(i);
                     let idx = line_indexes.entry(i).or_insert_with(|| LineIndex::new(src));
@@ -437,8 +555,20 @@ impl Project {
         for (i, a) in analyses.iter().enumerate() {
             let Some(a) = a else { continue };
             let path = self.path_of(i);
-            for Finding { offset, line, column, field, message } in &a.findings {
-                errors.push(diag::at(path, Some(position(i, *offset, *line, *column)), field.clone(), message.clone()));
+            for Finding {
+                offset,
+                line,
+                column,
+                field,
+                message,
+            } in &a.findings
+            {
+                errors.push(diag::at(
+                    path,
+                    Some(position(i, *offset, *line, *column)),
+                    field.clone(),
+                    message.clone(),
+                ));
             }
         }
 
@@ -454,7 +584,11 @@ impl Project {
                         .and_then(|a| a.entities.first())
                         .map(|e| e.key.clone())
                         .unwrap_or_else(|| dir.name.clone());
-                    format!("{}/{}", dir_pk.get(p).map(String::as_str).unwrap_or(""), key)
+                    format!(
+                        "{}/{}",
+                        dir_pk.get(p).map(String::as_str).unwrap_or(""),
+                        key
+                    )
                 }
             };
             debug_assert_eq!(d, dir_pk.len());
@@ -467,7 +601,9 @@ impl Project {
             if let Some(a) = analyses[i] {
                 for e in &a.entities {
                     let pk = match e.parent {
-                        Some(p) => format!("{}/{}", pks.get(p).map(String::as_str).unwrap_or(""), e.key),
+                        Some(p) => {
+                            format!("{}/{}", pks.get(p).map(String::as_str).unwrap_or(""), e.key)
+                        }
                         None if ef.is_parent => dir_pk[ef.dir].clone(),
                         None => format!("{}/{}", dir_pk[ef.dir], e.key),
                     };
@@ -512,7 +648,10 @@ impl Project {
             for r in &a.refs {
                 let target = self.resolve_ref(&r.value, r.ent, a, &ent_pks[i], ef, &dir_pk);
                 let found = match &target {
-                    Ok(t) => index.contains_key(t.as_str()) || index.contains_key(strip_types(t).as_str()),
+                    Ok(t) => {
+                        index.contains_key(t.as_str())
+                            || index.contains_key(strip_types(t).as_str())
+                    }
                     Err(_) => false,
                 };
                 if found {
@@ -521,9 +660,22 @@ impl Project {
                 let p = position(i, r.offset, r.line, r.column);
                 let (message, allowed) = match target {
                     Ok(t) => {
-                        let shown = if t == r.value { String::new() } else { format!(" (`{}`)", strip_types(&t)) };
-                        let allowed = opts.allow_unresolved.iter().any(|pre| strip_types(&t).starts_with(pre.as_str()));
-                        (format!("reference `{}`{shown} points at no entity in the project", r.value), allowed)
+                        let shown = if t == r.value {
+                            String::new()
+                        } else {
+                            format!(" (`{}`)", strip_types(&t))
+                        };
+                        let allowed = opts
+                            .allow_unresolved
+                            .iter()
+                            .any(|pre| strip_types(&t).starts_with(pre.as_str()));
+                        (
+                            format!(
+                                "reference `{}`{shown} points at no entity in the project",
+                                r.value
+                            ),
+                            allowed,
+                        )
                     }
                     Err(m) => (m, false),
                 };
@@ -537,7 +689,10 @@ impl Project {
             for x in &a.ext {
                 let message = match template::join_rel(file_dir, &x.path) {
                     Ok(rel) if self.file_set.contains(&rel) => continue,
-                    Ok(rel) => format!("externalized file `{}` does not exist (looked for `{rel}`)", x.path),
+                    Ok(rel) => format!(
+                        "externalized file `{}` does not exist (looked for `{rel}`)",
+                        x.path
+                    ),
                     Err(m) => format!("externalized file: {m}"),
                 };
                 let p = position(i, x.offset, x.line, x.column);
@@ -551,27 +706,73 @@ impl Project {
         diag::sort(&mut errors);
         diag::sort(&mut warnings);
         let texts = if keep_text {
-            stage.into_iter().map(|s| s.and_then(|s| s.rendered.map(|r| r.text))).collect()
+            stage
+                .into_iter()
+                .map(|s| s.and_then(|s| s.rendered.map(|r| r.text)))
+                .collect()
         } else {
             Vec::new()
         };
         (Report { errors, warnings }, texts)
     }
 
-    fn render_one(&self, ef: &EntityFile, t: &Template, values: &Value, env: &dyn Env, loader: &ProjectFiles<'_>) -> StageFile {
+    fn render_one(
+        &self,
+        ef: &EntityFile,
+        t: &Template,
+        values: &Value,
+        env: &dyn Env,
+        loader: &ProjectFiles<'_>,
+    ) -> StageFile {
         let path = &self.files[ef.file].path;
         let base_dir = self.dirs[ef.dir].path.as_str();
-        let rendered = t.render(&Context { values, env, files: loader, base_dir });
+        let rendered = t.render(&Context {
+            values,
+            env,
+            files: loader,
+            base_dir,
+        });
         let mut diags = Vec::new();
         if !rendered.errors.is_empty() {
             let idx = LineIndex::new(t.source());
             for e in &rendered.errors {
-                diags.push(diag::at(path, Some(idx.pos(t.source(), e.offset)), e.placeholder.clone(), e.message.clone()));
+                diags.push(diag::at(
+                    path,
+                    Some(idx.pos(t.source(), e.offset)),
+                    e.placeholder.clone(),
+                    e.message.clone(),
+                ));
             }
         }
-        let ctx = analyze::Ctx { types: self.types.as_ref(), top_folders: &self.top_folders, rendered: Some(&rendered) };
-        let analysis = parse_and_analyze(path, &rendered.text, &ctx, Some((&rendered, t.source())), &mut diags);
-        StageFile { analysis, rendered: Some(rendered), diags }
+        if let Some((probe, _)) = &ef.probe {
+            // The structure is the probe's: only the values change.
+            let analysis = probe.substitute(&rendered.values);
+            return StageFile {
+                analysis: Some(analysis),
+                rendered: Some(rendered),
+                via_probe: true,
+                diags,
+            };
+        }
+        let ctx = analyze::Ctx {
+            types: self.types.as_ref(),
+            top_folders: &self.top_folders,
+            rendered: Some(&rendered),
+            probe: false,
+        };
+        let analysis = parse_and_analyze(
+            path,
+            &rendered.text,
+            &ctx,
+            Some((&rendered, t.source())),
+            &mut diags,
+        );
+        StageFile {
+            analysis,
+            rendered: Some(rendered),
+            via_probe: false,
+            diags,
+        }
     }
 
     fn path_of(&self, entity_file: usize) -> &str {
@@ -619,13 +820,25 @@ impl Project {
                 }
             }
         }
-        let base = self.ancestor(ent, up, a, pks, ef, dir_pk).ok_or_else(|| {
-            format!("reference `{value}` climbs above the project root")
-        })?;
-        Ok(if rest.is_empty() { base } else { format!("{base}/{rest}") })
+        let base = self
+            .ancestor(ent, up, a, pks, ef, dir_pk)
+            .ok_or_else(|| format!("reference `{value}` climbs above the project root"))?;
+        Ok(if rest.is_empty() {
+            base
+        } else {
+            format!("{base}/{rest}")
+        })
     }
 
-    fn ancestor(&self, ent: usize, up: usize, a: &Analysis, pks: &[String], ef: &EntityFile, dir_pk: &[String]) -> Option<String> {
+    fn ancestor(
+        &self,
+        ent: usize,
+        up: usize,
+        a: &Analysis,
+        pks: &[String],
+        ef: &EntityFile,
+        dir_pk: &[String],
+    ) -> Option<String> {
         let mut cur = ent;
         let mut left = up;
         while left > 0 {
@@ -642,7 +855,11 @@ impl Project {
         }
         // Leave the file: the top entity's parent is its directory (or, for a
         // `_parent.yaml`, the directory's parent).
-        let mut d = if ef.is_parent { self.dirs[ef.dir].parent? } else { ef.dir };
+        let mut d = if ef.is_parent {
+            self.dirs[ef.dir].parent?
+        } else {
+            ef.dir
+        };
         left -= 1;
         while left > 0 {
             d = self.dirs[d].parent?;
@@ -663,7 +880,14 @@ fn strip_types(pk: &str) -> String {
         out.push_str(&rest[..=i]);
         let after = &rest[i + 2..];
         match after.find(')') {
-            Some(j) if j > 0 && after[..j].chars().all(|c| c.is_ascii_alphanumeric() || c == '_') => rest = &after[j + 1..],
+            Some(j)
+                if j > 0
+                    && after[..j]
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+            {
+                rest = &after[j + 1..]
+            }
             _ => rest = &rest[i + 1..],
         }
     }
@@ -684,11 +908,24 @@ fn parse_and_analyze(
         Ok(root) => Some(analyze::analyze(root.as_ref(), ctx)),
         Err(e) => {
             let pos = match rendered {
-                None => template::Pos { offset: e.offset, line: e.line, column: e.column },
+                None => template::Pos {
+                    offset: e.offset,
+                    line: e.line,
+                    column: e.column,
+                },
                 Some((r, src)) => template::pos::pos_of(src, r.source_offset(e.offset)),
             };
-            let hint = if rendered.is_some() { " (after placeholders were filled in)" } else { "" };
-            diags.push(diag::at(path, Some(pos), None, format!("invalid YAML{hint}: {}", e.message)));
+            let hint = if rendered.is_some() {
+                " (after placeholders were filled in)"
+            } else {
+                ""
+            };
+            diags.push(diag::at(
+                path,
+                Some(pos),
+                None,
+                format!("invalid YAML{hint}: {}", e.message),
+            ));
             None
         }
     }
@@ -708,22 +945,45 @@ fn walk(
         let entry = entry.map_err(|e| EnvgenError::io(dir, e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else {
-            diags.push(diag::at(rel, None, None, format!("file name {:?} is not UTF-8; it is left out", entry.file_name())));
+            diags.push(diag::at(
+                rel,
+                None,
+                None,
+                format!(
+                    "file name {:?} is not UTF-8; it is left out",
+                    entry.file_name()
+                ),
+            ));
             continue;
         };
         if name == ".git" {
             continue;
         }
-        let child_rel = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
-        let ft = entry.file_type().map_err(|e| EnvgenError::io(&entry.path(), e))?;
+        let child_rel = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = entry
+            .file_type()
+            .map_err(|e| EnvgenError::io(&entry.path(), e))?;
         if ft.is_symlink() {
-            diags.push(diag::at(&child_rel, None, None, "symbolic links are not allowed in a project; replace it with the file itself"));
+            diags.push(diag::at(
+                &child_rel,
+                None,
+                None,
+                "symbolic links are not allowed in a project; replace it with the file itself",
+            ));
         } else if ft.is_dir() {
             dirs.push(child_rel.clone());
             walk(&entry.path(), &child_rel, files, dirs, diags)?;
         } else if ft.is_file() {
-            let data = std::fs::read(entry.path()).map_err(|e| EnvgenError::io(&entry.path(), e))?;
-            files.push(FileEntry { path: child_rel, data });
+            let data =
+                std::fs::read(entry.path()).map_err(|e| EnvgenError::io(&entry.path(), e))?;
+            files.push(FileEntry {
+                path: child_rel,
+                data,
+            });
         }
     }
     Ok(())
@@ -736,19 +996,42 @@ fn walk(
 pub fn validate_project(root: &Path, overlay: &Value, env: &dyn Env) -> Vec<Diagnostic> {
     let project = match Project::load(root) {
         Ok(p) => p,
-        Err(e) => return vec![Diagnostic { file: None, line: None, column: None, field: None, message: e.to_string() }],
+        Err(e) => {
+            return vec![Diagnostic {
+                file: None,
+                line: None,
+                column: None,
+                field: None,
+                message: e.to_string(),
+            }]
+        }
     };
     let values = stage_values_from(&project, overlay, env);
-    project.validate(&values, env, &ValidateOptions::default()).errors
+    project
+        .validate(&values, env, &ValidateOptions::default())
+        .errors
 }
 
 /// Validate, then render the project at `root` for a stage (see
 /// [`validate_project`]): every file, placeholders resolved.
-pub fn render_project(root: &Path, overlay: &Value, env: &dyn Env) -> Result<Vec<RenderedFile>, Vec<Diagnostic>> {
-    let project = Project::load(root)
-        .map_err(|e| vec![Diagnostic { file: None, line: None, column: None, field: None, message: e.to_string() }])?;
+pub fn render_project(
+    root: &Path,
+    overlay: &Value,
+    env: &dyn Env,
+) -> Result<Vec<RenderedFile>, Vec<Diagnostic>> {
+    let project = Project::load(root).map_err(|e| {
+        vec![Diagnostic {
+            file: None,
+            line: None,
+            column: None,
+            field: None,
+            message: e.to_string(),
+        }]
+    })?;
     let values = stage_values_from(&project, overlay, env);
-    project.render(&values, env, &ValidateOptions::default()).map_err(|r| r.errors)
+    project
+        .render(&values, env, &ValidateOptions::default())
+        .map_err(|r| r.errors)
 }
 
 /// The project's values merged with an overlay given as a tree.

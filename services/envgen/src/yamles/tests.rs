@@ -2,9 +2,15 @@ use super::*;
 
 #[test]
 fn type_prefixes_are_stripped_per_segment() {
-    assert_eq!(strip_types("/System/(CategoryGroup)Filter Categories/(Category)misc"), "/System/Filter Categories/misc");
+    assert_eq!(
+        strip_types("/System/(CategoryGroup)Filter Categories/(Category)misc"),
+        "/System/Filter Categories/misc"
+    );
     assert_eq!(strip_types("/a/(not a type)b"), "/a/(not a type)b");
-    assert_eq!(strip_types("/Environment Configuration/Service/(slash)demo"), "/Environment Configuration/Service/demo");
+    assert_eq!(
+        strip_types("/Environment Configuration/Service/(slash)demo"),
+        "/Environment Configuration/Service/demo"
+    );
     assert_eq!(strip_types("/x/y"), "/x/y");
 }
 

@@ -19,13 +19,17 @@ pub fn fixture_project() -> PathBuf {
             return candidate;
         }
     }
-    panic!("fixture {rel} not found above {}: set GANTRY_YAMLES_FIXTURE", here.display());
+    panic!(
+        "fixture {rel} not found above {}: set GANTRY_YAMLES_FIXTURE",
+        here.display()
+    );
 }
 
 /// Copy a directory tree (files made writable).
 pub fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap_or_else(|e| panic!("mkdir {}: {e}", to.display()));
-    let entries = std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
+    let entries =
+        std::fs::read_dir(from).unwrap_or_else(|e| panic!("read {}: {e}", from.display()));
     for entry in entries {
         let entry = entry.unwrap_or_else(|e| panic!("{e}"));
         let target = to.join(entry.file_name());
@@ -34,7 +38,8 @@ pub fn copy_tree(from: &Path, to: &Path) {
             copy_tree(&entry.path(), &target);
         } else {
             let data = std::fs::read(entry.path()).unwrap_or_else(|e| panic!("{e}"));
-            std::fs::write(&target, data).unwrap_or_else(|e| panic!("write {}: {e}", target.display()));
+            std::fs::write(&target, data)
+                .unwrap_or_else(|e| panic!("write {}: {e}", target.display()));
         }
     }
 }
@@ -61,7 +66,10 @@ pub fn show(diags: &[Diagnostic]) -> String {
                 d.line.map(|l| l.to_string()).unwrap_or_default(),
                 d.column.map(|c| c.to_string()).unwrap_or_default(),
                 d.message,
-                d.field.as_deref().map(|f| format!(" [{f}]")).unwrap_or_default()
+                d.field
+                    .as_deref()
+                    .map(|f| format!(" [{f}]"))
+                    .unwrap_or_default()
             )
         })
         .collect::<Vec<_>>()
