@@ -8,6 +8,7 @@
 //! without name or time.
 
 use std::io::Write as _;
+use std::sync::Arc;
 
 use flate2::{Compression, GzBuilder};
 use gantry_proto::events::Diagnostic;
@@ -71,28 +72,30 @@ pub fn package_yaml(
     mode: RenderMode,
     opts: &ValidateOptions,
 ) -> Result<Package, PackageError> {
-    let (files, warnings): (Vec<(String, Vec<u8>)>, Vec<Diagnostic>) = match mode {
+    let (files, warnings): (Vec<(String, Arc<[u8]>)>, Vec<Diagnostic>) = match mode {
         RenderMode::Placeholders => {
             let report = project.validate(values, env, opts);
             if !report.is_ok() {
                 return Err(PackageError::Invalid(report));
             }
-            let mut files: Vec<(String, Vec<u8>)> = project
+            let mut files: Vec<(String, Arc<[u8]>)> = project
                 .files()
                 .filter(|(p, _)| *p != "values.yaml")
-                .map(|(p, d)| (p.to_string(), d.to_vec()))
+                .map(|(p, d)| (p.to_string(), d.clone()))
                 .collect();
             let has_values = project.values_source().is_some()
                 || values.raw().as_object().is_some_and(|m| !m.is_empty());
             if has_values {
-                files.push(("values.yaml".to_string(), values.to_yaml().into_bytes()));
+                files.push((
+                    "values.yaml".to_string(),
+                    Arc::from(values.to_yaml().into_bytes()),
+                ));
             }
             (files, report.warnings)
         }
         RenderMode::Rendered => {
-            let report = project.validate(values, env, opts);
-            let rendered = project
-                .render(values, env, opts)
+            let (rendered, report) = project
+                .render_with_report(values, env, opts)
                 .map_err(PackageError::Invalid)?;
             (
                 rendered.into_iter().map(|f| (f.path, f.contents)).collect(),
@@ -102,7 +105,7 @@ pub fn package_yaml(
     };
     let refs: Vec<(&str, &[u8])> = files
         .iter()
-        .map(|(p, d)| (p.as_str(), d.as_slice()))
+        .map(|(p, d)| (p.as_str(), &d[..]))
         .collect();
     let bytes = tar_gz(project.directories(), &refs)?;
     Ok(Package {

@@ -37,15 +37,24 @@ pub(super) fn walk(
                 rel,
                 None,
                 None,
-                format!("file name {:?} is not UTF-8; it is left out", entry.file_name()),
+                format!(
+                    "file name {:?} is not UTF-8; it is left out",
+                    entry.file_name()
+                ),
             ));
             continue;
         };
         if name == ".git" {
             continue;
         }
-        let child_rel = if rel.is_empty() { name.to_string() } else { format!("{rel}/{name}") };
-        let ft = entry.file_type().map_err(|e| EnvgenError::io(&entry.path(), e))?;
+        let child_rel = if rel.is_empty() {
+            name.to_string()
+        } else {
+            format!("{rel}/{name}")
+        };
+        let ft = entry
+            .file_type()
+            .map_err(|e| EnvgenError::io(&entry.path(), e))?;
         if ft.is_symlink() {
             diags.push(diag::at(
                 &child_rel,
@@ -57,8 +66,12 @@ pub(super) fn walk(
             dirs.push(child_rel.clone());
             walk(&entry.path(), &child_rel, files, dirs, diags)?;
         } else if ft.is_file() {
-            let data = std::fs::read(entry.path()).map_err(|e| EnvgenError::io(&entry.path(), e))?;
-            files.push(FileEntry { path: child_rel, data: data.into() });
+            let data =
+                std::fs::read(entry.path()).map_err(|e| EnvgenError::io(&entry.path(), e))?;
+            files.push(FileEntry {
+                path: child_rel,
+                data: data.into(),
+            });
         }
     }
     Ok(())
@@ -71,7 +84,10 @@ impl FileLoader for ProjectFiles<'_> {
     fn read(&self, rel_path: &str) -> std::io::Result<Vec<u8>> {
         match self.0.binary_search_by(|f| f.path.as_str().cmp(rel_path)) {
             Ok(i) => Ok(self.0[i].data.to_vec()),
-            Err(_) => Err(std::io::Error::new(std::io::ErrorKind::NotFound, rel_path.to_string())),
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                rel_path.to_string(),
+            )),
         }
     }
 }
@@ -81,7 +97,10 @@ pub(super) fn threads(requested: usize) -> usize {
     if requested > 0 {
         return requested;
     }
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).clamp(1, 8)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8)
 }
 
 /// Run `f` for every index below `n` on `workers` threads; results in index order.
@@ -109,7 +128,10 @@ pub(super) fn par_map<T: Send, F: Fn(usize) -> T + Sync>(n: usize, workers: usiz
                 })
             })
             .collect();
-        handles.into_iter().map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e))).collect()
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
     });
     let mut all: Vec<(usize, T)> = parts.iter_mut().flat_map(std::mem::take).collect();
     all.sort_by_key(|(i, _)| *i);

@@ -16,25 +16,36 @@
 //! absolute (`/Libraries/Cache Manager/HTTP Sessions`, optionally with type
 //! prefixes `/(CacheManager)Cache Manager/(Cache)HTTP Sessions`) or relative to
 //! the entity holding the field (`./child`, `../sibling`, `../../x`).
+//!
+//! Work is split so that a project is read and parsed once, and each stage
+//! only redoes what its values can change: files without placeholders are
+//! analysed at load, and so is the whole-project check among them; templates
+//! whose YAML structure values cannot change are parsed once with markers for
+//! values (each stage substitutes its values); the rest are rendered and
+//! parsed per stage.
 
 mod analyze;
+mod check;
+mod files;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use gantry_proto::events::Diagnostic;
 use serde_json::Value;
 
 use crate::diag;
 use crate::secrets::Masker;
-use crate::template::{self, Context, Env, FileLoader, LineIndex, Rendered, Template};
+use crate::template::{self, Context, Env, LineIndex, Pos, Rendered, Template};
 use crate::types::TypeModel;
 use crate::values::{StageValues, ValuesSource};
 use crate::yaml;
 use crate::EnvgenError;
 
 use analyze::{Analysis, Finding};
+use check::{Dir, Index, Place, Problem, ProblemKind, Tree};
+use files::{par_map, threads, FileEntry, ProjectFiles};
 
 /// How strict validation is.
 #[derive(Debug, Clone)]
@@ -66,6 +77,13 @@ impl ValidateOptions {
             threads: 0,
         }
     }
+
+    fn allows(&self, target: &str) -> bool {
+        let plain = check::strip_types(target);
+        self.allow_unresolved
+            .iter()
+            .any(|p| plain.starts_with(p.as_str()))
+    }
 }
 
 /// The YamlPK prefix of the certificate store.
@@ -92,8 +110,8 @@ impl Report {
 pub struct RenderedFile {
     /// `/`-separated path relative to the project root.
     pub path: String,
-    /// The file's bytes.
-    pub contents: Vec<u8>,
+    /// The file's bytes (shared with the project when unchanged).
+    pub contents: Arc<[u8]>,
 }
 
 /// A project directory, read into memory once and checked for any number of stages.
@@ -107,114 +125,51 @@ pub struct Project {
     /// Entity directories: index 0 is the root.
     dirs: Vec<Dir>,
     entity_files: Vec<EntityFile>,
+    places: Vec<Place>,
     file_set: HashSet<String>,
     types: Option<TypeModel>,
     top_folders: HashSet<String>,
     load_diags: Vec<Diagnostic>,
     values_file: Option<usize>,
-}
-
-#[derive(Debug)]
-struct FileEntry {
-    path: String,
-    data: Vec<u8>,
-}
-
-#[derive(Debug)]
-struct Dir {
-    path: String,
-    name: String,
-    parent: Option<usize>,
-    /// Index in `entity_files` of this directory's `_parent.yaml`.
-    parent_yaml: Option<usize>,
+    /// Stage-independent results, when no `_parent.yaml` has placeholders
+    /// (so that every directory's YamlPK is fixed).
+    fixed: Option<Fixed>,
 }
 
 #[derive(Debug)]
 struct EntityFile {
     file: usize,
-    dir: usize,
-    is_parent: bool,
     /// For files with placeholders: the parsed template (re-rendered per stage).
     template: Option<Template>,
     /// For templates whose structure values cannot change: the analysis of a
     /// rendering with markers for values, and that rendering (for positions).
-    /// Each stage only substitutes its values (no second YAML parse).
     probe: Option<(Analysis, Rendered)>,
     /// For files without placeholders: analysed once.
     fixed: Option<Analysis>,
 }
 
-/// The files of the project, for `{{ file }}`.
-struct ProjectFiles<'a>(&'a Project);
-
-impl FileLoader for ProjectFiles<'_> {
-    fn read(&self, rel_path: &str) -> std::io::Result<Vec<u8>> {
-        match self
-            .0
-            .files
-            .binary_search_by(|f| f.path.as_str().cmp(rel_path))
-        {
-            Ok(i) => Ok(self.0.files[i].data.clone()),
-            Err(_) => Err(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                rel_path.to_string(),
-            )),
-        }
-    }
+/// What does not depend on the stage.
+#[derive(Debug)]
+struct Fixed {
+    dir_pk: Vec<String>,
+    /// The entities of the files without placeholders.
+    index: Index,
+    /// Their errors (structure, duplicates, externalized files, references
+    /// that cannot resolve at all).
+    errors: Vec<Diagnostic>,
+    /// Their references to no entity among them: a templated file may still
+    /// define the target, so these are looked up again per stage.
+    pending: Vec<Problem>,
 }
 
 /// The result of one stage's per-file work.
 struct StageFile {
     analysis: Option<Analysis>,
-    rendered: Option<Rendered>,
+    rendered: Rendered,
     /// The analysis comes from the probe rendering: map positions through it.
     via_probe: bool,
     /// Problems that are already diagnostics (template and YAML errors).
     diags: Vec<Diagnostic>,
-}
-
-fn threads(requested: usize) -> usize {
-    if requested > 0 {
-        return requested;
-    }
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .clamp(1, 8)
-}
-
-/// Run `f` for every index below `n` on `workers` threads; results in index order.
-fn par_map<T: Send, F: Fn(usize) -> T + Sync>(n: usize, workers: usize, f: F) -> Vec<T> {
-    if workers <= 1 || n < 64 {
-        return (0..n).map(f).collect();
-    }
-    let next = AtomicUsize::new(0);
-    let mut parts: Vec<Vec<(usize, T)>> = std::thread::scope(|s| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                s.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let start = next.fetch_add(32, Ordering::Relaxed);
-                        if start >= n {
-                            break;
-                        }
-                        for i in start..(start + 32).min(n) {
-                            out.push((i, f(i)));
-                        }
-                    }
-                    out
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    let mut all: Vec<(usize, T)> = parts.iter_mut().flat_map(std::mem::take).collect();
-    all.sort_by_key(|(i, _)| *i);
-    all.into_iter().map(|(_, t)| t).collect()
 }
 
 impl Project {
@@ -230,34 +185,15 @@ impl Project {
         if !meta.is_dir() {
             return Err(EnvgenError::NotADirectory(root.to_path_buf()));
         }
+        let workers = threads(workers);
         let mut files = Vec::new();
         let mut dirs_listing = Vec::new();
         let mut load_diags = Vec::new();
-        walk(root, "", &mut files, &mut dirs_listing, &mut load_diags)?;
-        files.sort_by(|a: &FileEntry, b: &FileEntry| a.path.cmp(&b.path));
+        files::walk(root, "", &mut files, &mut dirs_listing, &mut load_diags)?;
+        files.sort_by(|a, b| a.path.cmp(&b.path));
         dirs_listing.sort();
         let file_set: HashSet<String> = files.iter().map(|f| f.path.clone()).collect();
-
-        // The type model.
-        let type_files: Vec<(&str, &str)> = files
-            .iter()
-            .filter_map(|f| {
-                let rel = f.path.strip_prefix("META-INF/types/")?;
-                if !rel.ends_with(".yaml") {
-                    return None;
-                }
-                Some((rel, std::str::from_utf8(&f.data).ok()?))
-            })
-            .collect();
-        let types = if type_files.is_empty() {
-            None
-        } else {
-            let (model, problems) = TypeModel::build(type_files);
-            for (rel, msg) in problems {
-                load_diags.push(diag::at(&format!("META-INF/types/{rel}"), None, None, msg));
-            }
-            Some(model)
-        };
+        let types = type_model(&files, &mut load_diags);
 
         // Entity directories (everything but META-INF), root first.
         let mut dirs = vec![Dir {
@@ -266,21 +202,18 @@ impl Project {
             parent: None,
             parent_yaml: None,
         }];
-        let mut dir_index: HashMap<String, usize> = HashMap::new();
-        dir_index.insert(String::new(), 0);
+        let mut dir_index: HashMap<&str, usize> = HashMap::new();
+        dir_index.insert("", 0);
         for d in &dirs_listing {
             if d == "META-INF" || d.starts_with("META-INF/") {
                 continue;
             }
-            let (parent_path, name) = match d.rsplit_once('/') {
-                Some((p, n)) => (p.to_string(), n.to_string()),
-                None => (String::new(), d.clone()),
-            };
-            let parent = dir_index.get(&parent_path).copied();
-            dir_index.insert(d.clone(), dirs.len());
+            let (parent_path, name) = d.rsplit_once('/').unwrap_or(("", d.as_str()));
+            let parent = dir_index.get(parent_path).copied();
+            dir_index.insert(d.as_str(), dirs.len());
             dirs.push(Dir {
                 path: d.clone(),
-                name,
+                name: name.to_string(),
                 parent,
                 parent_yaml: None,
             });
@@ -291,31 +224,32 @@ impl Project {
             .map(|d| d.name.clone())
             .collect();
 
-        // Entity files.
+        // Entity files: `*.yaml` outside META-INF; at the root only `_parent.yaml`.
         let mut values_file = None;
-        let mut candidates = Vec::new();
+        let mut candidates: Vec<(usize, Place)> = Vec::new();
         for (i, f) in files.iter().enumerate() {
-            let (dir_path, name) = match f.path.rsplit_once('/') {
-                Some((d, n)) => (d, n),
-                None => ("", f.path.as_str()),
-            };
+            let (dir_path, name) = f.path.rsplit_once('/').unwrap_or(("", f.path.as_str()));
             if dir_path.is_empty() && name == "values.yaml" {
                 values_file = Some(i);
                 continue;
             }
+            let in_meta = dir_path == "META-INF" || dir_path.starts_with("META-INF/");
             if !name.ends_with(".yaml")
-                || dir_path == "META-INF"
-                || dir_path.starts_with("META-INF/")
+                || in_meta
+                || (dir_path.is_empty() && name != "_parent.yaml")
             {
                 continue;
-            }
-            if dir_path.is_empty() && name != "_parent.yaml" {
-                continue; // other root files are not entities
             }
             let Some(&dir) = dir_index.get(dir_path) else {
                 continue;
             };
-            candidates.push((i, dir, name == "_parent.yaml"));
+            candidates.push((
+                i,
+                Place {
+                    dir,
+                    is_parent: name == "_parent.yaml",
+                },
+            ));
         }
         if !file_set.contains("_parent.yaml") {
             load_diags.push(diag::at(
@@ -325,89 +259,111 @@ impl Project {
                 "the project has no root `_parent.yaml` (is `gateway.path` the YAML project directory?)",
             ));
         }
+
         let ctx_types = types.as_ref();
-        let workers = threads(workers);
-        type Prepared = (
-            Option<Template>,
-            Option<(Analysis, Rendered)>,
-            Option<Analysis>,
-            Vec<Diagnostic>,
-        );
-        let prepared: Vec<Prepared> = par_map(candidates.len(), workers, |k| {
-            let (fi, _, _) = candidates[k];
-            let f = &files[fi];
-            let mut diags = Vec::new();
-            let Ok(text) = std::str::from_utf8(&f.data) else {
-                diags.push(diag::at(
-                    &f.path,
-                    None,
-                    None,
-                    "not UTF-8 text: an entity file must be UTF-8 YAML",
-                ));
-                return (None, None, Some(Analysis::default()), diags);
-            };
-            if text.contains("{{") {
-                let t = Template::parse(text);
-                if !t.errors().is_empty() {
-                    let idx = LineIndex::new(text);
-                    for e in t.errors() {
-                        diags.push(diag::at(
-                            &f.path,
-                            Some(idx.pos(text, e.offset)),
-                            e.placeholder.clone(),
-                            e.message.clone(),
-                        ));
-                    }
-                }
-                let probe = t.is_stable().then(|| t.render_probe()).and_then(|r| {
-                    let ctx = analyze::Ctx {
-                        types: ctx_types,
-                        top_folders: &top_folders,
-                        rendered: None,
-                        probe: true,
-                    };
-                    let a = analyze::analyze(yaml::parse(&r.text).ok()?.as_ref(), &ctx);
-                    (!a.unstable).then_some((a, r))
-                });
-                return (Some(t), probe, None, diags);
-            }
-            let ctx = analyze::Ctx {
-                types: ctx_types,
-                top_folders: &top_folders,
-                rendered: None,
-                probe: false,
-            };
-            let analysis = parse_and_analyze(&f.path, text, &ctx, None, &mut diags);
-            (None, None, Some(analysis.unwrap_or_default()), diags)
-        });
-        let mut entity_files = Vec::with_capacity(candidates.len());
-        for ((fi, dir, is_parent), (template, probe, fixed, diags)) in
-            candidates.into_iter().zip(prepared)
-        {
-            load_diags.extend(diags);
-            if is_parent {
-                dirs[dir].parent_yaml = Some(entity_files.len());
-            }
-            entity_files.push(EntityFile {
-                file: fi,
-                dir,
-                is_parent,
-                template,
-                probe,
-                fixed,
+        let prepared: Vec<(EntityFile, Vec<Diagnostic>)> =
+            par_map(candidates.len(), workers, |k| {
+                let (fi, _) = candidates[k];
+                prepare(fi, &files[fi], ctx_types, &top_folders)
             });
+        let mut entity_files = Vec::with_capacity(prepared.len());
+        let mut places = Vec::with_capacity(prepared.len());
+        for ((_, place), (ef, diags)) in candidates.into_iter().zip(prepared) {
+            load_diags.extend(diags);
+            if place.is_parent {
+                dirs[place.dir].parent_yaml = Some(entity_files.len());
+            }
+            entity_files.push(ef);
+            places.push(place);
         }
-        Ok(Project {
+        let mut project = Project {
             root: root.to_path_buf(),
             files,
             dirs_listing,
             dirs,
             entity_files,
+            places,
             file_set,
             types,
             top_folders,
             load_diags,
             values_file,
+            fixed: None,
+        };
+        project.fixed = project.precompute();
+        Ok(project)
+    }
+
+    /// The stage-independent part of the whole-project check.
+    fn precompute(&self) -> Option<Fixed> {
+        let templated_container = self.dirs.iter().any(|d| {
+            d.parent_yaml
+                .is_some_and(|pf| self.entity_files[pf].template.is_some())
+        });
+        if templated_container {
+            return None;
+        }
+        let analyses: Vec<Option<&Analysis>> = self
+            .entity_files
+            .iter()
+            .map(|ef| ef.fixed.as_ref())
+            .collect();
+        let dir_pk = check::dir_pks(&self.dirs, &analyses);
+        let static_files: Vec<usize> = (0..self.entity_files.len())
+            .filter(|&i| analyses[i].is_some())
+            .collect();
+        let paths = self.paths();
+        let tree = Tree {
+            dirs: &self.dirs,
+            places: &self.places,
+            paths: &paths,
+            file_set: &self.file_set,
+            dir_pk: &dir_pk,
+        };
+        let mut identity = |_: usize, offset: usize, line: u32, column: u32| Pos {
+            offset,
+            line,
+            column,
+        };
+        let (index, problems) = check::check(&tree, &static_files, &analyses, None, &mut identity);
+        let mut errors = Vec::new();
+        for &i in &static_files {
+            if let Some(a) = analyses[i] {
+                for f in &a.findings {
+                    errors.push(diag::at(
+                        paths[i],
+                        Some(Pos {
+                            offset: f.offset,
+                            line: f.line,
+                            column: f.column,
+                        }),
+                        f.field.clone(),
+                        f.message.clone(),
+                    ));
+                }
+            }
+        }
+        let mut pending = Vec::new();
+        for p in problems {
+            match &p.kind {
+                ProblemKind::Error(m) => errors.push(diag::at(
+                    paths[p.file],
+                    Some(Pos {
+                        offset: p.offset,
+                        line: p.line,
+                        column: p.column,
+                    }),
+                    p.field.clone(),
+                    m.clone(),
+                )),
+                ProblemKind::Unresolved { .. } => pending.push(p),
+            }
+        }
+        Some(Fixed {
+            dir_pk,
+            index,
+            errors,
+            pending,
         })
     }
 
@@ -441,10 +397,8 @@ impl Project {
     }
 
     /// Every regular file as `(path, bytes)`, sorted by path.
-    pub(crate) fn files(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.files
-            .iter()
-            .map(|f| (f.path.as_str(), f.data.as_slice()))
+    pub(crate) fn files(&self) -> impl Iterator<Item = (&str, &Arc<[u8]>)> {
+        self.files.iter().map(|f| (f.path.as_str(), &f.data))
     }
 
     /// Every directory below the root, sorted.
@@ -455,7 +409,7 @@ impl Project {
     /// Validate for a stage: every placeholder resolves, every file parses,
     /// every reference and externalized file exists. Reports every problem.
     pub fn validate(&self, values: &StageValues, env: &dyn Env, opts: &ValidateOptions) -> Report {
-        self.run(values, env, opts, false).0
+        self.run(values, env, opts).0
     }
 
     /// Validate, then return every file of the project with placeholders
@@ -467,17 +421,28 @@ impl Project {
         env: &dyn Env,
         opts: &ValidateOptions,
     ) -> Result<Vec<RenderedFile>, Report> {
-        let (report, rendered) = self.run(values, env, opts, true);
+        self.render_with_report(values, env, opts)
+            .map(|(files, _)| files)
+    }
+
+    /// [`Project::render`], also returning the (error-free) report with its warnings.
+    pub fn render_with_report(
+        &self,
+        values: &StageValues,
+        env: &dyn Env,
+        opts: &ValidateOptions,
+    ) -> Result<(Vec<RenderedFile>, Report), Report> {
+        let (report, stage) = self.run(values, env, opts);
         if !report.is_ok() {
             return Err(report);
         }
         let mut by_file: HashMap<usize, String> = HashMap::new();
-        for (ef, text) in self.entity_files.iter().zip(rendered) {
-            if let Some(t) = text {
-                by_file.insert(ef.file, t);
+        for (ef, s) in self.entity_files.iter().zip(stage) {
+            if let Some(s) = s {
+                by_file.insert(ef.file, s.rendered.text);
             }
         }
-        Ok(self
+        let files = self
             .files
             .iter()
             .enumerate()
@@ -486,10 +451,26 @@ impl Project {
                 path: f.path.clone(),
                 contents: by_file
                     .remove(&i)
-                    .map(String::into_bytes)
+                    .map(|t| Arc::from(t.into_bytes()))
                     .unwrap_or_else(|| f.data.clone()),
             })
-            .collect())
+            .collect();
+        Ok((files, report))
+    }
+
+    fn paths(&self) -> Vec<&str> {
+        self.entity_files
+            .iter()
+            .map(|ef| self.files[ef.file].path.as_str())
+            .collect()
+    }
+
+    fn source_text(&self, entity_file: usize) -> &str {
+        let ef = &self.entity_files[entity_file];
+        match &ef.template {
+            Some(t) => t.source(),
+            None => std::str::from_utf8(&self.files[ef.file].data).unwrap_or(""),
+        }
     }
 
     fn run(
@@ -497,15 +478,14 @@ impl Project {
         values: &StageValues,
         env: &dyn Env,
         opts: &ValidateOptions,
-        keep_text: bool,
-    ) -> (Report, Vec<Option<String>>) {
+    ) -> (Report, Vec<Option<StageFile>>) {
         let workers = threads(opts.threads);
-        let loader = ProjectFiles(self);
+        let loader = ProjectFiles(&self.files);
         let resolved = values.resolved();
         let stage: Vec<Option<StageFile>> = par_map(self.entity_files.len(), workers, |i| {
             let ef = &self.entity_files[i];
             let t = ef.template.as_ref()?;
-            Some(self.render_one(ef, t, resolved, env, &loader))
+            Some(self.render_one(i, t, resolved, env, &loader))
         });
 
         let mut errors: Vec<Diagnostic> = self.load_diags.clone();
@@ -514,9 +494,7 @@ impl Project {
         let mut masker = Masker::new(values.secrets().iter().cloned());
         for s in stage.iter().flatten() {
             errors.extend(s.diags.iter().cloned());
-            if let Some(r) = &s.rendered {
-                masker.extend(r.secrets.iter().cloned());
-            }
+            masker.extend(s.rendered.secrets.iter().cloned());
         }
         let analyses: Vec<Option<&Analysis>> = self
             .entity_files
@@ -529,18 +507,21 @@ impl Project {
             })
             .collect();
 
-        // Positions: findings are in the parsed text; map rendered ones back.
+        // Findings are positioned in the analysed text; map rendered ones back.
         let mut line_indexes: HashMap<usize, LineIndex> = HashMap::new();
-        let mut position = |i: usize, offset: usize, line: u32, column: u32| -> template::Pos {
-            let map = stage[i].as_ref().and_then(|s| {
+        let mut position = |i: usize, offset: usize, line: u32, column: u32| -> Pos {
+            let map = stage[i].as_ref().map(|s| {
                 if s.via_probe {
-                    self.entity_files[i].probe.as_ref().map(|(_, r)| r)
+                    self.entity_files[i]
+                        .probe
+                        .as_ref()
+                        .map_or(&s.rendered, |(_, r)| r)
                 } else {
-                    s.rendered.as_ref()
+                    &s.rendered
                 }
             });
             match map {
-                None => template::Pos {
+                None => Pos {
                     offset,
                     line,
                     column,
@@ -552,9 +533,14 @@ impl Project {
                 }
             }
         };
-        for (i, a) in analyses.iter().enumerate() {
-            let Some(a) = a else { continue };
-            let path = self.path_of(i);
+
+        // With the fixed part precomputed, only templated files are checked here.
+        let dynamic: Vec<usize> = (0..self.entity_files.len())
+            .filter(|&i| self.fixed.is_none() || self.entity_files[i].template.is_some())
+            .collect();
+        let paths = self.paths();
+        for &i in &dynamic {
+            let Some(a) = analyses[i] else { continue };
             for Finding {
                 offset,
                 line,
@@ -564,140 +550,62 @@ impl Project {
             } in &a.findings
             {
                 errors.push(diag::at(
-                    path,
+                    paths[i],
                     Some(position(i, *offset, *line, *column)),
                     field.clone(),
                     message.clone(),
                 ));
             }
         }
-
-        // YamlPKs: directories first, then entities.
-        let mut dir_pk: Vec<String> = Vec::with_capacity(self.dirs.len());
-        for (d, dir) in self.dirs.iter().enumerate() {
-            let pk = match dir.parent {
-                None => String::new(),
-                Some(p) => {
-                    let key = dir
-                        .parent_yaml
-                        .and_then(|pf| analyses[pf])
-                        .and_then(|a| a.entities.first())
-                        .map(|e| e.key.clone())
-                        .unwrap_or_else(|| dir.name.clone());
-                    format!(
-                        "{}/{}",
-                        dir_pk.get(p).map(String::as_str).unwrap_or(""),
-                        key
-                    )
-                }
-            };
-            debug_assert_eq!(d, dir_pk.len());
-            dir_pk.push(pk);
-        }
-        let mut ent_pks: Vec<Vec<String>> = Vec::with_capacity(self.entity_files.len());
-        let mut index: HashMap<&str, (usize, usize)> = HashMap::new();
-        for (i, ef) in self.entity_files.iter().enumerate() {
-            let mut pks = Vec::new();
-            if let Some(a) = analyses[i] {
-                for e in &a.entities {
-                    let pk = match e.parent {
-                        Some(p) => {
-                            format!("{}/{}", pks.get(p).map(String::as_str).unwrap_or(""), e.key)
-                        }
-                        None if ef.is_parent => dir_pk[ef.dir].clone(),
-                        None => format!("{}/{}", dir_pk[ef.dir], e.key),
-                    };
-                    pks.push(pk);
-                }
+        let computed_dir_pk;
+        let dir_pk: &[String] = match &self.fixed {
+            Some(f) => &f.dir_pk,
+            None => {
+                computed_dir_pk = check::dir_pks(&self.dirs, &analyses);
+                &computed_dir_pk
             }
-            ent_pks.push(pks);
-        }
-        let mut duplicates = Vec::new();
-        for (i, pks) in ent_pks.iter().enumerate() {
-            for (k, pk) in pks.iter().enumerate() {
-                if let Some(&(fi, fk)) = index.get(pk.as_str()) {
-                    duplicates.push((i, k, fi, fk, pk.clone()));
-                } else {
-                    index.insert(pk.as_str(), (i, k));
+        };
+        let tree = Tree {
+            dirs: &self.dirs,
+            places: &self.places,
+            paths: &paths,
+            file_set: &self.file_set,
+            dir_pk,
+        };
+        let base = self.fixed.as_ref().map(|f| &f.index);
+        let (stage_index, problems) = check::check(&tree, &dynamic, &analyses, base, &mut position);
+        let pending = self
+            .fixed
+            .iter()
+            .flat_map(|f| f.pending.iter())
+            .filter(|p| match &p.kind {
+                ProblemKind::Unresolved { target, .. } => !check::found(target, &[&stage_index]),
+                ProblemKind::Error(_) => true,
+            });
+        let pending: Vec<&Problem> = pending.collect();
+        for p in problems.iter().chain(pending.iter().copied()) {
+            let pos = Some(position(p.file, p.offset, p.line, p.column));
+            match &p.kind {
+                ProblemKind::Error(m) => {
+                    errors.push(diag::at(paths[p.file], pos, p.field.clone(), m.clone()))
                 }
-            }
-        }
-        for (i, k, fi, fk, pk) in duplicates {
-            let Some(a) = analyses[i] else { continue };
-            let e = &a.entities[k];
-            let other = analyses[fi].map(|b| &b.entities[fk]);
-            let other_pos = other.map(|o| position(fi, o.offset, o.line, o.column));
-            let p = position(i, e.offset, e.line, e.column);
-            errors.push(diag::at(
-                self.path_of(i),
-                Some(p),
-                None,
-                format!(
-                    "duplicate entity `{pk}`: also defined in `{}`{} (two entities at one level may not share a key)",
-                    self.path_of(fi),
-                    other_pos.map(|p| format!(" at line {}", p.line)).unwrap_or_default()
-                ),
-            ));
-        }
-
-        // References and externalized files.
-        for (i, ef) in self.entity_files.iter().enumerate() {
-            let Some(a) = analyses[i] else { continue };
-            let path = self.path_of(i);
-            let file_dir = self.dirs[ef.dir].path.as_str();
-            for r in &a.refs {
-                let target = self.resolve_ref(&r.value, r.ent, a, &ent_pks[i], ef, &dir_pk);
-                let found = match &target {
-                    Ok(t) => {
-                        index.contains_key(t.as_str())
-                            || index.contains_key(strip_types(t).as_str())
+                ProblemKind::Unresolved { value, target } => {
+                    let d = diag::at(
+                        paths[p.file],
+                        pos,
+                        p.field.clone(),
+                        check::unresolved_message(value, target),
+                    );
+                    if opts.allows(target) {
+                        warnings.push(d);
+                    } else {
+                        errors.push(d);
                     }
-                    Err(_) => false,
-                };
-                if found {
-                    continue;
-                }
-                let p = position(i, r.offset, r.line, r.column);
-                let (message, allowed) = match target {
-                    Ok(t) => {
-                        let shown = if t == r.value {
-                            String::new()
-                        } else {
-                            format!(" (`{}`)", strip_types(&t))
-                        };
-                        let allowed = opts
-                            .allow_unresolved
-                            .iter()
-                            .any(|pre| strip_types(&t).starts_with(pre.as_str()));
-                        (
-                            format!(
-                                "reference `{}`{shown} points at no entity in the project",
-                                r.value
-                            ),
-                            allowed,
-                        )
-                    }
-                    Err(m) => (m, false),
-                };
-                let d = diag::at(path, Some(p), Some(r.field.clone()), message);
-                if allowed {
-                    warnings.push(d);
-                } else {
-                    errors.push(d);
                 }
             }
-            for x in &a.ext {
-                let message = match template::join_rel(file_dir, &x.path) {
-                    Ok(rel) if self.file_set.contains(&rel) => continue,
-                    Ok(rel) => format!(
-                        "externalized file `{}` does not exist (looked for `{rel}`)",
-                        x.path
-                    ),
-                    Err(m) => format!("externalized file: {m}"),
-                };
-                let p = position(i, x.offset, x.line, x.column);
-                errors.push(diag::at(path, Some(p), Some(x.field.clone()), message));
-            }
+        }
+        if let Some(f) = &self.fixed {
+            errors.extend(f.errors.iter().cloned());
         }
 
         for d in errors.iter_mut().chain(warnings.iter_mut()) {
@@ -705,27 +613,20 @@ impl Project {
         }
         diag::sort(&mut errors);
         diag::sort(&mut warnings);
-        let texts = if keep_text {
-            stage
-                .into_iter()
-                .map(|s| s.and_then(|s| s.rendered.map(|r| r.text)))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        (Report { errors, warnings }, texts)
+        (Report { errors, warnings }, stage)
     }
 
     fn render_one(
         &self,
-        ef: &EntityFile,
+        i: usize,
         t: &Template,
         values: &Value,
         env: &dyn Env,
         loader: &ProjectFiles<'_>,
     ) -> StageFile {
+        let ef = &self.entity_files[i];
         let path = &self.files[ef.file].path;
-        let base_dir = self.dirs[ef.dir].path.as_str();
+        let base_dir = self.dirs[self.places[i].dir].path.as_str();
         let rendered = t.render(&Context {
             values,
             env,
@@ -749,7 +650,7 @@ impl Project {
             let analysis = probe.substitute(&rendered.values);
             return StageFile {
                 analysis: Some(analysis),
-                rendered: Some(rendered),
+                rendered,
                 via_probe: true,
                 diags,
             };
@@ -769,130 +670,99 @@ impl Project {
         );
         StageFile {
             analysis,
-            rendered: Some(rendered),
+            rendered,
             via_probe: false,
             diags,
         }
     }
-
-    fn path_of(&self, entity_file: usize) -> &str {
-        &self.files[self.entity_files[entity_file].file].path
-    }
-
-    fn source_text(&self, entity_file: usize) -> &str {
-        let ef = &self.entity_files[entity_file];
-        match &ef.template {
-            Some(t) => t.source(),
-            None => std::str::from_utf8(&self.files[ef.file].data).unwrap_or(""),
-        }
-    }
-
-    /// The YamlPK a reference names.
-    fn resolve_ref(
-        &self,
-        value: &str,
-        ent: usize,
-        a: &Analysis,
-        pks: &[String],
-        ef: &EntityFile,
-        dir_pk: &[String],
-    ) -> Result<String, String> {
-        if value.starts_with('/') {
-            return Ok(value.to_string());
-        }
-        // Relative: `.` is the entity holding the field, each `..` one level up.
-        let mut rest = value;
-        let mut up = 0usize;
-        if let Some(r) = rest.strip_prefix("./") {
-            rest = r;
-        } else if rest == "." {
-            rest = "";
-        } else {
-            loop {
-                if let Some(r) = rest.strip_prefix("../") {
-                    up += 1;
-                    rest = r;
-                } else if rest == ".." {
-                    up += 1;
-                    rest = "";
-                } else {
-                    break;
-                }
-            }
-        }
-        let base = self
-            .ancestor(ent, up, a, pks, ef, dir_pk)
-            .ok_or_else(|| format!("reference `{value}` climbs above the project root"))?;
-        Ok(if rest.is_empty() {
-            base
-        } else {
-            format!("{base}/{rest}")
-        })
-    }
-
-    fn ancestor(
-        &self,
-        ent: usize,
-        up: usize,
-        a: &Analysis,
-        pks: &[String],
-        ef: &EntityFile,
-        dir_pk: &[String],
-    ) -> Option<String> {
-        let mut cur = ent;
-        let mut left = up;
-        while left > 0 {
-            match a.entities.get(cur)?.parent {
-                Some(p) => {
-                    cur = p;
-                    left -= 1;
-                }
-                None => break,
-            }
-        }
-        if left == 0 {
-            return pks.get(cur).cloned();
-        }
-        // Leave the file: the top entity's parent is its directory (or, for a
-        // `_parent.yaml`, the directory's parent).
-        let mut d = if ef.is_parent {
-            self.dirs[ef.dir].parent?
-        } else {
-            ef.dir
-        };
-        left -= 1;
-        while left > 0 {
-            d = self.dirs[d].parent?;
-            left -= 1;
-        }
-        dir_pk.get(d).cloned()
-    }
 }
 
-/// Remove `(Type)` prefixes from the segments of a YamlPK.
-fn strip_types(pk: &str) -> String {
-    if !pk.contains("/(") {
-        return pk.to_string();
-    }
-    let mut out = String::with_capacity(pk.len());
-    let mut rest = pk;
-    while let Some(i) = rest.find("/(") {
-        out.push_str(&rest[..=i]);
-        let after = &rest[i + 2..];
-        match after.find(')') {
-            Some(j)
-                if j > 0
-                    && after[..j]
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
-            {
-                rest = &after[j + 1..]
+/// Read `META-INF/types/**.yaml` into a type model, if there is one.
+fn type_model(files: &[FileEntry], diags: &mut Vec<Diagnostic>) -> Option<TypeModel> {
+    let type_files: Vec<(&str, &str)> = files
+        .iter()
+        .filter_map(|f| {
+            let rel = f.path.strip_prefix("META-INF/types/")?;
+            if !rel.ends_with(".yaml") {
+                return None;
             }
-            _ => rest = &rest[i + 1..],
+            Some((rel, std::str::from_utf8(&f.data).ok()?))
+        })
+        .collect();
+    if type_files.is_empty() {
+        return None;
+    }
+    let (model, problems) = TypeModel::build(type_files);
+    for (rel, msg) in problems {
+        diags.push(diag::at(&format!("META-INF/types/{rel}"), None, None, msg));
+    }
+    Some(model)
+}
+
+/// Load-time work for one entity file.
+fn prepare(
+    file: usize,
+    f: &FileEntry,
+    types: Option<&TypeModel>,
+    top_folders: &HashSet<String>,
+) -> (EntityFile, Vec<Diagnostic>) {
+    let mut diags = Vec::new();
+    let mut ef = EntityFile {
+        file,
+        template: None,
+        probe: None,
+        fixed: None,
+    };
+    let Ok(text) = std::str::from_utf8(&f.data) else {
+        diags.push(diag::at(
+            &f.path,
+            None,
+            None,
+            "not UTF-8 text: an entity file must be UTF-8 YAML",
+        ));
+        ef.fixed = Some(Analysis::default());
+        return (ef, diags);
+    };
+    if !text.contains("{{") {
+        let ctx = analyze::Ctx {
+            types,
+            top_folders,
+            rendered: None,
+            probe: false,
+        };
+        ef.fixed =
+            Some(parse_and_analyze(&f.path, text, &ctx, None, &mut diags).unwrap_or_default());
+        return (ef, diags);
+    }
+    let t = Template::parse(text);
+    if !t.errors().is_empty() {
+        let idx = LineIndex::new(text);
+        for e in t.errors() {
+            diags.push(diag::at(
+                &f.path,
+                Some(idx.pos(text, e.offset)),
+                e.placeholder.clone(),
+                e.message.clone(),
+            ));
         }
     }
-    out.push_str(rest);
-    out
+    if t.is_stable() {
+        let r = t.render_probe();
+        if let Ok(root) = yaml::parse(&r.text) {
+            let ctx = analyze::Ctx {
+                types,
+                top_folders,
+                rendered: None,
+                probe: true,
+            };
+            let a = analyze::analyze(root.as_ref(), &ctx);
+            if !a.unstable {
+                ef.probe = Some((a, r));
+            }
+        }
+    }
+    ef.template = Some(t);
+    (ef, diags)
 }
 
 /// Parse `text` (the source, or a rendering of it) and analyse it. YAML
@@ -908,7 +778,7 @@ fn parse_and_analyze(
         Ok(root) => Some(analyze::analyze(root.as_ref(), ctx)),
         Err(e) => {
             let pos = match rendered {
-                None => template::Pos {
+                None => Pos {
                     offset: e.offset,
                     line: e.line,
                     column: e.column,
@@ -931,62 +801,14 @@ fn parse_and_analyze(
     }
 }
 
-/// Read every file below `dir` (relative path `rel`). Symbolic links are
-/// reported and skipped; `.git` is skipped.
-fn walk(
-    dir: &Path,
-    rel: &str,
-    files: &mut Vec<FileEntry>,
-    dirs: &mut Vec<String>,
-    diags: &mut Vec<Diagnostic>,
-) -> Result<(), EnvgenError> {
-    let rd = std::fs::read_dir(dir).map_err(|e| EnvgenError::io(dir, e))?;
-    for entry in rd {
-        let entry = entry.map_err(|e| EnvgenError::io(dir, e))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
-            diags.push(diag::at(
-                rel,
-                None,
-                None,
-                format!(
-                    "file name {:?} is not UTF-8; it is left out",
-                    entry.file_name()
-                ),
-            ));
-            continue;
-        };
-        if name == ".git" {
-            continue;
-        }
-        let child_rel = if rel.is_empty() {
-            name.to_string()
-        } else {
-            format!("{rel}/{name}")
-        };
-        let ft = entry
-            .file_type()
-            .map_err(|e| EnvgenError::io(&entry.path(), e))?;
-        if ft.is_symlink() {
-            diags.push(diag::at(
-                &child_rel,
-                None,
-                None,
-                "symbolic links are not allowed in a project; replace it with the file itself",
-            ));
-        } else if ft.is_dir() {
-            dirs.push(child_rel.clone());
-            walk(&entry.path(), &child_rel, files, dirs, diags)?;
-        } else if ft.is_file() {
-            let data =
-                std::fs::read(entry.path()).map_err(|e| EnvgenError::io(&entry.path(), e))?;
-            files.push(FileEntry {
-                path: child_rel,
-                data,
-            });
-        }
-    }
-    Ok(())
+fn load_error(e: EnvgenError) -> Vec<Diagnostic> {
+    vec![Diagnostic {
+        file: None,
+        line: None,
+        column: None,
+        field: None,
+        message: e.to_string(),
+    }]
 }
 
 /// Validate the project at `root` for a stage whose values overlay is
@@ -996,15 +818,7 @@ fn walk(
 pub fn validate_project(root: &Path, overlay: &Value, env: &dyn Env) -> Vec<Diagnostic> {
     let project = match Project::load(root) {
         Ok(p) => p,
-        Err(e) => {
-            return vec![Diagnostic {
-                file: None,
-                line: None,
-                column: None,
-                field: None,
-                message: e.to_string(),
-            }]
-        }
+        Err(e) => return load_error(e),
     };
     let values = stage_values_from(&project, overlay, env);
     project
@@ -1019,15 +833,7 @@ pub fn render_project(
     overlay: &Value,
     env: &dyn Env,
 ) -> Result<Vec<RenderedFile>, Vec<Diagnostic>> {
-    let project = Project::load(root).map_err(|e| {
-        vec![Diagnostic {
-            file: None,
-            line: None,
-            column: None,
-            field: None,
-            message: e.to_string(),
-        }]
-    })?;
+    let project = Project::load(root).map_err(load_error)?;
     let values = stage_values_from(&project, overlay, env);
     project
         .render(&values, env, &ValidateOptions::default())

@@ -1,4 +1,5 @@
-use super::*;
+use super::check::strip_types;
+use super::files::par_map;
 
 #[test]
 fn type_prefixes_are_stripped_per_segment() {
