@@ -127,7 +127,11 @@ impl Env {
     }
 
     /// Appends events in one append; returns them with their positions set.
-    async fn append_all(&self, stream: &str, evs: Vec<CloudEvent>) -> anyhow::Result<Vec<CloudEvent>> {
+    async fn append_all(
+        &self,
+        stream: &str,
+        evs: Vec<CloudEvent>,
+    ) -> anyhow::Result<Vec<CloudEvent>> {
         let a = self
             .store
             .append(stream, ExpectedVersion::Any, evs.clone())
@@ -179,7 +183,10 @@ async fn next(sub: &mut Box<dyn Subscription>) -> anyhow::Result<Delivery> {
 }
 
 /// Takes `n` deliveries, acking each; returns (event, attempt) in delivery order.
-async fn take_acked(sub: &mut Box<dyn Subscription>, n: usize) -> anyhow::Result<Vec<(CloudEvent, u32)>> {
+async fn take_acked(
+    sub: &mut Box<dyn Subscription>,
+    n: usize,
+) -> anyhow::Result<Vec<(CloudEvent, u32)>> {
     let mut out = Vec::new();
     for _ in 0..n {
         let d = next(sub).await?;
@@ -228,7 +235,10 @@ async fn delivers_one_name_in_log_order_and_nothing_else(env: &Env) -> anyhow::R
         let name = [A, C, B][i % 3];
         let pipeline = ["p1", "p2"][i % 2];
         let ev = env
-            .append(&format!("s{}", i % 4), event(name, pipeline, &format!("r{i}")))
+            .append(
+                &format!("s{}", i % 4),
+                event(name, pipeline, &format!("r{i}")),
+            )
             .await?;
         if name == A {
             expected.push(ev);
@@ -256,7 +266,10 @@ async fn delivers_one_name_in_log_order_and_nothing_else(env: &Env) -> anyhow::R
         )
         .await?;
     let got = take_acked(&mut sub, 2).await?;
-    assert_eq!(delivered(&got), ids_positions(&[live[1].clone(), live[3].clone()]));
+    assert_eq!(
+        delivered(&got),
+        ids_positions(&[live[1].clone(), live[3].clone()])
+    );
     expect_quiet(&mut sub).await
 }
 
@@ -267,7 +280,10 @@ async fn delivers_several_names_in_log_order(env: &Env) -> anyhow::Result<()> {
     let mut expected = Vec::new();
     for (i, name) in pattern.iter().enumerate() {
         let ev = env
-            .append(&format!("s{}", i % 3), event(*name, ["p1", "p2"][i % 2], "r"))
+            .append(
+                &format!("s{}", i % 3),
+                event(*name, ["p1", "p2"][i % 2], "r"),
+            )
             .await?;
         if *name != C {
             expected.push(ev);
@@ -279,13 +295,20 @@ async fn delivers_several_names_in_log_order(env: &Env) -> anyhow::Result<()> {
         delivered(&got),
         ids_positions(&expected),
         "deliveries out of log order: positions {:?}",
-        got.iter().map(|(e, _)| e.sequence.unwrap_or(-1)).collect::<Vec<_>>()
+        got.iter()
+            .map(|(e, _)| e.sequence.unwrap_or(-1))
+            .collect::<Vec<_>>()
     );
 
     let live = env
         .append_all(
             "live",
-            vec![event(B, "p1", "y"), event(C, "p1", "y"), event(A, "p1", "y"), event(B, "p2", "y")],
+            vec![
+                event(B, "p1", "y"),
+                event(C, "p1", "y"),
+                event(A, "p1", "y"),
+                event(B, "p2", "y"),
+            ],
         )
         .await?;
     let got = take_acked(&mut sub, 3).await?;
@@ -293,7 +316,9 @@ async fn delivers_several_names_in_log_order(env: &Env) -> anyhow::Result<()> {
         delivered(&got),
         ids_positions(&[live[0].clone(), live[2].clone(), live[3].clone()]),
         "live deliveries out of log order: positions {:?}",
-        got.iter().map(|(e, _)| e.sequence.unwrap_or(-1)).collect::<Vec<_>>()
+        got.iter()
+            .map(|(e, _)| e.sequence.unwrap_or(-1))
+            .collect::<Vec<_>>()
     );
     expect_quiet(&mut sub).await
 }
@@ -355,7 +380,10 @@ async fn delivers_every_event_while_writers_append(env: &Env) -> anyhow::Result<
             want.len()
         );
     }
-    assert_eq!(got, want, "deliveries differ from the log's events in position order");
+    assert_eq!(
+        got, want,
+        "deliveries differ from the log's events in position order"
+    );
     expect_quiet(&mut sub).await
 }
 
@@ -495,11 +523,19 @@ impl Handler for Recorder {
             _ => {}
         }
         let result = support::event(RESULT, "results", "results").caused_by(event);
-        Ok(vec![NewEvents::new("results", ExpectedVersion::Any, vec![result])])
+        Ok(vec![NewEvents::new(
+            "results",
+            ExpectedVersion::Any,
+            vec![result],
+        )])
     }
 }
 
-fn spawn_consumer(env: &Env, handler: Arc<Recorder>, stop: &CancellationToken) -> JoinHandle<Result<(), gantry_core::bus::BusError>> {
+fn spawn_consumer(
+    env: &Env,
+    handler: Arc<Recorder>,
+    stop: &CancellationToken,
+) -> JoinHandle<Result<(), gantry_core::bus::BusError>> {
     tokio::spawn(consumer::run(
         env.store.clone(),
         env.bus.clone(),
@@ -529,7 +565,10 @@ async fn wait_results(store: &EventStore, n: usize) -> anyhow::Result<BTreeMap<U
     .await
 }
 
-async fn stop_consumers(stop: CancellationToken, tasks: Vec<JoinHandle<Result<(), gantry_core::bus::BusError>>>) -> anyhow::Result<()> {
+async fn stop_consumers(
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<Result<(), gantry_core::bus::BusError>>>,
+) -> anyhow::Result<()> {
     stop.cancel();
     for t in tasks {
         within(WAIT, "a consumer to stop", t).await???;
@@ -559,7 +598,11 @@ async fn consumer_records_one_result_per_event_despite_redelivery(env: &Env) -> 
     tokio::time::sleep(QUIET).await;
     stop_consumers(stop, tasks).await?;
     let want: BTreeMap<Uuid, usize> = inputs.iter().map(|id| (*id, 1)).collect();
-    assert_eq!(results_by_cause(&env.store).await?, want, "two loops at once");
+    assert_eq!(
+        results_by_cause(&env.store).await?,
+        want,
+        "two loops at once"
+    );
     for id in &inputs {
         assert!(env.store.is_handled("recorder", *id).await?);
     }
@@ -575,10 +618,17 @@ async fn consumer_records_one_result_per_event_despite_redelivery(env: &Env) -> 
     tokio::time::sleep(QUIET).await;
     stop_consumers(stop, tasks).await?;
     let want: BTreeMap<Uuid, usize> = inputs.iter().map(|id| (*id, 1)).collect();
-    assert_eq!(results_by_cause(&env.store).await?, want, "after redelivery");
+    assert_eq!(
+        results_by_cause(&env.store).await?,
+        want,
+        "after redelivery"
+    );
     let mut calls_after = handler.calls();
     assert_eq!(calls_after.remove(&inputs[4]), Some(1));
-    assert_eq!(calls_after, calls_before, "the handler ran again for handled events");
+    assert_eq!(
+        calls_after, calls_before,
+        "the handler ran again for handled events"
+    );
     Ok(())
 }
 
@@ -609,7 +659,8 @@ async fn consumer_does_not_retry_permanent_failures(env: &Env) -> anyhow::Result
     let stop = CancellationToken::new();
     let tasks = vec![spawn_consumer(env, handler.clone(), &stop)];
     wait_for(WAIT, "both events handled", || async {
-        Ok((env.store.is_handled("recorder", e1).await? && env.store.is_handled("recorder", e2).await?)
+        Ok((env.store.is_handled("recorder", e1).await?
+            && env.store.is_handled("recorder", e2).await?)
             .then_some(()))
     })
     .await?;
@@ -638,37 +689,49 @@ macro_rules! contract_tests {
     };
 }
 
-contract_tests!(sql_sqlite, Env::sql_on_sqlite(), [
-    delivers_one_name_in_log_order_and_nothing_else,
-    delivers_several_names_in_log_order,
-    delivers_every_event_while_writers_append,
-    acked_events_are_not_redelivered_after_resubscribing,
-    retried_delivery_comes_back_as_attempt_2,
-    unacked_event_is_redelivered_after_resubscribing,
-    consumer_records_one_result_per_event_despite_redelivery,
-    consumer_retries_transient_failures,
-    consumer_does_not_retry_permanent_failures,
-]);
+contract_tests!(
+    sql_sqlite,
+    Env::sql_on_sqlite(),
+    [
+        delivers_one_name_in_log_order_and_nothing_else,
+        delivers_several_names_in_log_order,
+        delivers_every_event_while_writers_append,
+        acked_events_are_not_redelivered_after_resubscribing,
+        retried_delivery_comes_back_as_attempt_2,
+        unacked_event_is_redelivered_after_resubscribing,
+        consumer_records_one_result_per_event_despite_redelivery,
+        consumer_retries_transient_failures,
+        consumer_does_not_retry_permanent_failures,
+    ]
+);
 
-contract_tests!(sql_postgres, Env::sql_on_postgres(), [
-    delivers_one_name_in_log_order_and_nothing_else,
-    delivers_several_names_in_log_order,
-    delivers_every_event_while_writers_append,
-    acked_events_are_not_redelivered_after_resubscribing,
-    retried_delivery_comes_back_as_attempt_2,
-    unacked_event_is_redelivered_after_resubscribing,
-    consumer_records_one_result_per_event_despite_redelivery,
-    consumer_retries_transient_failures,
-    consumer_does_not_retry_permanent_failures,
-]);
+contract_tests!(
+    sql_postgres,
+    Env::sql_on_postgres(),
+    [
+        delivers_one_name_in_log_order_and_nothing_else,
+        delivers_several_names_in_log_order,
+        delivers_every_event_while_writers_append,
+        acked_events_are_not_redelivered_after_resubscribing,
+        retried_delivery_comes_back_as_attempt_2,
+        unacked_event_is_redelivered_after_resubscribing,
+        consumer_records_one_result_per_event_despite_redelivery,
+        consumer_retries_transient_failures,
+        consumer_does_not_retry_permanent_failures,
+    ]
+);
 
-contract_tests!(nats, Env::nats(), [
-    delivers_one_name_in_log_order_and_nothing_else,
-    delivers_several_names_in_log_order,
-    delivers_every_event_while_writers_append,
-    acked_events_are_not_redelivered_after_resubscribing,
-    retried_delivery_comes_back_as_attempt_2,
-    consumer_records_one_result_per_event_despite_redelivery,
-    consumer_retries_transient_failures,
-    consumer_does_not_retry_permanent_failures,
-]);
+contract_tests!(
+    nats,
+    Env::nats(),
+    [
+        delivers_one_name_in_log_order_and_nothing_else,
+        delivers_several_names_in_log_order,
+        delivers_every_event_while_writers_append,
+        acked_events_are_not_redelivered_after_resubscribing,
+        retried_delivery_comes_back_as_attempt_2,
+        consumer_records_one_result_per_event_despite_redelivery,
+        consumer_retries_transient_failures,
+        consumer_does_not_retry_permanent_failures,
+    ]
+);

@@ -728,19 +728,130 @@ mod tests {
         let b = "run-b";
         let log = vec![
             (a, started(a, "aaaa")),
-            (a, ev(a, PackageBuilt { stage: "test".into(), digest: "sha256:p1".into(), size: 1, files: 1, format: "yaml".into(), values_digest: None, location: None })),
-            (a, ev(a, ImagePushed { stage: "test".into(), repository: "reg/app".into(), tag: "test-aaaa".into(), digest: "sha256:i1".into(), parent_digest: None, bytes_uploaded: 1, bytes_reused: 2 })),
+            (
+                a,
+                ev(
+                    a,
+                    PackageBuilt {
+                        stage: "test".into(),
+                        digest: "sha256:p1".into(),
+                        size: 1,
+                        files: 1,
+                        format: "yaml".into(),
+                        values_digest: None,
+                        location: None,
+                    },
+                ),
+            ),
+            (
+                a,
+                ev(
+                    a,
+                    ImagePushed {
+                        stage: "test".into(),
+                        repository: "reg/app".into(),
+                        tag: "test-aaaa".into(),
+                        digest: "sha256:i1".into(),
+                        parent_digest: None,
+                        bytes_uploaded: 1,
+                        bytes_reused: 2,
+                    },
+                ),
+            ),
             (a, promoted(a, "test", "aaaa")),
-            (a, ev(a, ApprovalRequested { stage: "prod".into(), required: 2, approvers: vec!["rm".into()], expires_at: None })),
-            (a, ev(a, ApprovalGranted { stage: "prod".into(), user: "rita".into(), comment: None })),
+            (
+                a,
+                ev(
+                    a,
+                    ApprovalRequested {
+                        stage: "prod".into(),
+                        required: 2,
+                        approvers: vec!["rm".into()],
+                        expires_at: None,
+                    },
+                ),
+            ),
+            (
+                a,
+                ev(
+                    a,
+                    ApprovalGranted {
+                        stage: "prod".into(),
+                        user: "rita".into(),
+                        comment: None,
+                    },
+                ),
+            ),
             (b, started(b, "bbbb")),
-            (b, ev(b, StageQueued { stage: "test".into(), reason: "queue".into(), behind: Some(a.into()), until: None })),
-            (a, ev(a, ApprovalRejected { stage: "prod".into(), user: "sam".into(), reason: "not now".into() })),
-            (a, ev(a, RunFailed { stage: Some("prod".into()), reason: "rejected".into() })),
-            (b, ev(b, StageStarted { stage: "test".into(), commit: "bbbb".into(), image: None, digest: None, rollback: false })),
+            (
+                b,
+                ev(
+                    b,
+                    StageQueued {
+                        stage: "test".into(),
+                        reason: "queue".into(),
+                        behind: Some(a.into()),
+                        until: None,
+                    },
+                ),
+            ),
+            (
+                a,
+                ev(
+                    a,
+                    ApprovalRejected {
+                        stage: "prod".into(),
+                        user: "sam".into(),
+                        reason: "not now".into(),
+                    },
+                ),
+            ),
+            (
+                a,
+                ev(
+                    a,
+                    RunFailed {
+                        stage: Some("prod".into()),
+                        reason: "rejected".into(),
+                    },
+                ),
+            ),
+            (
+                b,
+                ev(
+                    b,
+                    StageStarted {
+                        stage: "test".into(),
+                        commit: "bbbb".into(),
+                        image: None,
+                        digest: None,
+                        rollback: false,
+                    },
+                ),
+            ),
             (b, promoted(b, "test", "bbbb")),
-            (b, ev(b, StageRolledBack { stage: "test".into(), reason: "smoke failed".into(), to_run: Some(a.into()), to_commit: Some("aaaa".into()) })),
-            (b, ev(b, RunFailed { stage: Some("test".into()), reason: "smoke failed".into() })),
+            (
+                b,
+                ev(
+                    b,
+                    StageRolledBack {
+                        stage: "test".into(),
+                        reason: "smoke failed".into(),
+                        to_run: Some(a.into()),
+                        to_commit: Some("aaaa".into()),
+                    },
+                ),
+            ),
+            (
+                b,
+                ev(
+                    b,
+                    RunFailed {
+                        stage: Some("test".into()),
+                        reason: "smoke failed".into(),
+                    },
+                ),
+            ),
         ];
         for (run, e) in log {
             store
@@ -756,15 +867,24 @@ mod tests {
         let view_a = views.iter().flatten().find(|v| v.run.run_id == a).unwrap();
         assert_eq!(view_a.run.status, "failed");
         assert_eq!(view_a.stages[0].status, "promoted");
-        assert_eq!(view_a.stages[0].package_digest.as_deref(), Some("sha256:p1"));
+        assert_eq!(
+            view_a.stages[0].package_digest.as_deref(),
+            Some("sha256:p1")
+        );
         assert_eq!(view_a.stages[0].image.as_deref(), Some("reg/app:test-aaaa"));
         assert_eq!(view_a.stages[1].status, "rejected");
         assert_eq!(view_a.stages[1].approvals.len(), 2);
         let view_b = views.iter().flatten().find(|v| v.run.run_id == b).unwrap();
         assert_eq!(view_b.stages[0].status, "rolled_back");
-        assert_eq!(view_b.stages[0].waiting, None, "a started stage no longer waits");
+        assert_eq!(
+            view_b.stages[0].waiting, None,
+            "a started stage no longer waits"
+        );
         assert_eq!(releases.len(), 1);
-        assert_eq!(releases[0].run_id, a, "the rollback put run a's release back");
+        assert_eq!(
+            releases[0].run_id, a,
+            "the rollback put run a's release back"
+        );
         assert_eq!(releases[0].commit, "aaaa");
         assert_eq!(releases[0].image.as_deref(), Some("reg/app:test-aaaa"));
 

@@ -103,10 +103,7 @@ pub fn package_yaml(
             )
         }
     };
-    let refs: Vec<(&str, &[u8])> = files
-        .iter()
-        .map(|(p, d)| (p.as_str(), &d[..]))
-        .collect();
+    let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), &d[..])).collect();
     let bytes = tar_gz(project.directories(), &refs)?;
     Ok(Package {
         digest: sha256(&bytes),

@@ -525,3 +525,102 @@ fn empty_values_are_fine_for_a_project_without_placeholders() {
     );
     assert!(report.is_ok(), "{}", common::show(&report.errors));
 }
+
+#[test]
+fn environmentalized_references_are_checked_per_stage() {
+    // `cache` comes from the values: valid in one stage, broken in another.
+    let hello = BASE[7].1.replace(
+        "cache: /Libraries/Cache Manager/Sessions",
+        "cache: '{{ refs.cache }}'",
+    );
+    let dir = project_with(&[(HELLO, Some(&hello))]);
+    let env = MapEnv::empty();
+    let ok = validate(
+        &dir,
+        &env,
+        Some("refs:\n  cache: /Libraries/Cache Manager/Sessions\n"),
+    );
+    assert!(ok.is_empty(), "{}", common::show(&ok));
+    let bad = validate(
+        &dir,
+        &env,
+        Some("refs:\n  cache: /Libraries/Cache Manager/Other\n"),
+    );
+    assert_eq!(bad.len(), 1, "{}", common::show(&bad));
+    assert_eq!(
+        (bad[0].file.as_deref(), bad[0].line, bad[0].column),
+        (Some(HELLO), Some(18), Some(12))
+    );
+    assert!(bad[0]
+        .message
+        .contains("`/Libraries/Cache Manager/Other` points at no entity"));
+    // The same with a block helper in the file (re-parsed per stage).
+    let with_block = hello.replace(
+        "    name: Cache It\n",
+        "    name: Cache It\n{{#if feature.on}}\n    key: x\n{{/if}}\n",
+    );
+    let with_block = with_block.replace("    key: x\n", "");
+    let dir = project_with(&[(HELLO, Some(&with_block))]);
+    let bad = validate(
+        &dir,
+        &env,
+        Some("refs:\n  cache: /Libraries/Cache Manager/Other\n"),
+    );
+    assert_eq!(bad.len(), 1, "{}", common::show(&bad));
+    assert_eq!(
+        (bad[0].line, bad[0].column),
+        (Some(20), Some(12)),
+        "{}",
+        common::show(&bad)
+    );
+}
+
+#[test]
+fn references_into_templated_files_and_containers() {
+    // A container whose key comes from the values, and a cache defined by a
+    // templated file; static files refer to both.
+    let dir = project_with(&[
+        (
+            "Libraries/Cache Manager/_parent.yaml",
+            Some("---\ntype: CacheManager\nfields:\n  name: '{{ names.manager }}'\n"),
+        ),
+        (
+            "Libraries/Cache Manager/Sessions.yaml",
+            Some("---\ntype: Cache\nfields:\n  name: '{{ names.cache }}'\n  size: 10\n"),
+        ),
+    ]);
+    let env = MapEnv::empty();
+    let good = "names:\n  manager: Cache Manager\n  cache: Sessions\n";
+    assert!(validate(&dir, &env, Some(good)).is_empty());
+    let renamed = "names:\n  manager: Caches\n  cache: Sessions\n";
+    let diags = validate(&dir, &env, Some(renamed));
+    assert_eq!(diags.len(), 1, "{}", common::show(&diags));
+    assert_eq!(
+        (diags[0].file.as_deref(), diags[0].line),
+        (Some(HELLO), Some(18))
+    );
+
+    let dir = project_with(&[(
+        "Libraries/Cache Manager/Sessions.yaml",
+        Some("---\ntype: Cache\nfields:\n  name: '{{ names.cache }}'\n  size: 10\n"),
+    )]);
+    assert!(validate(&dir, &env, Some(good)).is_empty());
+    let diags = validate(&dir, &env, Some("names:\n  cache: Other\n"));
+    assert_eq!(diags.len(), 1, "{}", common::show(&diags));
+    assert_eq!(
+        (diags[0].file.as_deref(), diags[0].line),
+        (Some(HELLO), Some(18))
+    );
+    // A templated entity that collides with a fixed one.
+    let dir = project_with(&[(
+        "Libraries/Cache Manager/Other.yaml",
+        Some("---\ntype: Cache\nfields:\n  name: '{{ names.cache }}'\n"),
+    )]);
+    let diags = validate(&dir, &env, Some(good));
+    assert_eq!(diags.len(), 1, "{}", common::show(&diags));
+    assert_eq!(
+        diags[0].file.as_deref(),
+        Some("Libraries/Cache Manager/Other.yaml")
+    );
+    assert!(diags[0].message.contains("duplicate entity `/Libraries/Cache Manager/Sessions`: also defined in `Libraries/Cache Manager/Sessions.yaml` at line 2"));
+}

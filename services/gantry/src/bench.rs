@@ -113,9 +113,11 @@ async fn setup(global: &Global, mode: Mode) -> anyhow::Result<Setup> {
     match mode {
         Mode::Embedded => {
             let dir = tempfile::tempdir()?;
-            let store =
-                EventStore::connect(&format!("sqlite://{}", dir.path().join("bench.db").display()))
-                    .await?;
+            let store = EventStore::connect(&format!(
+                "sqlite://{}",
+                dir.path().join("bench.db").display()
+            ))
+            .await?;
             store.migrate().await?;
             Ok(Setup {
                 bus: Arc::new(SqlBus::new(store.clone())),
@@ -126,7 +128,8 @@ async fn setup(global: &Global, mode: Mode) -> anyhow::Result<Setup> {
         }
         Mode::Nats => {
             let settings = global.settings();
-            let (Some(db), Some(mut nats)) = (settings.database_url.clone(), settings.nats()) else {
+            let (Some(db), Some(mut nats)) = (settings.database_url.clone(), settings.nats())
+            else {
                 bail!("--mode nats needs --database-url postgres://... and --nats-url nats://...");
             };
             let store = EventStore::connect(&db).await?;
@@ -138,9 +141,7 @@ async fn setup(global: &Global, mode: Mode) -> anyhow::Result<Setup> {
             // Start publishing from the current head: earlier events are not ours.
             let relay = Relay::new(store.clone(), bus.clone());
             let head = store.head().await?;
-            store
-                .save_checkpoint(&relay_checkpoint(&bus), head)
-                .await?;
+            store.save_checkpoint(&relay_checkpoint(&bus), head).await?;
             tokio::spawn(relay.run(shutdown.child_token()));
             Ok(Setup {
                 bus: Arc::new(bus),
@@ -170,7 +171,10 @@ async fn hop(global: &Global, mode: Mode, n: usize) -> anyhow::Result<()> {
         let ev = event(i);
         let id = ev.id;
         let t0 = Instant::now();
-        setup.store.append(&stream, ExpectedVersion::Any, vec![ev]).await?;
+        setup
+            .store
+            .append(&stream, ExpectedVersion::Any, vec![ev])
+            .await?;
         let delivery = loop {
             let d = tokio::time::timeout(Duration::from_secs(10), sub.next())
                 .await
@@ -209,7 +213,9 @@ async fn throughput(global: &Global, n: usize, writers: usize, batch: usize) -> 
             let stream = format!("bench-{}", uuid::Uuid::new_v4());
             let mut i = 0;
             while i < per_writer {
-                let events: Vec<_> = (i..(i + batch).min(per_writer)).map(|j| event(w * per_writer + j)).collect();
+                let events: Vec<_> = (i..(i + batch).min(per_writer))
+                    .map(|j| event(w * per_writer + j))
+                    .collect();
                 i += events.len();
                 store
                     .append_many(vec![NewEvents::new(&stream, ExpectedVersion::Any, events)])
@@ -275,7 +281,9 @@ async fn webhooks(global: &Global, n: usize, concurrency: usize) -> anyhow::Resu
     let addr = listener.local_addr()?;
     tokio::spawn(async move { axum::serve(listener, http).await });
 
-    let client = reqwest::Client::builder().pool_max_idle_per_host(concurrency).build()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(concurrency)
+        .build()?;
     let next = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();

@@ -33,6 +33,8 @@ pub use wake::Wakeups;
 const APPEND_LOCK_KEY: i64 = 0x6761_6e74_7279; // "gantry"
 /// Postgres NOTIFY channel that carries the newest position to other processes.
 pub const NOTIFY_CHANNEL: &str = "gantry_events";
+/// Rows per multi-row INSERT, well under both backends' bind-parameter limits.
+const INSERT_CHUNK: usize = 200;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -495,25 +497,39 @@ async fn append_in_tx(
     batch: &[NewEvents],
 ) -> Result<Appended, StoreError> {
     // Idempotency: events already recorded are reported, not written again.
-    let mut known = Vec::new();
+    // One query for the whole batch keeps the append's critical section short.
+    let ids: Vec<String> = batch
+        .iter()
+        .flat_map(|item| item.events.iter().map(|ev| ev.id.to_string()))
+        .collect();
+    let mut recorded: std::collections::HashMap<String, (i64, String)> = Default::default();
+    if !ids.is_empty() {
+        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT event_id, position, stream_id FROM events WHERE event_id IN ({})",
+            placeholders.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for id in &ids {
+            q = q.bind(id.clone());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            recorded.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+        }
+    }
+    let mut known = Vec::with_capacity(ids.len());
     for item in batch {
         for ev in &item.events {
-            let row = sqlx::query("SELECT position, stream_id FROM events WHERE event_id = $1")
-                .bind(ev.id.to_string())
-                .fetch_optional(&mut *conn)
-                .await?;
-            if let Some(row) = row {
-                let recorded: String = row.try_get(1)?;
-                if recorded != item.stream_id {
+            match recorded.remove(&ev.id.to_string()) {
+                Some((position, stream)) if stream == item.stream_id => known.push(Some(position)),
+                Some((_, stream)) => {
                     return Err(StoreError::IdReused {
                         event_id: ev.id,
-                        recorded,
+                        recorded: stream,
                         requested: item.stream_id.clone(),
-                    });
+                    })
                 }
-                known.push(Some(row.try_get::<i64, _>(0)?));
-            } else {
-                known.push(None);
+                None => known.push(None),
             }
         }
     }
@@ -550,6 +566,7 @@ async fn append_in_tx(
             });
         }
         let mut version = actual;
+        let mut rows = Vec::with_capacity(item.events.len());
         for ev in &item.events {
             if let Some(Some(existing)) = known.next() {
                 positions.push(existing);
@@ -563,22 +580,47 @@ async fn append_in_tx(
                 position,
                 message: e.to_string(),
             })?;
-            sqlx::query(
-                "INSERT INTO events (position, event_id, stream_id, stream_version, pipeline, run_id, \
-                 event_type, event, recorded_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
-            )
-            .bind(position)
-            .bind(ev.id.to_string())
-            .bind(&item.stream_id)
-            .bind(version)
-            .bind(&ev.pipeline)
-            .bind(ev.runid.clone())
-            .bind(&ev.ty)
-            .bind(json)
-            .bind(&recorded_at)
-            .execute(&mut *conn)
-            .await?;
+            rows.push((position, ev, version, json));
             positions.push(position);
+        }
+        // Multi-row inserts: one round trip per chunk, not per event.
+        for chunk in rows.chunks(INSERT_CHUNK) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let b = r * 9;
+                    format!(
+                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                        b + 1,
+                        b + 2,
+                        b + 3,
+                        b + 4,
+                        b + 5,
+                        b + 6,
+                        b + 7,
+                        b + 8,
+                        b + 9
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO events (position, event_id, stream_id, stream_version, pipeline, run_id, \
+                 event_type, event, recorded_at) VALUES {}",
+                values.join(", ")
+            );
+            let mut q = sqlx::query(&sql);
+            for (position, ev, version, json) in chunk {
+                q = q
+                    .bind(*position)
+                    .bind(ev.id.to_string())
+                    .bind(&item.stream_id)
+                    .bind(*version)
+                    .bind(&ev.pipeline)
+                    .bind(ev.runid.clone())
+                    .bind(&ev.ty)
+                    .bind(json.clone())
+                    .bind(&recorded_at);
+            }
+            q.execute(&mut *conn).await?;
         }
     }
     Ok(Appended {
