@@ -1,35 +1,81 @@
-//! Asking a repository for a branch's head without cloning it.
+//! Source repositories with git2: asking for a branch head, and checking out
+//! an exact commit from a per-pipeline cache that is fetched, not re-cloned.
 
-use git2::{Direction, Remote};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, TimeZone, Utc};
+use git2::{Direction, FetchOptions, ObjectType, Oid, Remote, Repository};
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitError {
     #[error("cannot reach repository {repo}: {message}")]
     Unreachable { repo: String, message: String },
+    #[error("repository {repo} refused the credentials: {message}; check source.token")]
+    Auth { repo: String, message: String },
     #[error("repository {repo} has no branch `{branch}`")]
     NoBranch { repo: String, branch: String },
+    #[error("commit {commit} is not in repository {repo} (fetched every branch and tag)")]
+    MissingCommit { repo: String, commit: String },
+    #[error("`{0}` is not a full commit id (40 or 64 hex digits)")]
+    BadCommit(String),
+    #[error("source cache {path}: {message}")]
+    Cache { path: String, message: String },
+    #[error("cannot write checkout file {path}: {source}")]
+    Write {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+fn classify(repo: &str, e: git2::Error) -> GitError {
+    let message = e.message().to_owned();
+    let auth = e.class() == git2::ErrorClass::Http && message.contains("401")
+        || e.code() == git2::ErrorCode::Auth
+        || message.contains("authentication")
+        || message.contains("403");
+    if auth {
+        GitError::Auth {
+            repo: repo.to_owned(),
+            message,
+        }
+    } else {
+        GitError::Unreachable {
+            repo: repo.to_owned(),
+            message,
+        }
+    }
+}
+
+fn callbacks(token: Option<&str>) -> git2::RemoteCallbacks<'static> {
+    let mut callbacks = git2::RemoteCallbacks::new();
+    if let Some(token) = token {
+        let token = token.to_owned();
+        let mut tries = 0;
+        callbacks.credentials(move |_url, user, _allowed| {
+            // libgit2 asks again after a refusal; a second ask means the token is wrong.
+            tries += 1;
+            if tries > 1 {
+                return Err(git2::Error::from_str(
+                    "authentication failed with source.token",
+                ));
+            }
+            git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token)
+        });
+    }
+    callbacks
 }
 
 /// The commit `refs/heads/<branch>` points at in `repo` (a URL or local path).
 /// `token` is used as the password of an HTTPS remote.
 pub fn branch_head(repo: &str, branch: &str, token: Option<&str>) -> Result<String, GitError> {
-    let unreachable = |e: git2::Error| GitError::Unreachable {
-        repo: repo.to_owned(),
-        message: e.message().to_owned(),
-    };
-    let mut remote = Remote::create_detached(repo).map_err(unreachable)?;
-    let mut callbacks = git2::RemoteCallbacks::new();
-    if let Some(token) = token {
-        let token = token.to_owned();
-        callbacks.credentials(move |_url, user, _allowed| {
-            git2::Cred::userpass_plaintext(user.unwrap_or("x-access-token"), &token)
-        });
-    }
+    let mut remote = Remote::create_detached(repo).map_err(|e| classify(repo, e))?;
     let conn = remote
-        .connect_auth(Direction::Fetch, Some(callbacks), None)
-        .map_err(unreachable)?;
+        .connect_auth(Direction::Fetch, Some(callbacks(token)), None)
+        .map_err(|e| classify(repo, e))?;
     let wanted = format!("refs/heads/{branch}");
-    let heads = conn.list().map_err(unreachable)?;
+    let heads = conn.list().map_err(|e| classify(repo, e))?;
     heads
         .iter()
         .find(|h| h.name() == wanted)
@@ -38,4 +84,171 @@ pub fn branch_head(repo: &str, branch: &str, token: Option<&str>) -> Result<Stri
             repo: repo.to_owned(),
             branch: branch.to_owned(),
         })
+}
+
+/// What a checkout found out about its commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Checkout {
+    pub commit: String,
+    /// Committer time: the reproducible "created" time of what is built from it.
+    pub time: DateTime<Utc>,
+    pub author_name: Option<String>,
+    pub author_email: Option<String>,
+    pub files: usize,
+}
+
+/// Bare mirrors of source repositories, one per pipeline, under `root`.
+/// Checkouts of the same pipeline take turns (in this process) on the mirror;
+/// different pipelines proceed in parallel.
+#[derive(Debug, Clone)]
+pub struct SourceCache {
+    root: PathBuf,
+    locks: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+}
+
+impl SourceCache {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self {
+            root: root.into(),
+            locks: Default::default(),
+        }
+    }
+
+    fn lock_for(&self, key: &str) -> Arc<Mutex<()>> {
+        let mut locks = self.locks.lock().unwrap_or_else(|p| p.into_inner());
+        locks.entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Writes the tree of `commit` from `repo` into `dest` (which must be empty
+    /// or missing), fetching into the pipeline's mirror first when the commit
+    /// is not there yet. Blocking: call from `spawn_blocking`.
+    pub fn checkout(
+        &self,
+        pipeline: &str,
+        repo: &str,
+        token: Option<&str>,
+        commit: &str,
+        dest: &Path,
+    ) -> Result<Checkout, GitError> {
+        let oid = parse_commit(commit)?;
+        let lock = self.lock_for(pipeline);
+        let _turn = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mirror = self.open_mirror(pipeline)?;
+        if mirror.find_commit(oid).is_err() {
+            fetch(&mirror, repo, token)?;
+        }
+        let found = mirror
+            .find_commit(oid)
+            .map_err(|_| GitError::MissingCommit {
+                repo: repo.to_owned(),
+                commit: commit.to_owned(),
+            })?;
+        let tree = found.tree().map_err(|e| cache_err(&mirror, e))?;
+        std::fs::create_dir_all(dest).map_err(|source| GitError::Write {
+            path: dest.display().to_string(),
+            source,
+        })?;
+        let files = write_tree(&mirror, &tree, dest)?;
+        let time = Utc
+            .timestamp_opt(found.committer().when().seconds(), 0)
+            .single()
+            .unwrap_or_default();
+        let author = found.author();
+        Ok(Checkout {
+            commit: oid.to_string(),
+            time,
+            author_name: author.name().map(str::to_owned),
+            author_email: author.email().map(str::to_owned),
+            files,
+        })
+    }
+
+    fn open_mirror(&self, pipeline: &str) -> Result<Repository, GitError> {
+        let path = self.root.join(format!("{pipeline}.git"));
+        let err = |e: git2::Error| GitError::Cache {
+            path: path.display().to_string(),
+            message: e.message().to_owned(),
+        };
+        match Repository::open_bare(&path) {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                std::fs::create_dir_all(&self.root).map_err(|e| GitError::Cache {
+                    path: self.root.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                Repository::init_bare(&path).map_err(err)
+            }
+        }
+    }
+}
+
+fn parse_commit(commit: &str) -> Result<Oid, GitError> {
+    let ok =
+        (commit.len() == 40 || commit.len() == 64) && commit.bytes().all(|b| b.is_ascii_hexdigit());
+    if !ok {
+        return Err(GitError::BadCommit(commit.to_owned()));
+    }
+    Oid::from_str(commit).map_err(|_| GitError::BadCommit(commit.to_owned()))
+}
+
+fn cache_err(repo: &Repository, e: git2::Error) -> GitError {
+    GitError::Cache {
+        path: repo.path().display().to_string(),
+        message: e.message().to_owned(),
+    }
+}
+
+fn fetch(mirror: &Repository, repo: &str, token: Option<&str>) -> Result<(), GitError> {
+    let mut remote = mirror
+        .remote_anonymous(repo)
+        .map_err(|e| classify(repo, e))?;
+    let mut options = FetchOptions::new();
+    options.remote_callbacks(callbacks(token));
+    options.download_tags(git2::AutotagOption::All);
+    remote
+        .fetch(
+            &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            Some(&mut options),
+            None,
+        )
+        .map_err(|e| classify(repo, e))
+}
+
+/// Writes blobs of `tree` under `dest`, keeping the executable bit. Symbolic
+/// links and submodules are not followed or written: a configuration
+/// repository has no business pointing outside itself.
+fn write_tree(repo: &Repository, tree: &git2::Tree<'_>, dest: &Path) -> Result<usize, GitError> {
+    let mut files = 0;
+    for entry in tree.iter() {
+        let Some(name) = entry.name() else { continue };
+        if name == ".git" || name.contains('/') || name == ".." {
+            continue;
+        }
+        let path = dest.join(name);
+        match entry.kind() {
+            Some(ObjectType::Tree) => {
+                let sub = repo.find_tree(entry.id()).map_err(|e| cache_err(repo, e))?;
+                std::fs::create_dir_all(&path).map_err(|source| GitError::Write {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                files += write_tree(repo, &sub, &path)?;
+            }
+            Some(ObjectType::Blob) if entry.filemode() != 0o120000 => {
+                let blob = repo.find_blob(entry.id()).map_err(|e| cache_err(repo, e))?;
+                std::fs::write(&path, blob.content()).map_err(|source| GitError::Write {
+                    path: path.display().to_string(),
+                    source,
+                })?;
+                #[cfg(unix)]
+                if entry.filemode() == 0o100755 {
+                    use std::os::unix::fs::PermissionsExt;
+                    let _ = std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755));
+                }
+                files += 1;
+            }
+            _ => {}
+        }
+    }
+    Ok(files)
 }
