@@ -149,7 +149,7 @@ impl Env {
 
     /// Forgets where consumer `consumer` got to, so that it sees the whole log
     /// again: a crash that lost every ack, or a bus that delivers twice.
-    async fn rewind(&self, consumer: &str, names: &[EventName]) -> anyhow::Result<()> {
+    async fn rewind(&self, consumer: &str) -> anyhow::Result<()> {
         match &self.nats {
             None => {
                 sqlx::query("DELETE FROM checkpoints WHERE name = $1")
@@ -158,17 +158,8 @@ impl Env {
                     .await?;
             }
             Some(nats) => {
-                let s = nats.settings();
-                let stream = nats.jetstream().get_stream(&s.stream).await?;
-                for name in names {
-                    let durable = format!(
-                        "{}-{}-{}",
-                        s.prefix,
-                        consumer,
-                        name.as_str().replace('.', "_")
-                    );
-                    stream.delete_consumer(&durable).await?;
-                }
+                let stream = nats.jetstream().get_stream(&nats.settings().stream).await?;
+                stream.delete_consumer(&nats.durable_name(consumer)).await?;
             }
         }
         Ok(())
@@ -610,7 +601,7 @@ async fn consumer_records_one_result_per_event_despite_redelivery(env: &Env) -> 
     // Redeliver the whole log: already-handled events are acked without
     // calling the handler again.
     let calls_before = handler.calls();
-    env.rewind("recorder", &[A]).await?;
+    env.rewind("recorder").await?;
     let stop = CancellationToken::new();
     let tasks = vec![spawn_consumer(env, handler.clone(), &stop)];
     inputs.push(env.append("in", event(A, "p", "barrier2")).await?.id);

@@ -160,6 +160,12 @@ impl Projections {
             Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => {
                 let mut tx = conn.begin().await?;
+                // Projections are rebuilt from the log: a crash that loses the
+                // last unflushed transaction loses its checkpoint with it, and
+                // the events are applied again. No need to wait for the disk.
+                sqlx::query("SET LOCAL synchronous_commit = off")
+                    .execute(&mut *tx)
+                    .await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(LOCK_KEY)
                     .execute(&mut *tx)

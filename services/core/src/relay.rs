@@ -131,7 +131,7 @@ impl Relay {
             }
             position = events.last().map(|e| e.position).unwrap_or(position);
             self.store
-                .save_checkpoint(&self.checkpoint, position)
+                .save_checkpoint_relaxed(&self.checkpoint, position)
                 .await?;
         }
     }

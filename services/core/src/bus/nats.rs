@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
 use async_trait::async_trait;
-use futures::stream::{select_all, BoxStream};
+use futures::stream::BoxStream;
 use futures::StreamExt;
 use gantry_proto::{CloudEvent, EventName, Subjects};
 
@@ -79,6 +79,11 @@ impl NatsBus {
         &self.settings
     }
 
+    /// The JetStream durable consumer behind the Gantry consumer `consumer`.
+    pub fn durable_name(&self, consumer: &str) -> String {
+        format!("{}-{}", self.settings.prefix, consumer.replace('.', "_"))
+    }
+
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }
@@ -134,43 +139,41 @@ impl EventBus for NatsBus {
     ) -> Result<Box<dyn Subscription>, BusError> {
         let stream = self.ensure_stream().await?;
         let subjects = self.settings.subjects();
-        // NATS 2.9 (Debian's) allows one filter subject per consumer, so a
-        // consumer of several event names is one durable consumer per name.
-        let mut feeds: Vec<BoxStream<'static, Result<jetstream::Message, BusError>>> = Vec::new();
-        for name in names {
-            let durable = format!(
-                "{}-{}-{}",
-                self.settings.prefix,
-                consumer_name,
-                name.as_str().replace('.', "_")
-            );
-            let consumer: consumer::PullConsumer = stream
-                .get_or_create_consumer(
-                    &durable,
-                    consumer::pull::Config {
-                        durable_name: Some(durable.clone()),
-                        filter_subject: subjects.filter(*name),
-                        ack_policy: consumer::AckPolicy::Explicit,
-                        ack_wait: ACK_WAIT,
-                        max_deliver: i64::from(MAX_DELIVER),
-                        deliver_policy: consumer::DeliverPolicy::All,
-                        ..Default::default()
-                    },
-                )
-                .await
-                .map_err(BusError::nats)?;
-            let messages = consumer
-                .stream()
-                .max_messages_per_batch(64)
-                .heartbeat(Duration::from_secs(5))
-                .expires(Duration::from_secs(30))
-                .messages()
-                .await
-                .map_err(BusError::nats)?;
-            feeds.push(messages.map(|m| m.map_err(BusError::nats)).boxed());
-        }
+        // NATS 2.9 (Debian's) allows one filter subject per consumer. A
+        // consumer of one name filters on it; a consumer of several takes the
+        // whole stream and skips the rest, so it still sees the log in order
+        // (one consumer per name, merged, would not).
+        let filter = match names {
+            [one] => subjects.filter(*one),
+            _ => subjects.all(),
+        };
+        let durable = self.durable_name(consumer_name);
+        let consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(
+                &durable,
+                consumer::pull::Config {
+                    durable_name: Some(durable.clone()),
+                    filter_subject: filter,
+                    ack_policy: consumer::AckPolicy::Explicit,
+                    ack_wait: ACK_WAIT,
+                    max_deliver: i64::from(MAX_DELIVER),
+                    deliver_policy: consumer::DeliverPolicy::All,
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(BusError::nats)?;
+        let messages = consumer
+            .stream()
+            .max_messages_per_batch(64)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(BusError::nats)?;
         Ok(Box::new(NatsSubscription {
-            feed: select_all(feeds),
+            feed: messages.map(|m| m.map_err(BusError::nats)).boxed(),
+            wanted: names.iter().map(|n| n.type_name()).collect(),
         }))
     }
 
@@ -187,7 +190,9 @@ impl EventBus for NatsBus {
 }
 
 struct NatsSubscription {
-    feed: futures::stream::SelectAll<BoxStream<'static, Result<jetstream::Message, BusError>>>,
+    feed: BoxStream<'static, Result<jetstream::Message, BusError>>,
+    /// CloudEvents types this consumer handles; others are acked and skipped.
+    wanted: Vec<String>,
 }
 
 #[async_trait]
@@ -208,6 +213,9 @@ impl Subscription for NatsSubscription {
             };
             let attempt = msg.info().map(|i| i.delivered).unwrap_or(1);
             match serde_json::from_slice::<CloudEvent>(&msg.payload) {
+                Ok(event) if !self.wanted.contains(&event.ty) => {
+                    msg.ack().await.map_err(BusError::nats)?;
+                }
                 Ok(event) => {
                     return Ok(Some(Delivery {
                         event,

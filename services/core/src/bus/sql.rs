@@ -91,6 +91,11 @@ struct SqlSubscription {
 
 impl SqlSubscription {
     async fn fill(&mut self) -> Result<(), BusError> {
+        // Read the head *before* querying: every position up to it has
+        // committed, so the query sees it. Read after, it could include an
+        // event that committed after the query's snapshot, which would then
+        // be marked scanned without ever being delivered.
+        let head_before = self.wake.head();
         let mut q = sqlx::query(&self.query).bind(self.scanned).bind(PAGE);
         for t in &self.types {
             q = q.bind(t.clone());
@@ -99,7 +104,6 @@ impl SqlSubscription {
             .fetch_all(self.store.pool())
             .await
             .map_err(crate::StoreError::from)?;
-        let head_before = self.wake.head();
         for row in &rows {
             let position: i64 = row.try_get(0).map_err(crate::StoreError::from)?;
             self.scanned = self.scanned.max(position);
