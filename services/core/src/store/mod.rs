@@ -35,6 +35,8 @@ const APPEND_LOCK_KEY: i64 = 0x6761_6e74_7279; // "gantry"
 pub const NOTIFY_CHANNEL: &str = "gantry_events";
 /// Rows per multi-row INSERT, well under both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 200;
+/// Ids per idempotency lookup.
+const ID_CHUNK: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -525,14 +527,14 @@ async fn append_in_tx(
         .flat_map(|item| item.events.iter().map(|ev| ev.id.to_string()))
         .collect();
     let mut recorded: std::collections::HashMap<String, (i64, String)> = Default::default();
-    if !ids.is_empty() {
-        let placeholders: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+    for chunk in ids.chunks(ID_CHUNK) {
+        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
         let sql = format!(
             "SELECT event_id, position, stream_id FROM events WHERE event_id IN ({})",
             placeholders.join(", ")
         );
         let mut q = sqlx::query(&sql);
-        for id in &ids {
+        for id in chunk {
             q = q.bind(id.clone());
         }
         for row in q.fetch_all(&mut *conn).await? {
