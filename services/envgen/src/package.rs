@@ -72,7 +72,8 @@ pub fn package_yaml(
     mode: RenderMode,
     opts: &ValidateOptions,
 ) -> Result<Package, PackageError> {
-    let (files, warnings): (Vec<(String, Arc<[u8]>)>, Vec<Diagnostic>) = match mode {
+    type Files = Vec<(String, Arc<[u8]>)>;
+    let (files, warnings): (Files, Vec<Diagnostic>) = match mode {
         RenderMode::Placeholders => {
             let report = project.validate(values, env, opts);
             if !report.is_ok() {

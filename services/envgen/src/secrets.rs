@@ -139,10 +139,8 @@ pub fn looks_like_credential(s: &str) -> bool {
 pub fn collect_from_values(v: &Value, out: &mut Vec<String>) {
     fn walk(v: &Value, under_credential: bool, out: &mut Vec<String>) {
         match v {
-            Value::String(s) => {
-                if (under_credential && !s.is_empty()) || looks_like_credential(s) {
-                    out.push(s.clone());
-                }
+            Value::String(s) if (under_credential && !s.is_empty()) || looks_like_credential(s) => {
+                out.push(s.clone());
             }
             Value::Number(n) if under_credential => out.push(n.to_string()),
             Value::Array(items) => items.iter().for_each(|i| walk(i, under_credential, out)),

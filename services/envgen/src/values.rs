@@ -387,7 +387,7 @@ impl Conv<'_, '_> {
                 let v = if *plain {
                     yaml::resolve_plain(text)
                 } else {
-                    Value::String(text.clone())
+                    Value::String(text.to_string())
                 };
                 if self.is_overlay {
                     if let Some(name) = text.strip_prefix("env:").filter(|s| is_env_name(s)) {
@@ -701,5 +701,4 @@ fn string(s: &str) -> String {
 }
 
 #[cfg(test)]
-#[path = "values/tests.rs"]
 mod tests;

@@ -24,7 +24,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use gantry_proto::CloudEvent;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
-use tokio::sync::{watch, Mutex};
+use tokio::sync::{mpsc, oneshot, watch};
 use uuid::Uuid;
 
 pub use wake::Wakeups;
@@ -60,6 +60,10 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    #[error("append not committed: {0}")]
+    CommitFailed(String),
+    #[error("the event store's writer has stopped")]
+    WriterGone,
 }
 
 impl StoreError {
@@ -152,9 +156,10 @@ struct Inner {
     pool: AnyPool,
     backend: Backend,
     url: String,
-    /// In-process writers take turns here, so SQLite's file lock never makes
-    /// them sleep in its busy handler.
-    write_turn: Mutex<()>,
+    /// The process's single writer ([`writer_loop`]): in-process appends never
+    /// race for SQLite's file lock or Postgres's append lock, and concurrent
+    /// ones share a commit.
+    writer: mpsc::Sender<WriteRequest>,
     /// The newest position this process knows of (its own appends, plus
     /// NOTIFYs from other processes on Postgres).
     head: watch::Sender<i64>,
@@ -222,12 +227,14 @@ impl EventStore {
             .connect_with(options)
             .await?;
         let (head, _) = watch::channel(0);
+        let (writer, requests) = mpsc::channel(1024);
+        tokio::spawn(writer_loop(pool.clone(), backend, requests));
         Ok(Self {
             inner: Arc::new(Inner {
                 pool,
                 backend,
                 url: url.to_owned(),
-                write_turn: Mutex::new(()),
+                writer,
                 head,
                 listener: std::sync::OnceLock::new(),
             }),
@@ -312,57 +319,24 @@ impl EventStore {
         handled: Option<(&str, Uuid)>,
         batch: Vec<NewEvents>,
     ) -> Result<(Appended, bool), StoreError> {
-        let _turn = self.inner.write_turn.lock().await;
-        let mut conn = self.inner.pool.acquire().await?;
-        let mut tx = match self.inner.backend {
-            // Take SQLite's write lock up front: a deferred transaction that
-            // reads and then writes can deadlock with another process.
-            Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => conn.begin().await?,
+        let (reply, answer) = oneshot::channel();
+        let request = WriteRequest {
+            handled: handled.map(|(h, id)| (h.to_owned(), id)),
+            batch,
+            reply,
         };
-        if self.inner.backend == Backend::Postgres {
-            sqlx::query("SELECT pg_advisory_xact_lock($1)")
-                .bind(APPEND_LOCK_KEY)
-                .execute(&mut *tx)
-                .await?;
-        }
-        if let Some((handler, cause)) = handled {
-            let inserted = sqlx::query(
-                "INSERT INTO handled (event_id, handler, handled_at) VALUES ($1, $2, $3) \
-                 ON CONFLICT (event_id, handler) DO NOTHING",
-            )
-            .bind(cause.to_string())
-            .bind(handler)
-            .bind(now_text())
-            .execute(&mut *tx)
-            .await?
-            .rows_affected();
-            if inserted == 0 {
-                tx.rollback().await?;
-                return Ok((
-                    Appended {
-                        positions: vec![],
-                        duplicate: true,
-                    },
-                    false,
-                ));
-            }
-        }
-        let appended = append_in_tx(&mut tx, &batch).await?;
-        if self.inner.backend == Backend::Postgres {
+        self.inner
+            .writer
+            .send(request)
+            .await
+            .map_err(|_| StoreError::WriterGone)?;
+        let result = answer.await.map_err(|_| StoreError::WriterGone)?;
+        if let Ok((appended, _)) = &result {
             if let Some(last) = appended.last_position() {
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(NOTIFY_CHANNEL)
-                    .bind(last.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+                self.inner.head.send_if_modified(|h| bump(h, last));
             }
         }
-        tx.commit().await?;
-        if let Some(last) = appended.last_position() {
-            self.inner.head.send_if_modified(|h| bump(h, last));
-        }
-        Ok((appended, true))
+        result
     }
 
     /// Up to `limit` events after `position`, in position order.
@@ -493,6 +467,137 @@ fn bump(head: &mut i64, position: i64) -> bool {
     } else {
         false
     }
+}
+
+/// One append (or handled-append) waiting for the writer.
+struct WriteRequest {
+    handled: Option<(String, Uuid)>,
+    batch: Vec<NewEvents>,
+    reply: oneshot::Sender<Result<(Appended, bool), StoreError>>,
+}
+
+/// Appends waiting at once are committed together.
+const MAX_GROUP: usize = 128;
+
+/// The one writer of this process: takes every append waiting at the moment
+/// and commits them in one transaction, each in its own savepoint so that a
+/// conflict fails only its own request. Appends stay serialized (positions
+/// commit in order), but concurrent appends share one disk sync instead of
+/// queueing for one each.
+async fn writer_loop(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<WriteRequest>) {
+    while let Some(first) = rx.recv().await {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match rx.try_recv() {
+                Ok(r) => group.push(r),
+                Err(_) => break,
+            }
+        }
+        let mut results = Vec::with_capacity(group.len());
+        let outcome = commit_group(&pool, backend, &group, &mut results).await;
+        let mut results = results.into_iter();
+        for request in group {
+            let result = match (&outcome, results.next()) {
+                (Ok(()), Some(own)) => own,
+                // A request that failed on its own would have failed anyway.
+                (Err(_), Some(Err(own)))
+                    if matches!(
+                        own,
+                        StoreError::Conflict { .. } | StoreError::IdReused { .. }
+                    ) =>
+                {
+                    Err(own)
+                }
+                (Err(e), _) => Err(StoreError::CommitFailed(e.clone())),
+                (Ok(()), None) => Err(StoreError::CommitFailed("request was not run".into())),
+            };
+            // The caller may have gone away; the append stands regardless.
+            let _ = request.reply.send(result);
+        }
+    }
+}
+
+/// Runs `group` in one transaction; per-request results go to `results`.
+/// An `Err` means the transaction as a whole did not commit.
+async fn commit_group(
+    pool: &AnyPool,
+    backend: Backend,
+    group: &[WriteRequest],
+    results: &mut Vec<Result<(Appended, bool), StoreError>>,
+) -> Result<(), String> {
+    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+    let mut tx = match backend {
+        // Take SQLite's write lock up front: a deferred transaction that
+        // reads and then writes can deadlock with another process.
+        Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
+        Backend::Postgres => conn.begin().await,
+    }
+    .map_err(|e| e.to_string())?;
+    if backend == Backend::Postgres {
+        sqlx::query("SELECT pg_advisory_xact_lock($1)")
+            .bind(APPEND_LOCK_KEY)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    let mut last = None;
+    for request in group {
+        sqlx::query("SAVEPOINT gantry_append")
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+        let result = write_one(&mut tx, request).await;
+        let release = if result.is_ok() {
+            "RELEASE SAVEPOINT gantry_append"
+        } else {
+            "ROLLBACK TO SAVEPOINT gantry_append"
+        };
+        sqlx::query(release)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Ok((appended, _)) = &result {
+            last = last.max(appended.last_position());
+        }
+        results.push(result);
+    }
+    if let (Backend::Postgres, Some(last)) = (backend, last) {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(NOTIFY_CHANNEL)
+            .bind(last.to_string())
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    tx.commit().await.map_err(|e| e.to_string())
+}
+
+async fn write_one(
+    conn: &mut AnyConnection,
+    request: &WriteRequest,
+) -> Result<(Appended, bool), StoreError> {
+    if let Some((handler, cause)) = &request.handled {
+        let inserted = sqlx::query(
+            "INSERT INTO handled (event_id, handler, handled_at) VALUES ($1, $2, $3) \
+             ON CONFLICT (event_id, handler) DO NOTHING",
+        )
+        .bind(cause.to_string())
+        .bind(handler)
+        .bind(now_text())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
+        if inserted == 0 {
+            return Ok((
+                Appended {
+                    positions: vec![],
+                    duplicate: true,
+                },
+                false,
+            ));
+        }
+    }
+    Ok((append_in_tx(conn, &request.batch).await?, true))
 }
 
 pub(crate) async fn save_checkpoint<'e, E>(

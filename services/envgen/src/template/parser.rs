@@ -4,7 +4,7 @@ use std::collections::VecDeque;
 
 use serde_json::Value;
 
-use super::lexer::{excerpt, tokenize, Piece, Tag, TagKind, Tok};
+use super::lexer::{tokenize, Piece, Tag, TagKind, Tok};
 use super::pos::pos_of;
 use super::yamlctx::{classify, ScalarSpan, ScalarStyle, ValueCtx};
 use super::TemplateError;
@@ -789,11 +789,6 @@ fn check_arity(
         }
     }
     Ok(())
-}
-
-#[allow(dead_code)]
-pub(crate) fn describe(src: &str, at: usize) -> String {
-    excerpt(src, at)
 }
 
 #[cfg(test)]

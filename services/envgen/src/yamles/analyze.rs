@@ -389,7 +389,7 @@ fn push_ref(a: &mut Analysis, ent: usize, s: &YNode, field: String, ctx: &Ctx<'_
 }
 
 /// A scalar, or the scalars of a list.
-fn scalars(n: &YNode) -> Vec<&YNode> {
+fn scalars<'n, 'a>(n: &'n YNode<'a>) -> Vec<&'n YNode<'a>> {
     match &n.kind {
         YKind::Scalar { .. } => vec![n],
         YKind::Seq(items) => items

@@ -109,16 +109,14 @@ pub(super) fn strip_types(pk: &str) -> String {
     out
 }
 
-/// Is `target` (as written, or without type prefixes) in one of the indexes?
-pub(super) fn found(target: &str, indexes: &[&Index]) -> bool {
-    if indexes.iter().any(|ix| ix.contains_key(target)) {
-        return true;
-    }
-    if target.contains("/(") {
-        let plain = strip_types(target);
-        return indexes.iter().any(|ix| ix.contains_key(&plain));
-    }
-    false
+/// Is `target` (as written, or without type prefixes) in `base` or `own`?
+pub(super) fn found(
+    target: &str,
+    base: Option<&Index>,
+    own: &HashMap<&str, (usize, usize)>,
+) -> bool {
+    let has = |t: &str| own.contains_key(t) || base.is_some_and(|b| b.contains_key(t));
+    has(target) || (target.contains("/(") && has(&strip_types(target)))
 }
 
 /// The project-wide facts [`check`] needs.
@@ -212,64 +210,68 @@ impl Tree<'_> {
     }
 }
 
+/// What [`check`] found.
+pub(super) struct Checked {
+    /// The YamlPKs of the entities of each checked file.
+    pub pks: Vec<(usize, Vec<String>)>,
+    pub problems: Vec<Problem>,
+}
+
 /// Check `files` (indices of entity files, with their analyses) against the
-/// entities of `base` (other files, already indexed) and of each other.
-/// Returns the index of `files` and every problem found. `position` maps a
-/// file's analysed offset to its source position (for messages that name
-/// another place).
+/// entities of `base` (other files, already indexed) and of each other, and
+/// look the `pending` unresolved references of `base`'s files up again among
+/// them. `position` maps a file's analysed offset to its source position (for
+/// messages that name another place).
 pub(super) fn check(
     tree: &Tree<'_>,
     files: &[usize],
     analyses: &[Option<&Analysis>],
     base: Option<&Index>,
+    pending: &[Problem],
     position: &mut dyn FnMut(usize, usize, u32, u32) -> Pos,
-) -> (Index, Vec<Problem>) {
-    let mut own: Index = HashMap::new();
+) -> Checked {
+    let pks: Vec<(usize, Vec<String>)> = files
+        .iter()
+        .filter_map(|&i| analyses[i].map(|a| (i, entity_pks(tree.places[i], a, tree.dir_pk))))
+        .collect();
     let mut problems = Vec::new();
-    let mut all_pks: HashMap<usize, Vec<String>> = HashMap::with_capacity(files.len());
-    for &i in files {
-        let Some(a) = analyses[i] else { continue };
-        let pks = entity_pks(tree.places[i], a, tree.dir_pk);
-        for (k, pk) in pks.iter().enumerate() {
+    let mut own: HashMap<&str, (usize, usize)> =
+        HashMap::with_capacity(pks.iter().map(|(_, p)| p.len()).sum());
+    for (i, file_pks) in &pks {
+        let Some(a) = analyses[*i] else { continue };
+        for (k, pk) in file_pks.iter().enumerate() {
             let other = base
-                .and_then(|b| b.get(pk))
-                .or_else(|| own.get(pk))
+                .and_then(|b| b.get(pk.as_str()))
+                .or_else(|| own.get(pk.as_str()))
                 .copied();
-            match other {
-                Some((fi, fk)) => {
-                    let e = &a.entities[k];
-                    let where_else = analyses[fi]
-                        .and_then(|b| b.entities.get(fk))
-                        .map(|o| {
-                            format!(" at line {}", position(fi, o.offset, o.line, o.column).line)
-                        })
-                        .unwrap_or_default();
-                    problems.push(Problem {
-                        file: i,
-                        offset: e.offset,
-                        line: e.line,
-                        column: e.column,
-                        field: None,
-                        kind: ProblemKind::Error(format!(
-                            "duplicate entity `{pk}`: also defined in `{}`{where_else} (two entities at one level may not share a key)",
-                            tree.paths[fi]
-                        )),
-                    });
-                }
-                None => {
-                    own.insert(pk.clone(), (i, k));
-                }
-            }
+            let Some((fi, fk)) = other else {
+                own.insert(pk.as_str(), (*i, k));
+                continue;
+            };
+            let e = &a.entities[k];
+            let where_else = analyses[fi]
+                .and_then(|b| b.entities.get(fk))
+                .map(|o| format!(" at line {}", position(fi, o.offset, o.line, o.column).line))
+                .unwrap_or_default();
+            problems.push(Problem {
+                file: *i,
+                offset: e.offset,
+                line: e.line,
+                column: e.column,
+                field: None,
+                kind: ProblemKind::Error(format!(
+                    "duplicate entity `{pk}`: also defined in `{}`{where_else} (two entities at one level may not share a key)",
+                    tree.paths[fi]
+                )),
+            });
         }
-        all_pks.insert(i, pks);
     }
-    let indexes: Vec<&Index> = base.into_iter().chain(std::iter::once(&own)).collect();
-    for &i in files {
+    for (i, file_pks) in &pks {
+        let i = *i;
         let Some(a) = analyses[i] else { continue };
-        let pks = all_pks.get(&i).map(Vec::as_slice).unwrap_or(&[]);
         for r in &a.refs {
-            let kind = match tree.resolve(&r.value, i, r.ent, a, pks) {
-                Ok(t) if found(&t, &indexes) => continue,
+            let kind = match tree.resolve(&r.value, i, r.ent, a, file_pks) {
+                Ok(t) if found(&t, base, &own) => continue,
                 Ok(target) => ProblemKind::Unresolved {
                     value: r.value.clone(),
                     target,
@@ -305,7 +307,16 @@ pub(super) fn check(
             });
         }
     }
-    (own, problems)
+    for p in pending {
+        if let ProblemKind::Unresolved { target, .. } = &p.kind {
+            if found(target, None, &own) {
+                continue;
+            }
+        }
+        problems.push(p.clone());
+    }
+    drop(own);
+    Checked { pks, problems }
 }
 
 /// The message for an unresolved reference.

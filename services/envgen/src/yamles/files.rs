@@ -1,6 +1,6 @@
 //! Reading a project directory, and a small parallel map.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -18,13 +18,13 @@ pub(super) struct FileEntry {
     pub data: Arc<[u8]>,
 }
 
-/// Read every file below `dir` (whose relative path is `rel`) into `files`,
+/// List every file below `dir` (whose relative path is `rel`) into `files`,
 /// and every directory into `dirs`. Symbolic links are reported and skipped;
 /// `.git` is skipped.
 pub(super) fn walk(
     dir: &Path,
     rel: &str,
-    files: &mut Vec<FileEntry>,
+    files: &mut Vec<(String, PathBuf)>,
     dirs: &mut Vec<String>,
     diags: &mut Vec<Diagnostic>,
 ) -> Result<(), EnvgenError> {
@@ -66,15 +66,29 @@ pub(super) fn walk(
             dirs.push(child_rel.clone());
             walk(&entry.path(), &child_rel, files, dirs, diags)?;
         } else if ft.is_file() {
-            let data =
-                std::fs::read(entry.path()).map_err(|e| EnvgenError::io(&entry.path(), e))?;
-            files.push(FileEntry {
-                path: child_rel,
-                data: data.into(),
-            });
+            files.push((child_rel, entry.path()));
         }
     }
     Ok(())
+}
+
+/// Read the listed files (in parallel), sorted by relative path.
+pub(super) fn read_all(
+    mut listed: Vec<(String, PathBuf)>,
+    workers: usize,
+) -> Result<Vec<FileEntry>, EnvgenError> {
+    listed.sort_by(|a, b| a.0.cmp(&b.0));
+    let read: Vec<Result<Arc<[u8]>, EnvgenError>> = par_map(listed.len(), workers, |i| {
+        let path = &listed[i].1;
+        std::fs::read(path)
+            .map(Arc::from)
+            .map_err(|e| EnvgenError::io(path, e))
+    });
+    listed
+        .into_iter()
+        .zip(read)
+        .map(|((path, _), data)| Ok(FileEntry { path, data: data? }))
+        .collect()
 }
 
 /// The project's files, for `{{ file }}` (sorted by path).

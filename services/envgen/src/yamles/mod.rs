@@ -30,7 +30,7 @@ mod files;
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use gantry_proto::events::Diagnostic;
 use serde_json::Value;
@@ -144,9 +144,15 @@ struct EntityFile {
     /// For templates whose structure values cannot change: the analysis of a
     /// rendering with markers for values, and that rendering (for positions).
     probe: Option<(Analysis, Rendered)>,
+    /// For other templates: analyses of renderings seen before, by text
+    /// (stages often render such a file alike, e.g. a feature flag).
+    seen: Mutex<Vec<(String, Arc<Analysis>)>>,
     /// For files without placeholders: analysed once.
     fixed: Option<Analysis>,
 }
+
+/// How many distinct renderings of one template are remembered.
+const SEEN_PER_FILE: usize = 8;
 
 /// What does not depend on the stage.
 #[derive(Debug)]
@@ -164,7 +170,7 @@ struct Fixed {
 
 /// The result of one stage's per-file work.
 struct StageFile {
-    analysis: Option<Analysis>,
+    analysis: Option<Arc<Analysis>>,
     rendered: Rendered,
     /// The analysis comes from the probe rendering: map positions through it.
     via_probe: bool,
@@ -186,11 +192,11 @@ impl Project {
             return Err(EnvgenError::NotADirectory(root.to_path_buf()));
         }
         let workers = threads(workers);
-        let mut files = Vec::new();
+        let mut listed = Vec::new();
         let mut dirs_listing = Vec::new();
         let mut load_diags = Vec::new();
-        files::walk(root, "", &mut files, &mut dirs_listing, &mut load_diags)?;
-        files.sort_by(|a, b| a.path.cmp(&b.path));
+        files::walk(root, "", &mut listed, &mut dirs_listing, &mut load_diags)?;
+        let files = files::read_all(listed, workers)?;
         dirs_listing.sort();
         let file_set: HashSet<String> = files.iter().map(|f| f.path.clone()).collect();
         let types = type_model(&files, &mut load_diags);
@@ -325,7 +331,14 @@ impl Project {
             line,
             column,
         };
-        let (index, problems) = check::check(&tree, &static_files, &analyses, None, &mut identity);
+        let checked = check::check(&tree, &static_files, &analyses, None, &[], &mut identity);
+        let mut index: Index = HashMap::new();
+        for (i, pks) in &checked.pks {
+            for (k, pk) in pks.iter().enumerate() {
+                index.entry(pk.clone()).or_insert((*i, k));
+            }
+        }
+        let problems = checked.problems;
         let mut errors = Vec::new();
         for &i in &static_files {
             if let Some(a) = analyses[i] {
@@ -503,7 +516,7 @@ impl Project {
             .map(|(ef, s)| {
                 ef.fixed
                     .as_ref()
-                    .or_else(|| s.as_ref().and_then(|s| s.analysis.as_ref()))
+                    .or_else(|| s.as_ref().and_then(|s| s.analysis.as_deref()))
             })
             .collect();
 
@@ -573,17 +586,9 @@ impl Project {
             dir_pk,
         };
         let base = self.fixed.as_ref().map(|f| &f.index);
-        let (stage_index, problems) = check::check(&tree, &dynamic, &analyses, base, &mut position);
-        let pending = self
-            .fixed
-            .iter()
-            .flat_map(|f| f.pending.iter())
-            .filter(|p| match &p.kind {
-                ProblemKind::Unresolved { target, .. } => !check::found(target, &[&stage_index]),
-                ProblemKind::Error(_) => true,
-            });
-        let pending: Vec<&Problem> = pending.collect();
-        for p in problems.iter().chain(pending.iter().copied()) {
+        let pending = self.fixed.as_ref().map_or(&[][..], |f| &f.pending[..]);
+        let checked = check::check(&tree, &dynamic, &analyses, base, pending, &mut position);
+        for p in &checked.problems {
             let pos = Some(position(p.file, p.offset, p.line, p.column));
             match &p.kind {
                 ProblemKind::Error(m) => {
@@ -649,9 +654,23 @@ impl Project {
             // The structure is the probe's: only the values change.
             let analysis = probe.substitute(&rendered.values);
             return StageFile {
-                analysis: Some(analysis),
+                analysis: Some(Arc::new(analysis)),
                 rendered,
                 via_probe: true,
+                diags,
+            };
+        }
+        // Without evaluation errors, the analysis depends on the text alone.
+        let cacheable = rendered.errors.is_empty();
+        let seen = |text: &str| {
+            let seen = ef.seen.lock().ok()?;
+            seen.iter().find(|(t, _)| t == text).map(|(_, a)| a.clone())
+        };
+        if let Some(a) = cacheable.then(|| seen(&rendered.text)).flatten() {
+            return StageFile {
+                analysis: Some(a),
+                rendered,
+                via_probe: false,
                 diags,
             };
         }
@@ -667,7 +686,15 @@ impl Project {
             &ctx,
             Some((&rendered, t.source())),
             &mut diags,
-        );
+        )
+        .map(Arc::new);
+        if let (true, Some(a)) = (cacheable, &analysis) {
+            if let Ok(mut seen) = ef.seen.lock() {
+                if seen.len() < SEEN_PER_FILE {
+                    seen.push((rendered.text.clone(), a.clone()));
+                }
+            }
+        }
         StageFile {
             analysis,
             rendered,
@@ -711,6 +738,7 @@ fn prepare(
         file,
         template: None,
         probe: None,
+        seen: Mutex::new(Vec::new()),
         fixed: None,
     };
     let Ok(text) = std::str::from_utf8(&f.data) else {

@@ -3,13 +3,17 @@
 //! position of every scalar (to point at a broken reference), which a serde
 //! `Value` does not keep.
 
+mod fast;
+
+use std::borrow::Cow;
+
 use serde_json::{Map, Number, Value};
 use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle, Span};
 
 /// A node with the byte range it covers in the parsed text.
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) struct YNode {
-    pub kind: YKind,
+pub(crate) struct YNode<'a> {
+    pub kind: YKind<'a>,
     pub start: usize,
     pub end: usize,
     /// 1-based line and column of `start`, as the parser counted them.
@@ -18,20 +22,20 @@ pub(crate) struct YNode {
 }
 
 #[derive(Debug, Clone, PartialEq)]
-pub(crate) enum YKind {
+pub(crate) enum YKind<'a> {
     /// A scalar; `plain` tells whether it was unquoted (and so is subject to
     /// null/bool/number resolution).
     Scalar {
-        text: String,
+        text: Cow<'a, str>,
         plain: bool,
     },
-    Seq(Vec<YNode>),
-    Map(Vec<(YNode, YNode)>),
+    Seq(Vec<YNode<'a>>),
+    Map(Vec<(YNode<'a>, YNode<'a>)>),
     /// An alias (`*name`): the documents we read have no use for them.
     Alias,
 }
 
-impl YNode {
+impl<'a> YNode<'a> {
     /// The text of a scalar node.
     pub fn as_str(&self) -> Option<&str> {
         match &self.kind {
@@ -41,7 +45,7 @@ impl YNode {
     }
 
     /// Value of `key` in a mapping node.
-    pub fn get(&self, key: &str) -> Option<&YNode> {
+    pub fn get(&self, key: &str) -> Option<&YNode<'a>> {
         match &self.kind {
             YKind::Map(entries) => entries
                 .iter()
@@ -53,7 +57,7 @@ impl YNode {
 
     /// Is this a `null` (empty or `~`/`null` plain scalar)?
     pub fn is_null(&self) -> bool {
-        matches!(&self.kind, YKind::Scalar { text, plain: true } if matches!(text.as_str(), "" | "~" | "null" | "Null" | "NULL"))
+        matches!(&self.kind, YKind::Scalar { text, plain: true } if matches!(text.as_ref(), "" | "~" | "null" | "Null" | "NULL"))
     }
 }
 
@@ -66,7 +70,7 @@ pub(crate) struct YamlError {
     pub message: String,
 }
 
-fn node(kind: YKind, span: &Span) -> YNode {
+fn node<'a>(kind: YKind<'a>, span: &Span) -> YNode<'a> {
     YNode {
         kind,
         start: span.start.byte_offset().unwrap_or(span.start.index()),
@@ -76,17 +80,66 @@ fn node(kind: YKind, span: &Span) -> YNode {
     }
 }
 
-enum Frame {
-    Seq(YNode, Vec<YNode>),
-    Map(YNode, Vec<(YNode, YNode)>, Option<YNode>),
+enum Frame<'a> {
+    Seq(YNode<'a>, Vec<YNode<'a>>),
+    Map(YNode<'a>, Vec<(YNode<'a>, YNode<'a>)>, Option<YNode<'a>>),
 }
 
 /// Parse the first document of `text`. `Ok(None)` for an empty stream. A
 /// second document is an error: every file holds one entity tree.
-pub(crate) fn parse(text: &str) -> Result<Option<YNode>, YamlError> {
+pub(crate) fn parse(text: &str) -> Result<Option<YNode<'_>>, YamlError> {
+    if let Some(tree) = fast::parse(text) {
+        #[cfg(debug_assertions)]
+        {
+            let full = parse_full(text);
+            let agrees = matches!((&tree, &full), (t, Ok(f)) if same(t.as_ref(), f.as_ref()));
+            assert!(agrees, "fast YAML path disagrees with the full parser on:\n{text}\nfast: {tree:?}\nfull: {full:?}");
+        }
+        return Ok(tree);
+    }
+    parse_full(text)
+}
+
+/// Same tree, scalars and positions (collection ends may differ).
+#[cfg(debug_assertions)]
+fn same(a: Option<&YNode<'_>>, b: Option<&YNode<'_>>) -> bool {
+    match (a, b) {
+        (None, None) => true,
+        (Some(a), Some(b)) => {
+            (a.start, a.line, a.column) == (b.start, b.line, b.column)
+                && match (&a.kind, &b.kind) {
+                    (
+                        YKind::Scalar {
+                            text: t1,
+                            plain: p1,
+                        },
+                        YKind::Scalar {
+                            text: t2,
+                            plain: p2,
+                        },
+                    ) => t1 == t2 && p1 == p2 && a.end == b.end,
+                    (YKind::Seq(x), YKind::Seq(y)) => {
+                        x.len() == y.len() && x.iter().zip(y).all(|(p, q)| same(Some(p), Some(q)))
+                    }
+                    (YKind::Map(x), YKind::Map(y)) => {
+                        x.len() == y.len()
+                            && x.iter().zip(y).all(|((k1, v1), (k2, v2))| {
+                                same(Some(k1), Some(k2)) && same(Some(v1), Some(v2))
+                            })
+                    }
+                    (YKind::Alias, YKind::Alias) => true,
+                    _ => false,
+                }
+        }
+        _ => false,
+    }
+}
+
+/// The full parser (serde-saphyr's event parser).
+fn parse_full(text: &str) -> Result<Option<YNode<'_>>, YamlError> {
     let parser = Parser::new_from_str(text);
-    let mut stack: Vec<Frame> = Vec::new();
-    let mut root: Option<YNode> = None;
+    let mut stack: Vec<Frame<'_>> = Vec::new();
+    let mut root: Option<YNode<'_>> = None;
     let mut docs = 0usize;
     for ev in parser {
         let (event, span) = ev.map_err(|e| {
@@ -116,7 +169,7 @@ pub(crate) fn parse(text: &str) -> Result<Option<YNode>, YamlError> {
             }
             Event::Scalar(text, style, ..) => Some(node(
                 YKind::Scalar {
-                    text: text.into_owned(),
+                    text,
                     plain: style == ScalarStyle::Plain,
                 },
                 &span,
@@ -172,10 +225,10 @@ pub(crate) fn parse(text: &str) -> Result<Option<YNode>, YamlError> {
 
 /// Convert to JSON with YAML 1.2 core-schema resolution of plain scalars.
 /// Mapping keys become strings; a non-scalar key is an error (at its position).
-pub(crate) fn to_json(n: &YNode) -> Result<Value, (usize, String)> {
+pub(crate) fn to_json(n: &YNode<'_>) -> Result<Value, (usize, String)> {
     Ok(match &n.kind {
         YKind::Scalar { text, plain: true } => resolve_plain(text),
-        YKind::Scalar { text, plain: false } => Value::String(text.clone()),
+        YKind::Scalar { text, plain: false } => Value::String(text.to_string()),
         YKind::Alias => {
             return Err((
                 n.start,
@@ -187,7 +240,7 @@ pub(crate) fn to_json(n: &YNode) -> Result<Value, (usize, String)> {
             let mut m = Map::new();
             for (k, v) in entries {
                 let key = match &k.kind {
-                    YKind::Scalar { text, .. } => text.clone(),
+                    YKind::Scalar { text, .. } => text.to_string(),
                     _ => return Err((k.start, "a mapping key must be a plain string".to_string())),
                 };
                 if m.contains_key(&key) {
@@ -264,6 +317,88 @@ fn is_core_float(s: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    /// The fast path takes what the Entity Store writes, and agrees with the
+    /// full parser (checked inside `parse` in debug builds) on every file of
+    /// the real sample project.
+    #[test]
+    fn fast_path_covers_the_sample_project() {
+        let here = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let Some(root) = here
+            .ancestors()
+            .map(|a| a.join("shared/fixtures/yamles/yamles-utils-apim/apim"))
+            .find(|p| p.join("_parent.yaml").is_file())
+        else {
+            panic!("sample project not found above {}", here.display());
+        };
+        let mut stack = vec![root];
+        let (mut total, mut fast_ok) = (0usize, 0usize);
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.extension().is_some_and(|x| x == "yaml") {
+                    let Ok(text) = std::fs::read_to_string(&p) else {
+                        continue;
+                    };
+                    total += 1;
+                    if fast::parse(&text).is_some() {
+                        fast_ok += 1;
+                    }
+                    assert!(parse(&text).is_ok(), "{}", p.display());
+                }
+            }
+        }
+        assert!(total > 1400, "{total}");
+        assert!(
+            fast_ok * 100 >= total * 95,
+            "fast path took {fast_ok} of {total}"
+        );
+    }
+
+    #[test]
+    fn fast_path_bails_or_agrees_on_edge_cases() {
+        let cases = [
+            "a: 1\n",
+            "---\na: 1\n",
+            "a: b: c\n",
+            "a:\n  - x\n  -\n    y: 1\n",
+            "a:\n- x\n- y: 1\n  z: 2\nb: 3\n",
+            "a: 'it''s'\nb: \"x\\ty\\u00e9\\\"\"\n",
+            "a: 'unterminated\nb: 2\n",
+            "a: |\n  block\n",
+            "a: plain\n  continued\n",
+            "a: &x 1\nb: *x\n",
+            "a: [1, 2]\nb: {}\nc: [] # comment\n",
+            "# only a comment\n",
+            "a: x # comment\n# line comment\nb: y#not a comment\n",
+            "'q k': 1\n\"d k\": 2\n",
+            "a:\n  b:\n    c: 1\n  d: 2\ne: 3\n",
+            "  a: 1\n  b: 2\n",
+            "a: 1\n b: 2\n",
+            "a: 1\n---\nb: 2\n",
+            "- a\n- b: 1\n",
+            "a:\n    - 1\n    - 2\nb: é ü\nc: 'ü'\n",
+            "key with spaces: value with: colon\n",
+            "url: http://x:8080/a\n",
+            "a: -1\nb: -\n",
+            "a:\n\n  b: 1\n",
+            "a: 1\r\nb: 2\r\n",
+            "a:\tb\n",
+            "? a\n: b\n",
+            "a: !!str 1\n",
+            "a: @x\n",
+            "",
+        ];
+        for c in cases {
+            // In debug builds `parse` asserts that a fast result matches the full parser.
+            let _ = parse(c);
+        }
+    }
+
     use super::*;
     use serde_json::json;
 
