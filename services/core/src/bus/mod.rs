@@ -79,9 +79,12 @@ impl Delivery {
     pub async fn ack(self) -> Result<(), BusError> {
         match self.settle {
             Settle::Sql(ack) => ack.ack().await,
-            // Double ack: the server confirms it, so an ack that arrives
-            // after `ack_wait` is not mistaken for success.
-            Settle::Nats(msg) => msg.double_ack().await.map_err(BusError::nats),
+            // A plain ack, not a confirmed double ack: an ack lost or late
+            // (after `ack_wait`) means a redelivery, which the consumer runner
+            // recognises as handled and acks again without side effects. A
+            // round trip per event would cap a consumer at a few thousand
+            // events per second.
+            Settle::Nats(msg) => msg.ack().await.map_err(BusError::nats),
         }
     }
 
