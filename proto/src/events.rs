@@ -113,6 +113,13 @@ pub struct PackageBuilt {
     /// Where the archive is stored (content-addressed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
+    /// The commit the package was built from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
+    /// The commit's committer time: the reproducible creation time of what
+    /// is built from the package.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committed_at: Option<DateTime<Utc>>,
 }
 payload!(PackageBuilt => PackageBuilt);
 

@@ -7,6 +7,7 @@ pub mod config;
 pub mod consumer;
 pub mod git;
 pub mod metrics;
+pub mod packages;
 pub mod pipeline;
 pub mod problem;
 pub mod projection;

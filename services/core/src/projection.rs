@@ -746,6 +746,8 @@ mod tests {
                         format: "yaml".into(),
                         values_digest: None,
                         location: None,
+                        commit: None,
+                        committed_at: None,
                     },
                 ),
             ),

@@ -28,8 +28,10 @@
 //! ```
 
 mod diag;
+pub mod fed;
 pub mod package;
 pub mod secrets;
+pub mod service;
 pub mod template;
 mod types;
 pub mod values;

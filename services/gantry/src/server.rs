@@ -1,9 +1,11 @@
 //! `gantry up` and `gantry serve <service>`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::Router;
+use gantry_core::consumer::Handler;
 use gantry_core::{App, Settings};
 use tokio::task::JoinSet;
 
@@ -19,7 +21,8 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         .merge(gantry_webhook::router(app.clone()))
         .merge(gantry_api::router(app.clone()).context("loading API tokens")?)
         .merge(app.health_routes());
-    run(app, http, "up").await
+    let workers = vec![envgen(&app), imagebuild(&app)];
+    run(app, http, "up", workers).await
 }
 
 /// One microservice, over Postgres and NATS.
@@ -32,23 +35,43 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
         );
     }
     let app = start(settings).await?;
-    let http = match service {
-        Service::Webhook => gantry_webhook::router(app.clone()),
-        Service::Api => gantry_api::router(app.clone()).context("loading API tokens")?,
+    let (http, workers) = match service {
+        Service::Webhook => (gantry_webhook::router(app.clone()), vec![]),
+        Service::Api => (
+            gantry_api::router(app.clone()).context("loading API tokens")?,
+            vec![],
+        ),
+        Service::Envgen => (Router::new(), vec![envgen(&app)]),
+        Service::Imagebuild => (Router::new(), vec![imagebuild(&app)]),
         other => bail!(
-            "service `{}` is not part of this release yet; available: webhook, api",
+            "service `{}` is not part of this release yet; available: webhook, api, envgen, imagebuild",
             other.name()
         ),
-    }
-    .merge(app.health_routes());
-    run(app, http, service.name()).await
+    };
+    let http = http.merge(app.health_routes());
+    run(app, http, service.name(), workers).await
+}
+
+/// The environmentalization worker: `run.started` → packages.
+fn envgen(app: &App) -> Arc<dyn Handler> {
+    gantry_envgen::service::handler(app.pipelines.clone(), &app.settings.data_dir)
+}
+
+/// The image worker: `package.built` → images.
+fn imagebuild(app: &App) -> Arc<dyn Handler> {
+    gantry_imagebuild::service::handler(app.pipelines.clone(), &app.settings.data_dir)
 }
 
 async fn start(settings: Settings) -> anyhow::Result<App> {
     App::start(settings).await.map_err(anyhow::Error::from)
 }
 
-async fn run(app: App, http: Router, role: &str) -> anyhow::Result<()> {
+async fn run(
+    app: App,
+    http: Router,
+    role: &str,
+    workers: Vec<Arc<dyn Handler>>,
+) -> anyhow::Result<()> {
     let shutdown = app.shutdown.clone();
     let signal = gantry_core::shutdown::on_signal();
     let linked = shutdown.clone();
@@ -58,6 +81,9 @@ async fn run(app: App, http: Router, role: &str) -> anyhow::Result<()> {
     });
     let mut tasks = JoinSet::new();
     app.spawn_background(&mut tasks, &shutdown);
+    for worker in workers {
+        app.spawn_consumer(&mut tasks, &shutdown, worker);
+    }
 
     let addr = app.settings.listen;
     let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {

@@ -51,6 +51,7 @@ pub mod push;
 pub mod reference;
 mod registry;
 pub mod resolve;
+pub mod service;
 
 pub use assemble::{assemble, AssembledImage, StageMeta};
 pub use auth::{CredentialStore, Credentials};

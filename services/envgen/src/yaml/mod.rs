@@ -89,11 +89,19 @@ enum Frame<'a> {
 /// second document is an error: every file holds one entity tree.
 pub(crate) fn parse(text: &str) -> Result<Option<YNode<'_>>, YamlError> {
     if let Some(tree) = fast::parse(text) {
+        // Debug builds (the test suite) check the fast path against the full
+        // parser; where they differ the full parser's answer is used, and
+        // this crate's own tests fail.
         #[cfg(debug_assertions)]
         {
             let full = parse_full(text);
             let agrees = matches!((&tree, &full), (t, Ok(f)) if same(t.as_ref(), f.as_ref()));
-            assert!(agrees, "fast YAML path disagrees with the full parser on:\n{text}\nfast: {tree:?}\nfull: {full:?}");
+            if !agrees {
+                #[cfg(test)]
+                panic!("fast YAML path disagrees with the full parser on:\n{text}\nfast: {tree:?}\nfull: {full:?}");
+                #[cfg(not(test))]
+                return full;
+            }
         }
         return Ok(tree);
     }

@@ -1,0 +1,296 @@
+//! The `envgen` service: `run.started` → one `package.built` or
+//! `package.failed` per stage of the run's plan.
+//!
+//! The run's commit is checked out once from the pipeline's source cache,
+//! the project is loaded once, and each stage is validated and packaged with
+//! its own values. Every stage gets an answer: a checkout that fails fails
+//! every stage with the same clear reason.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gantry_core::consumer::{Handler, HandlerError};
+use gantry_core::git::SourceCache;
+use gantry_core::packages::PackageStore;
+use gantry_core::pipeline::{GatewayFormat, Pipeline};
+use gantry_core::runtime::Pipelines;
+use gantry_core::trigger::run_stream;
+use gantry_core::{ExpectedVersion, NewEvents};
+use gantry_proto::events::{Diagnostic, PackageBuilt, PackageFailed, RunStarted};
+use gantry_proto::{CloudEvent, EventName};
+
+use crate::package::{package_yaml, RenderMode};
+use crate::template::ProcessEnv;
+use crate::values::ValuesSource;
+use crate::yamles::{Project, ValidateOptions};
+
+const SERVICE: &str = "envgen";
+
+/// What one stage's packaging came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum StageOutcome {
+    Built(PackageBuilt),
+    Failed(PackageFailed),
+}
+
+/// Builds the packages of runs.
+#[derive(Debug, Clone)]
+pub struct Envgen {
+    pipelines: Pipelines,
+    sources: SourceCache,
+    packages: PackageStore,
+    work: PathBuf,
+}
+
+impl Envgen {
+    /// `data_dir` holds the source cache (`git/`), the package store
+    /// (`packages/`) and scratch checkouts (`work/`).
+    pub fn new(pipelines: Pipelines, data_dir: &Path) -> Self {
+        Self {
+            pipelines,
+            sources: SourceCache::new(data_dir.join("git")),
+            packages: PackageStore::new(data_dir),
+            work: data_dir.join("work"),
+        }
+    }
+
+    /// Checks out `commit` and packages every stage in `stages` (blocking).
+    pub fn build(&self, pipeline: &Pipeline, commit: &str, stages: &[String]) -> Vec<StageOutcome> {
+        let fail_all = |reason: String, diagnostics: Vec<Diagnostic>| {
+            stages
+                .iter()
+                .map(|s| {
+                    StageOutcome::Failed(PackageFailed {
+                        stage: s.clone(),
+                        reason: reason.clone(),
+                        diagnostics: diagnostics.clone(),
+                    })
+                })
+                .collect()
+        };
+        let token = match &pipeline.source.token {
+            Some(r) => match r.resolve() {
+                Ok(t) => Some(t),
+                Err(e) => return fail_all(format!("source.token: {e}"), vec![]),
+            },
+            None => None,
+        };
+        if let Err(e) = std::fs::create_dir_all(&self.work) {
+            return fail_all(format!("cannot create {}: {e}", self.work.display()), vec![]);
+        }
+        let checkout_dir = match tempfile::Builder::new().prefix("checkout-").tempdir_in(&self.work) {
+            Ok(d) => d,
+            Err(e) => return fail_all(format!("cannot create a checkout directory: {e}"), vec![]),
+        };
+        let checkout = match self.sources.checkout(
+            &pipeline.name,
+            &pipeline.source.repo,
+            token.as_ref().map(|t| t.expose()),
+            commit,
+            checkout_dir.path(),
+        ) {
+            Ok(c) => c,
+            Err(e) => return fail_all(e.to_string(), vec![]),
+        };
+        let root = checkout_dir.path();
+        let mut outcomes = match pipeline.gateway.format {
+            GatewayFormat::Yaml => self.build_yaml(pipeline, root, stages),
+            GatewayFormat::Fed | GatewayFormat::PolEnv => fail_all(
+                format!(
+                    "gateway.format `{}` is not packaged by this release yet; use `yaml`",
+                    pipeline.gateway.format.as_str()
+                ),
+                vec![],
+            ),
+        };
+        for o in &mut outcomes {
+            if let StageOutcome::Built(b) = o {
+                b.commit = Some(checkout.commit.clone());
+                b.committed_at = Some(checkout.time);
+            }
+        }
+        outcomes
+    }
+
+    fn build_yaml(&self, pipeline: &Pipeline, root: &Path, stages: &[String]) -> Vec<StageOutcome> {
+        let gateway_path = pipeline.gateway.path.display().to_string();
+        let project_dir = in_repo(root, &pipeline.gateway.path);
+        let project = match Project::load(&project_dir) {
+            Ok(p) => p,
+            Err(e) => {
+                let reason = format!("gateway.path `{gateway_path}`: {e}");
+                return stages
+                    .iter()
+                    .map(|s| {
+                        StageOutcome::Failed(PackageFailed {
+                            stage: s.clone(),
+                            reason: reason.clone(),
+                            diagnostics: vec![Diagnostic {
+                                file: Some(gateway_path.clone()),
+                                line: None,
+                                column: None,
+                                field: Some("gateway.path".into()),
+                                message: e.to_string(),
+                            }],
+                        })
+                    })
+                    .collect();
+            }
+        };
+        let mode = if pipeline.gateway.render {
+            RenderMode::Rendered
+        } else {
+            RenderMode::Placeholders
+        };
+        stages
+            .iter()
+            .map(|stage| self.build_yaml_stage(pipeline, root, &project, stage, mode))
+            .collect()
+    }
+
+    fn build_yaml_stage(
+        &self,
+        pipeline: &Pipeline,
+        root: &Path,
+        project: &Project,
+        stage: &str,
+        mode: RenderMode,
+    ) -> StageOutcome {
+        let failed = |reason: String, diagnostics: Vec<Diagnostic>| {
+            StageOutcome::Failed(PackageFailed {
+                stage: stage.to_owned(),
+                reason,
+                diagnostics,
+            })
+        };
+        let overlay_path = pipeline
+            .stage(stage)
+            .and_then(|s| s.values.as_ref())
+            .map(|p| p.display().to_string());
+        let overlay_text = match &overlay_path {
+            Some(rel) => match std::fs::read_to_string(in_repo(root, Path::new(rel))) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    return failed(
+                        format!("stage values file `{rel}` cannot be read at this commit: {e}"),
+                        vec![Diagnostic {
+                            file: Some(rel.clone()),
+                            line: None,
+                            column: None,
+                            field: Some(format!("stages[{stage}].values")),
+                            message: format!("cannot read the file: {e}"),
+                        }],
+                    )
+                }
+            },
+            None => None,
+        };
+        let overlay = match (&overlay_path, &overlay_text) {
+            (Some(name), Some(text)) => Some(ValuesSource { name, text }),
+            _ => None,
+        };
+        let values = project.stage_values(overlay, &ProcessEnv);
+        if !values.diagnostics().is_empty() {
+            return failed(
+                format!("the values for stage `{stage}` have {} problem(s)", values.diagnostics().len()),
+                values.diagnostics().to_vec(),
+            );
+        }
+        match package_yaml(project, &values, &ProcessEnv, mode, &ValidateOptions::default()) {
+            Ok(pkg) => match self.packages.put(&pkg.bytes) {
+                Ok((digest, path)) => StageOutcome::Built(PackageBuilt {
+                    stage: stage.to_owned(),
+                    digest,
+                    size: pkg.size(),
+                    files: pkg.files,
+                    format: "yaml".into(),
+                    values_digest: Some(pkg.values_digest),
+                    location: Some(path.display().to_string()),
+                    commit: None,
+                    committed_at: None,
+                }),
+                Err(e) => failed(e.to_string(), vec![]),
+            },
+            Err(crate::PackageError::Invalid(report)) => failed(
+                format!(
+                    "the configuration has {} problem(s) for stage `{stage}`",
+                    report.errors.len()
+                ),
+                report.errors,
+            ),
+            Err(e) => failed(e.to_string(), vec![]),
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Envgen {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn events(&self) -> &'static [EventName] {
+        &[EventName::RunStarted]
+    }
+
+    async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
+        let started: RunStarted = event
+            .decode()
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let stages: Vec<String> = started.stages.iter().map(|s| s.name.clone()).collect();
+        let outcomes = match self.pipelines.get().get(&event.pipeline).cloned() {
+            Some(pipeline) => {
+                let this = self.clone();
+                let commit = started.commit.clone();
+                let stages = stages.clone();
+                tokio::task::spawn_blocking(move || this.build(&pipeline, &commit, &stages))
+                    .await
+                    .map_err(|e| HandlerError::Transient(format!("packaging task failed: {e}")))?
+            }
+            None => stages
+                .iter()
+                .map(|s| {
+                    StageOutcome::Failed(PackageFailed {
+                        stage: s.clone(),
+                        reason: format!("pipeline `{}` is no longer defined", event.pipeline),
+                        diagnostics: vec![],
+                    })
+                })
+                .collect(),
+        };
+        let run = started.run_id.as_str();
+        let events: Vec<CloudEvent> = outcomes
+            .into_iter()
+            .map(|o| {
+                let e = match &o {
+                    StageOutcome::Built(b) => CloudEvent::new(SERVICE, &event.pipeline, Some(run), b),
+                    StageOutcome::Failed(f) => CloudEvent::new(SERVICE, &event.pipeline, Some(run), f),
+                };
+                e.caused_by(event)
+            })
+            .collect();
+        for e in &events {
+            tracing::info!(run, stage = e.stage().unwrap_or(""), ty = %e.ty, "package result");
+        }
+        Ok(vec![NewEvents::new(run_stream(run), ExpectedVersion::Any, events)])
+    }
+}
+
+/// A path from the pipeline file, inside the checkout: absolute or `..`
+/// components never leave it (validation already refuses them; this is the
+/// second line of defence).
+fn in_repo(root: &Path, rel: &Path) -> PathBuf {
+    let mut out = root.to_path_buf();
+    for c in rel.components() {
+        if let std::path::Component::Normal(part) = c {
+            out.push(part);
+        }
+    }
+    out
+}
+
+/// Shared handle for registering the service with a runtime.
+pub fn handler(pipelines: Pipelines, data_dir: &Path) -> Arc<dyn Handler> {
+    Arc::new(Envgen::new(pipelines, data_dir))
+}

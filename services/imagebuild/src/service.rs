@@ -1,0 +1,209 @@
+//! The `imagebuild` service: `package.built` → `image.pushed` or `image.failed`.
+//!
+//! For pipelines with an `image` section, each stage's package becomes one
+//! layer on top of `image.base`, pushed to `image.repository` as
+//! `<stage>-<short sha>`. A pipeline without `image` stops at packages, and
+//! this service records nothing for it. Redelivered `package.built` events
+//! are recognised by the consumer runner; a re-run of the same package on
+//! the same parent would give the same digest and upload nothing anyway.
+
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gantry_core::consumer::{Handler, HandlerError};
+use gantry_core::packages::PackageStore;
+use gantry_core::pipeline::{GatewayFormat, Pipeline};
+use gantry_core::runtime::Pipelines;
+use gantry_core::trigger::run_stream;
+use gantry_core::{ExpectedVersion, NewEvents};
+use gantry_proto::events::{ImageFailed, ImagePushed, PackageBuilt};
+use gantry_proto::{CloudEvent, EventName};
+
+use crate::{
+    ClientOptions, CredentialStore, Credentials, ImageClient, ImageRef, Platform, StageImageRequest,
+    StageMeta, StagePackage, YamlPlacement,
+};
+
+const SERVICE: &str = "imagebuild";
+
+/// Builds and pushes stage images.
+#[derive(Clone)]
+pub struct ImageBuild {
+    pipelines: Pipelines,
+    packages: PackageStore,
+}
+
+impl std::fmt::Debug for ImageBuild {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImageBuild").finish_non_exhaustive()
+    }
+}
+
+impl ImageBuild {
+    pub fn new(pipelines: Pipelines, data_dir: &Path) -> Self {
+        Self {
+            pipelines,
+            packages: PackageStore::new(data_dir),
+        }
+    }
+
+    /// Builds and pushes the image of one stage; the error is the reason
+    /// recorded in `image.failed`.
+    pub async fn push(
+        &self,
+        pipeline: &Pipeline,
+        commit: &str,
+        built: &PackageBuilt,
+    ) -> Result<ImagePushed, String> {
+        let image = pipeline
+            .image
+            .as_ref()
+            .ok_or_else(|| "the pipeline has no image section".to_owned())?;
+        let bytes = self.packages.get(&built.digest).map_err(|e| e.to_string())?;
+        let package = stage_package(pipeline, built, bytes)?;
+        let mut credentials = CredentialStore::new();
+        if let Some(auth) = &image.auth {
+            let user = auth.username.resolve().map_err(|e| format!("image.auth.username: {e}"))?;
+            let pass = auth.password.resolve().map_err(|e| format!("image.auth.password: {e}"))?;
+            let creds = Credentials::new(user.expose(), pass.expose());
+            // One set of credentials serves both the parent's and the target's registry.
+            for reference in [&image.base, &image.repository] {
+                if let Ok(r) = ImageRef::parse(reference) {
+                    credentials = credentials.with(r.registry(), creds.clone());
+                }
+            }
+        }
+        let client = ImageClient::new(ClientOptions {
+            credentials,
+            ..ClientOptions::default()
+        })
+        .map_err(|e| e.to_string())?;
+        let meta = StageMeta {
+            pipeline: pipeline.name.clone(),
+            stage: built.stage.clone(),
+            commit: commit.to_owned(),
+            commit_time: built.committed_at.unwrap_or_default(),
+            source: pipeline.source.repo.clone(),
+        };
+        let mut request = StageImageRequest::new(&image.base, &image.repository, meta, package);
+        request.insecure = image.insecure;
+        if let Some(p) = &image.platform {
+            request.platform =
+                Some(Platform::parse(p).ok_or_else(|| format!("image.platform `{p}` is not os/arch[/variant]"))?);
+        }
+        let pushed = client.build_and_push(&request).await.map_err(|e| e.to_string())?;
+        Ok(ImagePushed {
+            stage: built.stage.clone(),
+            repository: pushed.repository.clone(),
+            tag: pushed.tag.clone(),
+            digest: pushed.digest.to_string(),
+            parent_digest: Some(pushed.parent_digest.to_string()),
+            bytes_uploaded: pushed.bytes_uploaded,
+            bytes_reused: pushed.bytes_reused,
+        })
+    }
+}
+
+/// The layer content for a package: a YAML project archive goes in as one
+/// file (or unpacked, when `gateway.yaml_path` names a directory); a FED
+/// package's `fed/` entries go to `/merge/fed` and its `apigateway/` entries
+/// to `/merge/apigateway`.
+fn stage_package(pipeline: &Pipeline, built: &PackageBuilt, bytes: Vec<u8>) -> Result<StagePackage, String> {
+    let package = StagePackage::new(&built.digest);
+    match pipeline.gateway.format {
+        GatewayFormat::Yaml => {
+            let placement = match pipeline.gateway.yaml_path.as_deref() {
+                Some(p) if p.ends_with(".tar.gz") || p.ends_with(".tgz") => YamlPlacement::Archive(p.to_owned()),
+                Some(p) => YamlPlacement::Extract(p.to_owned()),
+                None => YamlPlacement::default(),
+            };
+            package.with_yaml_package(bytes, &placement).map_err(|e| e.to_string())
+        }
+        GatewayFormat::Fed | GatewayFormat::PolEnv => {
+            let mut package = package;
+            let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
+            let entries = archive.entries().map_err(|e| format!("package {}: {e}", built.digest))?;
+            for entry in entries {
+                let mut entry = entry.map_err(|e| format!("package {}: {e}", built.digest))?;
+                if !entry.header().entry_type().is_file() {
+                    continue;
+                }
+                let path = entry
+                    .path()
+                    .map_err(|e| format!("package {}: {e}", built.digest))?
+                    .to_string_lossy()
+                    .into_owned();
+                let mut data = Vec::new();
+                entry
+                    .read_to_end(&mut data)
+                    .map_err(|e| format!("package {}: {e}", built.digest))?;
+                package = if path.starts_with("fed/") {
+                    package.with_fed(data).map_err(|e| e.to_string())?
+                } else if let Some(rel) = path.strip_prefix("apigateway/") {
+                    package.with_merge_file(rel, data).map_err(|e| e.to_string())?
+                } else {
+                    return Err(format!("package {} has an unexpected entry `{path}`", built.digest));
+                };
+            }
+            Ok(package)
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for ImageBuild {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn events(&self) -> &'static [EventName] {
+        &[EventName::PackageBuilt]
+    }
+
+    async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
+        let built: PackageBuilt = event.decode().map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let Some(run) = event.runid.clone() else {
+            return Err(HandlerError::Permanent("package.built without a run id".into()));
+        };
+        let Some(pipeline) = self.pipelines.get().get(&event.pipeline).cloned() else {
+            return Ok(vec![self.failed(event, &run, &built, format!("pipeline `{}` is no longer defined", event.pipeline))]);
+        };
+        if pipeline.image.is_none() {
+            return Ok(vec![]);
+        }
+        let Some(commit) = built.commit.clone() else {
+            return Ok(vec![self.failed(event, &run, &built, "package.built names no commit".into())]);
+        };
+        let result = match self.push(&pipeline, &commit, &built).await {
+            Ok(pushed) => {
+                tracing::info!(run, stage = %built.stage, digest = %pushed.digest, uploaded = pushed.bytes_uploaded, "image pushed");
+                CloudEvent::new(SERVICE, &event.pipeline, Some(&run), &pushed).caused_by(event)
+            }
+            Err(reason) => {
+                tracing::warn!(run, stage = %built.stage, %reason, "image failed");
+                return Ok(vec![self.failed(event, &run, &built, reason)]);
+            }
+        };
+        Ok(vec![NewEvents::new(run_stream(&run), ExpectedVersion::Any, vec![result])])
+    }
+}
+
+impl ImageBuild {
+    fn failed(&self, cause: &CloudEvent, run: &str, built: &PackageBuilt, reason: String) -> NewEvents {
+        let failed = ImageFailed {
+            stage: built.stage.clone(),
+            reason,
+        };
+        NewEvents::new(
+            run_stream(run),
+            ExpectedVersion::Any,
+            vec![CloudEvent::new(SERVICE, &cause.pipeline, Some(run), &failed).caused_by(cause)],
+        )
+    }
+}
+
+pub fn handler(pipelines: Pipelines, data_dir: &Path) -> Arc<dyn Handler> {
+    Arc::new(ImageBuild::new(pipelines, data_dir))
+}

@@ -1,0 +1,137 @@
+//! `run.started` → per-stage packages, through the real binary: a real git
+//! repository holding Axway's sample YAML Entity Store project, checked out
+//! at the run's commit, validated and packaged for each stage.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::*;
+use gantry_tests::GitRepo;
+use serde_json::{json, Value};
+use sha2::Digest;
+
+fn fixture_project() -> PathBuf {
+    let rel = "shared/fixtures/yamles/yamles-utils-apim/apim";
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join(rel))
+        .find(|c| c.join("_parent.yaml").is_file())
+        .expect("the shared fixtures are beside the repository")
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+/// Events of `run` once `count` of `ty` exist (30 s at most).
+async fn wait_events(base: &str, run: &str, ty: &str, count: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let events = get_json(base, &format!("/api/v1/runs/{run}/events")).await;
+        let events = events.as_array().cloned().unwrap_or_default();
+        if events.iter().filter(|e| e["type"] == ty).count() >= count {
+            return events;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no {count} × {ty} for {run}: {events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn trigger(base: &str, commit: &str) -> String {
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/v1/runs"))
+        .json(&json!({ "pipeline": "sample", "commit": commit }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn sample_project_is_packaged_per_stage_and_a_broken_reference_is_located() {
+    let repo = GitRepo::init().unwrap();
+    copy_tree(&fixture_project(), &repo.path().join("gateway"));
+    repo.write("environments/test.yaml", "---\n").unwrap();
+    repo.write("environments/prod.yaml", "---\n").unwrap();
+    let good = repo.commit("sample project").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/sample.yaml"),
+        format!(
+            "name: sample\nsource:\n  repo: {}\n  branch: main\ngateway:\n  format: yaml\n  path: gateway/\n\
+             stages:\n  - name: test\n    values: environments/test.yaml\n  - name: prod\n    values: environments/prod.yaml\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let base = gantry.url();
+
+    let run = trigger(&base, &good).await;
+    let events = wait_events(&base, &run, "io.gantry.package.built.v1", 2).await;
+    let built: Vec<&Value> = events.iter().filter(|e| e["type"] == "io.gantry.package.built.v1").collect();
+    let stages: Vec<&str> = built.iter().map(|e| e["data"]["stage"].as_str().unwrap()).collect();
+    assert_eq!(stages, ["test", "prod"]);
+    for e in &built {
+        let data = &e["data"];
+        assert_eq!(data["format"], "yaml");
+        assert!(data["files"].as_u64().unwrap() > 1000, "{data}");
+        let location = data["location"].as_str().unwrap();
+        let bytes = std::fs::read(location).unwrap();
+        assert_eq!(bytes.len() as u64, data["size"].as_u64().unwrap());
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+        assert_eq!(data["digest"], digest.as_str(), "content-addressed");
+        assert!(location.ends_with(&format!("{}.tar.gz", &digest[7..])));
+        assert_eq!(e["causationid"], events[1]["id"], "caused by run.started");
+    }
+    let run_view = get_json(&base, &format!("/api/v1/runs/{run}")).await;
+    assert_eq!(run_view["stages"][0]["status"], "packaged", "{run_view}");
+
+    // Break one entity reference: both stages fail, naming the file and line.
+    let broken = "Policies/Demo/Demo Service.yaml";
+    let path = repo.path().join("gateway").join(broken);
+    let text = std::fs::read_to_string(&path).unwrap_or_default();
+    let target = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(": ./") || l.contains(": ../") || l.contains(": /"))
+        .map(|(i, l)| (i + 1, l.to_owned()));
+    let (line_no, line) = target.expect("the sample policy has an entity reference");
+    let (key, value) = line.split_once(": ").unwrap();
+    let text = text.replacen(&line, &format!("{key}: {value}-does-not-exist"), 1);
+    std::fs::write(&path, text).unwrap();
+    let bad = repo.commit("break a reference").unwrap();
+    let run = trigger(&base, &bad).await;
+    let events = wait_events(&base, &run, "io.gantry.package.failed.v1", 2).await;
+    let failed: Vec<&Value> = events.iter().filter(|e| e["type"] == "io.gantry.package.failed.v1").collect();
+    for e in failed {
+        let diags = e["data"]["diagnostics"].as_array().unwrap();
+        assert!(
+            diags.iter().any(|d| d["file"] == broken && d["line"] == line_no as u64),
+            "expected {broken}:{line_no} among {diags:?}"
+        );
+    }
+
+    // A commit the repository does not have fails every stage clearly.
+    let run = trigger(&base, &"ab".repeat(20)).await;
+    let events = wait_events(&base, &run, "io.gantry.package.failed.v1", 2).await;
+    let reason = events.iter().find(|e| e["type"] == "io.gantry.package.failed.v1").unwrap()["data"]["reason"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(reason.contains(&"ab".repeat(20)) && reason.contains("not in repository"), "{reason}");
+}
