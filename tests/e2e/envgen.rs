@@ -43,7 +43,10 @@ async fn wait_events(base: &str, run: &str, ty: &str, count: usize) -> Vec<Value
         if events.iter().filter(|e| e["type"] == ty).count() >= count {
             return events;
         }
-        assert!(tokio::time::Instant::now() < deadline, "no {count} × {ty} for {run}: {events:?}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {count} × {ty} for {run}: {events:?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -56,7 +59,10 @@ async fn trigger(base: &str, commit: &str) -> String {
         .await
         .unwrap();
     assert_eq!(resp.status(), 201);
-    resp.json::<Value>().await.unwrap()["run_id"].as_str().unwrap().to_owned()
+    resp.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
 }
 
 #[tokio::test]
@@ -83,8 +89,14 @@ async fn sample_project_is_packaged_per_stage_and_a_broken_reference_is_located(
 
     let run = trigger(&base, &good).await;
     let events = wait_events(&base, &run, "io.gantry.package.built.v1", 2).await;
-    let built: Vec<&Value> = events.iter().filter(|e| e["type"] == "io.gantry.package.built.v1").collect();
-    let stages: Vec<&str> = built.iter().map(|e| e["data"]["stage"].as_str().unwrap()).collect();
+    let built: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "io.gantry.package.built.v1")
+        .collect();
+    let stages: Vec<&str> = built
+        .iter()
+        .map(|e| e["data"]["stage"].as_str().unwrap())
+        .collect();
     assert_eq!(stages, ["test", "prod"]);
     for e in &built {
         let data = &e["data"];
@@ -117,11 +129,16 @@ async fn sample_project_is_packaged_per_stage_and_a_broken_reference_is_located(
     let bad = repo.commit("break a reference").unwrap();
     let run = trigger(&base, &bad).await;
     let events = wait_events(&base, &run, "io.gantry.package.failed.v1", 2).await;
-    let failed: Vec<&Value> = events.iter().filter(|e| e["type"] == "io.gantry.package.failed.v1").collect();
+    let failed: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["type"] == "io.gantry.package.failed.v1")
+        .collect();
     for e in failed {
         let diags = e["data"]["diagnostics"].as_array().unwrap();
         assert!(
-            diags.iter().any(|d| d["file"] == broken && d["line"] == line_no as u64),
+            diags
+                .iter()
+                .any(|d| d["file"] == broken && d["line"] == line_no as u64),
             "expected {broken}:{line_no} among {diags:?}"
         );
     }
@@ -129,9 +146,118 @@ async fn sample_project_is_packaged_per_stage_and_a_broken_reference_is_located(
     // A commit the repository does not have fails every stage clearly.
     let run = trigger(&base, &"ab".repeat(20)).await;
     let events = wait_events(&base, &run, "io.gantry.package.failed.v1", 2).await;
-    let reason = events.iter().find(|e| e["type"] == "io.gantry.package.failed.v1").unwrap()["data"]["reason"]
+    let reason = events
+        .iter()
+        .find(|e| e["type"] == "io.gantry.package.failed.v1")
+        .unwrap()["data"]["reason"]
         .as_str()
         .unwrap()
         .to_owned();
-    assert!(reason.contains(&"ab".repeat(20)) && reason.contains("not in repository"), "{reason}");
+    assert!(
+        reason.contains(&"ab".repeat(20)) && reason.contains("not in repository"),
+        "{reason}"
+    );
+}
+
+fn fixture_fed() -> PathBuf {
+    let rel = "shared/fixtures/apim-cli/fed/swagger-promote-7.7-20240830.fed";
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join(rel))
+        .find(|c| c.is_file())
+        .expect("the shared fixtures are beside the repository")
+}
+
+fn tar_entries(gz: &[u8]) -> Vec<(String, Vec<u8>)> {
+    use std::io::Read;
+    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(gz));
+    let mut out = Vec::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_file() {
+            let path = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut data = Vec::new();
+            entry.read_to_end(&mut data).unwrap();
+            out.push((path, data));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_fed_is_packaged_with_each_stages_settings_and_a_corrupt_one_is_refused() {
+    let repo = GitRepo::init().unwrap();
+    std::fs::create_dir_all(repo.path().join("gateway")).unwrap();
+    std::fs::copy(fixture_fed(), repo.path().join("gateway/banking.fed")).unwrap();
+    repo.write(
+        "environments/test.yaml",
+        "---\nPORT:\n  TRAFFIC: 8065\nBACKEND: https://test.example.com\n",
+    )
+    .unwrap();
+    repo.write(
+        "environments/prod.yaml",
+        "---\nPORT:\n  TRAFFIC: 443\nBACKEND: https://prod.example.com\n",
+    )
+    .unwrap();
+    let good = repo.commit("fed").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/sample.yaml"),
+        format!(
+            "name: sample\nsource:\n  repo: {}\n  branch: main\ngateway:\n  format: fed\n  path: gateway/banking.fed\n\
+             stages:\n  - name: test\n    values: environments/test.yaml\n  - name: prod\n    values: environments/prod.yaml\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let base = gantry.url();
+
+    let run = trigger(&base, &good).await;
+    let events = wait_events(&base, &run, "io.gantry.package.built.v1", 2).await;
+    let fed = std::fs::read(fixture_fed()).unwrap();
+    for e in events
+        .iter()
+        .filter(|e| e["type"] == "io.gantry.package.built.v1")
+    {
+        assert_eq!(e["data"]["format"], "fed");
+        let stage = e["data"]["stage"].as_str().unwrap();
+        let entries = tar_entries(&std::fs::read(e["data"]["location"].as_str().unwrap()).unwrap());
+        let fed_entry = entries
+            .iter()
+            .find(|(p, _)| p == "fed")
+            .expect("the FED goes to /merge/fed");
+        assert_eq!(fed_entry.1, fed, "the FED is packaged unchanged");
+        let props = entries
+            .iter()
+            .find(|(p, _)| p.ends_with("envSettings.props"))
+            .map(|(_, d)| String::from_utf8(d.clone()).unwrap())
+            .expect("the stage's settings");
+        let port = if stage == "test" { "8065" } else { "443" };
+        assert!(
+            props.contains(&format!("env.PORT.TRAFFIC={port}")),
+            "{props}"
+        );
+    }
+
+    // A corrupt FED fails every stage, naming the file.
+    repo.write("gateway/banking.fed", "this is not a zip")
+        .unwrap();
+    let bad = repo.commit("corrupt").unwrap();
+    let run = trigger(&base, &bad).await;
+    let events = wait_events(&base, &run, "io.gantry.package.failed.v1", 2).await;
+    for e in events
+        .iter()
+        .filter(|e| e["type"] == "io.gantry.package.failed.v1")
+    {
+        let diags = e["data"]["diagnostics"].as_array().unwrap();
+        assert!(
+            diags.iter().any(|d| d["file"]
+                .as_str()
+                .is_some_and(|f| f.contains("banking.fed"))),
+            "{diags:?}"
+        );
+    }
 }

@@ -94,12 +94,25 @@ mod tests {
         let store = PackageStore::new(dir.path());
         let (digest, path) = store.put(b"package").unwrap();
         assert!(path.ends_with(format!("{}.tar.gz", &digest[7..])));
-        assert_eq!(store.put(b"package").unwrap().0, digest, "same content, same place");
+        assert_eq!(
+            store.put(b"package").unwrap().0,
+            digest,
+            "same content, same place"
+        );
         assert_eq!(store.get(&digest).unwrap(), b"package");
         std::fs::write(&path, b"tampered").unwrap();
-        assert!(matches!(store.get(&digest), Err(PackageStoreError::Corrupt { .. })));
-        assert!(matches!(store.get("sha256:00"), Err(PackageStoreError::BadDigest(_))));
+        assert!(matches!(
+            store.get(&digest),
+            Err(PackageStoreError::Corrupt { .. })
+        ));
+        assert!(matches!(
+            store.get("sha256:00"),
+            Err(PackageStoreError::BadDigest(_))
+        ));
         let missing = format!("sha256:{}", "0".repeat(64));
-        assert!(matches!(store.get(&missing), Err(PackageStoreError::Missing { .. })));
+        assert!(matches!(
+            store.get(&missing),
+            Err(PackageStoreError::Missing { .. })
+        ));
     }
 }

@@ -77,9 +77,15 @@ impl Envgen {
             None => None,
         };
         if let Err(e) = std::fs::create_dir_all(&self.work) {
-            return fail_all(format!("cannot create {}: {e}", self.work.display()), vec![]);
+            return fail_all(
+                format!("cannot create {}: {e}", self.work.display()),
+                vec![],
+            );
         }
-        let checkout_dir = match tempfile::Builder::new().prefix("checkout-").tempdir_in(&self.work) {
+        let checkout_dir = match tempfile::Builder::new()
+            .prefix("checkout-")
+            .tempdir_in(&self.work)
+        {
             Ok(d) => d,
             Err(e) => return fail_all(format!("cannot create a checkout directory: {e}"), vec![]),
         };
@@ -96,13 +102,10 @@ impl Envgen {
         let root = checkout_dir.path();
         let mut outcomes = match pipeline.gateway.format {
             GatewayFormat::Yaml => self.build_yaml(pipeline, root, stages),
-            GatewayFormat::Fed | GatewayFormat::PolEnv => fail_all(
-                format!(
-                    "gateway.format `{}` is not packaged by this release yet; use `yaml`",
-                    pipeline.gateway.format.as_str()
-                ),
-                vec![],
-            ),
+            GatewayFormat::Fed | GatewayFormat::PolEnv => stages
+                .iter()
+                .map(|stage| self.build_archive_stage(pipeline, root, stage))
+                .collect(),
         };
         for o in &mut outcomes {
             if let StageOutcome::Built(b) = o {
@@ -111,6 +114,93 @@ impl Envgen {
             }
         }
         outcomes
+    }
+
+    /// `fed` and `pol-env`: the archives checked, the stage's values as
+    /// `envSettings.props` in the merge directory.
+    fn build_archive_stage(&self, pipeline: &Pipeline, root: &Path, stage: &str) -> StageOutcome {
+        let failed = |reason: String, diagnostics: Vec<Diagnostic>| {
+            StageOutcome::Failed(PackageFailed {
+                stage: stage.to_owned(),
+                reason,
+                diagnostics,
+            })
+        };
+        let values_file = pipeline
+            .stage(stage)
+            .and_then(|s| s.values.as_ref())
+            .map(|p| p.display().to_string());
+        let values = match &values_file {
+            Some(rel) => {
+                let text = match std::fs::read_to_string(in_repo(root, Path::new(rel))) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        return failed(
+                            format!("stage values file `{rel}` cannot be read at this commit: {e}"),
+                            vec![],
+                        )
+                    }
+                };
+                match serde_saphyr::from_str::<serde_json::Value>(&text) {
+                    Ok(serde_json::Value::Null) => serde_json::json!({}),
+                    Ok(v) => v,
+                    Err(e) => {
+                        return failed(
+                            format!("stage values file `{rel}` is not valid YAML"),
+                            vec![Diagnostic {
+                                file: Some(rel.clone()),
+                                line: None,
+                                column: None,
+                                field: None,
+                                message: e.to_string(),
+                            }],
+                        )
+                    }
+                }
+            }
+            None => serde_json::json!({}),
+        };
+        let merge_dir = pipeline
+            .gateway
+            .merge_dir
+            .as_ref()
+            .map(|p| p.display().to_string());
+        let format = pipeline.gateway.format.as_str();
+        let built = crate::fed::build_gateway_package_with(
+            format,
+            root,
+            &pipeline.gateway.path.display().to_string(),
+            stage,
+            &values,
+            merge_dir.as_deref(),
+            &crate::fed::BuildOptions {
+                env: &ProcessEnv,
+                values_file: values_file.as_deref().unwrap_or("values"),
+            },
+        );
+        match built {
+            Ok(pkg) => match self.packages.put(&pkg.bytes) {
+                Ok((digest, path)) => StageOutcome::Built(PackageBuilt {
+                    stage: stage.to_owned(),
+                    digest,
+                    size: pkg.bytes.len() as u64,
+                    files: pkg.files,
+                    format: format.to_owned(),
+                    values_digest: Some(pkg.values_digest),
+                    location: Some(path.display().to_string()),
+                    commit: None,
+                    committed_at: None,
+                }),
+                Err(e) => failed(e.to_string(), vec![]),
+            },
+            Err(diagnostics) => failed(
+                format!(
+                    "the {format} configuration has {} problem(s) for stage `{stage}`",
+                    diagnostics.len()
+                ),
+                diagnostics,
+            ),
+        }
     }
 
     fn build_yaml(&self, pipeline: &Pipeline, root: &Path, stages: &[String]) -> Vec<StageOutcome> {
@@ -193,11 +283,20 @@ impl Envgen {
         let values = project.stage_values(overlay, &ProcessEnv);
         if !values.diagnostics().is_empty() {
             return failed(
-                format!("the values for stage `{stage}` have {} problem(s)", values.diagnostics().len()),
+                format!(
+                    "the values for stage `{stage}` have {} problem(s)",
+                    values.diagnostics().len()
+                ),
                 values.diagnostics().to_vec(),
             );
         }
-        match package_yaml(project, &values, &ProcessEnv, mode, &ValidateOptions::default()) {
+        match package_yaml(
+            project,
+            &values,
+            &ProcessEnv,
+            mode,
+            &ValidateOptions::default(),
+        ) {
             Ok(pkg) => match self.packages.put(&pkg.bytes) {
                 Ok((digest, path)) => StageOutcome::Built(PackageBuilt {
                     stage: stage.to_owned(),
@@ -264,8 +363,12 @@ impl Handler for Envgen {
             .into_iter()
             .map(|o| {
                 let e = match &o {
-                    StageOutcome::Built(b) => CloudEvent::new(SERVICE, &event.pipeline, Some(run), b),
-                    StageOutcome::Failed(f) => CloudEvent::new(SERVICE, &event.pipeline, Some(run), f),
+                    StageOutcome::Built(b) => {
+                        CloudEvent::new(SERVICE, &event.pipeline, Some(run), b)
+                    }
+                    StageOutcome::Failed(f) => {
+                        CloudEvent::new(SERVICE, &event.pipeline, Some(run), f)
+                    }
                 };
                 e.caused_by(event)
             })
@@ -273,7 +376,11 @@ impl Handler for Envgen {
         for e in &events {
             tracing::info!(run, stage = e.stage().unwrap_or(""), ty = %e.ty, "package result");
         }
-        Ok(vec![NewEvents::new(run_stream(run), ExpectedVersion::Any, events)])
+        Ok(vec![NewEvents::new(
+            run_stream(run),
+            ExpectedVersion::Any,
+            events,
+        )])
     }
 }
 

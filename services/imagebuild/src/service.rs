@@ -22,8 +22,8 @@ use gantry_proto::events::{ImageFailed, ImagePushed, PackageBuilt};
 use gantry_proto::{CloudEvent, EventName};
 
 use crate::{
-    ClientOptions, CredentialStore, Credentials, ImageClient, ImageRef, Platform, StageImageRequest,
-    StageMeta, StagePackage, YamlPlacement,
+    ClientOptions, CredentialStore, Credentials, ImageClient, ImageRef, Platform,
+    StageImageRequest, StageMeta, StagePackage, YamlPlacement,
 };
 
 const SERVICE: &str = "imagebuild";
@@ -61,12 +61,21 @@ impl ImageBuild {
             .image
             .as_ref()
             .ok_or_else(|| "the pipeline has no image section".to_owned())?;
-        let bytes = self.packages.get(&built.digest).map_err(|e| e.to_string())?;
+        let bytes = self
+            .packages
+            .get(&built.digest)
+            .map_err(|e| e.to_string())?;
         let package = stage_package(pipeline, built, bytes)?;
         let mut credentials = CredentialStore::new();
         if let Some(auth) = &image.auth {
-            let user = auth.username.resolve().map_err(|e| format!("image.auth.username: {e}"))?;
-            let pass = auth.password.resolve().map_err(|e| format!("image.auth.password: {e}"))?;
+            let user = auth
+                .username
+                .resolve()
+                .map_err(|e| format!("image.auth.username: {e}"))?;
+            let pass = auth
+                .password
+                .resolve()
+                .map_err(|e| format!("image.auth.password: {e}"))?;
             let creds = Credentials::new(user.expose(), pass.expose());
             // One set of credentials serves both the parent's and the target's registry.
             for reference in [&image.base, &image.repository] {
@@ -90,10 +99,15 @@ impl ImageBuild {
         let mut request = StageImageRequest::new(&image.base, &image.repository, meta, package);
         request.insecure = image.insecure;
         if let Some(p) = &image.platform {
-            request.platform =
-                Some(Platform::parse(p).ok_or_else(|| format!("image.platform `{p}` is not os/arch[/variant]"))?);
+            request.platform = Some(
+                Platform::parse(p)
+                    .ok_or_else(|| format!("image.platform `{p}` is not os/arch[/variant]"))?,
+            );
         }
-        let pushed = client.build_and_push(&request).await.map_err(|e| e.to_string())?;
+        let pushed = client
+            .build_and_push(&request)
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(ImagePushed {
             stage: built.stage.clone(),
             repository: pushed.repository.clone(),
@@ -108,23 +122,34 @@ impl ImageBuild {
 
 /// The layer content for a package: a YAML project archive goes in as one
 /// file (or unpacked, when `gateway.yaml_path` names a directory); a FED
-/// package's `fed/` entries go to `/merge/fed` and its `apigateway/` entries
-/// to `/merge/apigateway`.
-fn stage_package(pipeline: &Pipeline, built: &PackageBuilt, bytes: Vec<u8>) -> Result<StagePackage, String> {
+/// package's `fed` entry goes to `/merge/fed`, its `apigateway/` entries to
+/// `/merge/apigateway`, and a POL+ENV pair (`pol-env/`) to `/merge/pol-env`
+/// for a start script that merges them.
+fn stage_package(
+    pipeline: &Pipeline,
+    built: &PackageBuilt,
+    bytes: Vec<u8>,
+) -> Result<StagePackage, String> {
     let package = StagePackage::new(&built.digest);
     match pipeline.gateway.format {
         GatewayFormat::Yaml => {
             let placement = match pipeline.gateway.yaml_path.as_deref() {
-                Some(p) if p.ends_with(".tar.gz") || p.ends_with(".tgz") => YamlPlacement::Archive(p.to_owned()),
+                Some(p) if p.ends_with(".tar.gz") || p.ends_with(".tgz") => {
+                    YamlPlacement::Archive(p.to_owned())
+                }
                 Some(p) => YamlPlacement::Extract(p.to_owned()),
                 None => YamlPlacement::default(),
             };
-            package.with_yaml_package(bytes, &placement).map_err(|e| e.to_string())
+            package
+                .with_yaml_package(bytes, &placement)
+                .map_err(|e| e.to_string())
         }
         GatewayFormat::Fed | GatewayFormat::PolEnv => {
             let mut package = package;
             let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
-            let entries = archive.entries().map_err(|e| format!("package {}: {e}", built.digest))?;
+            let entries = archive
+                .entries()
+                .map_err(|e| format!("package {}: {e}", built.digest))?;
             for entry in entries {
                 let mut entry = entry.map_err(|e| format!("package {}: {e}", built.digest))?;
                 if !entry.header().entry_type().is_file() {
@@ -139,12 +164,22 @@ fn stage_package(pipeline: &Pipeline, built: &PackageBuilt, bytes: Vec<u8>) -> R
                 entry
                     .read_to_end(&mut data)
                     .map_err(|e| format!("package {}: {e}", built.digest))?;
-                package = if path.starts_with("fed/") {
+                package = if path == "fed" {
                     package.with_fed(data).map_err(|e| e.to_string())?
                 } else if let Some(rel) = path.strip_prefix("apigateway/") {
-                    package.with_merge_file(rel, data).map_err(|e| e.to_string())?
+                    package
+                        .with_merge_file(rel, data)
+                        .map_err(|e| e.to_string())?
+                } else if path.starts_with("pol-env/") {
+                    package
+                        .add_file(&format!("/merge/{path}"), bytes::Bytes::from(data), false)
+                        .map_err(|e| e.to_string())?;
+                    package
                 } else {
-                    return Err(format!("package {} has an unexpected entry `{path}`", built.digest));
+                    return Err(format!(
+                        "package {} has an unexpected entry `{path}`",
+                        built.digest
+                    ));
                 };
             }
             Ok(package)
@@ -163,18 +198,32 @@ impl Handler for ImageBuild {
     }
 
     async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
-        let built: PackageBuilt = event.decode().map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let built: PackageBuilt = event
+            .decode()
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
         let Some(run) = event.runid.clone() else {
-            return Err(HandlerError::Permanent("package.built without a run id".into()));
+            return Err(HandlerError::Permanent(
+                "package.built without a run id".into(),
+            ));
         };
         let Some(pipeline) = self.pipelines.get().get(&event.pipeline).cloned() else {
-            return Ok(vec![self.failed(event, &run, &built, format!("pipeline `{}` is no longer defined", event.pipeline))]);
+            return Ok(vec![self.failed(
+                event,
+                &run,
+                &built,
+                format!("pipeline `{}` is no longer defined", event.pipeline),
+            )]);
         };
         if pipeline.image.is_none() {
             return Ok(vec![]);
         }
         let Some(commit) = built.commit.clone() else {
-            return Ok(vec![self.failed(event, &run, &built, "package.built names no commit".into())]);
+            return Ok(vec![self.failed(
+                event,
+                &run,
+                &built,
+                "package.built names no commit".into(),
+            )]);
         };
         let result = match self.push(&pipeline, &commit, &built).await {
             Ok(pushed) => {
@@ -186,12 +235,22 @@ impl Handler for ImageBuild {
                 return Ok(vec![self.failed(event, &run, &built, reason)]);
             }
         };
-        Ok(vec![NewEvents::new(run_stream(&run), ExpectedVersion::Any, vec![result])])
+        Ok(vec![NewEvents::new(
+            run_stream(&run),
+            ExpectedVersion::Any,
+            vec![result],
+        )])
     }
 }
 
 impl ImageBuild {
-    fn failed(&self, cause: &CloudEvent, run: &str, built: &PackageBuilt, reason: String) -> NewEvents {
+    fn failed(
+        &self,
+        cause: &CloudEvent,
+        run: &str,
+        built: &PackageBuilt,
+        reason: String,
+    ) -> NewEvents {
         let failed = ImageFailed {
             stage: built.stage.clone(),
             reason,

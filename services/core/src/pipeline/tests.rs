@@ -618,11 +618,11 @@ fn source_and_gateway_rules() {
     let text = with_stages_text(&text, "  - name: a\n    values: v.yaml\n");
     expect_error(&text, "gateway.render", "only to `format: yaml`", 7);
     expect_error(&text, "gateway.yaml_path", "only to `format: yaml`", 8);
-    expect_error(
-        &text,
-        "stages[0].values",
-        "only to `gateway.format: yaml`",
-        16,
+    // Stage values are the settings of `fed` and `pol-env` packages too.
+    let errors = crate::pipeline::parse_str("p.yaml", &text).unwrap_err();
+    assert!(
+        !errors.iter().any(|e| e.field == "stages[0].values"),
+        "{errors:?}"
     );
 
     let text = HEAD.replace(

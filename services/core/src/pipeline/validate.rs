@@ -136,12 +136,10 @@ fn validate_stage(
         }
     }
 
+    // For `yaml`, an overlay on the project's values.yaml; for `fed` and
+    // `pol-env`, the stage's settings written as `envSettings.props`.
     if let Some(values) = &stage.values {
-        if p.gateway.format == GatewayFormat::Yaml {
-            v.check(&at("values"), check_repo_path(values));
-        } else {
-            v.add(at("values"), "applies only to `gateway.format: yaml`");
-        }
+        v.check(&at("values"), check_repo_path(values));
     }
 
     if let Some(deploy) = &stage.deploy {

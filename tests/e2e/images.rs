@@ -1,0 +1,247 @@
+//! A commit becomes per-stage images in a real registry: `gantry up` packages
+//! the YAML project and pushes `<stage>-<short sha>` on top of a parent image,
+//! checked with `skopeo`, the real client.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use gantry_imagebuild::layer::list_layer;
+use gantry_imagebuild::manifest::{Descriptor, ImageManifest, ManifestFormat};
+use gantry_imagebuild::{
+    build_layer, ClientOptions, Digest, ImageClient, LayerOptions, StagePackage, Target,
+};
+use gantry_tests::{GitRepo, Registry};
+use serde_json::{json, Value};
+
+/// Pushes a one-layer parent image to `repo` and returns its reference.
+async fn push_parent(registry: &Registry, repo: &str) -> String {
+    let mut files = StagePackage::new("parent");
+    files
+        .add_file(
+            "/opt/Axway/apigateway/posix/bin/start-emt",
+            Bytes::from_static(b"#!/bin/sh\n"),
+            true,
+        )
+        .unwrap();
+    let layer = build_layer(
+        &files,
+        LayerOptions {
+            mtime: 0,
+            compression: 6,
+        },
+    )
+    .unwrap();
+    let config = Bytes::from(
+        serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux",
+            "config": { "Labels": { "vendor": "Axway" } },
+            "rootfs": { "type": "layers", "diff_ids": [layer.diff_id.to_string()] },
+            "history": [{ "created_by": "parent" }]
+        }))
+        .unwrap(),
+    );
+    let format = ManifestFormat::Oci;
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(format.manifest_media_type().to_owned()),
+        config: Descriptor::new(
+            format.config_media_type(),
+            Digest::sha256(&config),
+            config.len() as u64,
+        ),
+        layers: vec![Descriptor::new(
+            format.gzip_layer_media_type(),
+            layer.digest.clone(),
+            layer.size(),
+        )],
+        annotations: None,
+    };
+    let client = ImageClient::new(ClientOptions::default()).unwrap();
+    let target = Target::parse(&format!("{}/{repo}", registry.host_port())).unwrap();
+    client
+        .push_blob(&target, false, layer.data.clone())
+        .await
+        .unwrap();
+    client.push_blob(&target, false, config).await.unwrap();
+    client
+        .push_manifest(
+            &target,
+            false,
+            "7.7",
+            Bytes::from(serde_json::to_vec(&manifest).unwrap()),
+            format.manifest_media_type(),
+        )
+        .await
+        .unwrap();
+    format!("{}/{repo}:7.7", registry.host_port())
+}
+
+fn skopeo(args: &[&str]) -> String {
+    let out = Command::new("skopeo")
+        .args(args)
+        .output()
+        .expect("skopeo is installed");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test]
+async fn a_commit_becomes_stage_images_in_a_real_registry() {
+    let registry = Registry::start().await.unwrap();
+    let base = push_parent(&registry, "axway/apigw-emt").await;
+
+    let repo = GitRepo::init().unwrap();
+    repo.write(
+        "gateway/_parent.yaml",
+        "---\ntype: Root\nfields:\n  name: System Components\n",
+    )
+    .unwrap();
+    repo.write(
+        "gateway/META-INF/types/Entity.yaml",
+        "---\nname: Entity\nabstract: true\n",
+    )
+    .unwrap();
+    repo.write(
+        "gateway/META-INF/types/Entity/Root.yaml",
+        "---\nname: Root\nfields:\n  name: {type: string}\n",
+    )
+    .unwrap();
+    repo.write("gateway/values.yaml", "---\ngreeting: hello\n")
+        .unwrap();
+    repo.write("environments/test.yaml", "---\ngreeting: hello test\n")
+        .unwrap();
+    repo.write("environments/prod.yaml", "---\ngreeting: hello prod\n")
+        .unwrap();
+    let commit = repo.commit("config").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/banking.yaml"),
+        format!(
+            "name: banking\nsource:\n  repo: {}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
+             gateway:\n  format: yaml\n  path: gateway/\nimage:\n  base: {base}\n  repository: {}/apim/banking-gateway\n\
+             stages:\n  - name: test\n    values: environments/test.yaml\n  - name: prod\n    values: environments/prod.yaml\n",
+            repo.path().display(),
+            registry.host_port()
+        ),
+    )
+    .unwrap();
+    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let base_url = gantry.url();
+
+    // A signed push from the "forge" for this local repository.
+    let body = serde_json::to_vec(&json!({
+        "ref": "refs/heads/main", "after": commit,
+        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
+        "head_commit": { "message": "config", "author": { "name": "Dev", "email": "dev@example.com" } }
+    }))
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{base_url}/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let run: Value = resp.json().await.unwrap();
+    let run_id = run["runs"][0]["run_id"].as_str().unwrap().to_owned();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let pushed = loop {
+        let events = get_json(&base_url, &format!("/api/v1/runs/{run_id}/events")).await;
+        let events = events.as_array().cloned().unwrap_or_default();
+        let pushed: Vec<Value> = events
+            .iter()
+            .filter(|e| e["type"] == "io.gantry.image.pushed.v1")
+            .cloned()
+            .collect();
+        assert!(
+            !events
+                .iter()
+                .any(|e| e["type"] == "io.gantry.image.failed.v1"
+                    || e["type"] == "io.gantry.package.failed.v1"),
+            "{events:?}\n{}",
+            gantry.log_text()
+        );
+        if pushed.len() == 2 {
+            break pushed;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "images not pushed: {events:?}\n{}",
+            gantry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let short = &commit[..7];
+    for (stage, event) in ["test", "prod"].iter().zip(&pushed) {
+        let data = &event["data"];
+        assert_eq!(data["stage"], *stage);
+        assert_eq!(data["tag"], format!("{stage}-{short}"));
+        assert!(
+            data["bytes_reused"].as_u64().unwrap() > 0,
+            "the parent layer is reused: {data}"
+        );
+        let reference = format!(
+            "docker://{}/apim/banking-gateway:{stage}-{short}",
+            registry.host_port()
+        );
+        let inspect: Value =
+            serde_json::from_str(&skopeo(&["inspect", "--tls-verify=false", &reference])).unwrap();
+        assert_eq!(inspect["Digest"], data["digest"]);
+        let labels = &inspect["Labels"];
+        assert_eq!(labels["org.opencontainers.image.revision"], commit.as_str());
+        assert_eq!(labels["io.gantry.pipeline"], "banking");
+        assert_eq!(labels["io.gantry.stage"], *stage);
+        assert_eq!(labels["vendor"], "Axway", "parent labels are kept");
+
+        // The new layer holds exactly the stage's package.
+        let copy = tempfile::tempdir().unwrap();
+        skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            &reference,
+            &format!("dir:{}", copy.path().display()),
+        ]);
+        let manifest: Value =
+            serde_json::from_slice(&std::fs::read(copy.path().join("manifest.json")).unwrap())
+                .unwrap();
+        let layers = manifest["layers"].as_array().unwrap();
+        assert_eq!(layers.len(), 2, "parent layer + one stage layer");
+        let last = layers[1]["digest"].as_str().unwrap();
+        let gz = std::fs::read(copy.path().join(&last[7..])).unwrap();
+        let files: Vec<String> = list_layer(&gz)
+            .unwrap()
+            .into_iter()
+            .filter(|e| !e.is_dir)
+            .map(|e| e.path)
+            .collect();
+        assert_eq!(files.len(), 1, "{files:?}");
+        let run_view = get_json(&base_url, &format!("/api/v1/runs/{run_id}")).await;
+        let stage_view = run_view["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == *stage)
+            .unwrap()
+            .clone();
+        assert_eq!(stage_view["status"], "image_ready");
+        assert_eq!(stage_view["image_digest"], data["digest"]);
+    }
+    assert_ne!(
+        pushed[0]["data"]["digest"], pushed[1]["data"]["digest"],
+        "stages differ by their values"
+    );
+}
