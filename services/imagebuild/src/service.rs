@@ -66,7 +66,7 @@ impl ImageBuild {
             .get(&built.digest)
             .map_err(|e| e.to_string())?;
         let package = stage_package(pipeline, built, bytes)?;
-        let mut credentials = CredentialStore::new();
+        let mut credentials = docker_config_credentials()?;
         if let Some(auth) = &image.auth {
             let user = auth
                 .username
@@ -117,6 +117,19 @@ impl ImageBuild {
             bytes_uploaded: pushed.bytes_uploaded,
             bytes_reused: pushed.bytes_reused,
         })
+    }
+}
+
+/// Credentials from a Docker `config.json` (`$DOCKER_CONFIG/config.json`,
+/// else `~/.docker/config.json`), when there is one; `image.auth` wins.
+fn docker_config_credentials() -> Result<CredentialStore, String> {
+    let path = std::env::var_os("DOCKER_CONFIG")
+        .map(std::path::PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker")))
+        .map(|dir| dir.join("config.json"));
+    match path {
+        Some(p) if p.is_file() => CredentialStore::load_docker_config(&p).map_err(|e| e.to_string()),
+        _ => Ok(CredentialStore::new()),
     }
 }
 
