@@ -261,3 +261,158 @@ async fn a_fed_is_packaged_with_each_stages_settings_and_a_corrupt_one_is_refuse
         );
     }
 }
+
+#[tokio::test]
+async fn diff_shows_what_an_approval_lets_through_with_secrets_masked() {
+    let repo = GitRepo::init().unwrap();
+    repo.write(
+        "gateway/_parent.yaml",
+        "---\ntype: Root\nfields:\n  name: System Components\n",
+    )
+    .unwrap();
+    repo.write(
+        "gateway/META-INF/types/Entity.yaml",
+        "---\nname: Entity\nabstract: true\n",
+    )
+    .unwrap();
+    repo.write(
+        "gateway/META-INF/types/Entity/Root.yaml",
+        "---\nname: Root\nfields:\n  name: {type: string}\n",
+    )
+    .unwrap();
+    repo.write(
+        "gateway/values.yaml",
+        "---\ndb:\n  url: jdbc:test\n  password: first-Secret-1\n",
+    )
+    .unwrap();
+    repo.write("gateway/notes.txt", "one\ntwo\nthree\n")
+        .unwrap();
+    let a = repo.commit("first").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/sample.yaml"),
+        format!(
+            "name: sample\nsource:\n  repo: {}\n  branch: main\ngateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let base = gantry.url();
+
+    let run_a = trigger(&base, &a).await;
+    wait_events(&base, &run_a, "io.gantry.package.built.v1", 1).await;
+    // Before anything runs in the stage, everything is new.
+    let first = get_json(&base, &format!("/api/v1/runs/{run_a}/stages/test/diff")).await;
+    assert!(first["current"].is_null(), "{first}");
+    assert!(
+        !first["diff"]["added"].as_array().unwrap().is_empty(),
+        "{first}"
+    );
+
+    // The stage now runs run A (what the conductor records on promotion).
+    let store = gantry_core::EventStore::connect(&format!(
+        "sqlite://{}",
+        dir.path().join(".gantry/gantry.db").display()
+    ))
+    .await
+    .unwrap();
+    let promoted = gantry_proto::CloudEvent::new(
+        "conductor",
+        "sample",
+        Some(&run_a),
+        &gantry_proto::events::EnvPromoted {
+            stage: "test".into(),
+            commit: a.clone(),
+            image: None,
+            digest: None,
+        },
+    );
+    store
+        .append(
+            &format!("run-{run_a}"),
+            gantry_core::ExpectedVersion::Any,
+            vec![promoted],
+        )
+        .await
+        .unwrap();
+
+    repo.write(
+        "gateway/values.yaml",
+        "---\ndb:\n  url: jdbc:prod\n  password: second-Secret-2\n",
+    )
+    .unwrap();
+    repo.write("gateway/notes.txt", "one\nTWO\nthree\n")
+        .unwrap();
+    let b = repo.commit("second").unwrap();
+    let run_b = trigger(&base, &b).await;
+    wait_events(&base, &run_b, "io.gantry.package.built.v1", 1).await;
+
+    let resp = reqwest::get(format!("{base}/api/v1/runs/{run_b}/stages/test/diff"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(
+        !text.contains("first-Secret-1") && !text.contains("second-Secret-2"),
+        "secrets leak: {text}"
+    );
+    let diff: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(diff["current"]["run_id"], run_a.as_str());
+    assert_eq!(diff["current"]["commit"], a.as_str());
+    let modified: Vec<&str> = diff["diff"]["modified"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["path"].as_str().unwrap())
+        .collect();
+    assert!(modified.contains(&"notes.txt"), "{modified:?}");
+    let notes = diff["diff"]["modified"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["path"] == "notes.txt")
+        .unwrap();
+    let unified = notes["diff"].as_str().unwrap();
+    assert!(
+        unified.contains("-two") && unified.contains("+TWO"),
+        "{unified}"
+    );
+    let values: Vec<&str> = diff["diff"]["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["path"].as_str().unwrap())
+        .collect();
+    assert!(
+        values.contains(&"db.url") && values.contains(&"db.password"),
+        "{values:?}"
+    );
+
+    // The CLI prints the same report.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args(["diff", &run_b, "test"])
+        .current_dir(dir.path())
+        .env("GANTRY_LISTEN", format!("127.0.0.1:{}", gantry.port))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        report.contains("notes.txt") && report.contains("+TWO"),
+        "{report}"
+    );
+    assert!(!report.contains("second-Secret-2"), "{report}");
+
+    // A stage the run has no package for.
+    let resp = reqwest::get(format!("{base}/api/v1/runs/{run_b}/stages/nope/diff"))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 409);
+}

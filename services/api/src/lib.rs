@@ -6,6 +6,7 @@
 //! `/api/...` call needs `Authorization: Bearer <token>`.
 
 mod dashboard;
+mod diff;
 mod events;
 
 use std::sync::Arc;
@@ -44,6 +45,7 @@ pub fn router(app: App) -> Result<Router, gantry_core::auth::TokensError> {
         .route("/runs", get(list_runs).post(trigger_run))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/events", get(run_events))
+        .route("/runs/{id}/stages/{stage}/diff", get(diff::stage_diff))
         .route("/events", get(events::stream))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))

@@ -28,6 +28,7 @@
 //! ```
 
 mod diag;
+pub mod diff;
 pub mod fed;
 pub mod package;
 pub mod secrets;

@@ -141,6 +141,9 @@ pub enum Command {
     },
     /// Show one run: its stages, and why a waiting stage waits.
     Run { id: String },
+    /// What promoting a run into a stage would change (files and values,
+    /// secrets masked), against what the stage runs now.
+    Diff { run: String, stage: String },
     /// Approve the promotion of a run into a stage.
     Approve {
         run: String,

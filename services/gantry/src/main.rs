@@ -149,6 +149,32 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 Output::Text => print_run(&run),
             }
         }
+        Command::Diff { run, stage } => {
+            let path = format!(
+                "/api/v1/runs/{}/stages/{}/diff",
+                urlencode(&run),
+                urlencode(&stage)
+            );
+            let client = Client::new(g);
+            match g.output {
+                Output::Json => {
+                    let diff = client.send(Method::GET, &path, None).await?.json().await?;
+                    println!("{}", serde_json::to_string_pretty(&diff)?);
+                }
+                Output::Text => {
+                    let resp = client
+                        .send(Method::GET, &format!("{path}?format=text"), None)
+                        .await?;
+                    let status = resp.status;
+                    let body = resp.bytes().await?;
+                    if !status.is_success() {
+                        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                        anyhow::bail!("{}", client_error(status, &value));
+                    }
+                    print!("{}", String::from_utf8_lossy(&body));
+                }
+            }
+        }
         Command::Approve {
             run,
             stage,

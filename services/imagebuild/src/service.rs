@@ -128,7 +128,9 @@ fn docker_config_credentials() -> Result<CredentialStore, String> {
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker")))
         .map(|dir| dir.join("config.json"));
     match path {
-        Some(p) if p.is_file() => CredentialStore::load_docker_config(&p).map_err(|e| e.to_string()),
+        Some(p) if p.is_file() => {
+            CredentialStore::load_docker_config(&p).map_err(|e| e.to_string())
+        }
         _ => Ok(CredentialStore::new()),
     }
 }

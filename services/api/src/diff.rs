@@ -1,0 +1,92 @@
+//! `GET /api/v1/runs/{id}/stages/{stage}/diff`: what promoting this run into
+//! the stage would change, against the release the stage runs now: files of
+//! the rendered configuration and its values, secrets masked. `?format=text`
+//! answers the human-readable report.
+
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use gantry_core::packages::PackageStore;
+use gantry_core::{Problem, RecordedEvent};
+use gantry_proto::events::PackageBuilt;
+use gantry_proto::EventName;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::Api;
+
+#[derive(Debug, Deserialize)]
+pub(crate) struct DiffQuery {
+    format: Option<String>,
+}
+
+/// The `package.built` of `stage` among a run's events.
+fn package_of(events: &[RecordedEvent], stage: &str) -> Option<PackageBuilt> {
+    events
+        .iter()
+        .rev()
+        .filter(|e| e.event.name() == Some(EventName::PackageBuilt))
+        .filter_map(|e| e.event.decode::<PackageBuilt>().ok())
+        .find(|p| p.stage == stage)
+}
+
+pub(crate) async fn stage_diff(
+    State(api): State<Api>,
+    Path((run_id, stage)): Path<(String, String)>,
+    Query(q): Query<DiffQuery>,
+) -> Result<Response, Problem> {
+    let store = &api.app.store;
+    let events = store.read_run(&run_id).await?;
+    let Some(first) = events.first() else {
+        return Err(Problem::not_found(format!("no run `{run_id}`")));
+    };
+    let pipeline = first.event.pipeline.clone();
+    let candidate = package_of(&events, &stage).ok_or_else(|| {
+        Problem::conflict(format!(
+            "run `{run_id}` has no package for stage `{stage}` yet (or the stage does not exist)"
+        ))
+    })?;
+    let current_release = api
+        .app
+        .projections
+        .releases(&pipeline)
+        .await?
+        .into_iter()
+        .find(|r| r.stage == stage);
+    let current = match &current_release {
+        Some(release) => package_of(&store.read_run(&release.run_id).await?, &stage),
+        None => None,
+    };
+    let packages = PackageStore::new(&api.app.settings.data_dir);
+    let read = |digest: &str| packages.get(digest).map_err(Problem::internal);
+    let candidate_bytes = read(&candidate.digest)?;
+    let current_bytes = match &current {
+        Some(p) => Some(read(&p.digest)?),
+        None => None,
+    };
+    let diff = gantry_envgen::diff::diff_packages(current_bytes.as_deref(), &candidate_bytes)
+        .map_err(Problem::internal)?;
+    if q.format.as_deref() == Some("text") {
+        return Ok((
+            [(
+                axum::http::header::CONTENT_TYPE,
+                "text/plain; charset=utf-8",
+            )],
+            diff.to_text(),
+        )
+            .into_response());
+    }
+    Ok(Json(json!({
+        "run_id": run_id,
+        "stage": stage,
+        "pipeline": pipeline,
+        "candidate": { "run_id": run_id, "digest": candidate.digest, "commit": candidate.commit },
+        "current": current_release.as_ref().map(|r| json!({
+            "run_id": r.run_id,
+            "commit": r.commit,
+            "digest": current.as_ref().map(|p| p.digest.clone()),
+        })),
+        "diff": diff,
+    }))
+    .into_response())
+}
