@@ -122,9 +122,28 @@ async fn sigkill_of_gantry_up_loses_and_duplicates_nothing() {
         dir.path().join(".gantry/gantry.db").display()
     );
     let store = gantry_core::EventStore::connect(&url).await.unwrap();
-    let events = store.read_all(0, 10_000).await.unwrap();
+    // `gantry up` also runs envgen, which answers every run with one package
+    // result per stage (here `package.failed`: the repository is not
+    // reachable). Wait for all of them: the worker was killed too.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let events = loop {
+        let events = store.read_all(0, 100_000).await.unwrap();
+        let results = events
+            .iter()
+            .filter(|e| e.event.ty.starts_with("io.gantry.package."))
+            .count();
+        if results >= 2 * WEBHOOKS {
+            break events;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{results} package results for {WEBHOOKS} runs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
     let rows: Vec<_> = events
         .iter()
+        .filter(|e| !e.event.ty.starts_with("io.gantry.package."))
         .map(|e| {
             (
                 e.event.id.to_string(),
@@ -134,6 +153,19 @@ async fn sigkill_of_gantry_up_loses_and_duplicates_nothing() {
         })
         .collect();
     assert_exactly_once(&commits, &rows);
+    // Handlers' effects happened once per (run, stage), kills or not.
+    let mut results = HashSet::new();
+    for e in events
+        .iter()
+        .filter(|e| e.event.ty.starts_with("io.gantry.package."))
+    {
+        let key = (e.event.runid.clone(), e.event.stage().map(str::to_owned));
+        assert!(
+            results.insert(key.clone()),
+            "two package results for {key:?}"
+        );
+    }
+    assert_eq!(results.len(), 2 * WEBHOOKS);
     let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
     assert_eq!(positions, (1..=positions.len() as i64).collect::<Vec<_>>());
 

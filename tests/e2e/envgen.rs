@@ -13,12 +13,7 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 fn fixture_project() -> PathBuf {
-    let rel = "shared/fixtures/yamles/yamles-utils-apim/apim";
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join(rel))
-        .find(|c| c.join("_parent.yaml").is_file())
-        .expect("the shared fixtures are beside the repository")
+    fixture("yamles/yamles-utils-apim/apim")
 }
 
 fn copy_tree(from: &Path, to: &Path) {
@@ -160,12 +155,7 @@ async fn sample_project_is_packaged_per_stage_and_a_broken_reference_is_located(
 }
 
 fn fixture_fed() -> PathBuf {
-    let rel = "shared/fixtures/apim-cli/fed/swagger-promote-7.7-20240830.fed";
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .ancestors()
-        .map(|a| a.join(rel))
-        .find(|c| c.is_file())
-        .expect("the shared fixtures are beside the repository")
+    fixture("apim-cli/fed/swagger-promote-7.7-20240830.fed")
 }
 
 fn tar_entries(gz: &[u8]) -> Vec<(String, Vec<u8>)> {

@@ -80,11 +80,7 @@ async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> R
     next.run(req).await
 }
 
-fn pipeline_json(
-    api: &Api,
-    p: &Pipeline,
-    releases: &[gantry_core::projection::Release],
-) -> serde_json::Value {
+fn pipeline_json(p: &Pipeline, releases: &[gantry_core::projection::Release]) -> serde_json::Value {
     let stages: Vec<_> = p
         .stage_plan()
         .into_iter()
@@ -103,7 +99,6 @@ fn pipeline_json(
             })
         })
         .collect();
-    let _ = api;
     json!({
         "name": p.name,
         "source": { "repo": p.source.repo, "branch": p.source.branch },
@@ -118,7 +113,7 @@ async fn list_pipelines(State(api): State<Api>) -> Result<Json<Vec<serde_json::V
     let mut out = Vec::with_capacity(set.len());
     for p in set.iter() {
         let releases = api.app.projections.releases(&p.name).await?;
-        out.push(pipeline_json(&api, p, &releases));
+        out.push(pipeline_json(p, &releases));
     }
     Ok(Json(out))
 }
@@ -132,7 +127,7 @@ async fn get_pipeline(
         .get(&name)
         .ok_or_else(|| Problem::not_found(format!("no pipeline named `{name}`")))?;
     let releases = api.app.projections.releases(&name).await?;
-    Ok(Json(pipeline_json(&api, p, &releases)))
+    Ok(Json(pipeline_json(p, &releases)))
 }
 
 #[derive(Debug, Deserialize)]

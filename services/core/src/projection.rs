@@ -516,21 +516,15 @@ async fn apply(
         EventName::EnvPromoted => {
             let d = data!(ev::EnvPromoted);
             update.status("promoted").clear_waiting().run().await?;
-            sqlx::query(
-                "INSERT INTO releases (pipeline, stage, run_id, commit_sha, image, digest, promoted_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pipeline, stage) DO UPDATE SET \
-                 run_id = excluded.run_id, commit_sha = excluded.commit_sha, image = excluded.image, \
-                 digest = excluded.digest, promoted_at = excluded.promoted_at",
-            )
-            .bind(&event.pipeline)
-            .bind(&stage)
-            .bind(run_id)
-            .bind(&d.commit)
-            .bind(d.image)
-            .bind(d.digest)
-            .bind(&at)
-            .execute(&mut *conn)
-            .await?;
+            let release = Release {
+                stage: stage.clone(),
+                run_id: run_id.to_owned(),
+                commit: d.commit,
+                image: d.image,
+                digest: d.digest,
+                promoted_at: at.clone(),
+            };
+            upsert_release(conn, &event.pipeline, &release).await?;
         }
         EventName::StageRolledBack => {
             let d = data!(ev::StageRolledBack);
@@ -552,21 +546,15 @@ async fn apply(
                         Some(r) => (r.try_get(0)?, r.try_get(1)?),
                         None => (None, None),
                     };
-                    sqlx::query(
-                        "INSERT INTO releases (pipeline, stage, run_id, commit_sha, image, digest, promoted_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pipeline, stage) DO UPDATE SET \
-                         run_id = excluded.run_id, commit_sha = excluded.commit_sha, image = excluded.image, \
-                         digest = excluded.digest, promoted_at = excluded.promoted_at",
-                    )
-                    .bind(&event.pipeline)
-                    .bind(&stage)
-                    .bind(to_run)
-                    .bind(to_commit)
-                    .bind(image)
-                    .bind(digest)
-                    .bind(&at)
-                    .execute(&mut *conn)
-                    .await?;
+                    let release = Release {
+                        stage: stage.clone(),
+                        run_id: to_run.clone(),
+                        commit: to_commit.clone(),
+                        image,
+                        digest,
+                        promoted_at: at.clone(),
+                    };
+                    upsert_release(conn, &event.pipeline, &release).await?;
                 }
                 _ => {
                     sqlx::query(
@@ -588,6 +576,30 @@ async fn apply(
         .bind(position)
         .execute(&mut *conn)
         .await?;
+    Ok(())
+}
+
+/// Records what a stage of a pipeline runs now.
+async fn upsert_release(
+    conn: &mut AnyConnection,
+    pipeline: &str,
+    release: &Release,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO releases (pipeline, stage, run_id, commit_sha, image, digest, promoted_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pipeline, stage) DO UPDATE SET \
+         run_id = excluded.run_id, commit_sha = excluded.commit_sha, image = excluded.image, \
+         digest = excluded.digest, promoted_at = excluded.promoted_at",
+    )
+    .bind(pipeline)
+    .bind(&release.stage)
+    .bind(&release.run_id)
+    .bind(&release.commit)
+    .bind(release.image.clone())
+    .bind(release.digest.clone())
+    .bind(&release.promoted_at)
+    .execute(&mut *conn)
+    .await?;
     Ok(())
 }
 

@@ -121,6 +121,16 @@ impl Drop for Gantry {
     }
 }
 
+/// A file or directory of `shared/fixtures/` (beside the repository, as on
+/// developer machines and in CI).
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .map(|a| a.join("shared/fixtures").join(rel))
+        .find(|c| c.exists())
+        .unwrap_or_else(|| panic!("fixture {rel} not found beside the repository"))
+}
+
 /// A work dir with `pipelines/banking.yaml` following [`REPO`] on `main`.
 pub fn workdir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
