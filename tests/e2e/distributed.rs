@@ -80,4 +80,39 @@ async fn webhook_and_api_as_separate_processes() {
     assert_eq!(streamed[1].1["type"], "io.gantry.run.started.v1");
     let ready = get_json(&api.url(), "/readyz").await;
     assert_eq!(ready["bus"], "nats", "{ready}");
+
+    // Readiness follows NATS: not ready while it is down, ready once it is back.
+    let mut nats = nats;
+    nats.kill();
+    let readyz = format!("{}/readyz", api.url());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let resp = reqwest::get(&readyz).await.unwrap();
+        if resp.status() == 503 {
+            assert_eq!(resp.headers()["content-type"], "application/problem+json");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still ready with NATS down"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        reqwest::get(format!("{}/healthz", api.url()))
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "alive all the same"
+    );
+    nats.restart().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while reqwest::get(&readyz).await.unwrap().status() != 200 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not ready again after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
