@@ -5,6 +5,7 @@ pub mod auth;
 pub mod bus;
 pub mod config;
 pub mod consumer;
+pub mod decide;
 pub mod git;
 pub mod metrics;
 pub mod packages;

@@ -1,0 +1,430 @@
+//! Promotion decisions as a pure function (DESIGN.md 2.3).
+//!
+//! [`decide`] takes a pipeline definition, the current time and the recorded
+//! events of *all* runs of that pipeline (stage occupancy and queues span
+//! runs), folds them into a state and returns what should be appended next:
+//! a list of [`Decision`]s (each one event, see [`Decision::into_event`]) and
+//! the time at which the answer could change without any new event
+//! ([`Outcome::next_wakeup`]: an approval lapsing, a freeze window beginning
+//! or ending for a run ready to enter the stage).
+//! It reads no clock and does no I/O; the conductor folds, calls, appends.
+//!
+//! # What a run's stage goes through
+//!
+//! Each run follows the stage plan frozen in its `run.started` (order,
+//! `after`, steps). Stage *settings* that are operational — approval policy,
+//! freeze windows, queue policy — are read from the current [`Pipeline`]
+//! definition by stage name (a stage no longer defined gets the defaults: no
+//! freeze, `latest`, and, if its plan has an `approval` step, one approval).
+//! A stage needs approval when its plan has the `approval` step *or* the
+//! current definition has an `approval` (the stricter of the two wins).
+//!
+//! For a run `R` and a stage `S` of its plan that `R` has not started, the
+//! gates are checked in this order; the first unmet gate is why it waits:
+//!
+//! 1. **`after`**: the stage named by `after` must have `env.promoted` this
+//!    run. Until then nothing is said about `S` (it is simply pending).
+//!    An `after` naming a stage missing from the plan fails the run.
+//! 2. **dependencies**: `package.built` for `S` (always) and `image.pushed`
+//!    for `S` (when the plan has the `image` step). Waiting here is
+//!    recorded once as `stage.queued` reason `dependencies`.
+//! 3. **supersession** (`queue: latest` only): `R` is *ready* for `S` once 1
+//!    and 2 hold. A ready run is superseded (`run.superseded`, `by_run` the
+//!    newest such run) when a run that started later (by `run.started` log
+//!    order) has already promoted `S`, or, having no reason to fail, is
+//!    promoting into `S` or is ready for it too: only the latest commit
+//!    waits, and an older commit never overwrites a newer one. Runs that
+//!    started `S` are never superseded.
+//! 4. **freeze**: if `now` falls in one of `S`'s windows `[from, to)`,
+//!    `stage.queued` reason `freeze`, `until` the end of the window (of the
+//!    whole frozen span, when windows touch or overlap). Nothing else is
+//!    asked for while frozen (no approval request). Freezes never interrupt
+//!    a promotion in progress and never hold a rollback.
+//! 5. **approval**: `approval.requested` once per run and stage, with
+//!    `expires_at = now + expires`. It is satisfied by the request's
+//!    `required` *distinct* users (case-insensitive) in `approval.granted`
+//!    events (for that run and stage) recorded before `expires_at`; when
+//!    `allow_self` is false a grant whose `user` equals the run author's
+//!    `username` or `email` (ASCII case-insensitive; author from
+//!    `run.started`, else `commit.received`) does not count. Whether a user
+//!    belongs to the allowed groups is checked by whoever records the grant
+//!    (the API knows the tokens' groups); this function only sees `user`.
+//!    Any `approval.rejected` fails the run. A request still unsatisfied at
+//!    `expires_at` fails the run (`approval for S expired ...`): it is not
+//!    re-requested, a new run (or trigger) is the way to try again. Once
+//!    satisfied, an approval does not lapse while the run waits in a queue.
+//!    When a run comes back to waiting for approvals after having waited for
+//!    something else, `stage.queued` reason `approval` says so.
+//! 6. **queue**: one promotion per stage at a time. The stage is busy while
+//!    a run has `stage.started` it and has neither promoted it nor finished
+//!    rolling it back (and is not terminal). Ready runs are ordered by
+//!    `run.started` order; only the first may start, when the stage is free.
+//!    Others wait with `stage.queued` reason `queue`, `behind` the ready run
+//!    just ahead of them, or the run in the stage for the first one. With
+//!    `fifo` the first ready run waits for its own approval or freeze and
+//!    the ones behind it keep waiting too: no overtaking among ready runs (a
+//!    run not yet ready — packages missing, earlier stage not promoted — is
+//!    not in the queue and does not hold anyone back). With `latest` there is
+//!    only ever one ready run per stage (rule 3).
+//! 7. **start**: `stage.started` with the run's commit, image
+//!    (`repository:tag`) and image digest.
+//!
+//! A `stage.queued` is emitted only when the reason, `behind` or `until`
+//! differs from the last one recorded for that run and stage.
+//!
+//! # In the stage
+//!
+//! After `stage.started` the workers act and record `deploy.completed` /
+//! `deploy.failed` (a readiness failure is a `deploy.failed`; the plan's
+//! `ready` step has no event of its own), `apis.promoted` / `apis.failed`,
+//! `smoke.passed` / `smoke.failed`, for the steps `deploy`, `apimanager`,
+//! `smoke` present in the plan. When every present step succeeded:
+//! `env.promoted`. The first failure ends the attempt (later results of that
+//! attempt are ignored); it is rolled back:
+//!
+//! - if the stage ran an earlier release (the last `env.promoted`, or the
+//!   target of the last `stage.rolled_back`) and the plan has `deploy` or
+//!   `apimanager`, a rollback promotion starts: `stage.started` with
+//!   `rollback: true` and the earlier release's commit, image and digest.
+//!   Step results recorded after it belong to the rollback; when `deploy`
+//!   and `apimanager` (those in the plan; smoke results are ignored) have
+//!   succeeded, `stage.rolled_back` names the earlier run and commit. If the
+//!   rollback itself fails, no `stage.rolled_back` is recorded, the stage is
+//!   released, the run fails with both reasons, and the stage's known release
+//!   stays the earlier one (the target for the next rollback).
+//! - otherwise (nothing deployed before, or nothing this stage changes)
+//!   `stage.rolled_back` is recorded at once, with `to_run`/`to_commit` of
+//!   the earlier release if any, none otherwise.
+//!
+//! The stage stays busy until then, so no other run deploys over a rollback.
+//!
+//! # How runs end
+//!
+//! A run *holds* a stage while it is promoting into it or rolling it back.
+//! Reasons to fail (a `package.failed` / `image.failed` for a stage not yet
+//! started, a rejection, an expired approval, a failed step) and a
+//! supersession take effect only when the run holds no stage: a promotion in
+//! progress in another stage (plans may branch with `after`) runs to its end
+//! first, but the run starts nothing new in the meantime. Then, in this order:
+//! `run.failed` (stage and reason of the first failure in log order, expiry
+//! last), `run.superseded`, or `run.succeeded` once every planned stage has
+//! `env.promoted` this run (a plan with no stages succeeds at once).
+//! `run.cancelled` is recorded by others; it ends the run at once and
+//! releases any stage it held (a deploy already under way is not undone:
+//! workers should check the run before acting). Terminal runs get no more
+//! decisions, and events recorded for them later are ignored for decisions.
+//!
+//! # Idempotence
+//!
+//! [`decide`] applies each decision to its own state before looking for the
+//! next one, until nothing is left to do. So calling it again on the same
+//! history returns the same decisions, and calling it on the history with
+//! those decisions appended returns none.
+
+use chrono::{DateTime, Utc};
+use gantry_proto::events as ev;
+use gantry_proto::{CloudEvent, EventName, EventPayload};
+
+use crate::pipeline::Pipeline;
+
+mod engine;
+mod state;
+
+#[cfg(test)]
+mod fixture;
+#[cfg(test)]
+mod sim;
+#[cfg(test)]
+mod tests;
+
+/// The service name decisions are recorded under (`source: gantry/conductor`).
+pub const SERVICE: &str = "conductor";
+
+/// Why a promotion into a stage waits (`stage.queued` `reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WaitReason {
+    /// The stage's package or image is not there yet.
+    Dependencies,
+    /// A freeze window holds the stage; `until` says when it ends.
+    Freeze,
+    /// Approvals are still missing.
+    Approval,
+    /// Another run is ahead in the stage's queue; `behind` names it.
+    Queue,
+}
+
+impl WaitReason {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            WaitReason::Dependencies => "dependencies",
+            WaitReason::Freeze => "freeze",
+            WaitReason::Approval => "approval",
+            WaitReason::Queue => "queue",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "dependencies" => Some(WaitReason::Dependencies),
+            "freeze" => Some(WaitReason::Freeze),
+            "approval" => Some(WaitReason::Approval),
+            "queue" => Some(WaitReason::Queue),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for WaitReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event the conductor should append. Every variant is scoped to `run`
+/// (the event's subject).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    /// `stage.queued`: the promotion of `run` into `stage` waits.
+    Queue {
+        run: String,
+        stage: String,
+        reason: WaitReason,
+        behind: Option<String>,
+        until: Option<DateTime<Utc>>,
+    },
+    /// `approval.requested`.
+    RequestApproval {
+        run: String,
+        stage: String,
+        required: u32,
+        approvers: Vec<String>,
+        expires_at: Option<DateTime<Utc>>,
+    },
+    /// `stage.started`: deploy `commit` (its `image` and `digest`) into
+    /// `stage`. With `rollback`, the commit is the stage's earlier release.
+    Start {
+        run: String,
+        stage: String,
+        commit: String,
+        image: Option<String>,
+        digest: Option<String>,
+        rollback: bool,
+    },
+    /// `env.promoted`: `stage` now runs this run's release.
+    Promote {
+        run: String,
+        stage: String,
+        commit: String,
+        image: Option<String>,
+        digest: Option<String>,
+    },
+    /// `stage.rolled_back`: the stage runs `to_run`'s release again (none:
+    /// there was no earlier release).
+    RollBack {
+        run: String,
+        stage: String,
+        reason: String,
+        to_run: Option<String>,
+        to_commit: Option<String>,
+    },
+    /// `run.succeeded`.
+    Succeed { run: String },
+    /// `run.failed`.
+    Fail {
+        run: String,
+        stage: Option<String>,
+        reason: String,
+    },
+    /// `run.superseded`: `by_run` took this run's place in `stage`.
+    Supersede {
+        run: String,
+        stage: String,
+        by_run: String,
+    },
+}
+
+/// What [`decide`] found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Outcome {
+    /// Events to append, in this order.
+    pub decisions: Vec<Decision>,
+    /// The earliest future time at which, without any new event, decisions
+    /// could change (an approval request lapses, a freeze window of a stage
+    /// that a run is ready for begins or ends): call [`decide`] again then.
+    /// Before it, with no new event, [`decide`] returns nothing.
+    pub next_wakeup: Option<DateTime<Utc>>,
+}
+
+/// Decides what happens next in `pipeline`, given every recorded event of
+/// its runs in log order (`history`; events of other pipelines are ignored)
+/// and the current time. Pure: see the module documentation for the rules.
+pub fn decide(pipeline: &Pipeline, now: DateTime<Utc>, history: &[CloudEvent]) -> Outcome {
+    engine::decide(pipeline, now, history)
+}
+
+impl Decision {
+    /// The run the decision is about (the event's subject).
+    pub fn run(&self) -> &str {
+        match self {
+            Decision::Queue { run, .. }
+            | Decision::RequestApproval { run, .. }
+            | Decision::Start { run, .. }
+            | Decision::Promote { run, .. }
+            | Decision::RollBack { run, .. }
+            | Decision::Succeed { run }
+            | Decision::Fail { run, .. }
+            | Decision::Supersede { run, .. } => run,
+        }
+    }
+
+    /// The stage the decision is about, if any.
+    pub fn stage(&self) -> Option<&str> {
+        match self {
+            Decision::Queue { stage, .. }
+            | Decision::RequestApproval { stage, .. }
+            | Decision::Start { stage, .. }
+            | Decision::Promote { stage, .. }
+            | Decision::RollBack { stage, .. }
+            | Decision::Supersede { stage, .. } => Some(stage),
+            Decision::Fail { stage, .. } => stage.as_deref(),
+            Decision::Succeed { .. } => None,
+        }
+    }
+
+    /// The event this decision is recorded as.
+    pub fn name(&self) -> EventName {
+        match self {
+            Decision::Queue { .. } => EventName::StageQueued,
+            Decision::RequestApproval { .. } => EventName::ApprovalRequested,
+            Decision::Start { .. } => EventName::StageStarted,
+            Decision::Promote { .. } => EventName::EnvPromoted,
+            Decision::RollBack { .. } => EventName::StageRolledBack,
+            Decision::Succeed { .. } => EventName::RunSucceeded,
+            Decision::Fail { .. } => EventName::RunFailed,
+            Decision::Supersede { .. } => EventName::RunSuperseded,
+        }
+    }
+
+    /// Whether the decision ends its run.
+    pub fn is_terminal(&self) -> bool {
+        self.name().is_terminal()
+    }
+
+    /// The event's `data`.
+    pub fn data(&self) -> serde_json::Value {
+        self.encode(&DataOnly)
+    }
+
+    /// The event to append: source `gantry/conductor`, subject and `runid`
+    /// the run, a fresh id and the current time (set `causationid` with
+    /// [`CloudEvent::caused_by`], `id` with [`CloudEvent::with_id`] as needed).
+    pub fn into_event(&self, pipeline: &str) -> CloudEvent {
+        self.encode(&ToEvent {
+            pipeline,
+            run: self.run(),
+        })
+    }
+
+    fn encode<E: Encoder>(&self, e: &E) -> E::Out {
+        match self {
+            Decision::Queue {
+                stage,
+                reason,
+                behind,
+                until,
+                ..
+            } => e.encode(&ev::StageQueued {
+                stage: stage.clone(),
+                reason: reason.as_str().to_owned(),
+                behind: behind.clone(),
+                until: *until,
+            }),
+            Decision::RequestApproval {
+                stage,
+                required,
+                approvers,
+                expires_at,
+                ..
+            } => e.encode(&ev::ApprovalRequested {
+                stage: stage.clone(),
+                required: *required,
+                approvers: approvers.clone(),
+                expires_at: *expires_at,
+            }),
+            Decision::Start {
+                stage,
+                commit,
+                image,
+                digest,
+                rollback,
+                ..
+            } => e.encode(&ev::StageStarted {
+                stage: stage.clone(),
+                commit: commit.clone(),
+                image: image.clone(),
+                digest: digest.clone(),
+                rollback: *rollback,
+            }),
+            Decision::Promote {
+                stage,
+                commit,
+                image,
+                digest,
+                ..
+            } => e.encode(&ev::EnvPromoted {
+                stage: stage.clone(),
+                commit: commit.clone(),
+                image: image.clone(),
+                digest: digest.clone(),
+            }),
+            Decision::RollBack {
+                stage,
+                reason,
+                to_run,
+                to_commit,
+                ..
+            } => e.encode(&ev::StageRolledBack {
+                stage: stage.clone(),
+                reason: reason.clone(),
+                to_run: to_run.clone(),
+                to_commit: to_commit.clone(),
+            }),
+            Decision::Succeed { .. } => e.encode(&ev::RunSucceeded {}),
+            Decision::Fail { stage, reason, .. } => e.encode(&ev::RunFailed {
+                stage: stage.clone(),
+                reason: reason.clone(),
+            }),
+            Decision::Supersede { stage, by_run, .. } => e.encode(&ev::RunSuperseded {
+                stage: stage.clone(),
+                by_run: by_run.clone(),
+            }),
+        }
+    }
+}
+
+/// Turns a typed payload into something (its JSON, a whole event).
+trait Encoder {
+    type Out;
+    fn encode<P: EventPayload>(&self, payload: &P) -> Self::Out;
+}
+
+struct DataOnly;
+
+impl Encoder for DataOnly {
+    type Out = serde_json::Value;
+    fn encode<P: EventPayload>(&self, payload: &P) -> serde_json::Value {
+        serde_json::to_value(payload).expect("event payloads are plain data and always serialize")
+    }
+}
+
+struct ToEvent<'a> {
+    pipeline: &'a str,
+    run: &'a str,
+}
+
+impl Encoder for ToEvent<'_> {
+    type Out = CloudEvent;
+    fn encode<P: EventPayload>(&self, payload: &P) -> CloudEvent {
+        CloudEvent::new(SERVICE, self.pipeline, Some(self.run), payload)
+    }
+}

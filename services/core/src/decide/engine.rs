@@ -1,0 +1,507 @@
+//! The rules (see the module documentation of `decide`), applied to a folded
+//! [`State`] one decision at a time until there is nothing left to decide.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use gantry_proto::CloudEvent;
+
+use super::state::{Attempt, Progress, Run, State, Step, Wait};
+use super::{Decision, Outcome, WaitReason};
+use crate::pipeline::{Approval, Pipeline, QueuePolicy};
+
+pub(super) fn decide(pipeline: &Pipeline, now: DateTime<Utc>, history: &[CloudEvent]) -> Outcome {
+    let mut state = State::fold(&pipeline.name, history);
+    let ctx = Ctx { pipeline, now };
+    // Every decision changes the state so that it is not taken again; this
+    // bound only guards against a rule that would flip-flop.
+    let active: usize = state
+        .runs
+        .iter()
+        .filter(|r| r.running())
+        .map(|r| r.plan.len() + 1)
+        .sum();
+    let limit = 256 + 64 * active;
+    let mut decisions = Vec::new();
+    while let Some(decision) = next(&state, &ctx) {
+        state.apply(decision.run(), decision.name(), &decision.data(), now);
+        decisions.push(decision);
+        if decisions.len() > limit {
+            debug_assert!(false, "decisions do not converge: {decisions:#?}");
+            tracing::error!(
+                pipeline = %pipeline.name,
+                "promotion decisions do not converge; stopping after {limit}"
+            );
+            break;
+        }
+    }
+    let next_wakeup = wakeup(&state, &ctx);
+    Outcome {
+        decisions,
+        next_wakeup,
+    }
+}
+
+struct Ctx<'a> {
+    pipeline: &'a Pipeline,
+    now: DateTime<Utc>,
+}
+
+impl Ctx<'_> {
+    fn policy(&self, stage: &str) -> QueuePolicy {
+        self.pipeline
+            .stage(stage)
+            .map(|s| s.queue)
+            .unwrap_or_default()
+    }
+
+    /// The approval policy of the run's `i`th stage, when it needs approval.
+    fn approval(&self, run: &Run, i: usize) -> Option<Approval> {
+        let configured = self
+            .pipeline
+            .stage(&run.plan[i].name)
+            .and_then(|s| s.approval.clone());
+        let approval = match configured {
+            Some(a) => a,
+            None if run.has_step(i, "approval") => Approval {
+                required: 1,
+                approvers: Vec::new(),
+                allow_self: false,
+                expires: None,
+            },
+            None => return None,
+        };
+        (approval.required > 0).then_some(approval)
+    }
+
+    /// When the freeze holding `stage` now ends (windows that overlap or
+    /// touch make one span).
+    fn freeze_end(&self, stage: &str) -> Option<DateTime<Utc>> {
+        let s = self.pipeline.stage(stage)?;
+        let mut end = s.frozen_at(self.now)?.to;
+        while let Some(later) = s
+            .freeze
+            .iter()
+            .filter(|w| w.from <= end && end < w.to)
+            .map(|w| w.to)
+            .max()
+        {
+            end = later;
+        }
+        Some(end)
+    }
+}
+
+fn after_ok(run: &Run, i: usize) -> bool {
+    match &run.plan[i].after {
+        None => true,
+        Some(after) => run
+            .stage_index(after)
+            .is_some_and(|j| run.progress[j].promoted),
+    }
+}
+
+fn deps_met(run: &Run, i: usize) -> bool {
+    let p = &run.progress[i];
+    p.package.is_some() && (!run.has_step(i, "image") || p.image.is_some())
+}
+
+/// Ready for stage `i`: may be promoted into it once the gates open.
+fn candidate(run: &Run, i: usize) -> bool {
+    run.running() && run.progress[i].forward.is_none() && after_ok(run, i) && deps_met(run, i)
+}
+
+/// Counts the grants that satisfy `approval` (distinct users, before expiry,
+/// not the author unless allowed).
+fn granted(run: &Run, i: usize, approval: &Approval) -> (usize, u32) {
+    let p = &run.progress[i];
+    let Some(request) = &p.request else {
+        return (0, approval.required);
+    };
+    let mut users: Vec<String> = Vec::new();
+    for (user, at) in &p.grants {
+        if request.expires_at.is_some_and(|e| *at >= e) {
+            continue;
+        }
+        if !approval.allow_self && run.is_author(user) {
+            continue;
+        }
+        let user = user.trim().to_ascii_lowercase();
+        if !users.contains(&user) {
+            users.push(user);
+        }
+    }
+    (users.len(), request.required)
+}
+
+fn satisfied(run: &Run, i: usize, approval: &Approval) -> bool {
+    let (count, required) = granted(run, i, approval);
+    count >= required as usize
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Secs, true)
+}
+
+/// Why `run` must fail, if it must: the first recorded cause, else an
+/// unknown `after`, else an expired approval.
+fn cause(run: &Run, ctx: &Ctx<'_>) -> Option<(Option<String>, String)> {
+    if let Some(c) = run.causes.first() {
+        return Some((c.stage.clone(), c.reason.clone()));
+    }
+    for plan in &run.plan {
+        if let Some(after) = &plan.after {
+            if run.stage_index(after).is_none() {
+                return Some((
+                    Some(plan.name.clone()),
+                    format!(
+                        "stage {} follows {after}, which is not in the run's plan",
+                        plan.name
+                    ),
+                ));
+            }
+        }
+    }
+    for (i, plan) in run.plan.iter().enumerate() {
+        let p = &run.progress[i];
+        let (Some(request), None) = (&p.request, &p.forward) else {
+            continue;
+        };
+        let Some(expires_at) = request.expires_at else {
+            continue;
+        };
+        let Some(approval) = ctx.approval(run, i) else {
+            continue;
+        };
+        if ctx.now >= expires_at && !satisfied(run, i, &approval) {
+            let (count, required) = granted(run, i, &approval);
+            return Some((
+                Some(plan.name.clone()),
+                format!(
+                    "approval for {} expired at {} ({count} of {required} approvals)",
+                    plan.name,
+                    rfc3339(expires_at)
+                ),
+            ));
+        }
+    }
+    None
+}
+
+/// Cross-run facts for one round of decisions.
+struct View<'s> {
+    /// Per run (by index): why it must fail.
+    causes: Vec<Option<(Option<String>, String)>>,
+    /// Per run: the stage and the newer run it is superseded by.
+    superseded: Vec<Option<(String, String)>>,
+    /// Per stage: the run promoting into it or rolling it back.
+    occupant: HashMap<&'s str, &'s str>,
+    /// Per stage: the runs ready for it and still going, oldest first.
+    queue: HashMap<&'s str, Vec<usize>>,
+}
+
+impl View<'_> {
+    fn doomed(&self, idx: usize) -> bool {
+        self.causes[idx].is_some() || self.superseded[idx].is_some()
+    }
+}
+
+fn view<'s>(state: &'s State, ctx: &Ctx<'_>) -> View<'s> {
+    let causes: Vec<_> = state
+        .runs
+        .iter()
+        .map(|r| if r.running() { cause(r, ctx) } else { None })
+        .collect();
+    // Per stage: the newest run that reached it (promoted it, is promoting
+    // into it, or is ready for it and has no reason to fail).
+    let mut reached: HashMap<&str, (u64, &str)> = state
+        .stages
+        .iter()
+        .filter_map(|(stage, st)| {
+            st.newest_promoted
+                .as_ref()
+                .map(|(o, run)| (stage.as_str(), (*o, run.as_str())))
+        })
+        .collect();
+    for (idx, run) in state.runs.iter().enumerate() {
+        if !run.running() || causes[idx].is_some() {
+            continue;
+        }
+        for (i, plan) in run.plan.iter().enumerate() {
+            if candidate(run, i) || run.progress[i].occupies() {
+                let entry = reached
+                    .entry(plan.name.as_str())
+                    .or_insert((run.ordinal, run.id.as_str()));
+                if entry.0 < run.ordinal {
+                    *entry = (run.ordinal, run.id.as_str());
+                }
+            }
+        }
+    }
+    let superseded = state
+        .runs
+        .iter()
+        .map(|run| {
+            if !run.running() {
+                return None;
+            }
+            run.plan.iter().enumerate().find_map(|(i, plan)| {
+                if !candidate(run, i) || ctx.policy(&plan.name) != QueuePolicy::Latest {
+                    return None;
+                }
+                let (ordinal, by) = reached.get(plan.name.as_str())?;
+                (*ordinal > run.ordinal).then(|| (plan.name.clone(), (*by).to_owned()))
+            })
+        })
+        .collect();
+    let mut v = View {
+        causes,
+        superseded,
+        occupant: HashMap::new(),
+        queue: HashMap::new(),
+    };
+    for (idx, run) in state.runs.iter().enumerate() {
+        if !run.running() {
+            continue;
+        }
+        for (i, plan) in run.plan.iter().enumerate() {
+            if run.progress[i].occupies() {
+                v.occupant
+                    .entry(plan.name.as_str())
+                    .or_insert(run.id.as_str());
+            } else if !v.doomed(idx) && candidate(run, i) {
+                v.queue.entry(plan.name.as_str()).or_default().push(idx);
+            }
+        }
+    }
+    v
+}
+
+/// The next decision, if any.
+fn next(state: &State, ctx: &Ctx<'_>) -> Option<Decision> {
+    let v = view(state, ctx);
+    for (idx, run) in state.runs.iter().enumerate() {
+        if !run.running() {
+            continue;
+        }
+        for i in 0..run.plan.len() {
+            if let Some(d) = in_stage(state, run, i) {
+                return Some(d);
+            }
+        }
+        if run.holds_stage() {
+            continue;
+        }
+        if let Some((stage, reason)) = &v.causes[idx] {
+            return Some(Decision::Fail {
+                run: run.id.clone(),
+                stage: stage.clone(),
+                reason: with_rollback_failures(run, reason),
+            });
+        }
+        if let Some((stage, by_run)) = &v.superseded[idx] {
+            return Some(Decision::Supersede {
+                run: run.id.clone(),
+                stage: stage.clone(),
+                by_run: by_run.clone(),
+            });
+        }
+        if run.progress.iter().all(|p| p.promoted) {
+            return Some(Decision::Succeed {
+                run: run.id.clone(),
+            });
+        }
+    }
+    for (idx, run) in state.runs.iter().enumerate() {
+        if !run.running() || v.doomed(idx) {
+            continue;
+        }
+        for i in 0..run.plan.len() {
+            if let Some(d) = waiting(state, &v, ctx, idx, i) {
+                return Some(d);
+            }
+        }
+    }
+    None
+}
+
+fn with_rollback_failures(run: &Run, reason: &str) -> String {
+    let mut reason = reason.to_owned();
+    for (plan, p) in run.plan.iter().zip(&run.progress) {
+        if let Some(f) = &p.rollback_failure {
+            reason.push_str(&format!("; rollback of {} failed: {f}", plan.name));
+        }
+    }
+    reason
+}
+
+fn steps_done(run: &Run, i: usize, a: &Attempt, smoke: bool) -> bool {
+    (!run.has_step(i, "deploy") || a.deploy == Step::Done)
+        && (!run.has_step(i, "apimanager") || a.apis == Step::Done)
+        && (!smoke || !run.has_step(i, "smoke") || a.smoke == Step::Done)
+}
+
+/// Promotion or rollback of a stage the run is in.
+fn in_stage(state: &State, run: &Run, i: usize) -> Option<Decision> {
+    let p: &Progress = &run.progress[i];
+    if !p.occupies() {
+        return None;
+    }
+    let stage = &run.plan[i].name;
+    let current = state.stages.get(stage).and_then(|s| s.current.as_ref());
+    if let Some(rollback) = &p.rollback {
+        let failure = p.failure.clone().unwrap_or_default();
+        return steps_done(run, i, rollback, false).then(|| Decision::RollBack {
+            run: run.id.clone(),
+            stage: stage.clone(),
+            reason: failure,
+            to_run: current.map(|c| c.run.clone()),
+            to_commit: current.map(|c| c.commit.clone()),
+        });
+    }
+    if let Some(failure) = &p.failure {
+        let changes_stage = run.has_step(i, "deploy") || run.has_step(i, "apimanager");
+        return Some(match current {
+            Some(target) if changes_stage => Decision::Start {
+                run: run.id.clone(),
+                stage: stage.clone(),
+                commit: target.commit.clone(),
+                image: target.image.clone(),
+                digest: target.digest.clone(),
+                rollback: true,
+            },
+            _ => Decision::RollBack {
+                run: run.id.clone(),
+                stage: stage.clone(),
+                reason: failure.clone(),
+                to_run: current.map(|c| c.run.clone()),
+                to_commit: current.map(|c| c.commit.clone()),
+            },
+        });
+    }
+    let forward = p.forward.as_ref()?;
+    steps_done(run, i, forward, true).then(|| Decision::Promote {
+        run: run.id.clone(),
+        stage: stage.clone(),
+        commit: run.commit.clone(),
+        image: p.image.as_ref().map(|(image, _)| image.clone()),
+        digest: p.image.as_ref().map(|(_, digest)| digest.clone()),
+    })
+}
+
+/// What a run not yet in stage `i` does about it.
+fn waiting(state: &State, v: &View<'_>, ctx: &Ctx<'_>, idx: usize, i: usize) -> Option<Decision> {
+    let run = &state.runs[idx];
+    let p = &run.progress[i];
+    if p.forward.is_some() || !after_ok(run, i) {
+        return None;
+    }
+    let stage = run.plan[i].name.as_str();
+    let wait = 'gates: {
+        if !deps_met(run, i) {
+            break 'gates Wait::new(WaitReason::Dependencies, None, None);
+        }
+        if let Some(until) = ctx.freeze_end(stage) {
+            break 'gates Wait::new(WaitReason::Freeze, None, Some(until));
+        }
+        if let Some(approval) = ctx.approval(run, i) {
+            if p.request.is_none() {
+                let expires_at = approval
+                    .expires
+                    .and_then(|d| chrono::Duration::from_std(d).ok())
+                    .and_then(|d| ctx.now.checked_add_signed(d));
+                return Some(Decision::RequestApproval {
+                    run: run.id.clone(),
+                    stage: stage.to_owned(),
+                    required: approval.required,
+                    approvers: approval.approvers.clone(),
+                    expires_at,
+                });
+            }
+            if !satisfied(run, i, &approval) {
+                break 'gates Wait::new(WaitReason::Approval, None, None);
+            }
+        }
+        let queue = v.queue.get(stage).map(Vec::as_slice).unwrap_or_default();
+        let behind = match queue.iter().position(|&q| q == idx) {
+            Some(pos) if pos > 0 => Some(queue[pos - 1]),
+            _ => None,
+        };
+        let behind = match behind {
+            Some(ahead) => Some(state.runs[ahead].id.clone()),
+            None => v.occupant.get(stage).map(|r| (*r).to_owned()),
+        };
+        if behind.is_some() {
+            break 'gates Wait::new(WaitReason::Queue, behind, None);
+        }
+        let (image, digest) = p.image.clone().unzip();
+        return Some(Decision::Start {
+            run: run.id.clone(),
+            stage: stage.to_owned(),
+            commit: run.commit.clone(),
+            image,
+            digest,
+            rollback: false,
+        });
+    };
+    if p.last_wait.as_ref() == Some(&wait) {
+        return None;
+    }
+    Some(Decision::Queue {
+        run: run.id.clone(),
+        stage: stage.to_owned(),
+        reason: wait.reason.unwrap_or(WaitReason::Queue),
+        behind: wait.behind,
+        until: wait.until,
+    })
+}
+
+/// The earliest future time at which a waiting run's gates change by
+/// themselves: a freeze begins or ends, an approval request lapses.
+fn wakeup(state: &State, ctx: &Ctx<'_>) -> Option<DateTime<Utc>> {
+    let v = view(state, ctx);
+    let mut earliest: Option<DateTime<Utc>> = None;
+    let mut consider = |t: DateTime<Utc>| {
+        if t > ctx.now && earliest.is_none_or(|e| t < e) {
+            earliest = Some(t);
+        }
+    };
+    for (idx, run) in state.runs.iter().enumerate() {
+        if !run.running() || v.doomed(idx) {
+            continue;
+        }
+        for (i, p) in run.progress.iter().enumerate() {
+            if p.forward.is_some() {
+                continue;
+            }
+            if let Some(Wait {
+                reason: Some(WaitReason::Freeze),
+                until: Some(until),
+                ..
+            }) = &p.last_wait
+            {
+                consider(*until);
+            }
+            // A freeze that begins holds a ready run before anything else.
+            if after_ok(run, i) && deps_met(run, i) {
+                let name = &run.plan[i].name;
+                if let Some(stage) = ctx.pipeline.stage(name) {
+                    let frozen_until = ctx.freeze_end(name).unwrap_or(ctx.now);
+                    for w in &stage.freeze {
+                        if w.from > frozen_until {
+                            consider(w.from);
+                        }
+                    }
+                }
+            }
+            if let (Some(request), Some(approval)) = (&p.request, ctx.approval(run, i)) {
+                if let Some(expires_at) = request.expires_at {
+                    if !satisfied(run, i, &approval) {
+                        consider(expires_at);
+                    }
+                }
+            }
+        }
+    }
+    earliest
+}

@@ -1,0 +1,802 @@
+//! Property tests: random pipelines, random runs and random worker outcomes,
+//! driven through `decide` by a small simulator, against the invariants:
+//!
+//! 1. no stage ever has two promotions in progress at once;
+//! 2. a run never starts a stage before it promoted the stage's `after`
+//!    (nor before its package and image exist, nor while the stage is frozen,
+//!    nor without the approvals its policy asks for);
+//! 3. the conductor decides nothing for a run after it ended (superseded,
+//!    failed, cancelled and succeeded runs never promote again);
+//! 4. with workers answering and time passing, every run ends;
+//! 5. deciding twice on the same history gives the same decisions, deciding
+//!    on the history with them appended gives none, and nothing changes
+//!    before `next_wakeup` without new events;
+//!
+//! plus: a succeeded run promoted every stage, a rollback names the release
+//! the stage ran before the failed promotion, supersession is by a newer run.
+
+use std::collections::{HashMap, HashSet};
+
+use chrono::{DateTime, Duration, Utc};
+use gantry_proto::events as ev;
+use gantry_proto::{CloudEvent, EventName};
+use proptest::prelude::*;
+
+use super::decide;
+use super::fixture::*;
+
+const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
+const MAX_RUNS: usize = 5;
+
+#[derive(Debug, Clone)]
+struct StageSpec {
+    /// Index of an earlier stage to follow instead of the previous one.
+    after: Option<u8>,
+    deploy: bool,
+    apim: bool,
+    smoke: bool,
+    /// (required, allow_self, expires in hours)
+    approval: Option<(u32, bool, Option<i64>)>,
+    fifo: bool,
+    /// (from, length) in hours after t0
+    freeze: Option<(i64, i64)>,
+}
+
+#[derive(Debug, Clone)]
+struct Spec {
+    image: bool,
+    stages: Vec<StageSpec>,
+}
+
+impl Spec {
+    fn yaml(&self) -> String {
+        let mut out = String::new();
+        for (i, s) in self.stages.iter().enumerate() {
+            out.push_str(&format!("  - name: s{i}\n"));
+            if let Some(a) = s.after {
+                if i > 0 {
+                    out.push_str(&format!("    after: s{}\n", a as usize % i));
+                }
+            }
+            if s.deploy {
+                out.push_str(DEPLOY);
+            }
+            if s.apim {
+                out.push_str(APIM);
+            }
+            if s.smoke {
+                out.push_str(SMOKE);
+            }
+            if let Some((required, allow_self, expires)) = s.approval {
+                let expires = expires
+                    .map(|h| format!(", expires: {h}h"))
+                    .unwrap_or_default();
+                out.push_str(&format!(
+                    "    approval: {{ required: {required}, approvers: [rm], allow_self: {allow_self}{expires} }}\n"
+                ));
+            }
+            if let Some((from, len)) = s.freeze {
+                let rfc = |t: DateTime<Utc>| t.to_rfc3339();
+                out.push_str(&format!(
+                    "    freeze: [ {{ from: \"{}\", to: \"{}\" }} ]\n",
+                    rfc(at_hours(from)),
+                    rfc(at_hours(from + len))
+                ));
+            }
+            out.push_str(if s.fifo {
+                "    queue: fifo\n"
+            } else {
+                "    queue: latest\n"
+            });
+        }
+        out
+    }
+}
+
+fn stage_spec() -> impl Strategy<Value = StageSpec> {
+    (
+        prop::option::weighted(0.3, any::<u8>()),
+        any::<bool>(),
+        prop::bool::weighted(0.3),
+        any::<bool>(),
+        prop::option::weighted(0.4, (1u32..=2, any::<bool>(), prop::option::of(1i64..=4))),
+        any::<bool>(),
+        prop::option::weighted(0.3, (-2i64..8, 1i64..6)),
+    )
+        .prop_map(
+            |(after, deploy, apim, smoke, approval, fifo, freeze)| StageSpec {
+                after,
+                deploy,
+                apim,
+                smoke,
+                approval,
+                fifo,
+                freeze,
+            },
+        )
+}
+
+fn spec() -> impl Strategy<Value = Spec> {
+    (any::<bool>(), prop::collection::vec(stage_spec(), 1..=4))
+        .prop_map(|(image, stages)| Spec { image, stages })
+}
+
+#[derive(Debug, Clone)]
+enum Action {
+    NewRun { author: u8 },
+    Work { pick: u16, ok: bool },
+    Approve { pick: u16, user: u8 },
+    Reject { pick: u16 },
+    Cancel { pick: u16 },
+    Advance { hours: u8 },
+}
+
+fn action() -> impl Strategy<Value = Action> {
+    prop_oneof![
+        3 => any::<u8>().prop_map(|author| Action::NewRun { author }),
+        14 => (any::<u16>(), prop::bool::weighted(0.9)).prop_map(|(pick, ok)| Action::Work { pick, ok }),
+        4 => (any::<u16>(), any::<u8>()).prop_map(|(pick, user)| Action::Approve { pick, user }),
+        1 => any::<u16>().prop_map(|pick| Action::Reject { pick }),
+        1 => any::<u16>().prop_map(|pick| Action::Cancel { pick }),
+        2 => (1u8..6).prop_map(|hours| Action::Advance { hours }),
+    ]
+}
+
+/// A worker's next piece of work, as the log says.
+#[derive(Debug, Clone, PartialEq)]
+enum Task {
+    Package(String, String),
+    Image(String, String),
+    /// A step of the latest promotion (or rollback) into a stage.
+    Step(String, String, &'static str),
+}
+
+/// (run, stage)
+type Key = (String, String);
+/// Step results in order: (step, succeeded).
+type Results = Vec<(&'static str, bool)>;
+
+/// What workers and people can see in the log (independent of `decide`).
+#[derive(Default)]
+struct Model {
+    runs: Vec<String>,
+    authors: HashMap<String, String>,
+    terminal: HashSet<String>,
+    package: HashMap<(String, String), bool>,
+    image: HashMap<(String, String), bool>,
+    /// Latest start per (run, stage): rollback?, step results since.
+    attempts: HashMap<Key, (bool, Results)>,
+    requested: HashSet<(String, String)>,
+    granted: HashMap<(String, String), Vec<String>>,
+    started: HashSet<(String, String)>,
+}
+
+fn key(e: &CloudEvent) -> (String, String) {
+    (
+        e.runid.clone().unwrap_or_default(),
+        e.stage().unwrap_or_default().to_owned(),
+    )
+}
+
+impl Model {
+    fn of(log: &Log) -> Self {
+        let mut m = Model::default();
+        for e in &log.events {
+            let k = key(e);
+            let name = e.name().expect("known event");
+            match name {
+                EventName::RunStarted => {
+                    let d: ev::RunStarted = e.decode().unwrap();
+                    let author = d.author.and_then(|a| a.username).unwrap_or_default();
+                    m.authors.insert(d.run_id.clone(), author);
+                    m.runs.push(d.run_id);
+                }
+                EventName::PackageBuilt => {
+                    m.package.insert(k, true);
+                }
+                EventName::PackageFailed => {
+                    m.package.insert(k, false);
+                }
+                EventName::ImagePushed => {
+                    m.image.insert(k, true);
+                }
+                EventName::ImageFailed => {
+                    m.image.insert(k, false);
+                }
+                EventName::StageStarted => {
+                    let d: ev::StageStarted = e.decode().unwrap();
+                    if !d.rollback {
+                        m.started.insert(k.clone());
+                    }
+                    m.attempts.insert(k, (d.rollback, Vec::new()));
+                }
+                EventName::DeployCompleted
+                | EventName::DeployFailed
+                | EventName::ApisPromoted
+                | EventName::ApisFailed
+                | EventName::SmokePassed
+                | EventName::SmokeFailed => {
+                    let step = match name {
+                        EventName::DeployCompleted | EventName::DeployFailed => "deploy",
+                        EventName::ApisPromoted | EventName::ApisFailed => "apimanager",
+                        _ => "smoke",
+                    };
+                    let ok = matches!(
+                        name,
+                        EventName::DeployCompleted
+                            | EventName::ApisPromoted
+                            | EventName::SmokePassed
+                    );
+                    if let Some((_, results)) = m.attempts.get_mut(&k) {
+                        results.push((step, ok));
+                    }
+                }
+                EventName::ApprovalRequested => {
+                    m.requested.insert(k);
+                }
+                EventName::ApprovalGranted => {
+                    let d: ev::ApprovalGranted = e.decode().unwrap();
+                    m.granted.entry(k).or_default().push(d.user);
+                }
+                n if n.is_terminal() => {
+                    m.terminal.insert(k.0);
+                }
+                _ => {}
+            }
+        }
+        m
+    }
+
+    /// Work the workers still have to do, in a stable order. Workers also
+    /// answer for runs that ended meanwhile (their results must be ignored).
+    fn tasks(&self, log: &Log) -> Vec<Task> {
+        let plan = crate::trigger::stage_plan(&log.pipeline);
+        let mut tasks = Vec::new();
+        for run in &self.runs {
+            for stage in &plan {
+                let k = (run.clone(), stage.name.clone());
+                match self.package.get(&k) {
+                    None => tasks.push(Task::Package(k.0.clone(), k.1.clone())),
+                    Some(true) if log.pipeline.image.is_some() && !self.image.contains_key(&k) => {
+                        tasks.push(Task::Image(k.0.clone(), k.1.clone()))
+                    }
+                    _ => {}
+                }
+                if let Some((rollback, results)) = self.attempts.get(&k) {
+                    if results.iter().any(|(_, ok)| !ok) {
+                        continue;
+                    }
+                    let chain = ["deploy", "apimanager", "smoke"]
+                        .into_iter()
+                        .filter(|s| stage.steps.iter().any(|p| p == s))
+                        .filter(|s| !(*rollback && *s == "smoke"));
+                    let next = chain
+                        .into_iter()
+                        .find(|s| !results.iter().any(|(done, _)| done == s));
+                    if let Some(step) = next {
+                        tasks.push(Task::Step(k.0.clone(), k.1.clone(), step));
+                    }
+                }
+            }
+        }
+        tasks
+    }
+
+    /// Approvals people could still give: requested, not started, run going.
+    fn pending_approvals(&self) -> Vec<(String, String)> {
+        let mut v: Vec<_> = self
+            .requested
+            .iter()
+            .filter(|k| !self.started.contains(*k) && !self.terminal.contains(&k.0))
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    fn going(&self) -> Vec<String> {
+        self.runs
+            .iter()
+            .filter(|r| !self.terminal.contains(*r))
+            .cloned()
+            .collect()
+    }
+}
+
+fn work(log: &mut Log, task: &Task, ok: bool) {
+    match task {
+        Task::Package(run, stage) => {
+            if ok {
+                log.package(run, stage)
+            } else {
+                log.push(
+                    run,
+                    ev::PackageFailed {
+                        stage: stage.clone(),
+                        reason: "bad placeholder".into(),
+                        diagnostics: Vec::new(),
+                    },
+                )
+            }
+        }
+        Task::Image(run, stage) => {
+            if ok {
+                log.image(run, stage)
+            } else {
+                log.push(
+                    run,
+                    ev::ImageFailed {
+                        stage: stage.clone(),
+                        reason: "registry down".into(),
+                    },
+                )
+            }
+        }
+        Task::Step(run, stage, step) => match (*step, ok) {
+            ("deploy", true) => log.deployed(run, stage),
+            ("deploy", false) => log.deploy_failed(run, stage, "not ready"),
+            ("apimanager", true) => log.apis_promoted(run, stage),
+            ("apimanager", false) => log.apis_failed(run, stage, "conflict"),
+            (_, passed) => log.smoke(run, stage, passed),
+        },
+    }
+}
+
+/// Decides and appends, checking determinism, idempotence and the wakeup.
+fn conduct(log: &mut Log) {
+    let outcome = log.decide();
+    if let Some(wakeup) = outcome.next_wakeup {
+        assert!(wakeup > log.now, "wakeup {wakeup} is not after now");
+    }
+    log.step();
+    // Nothing changes by itself before the wakeup.
+    let until = log
+        .decide()
+        .next_wakeup
+        .map(|w| w - Duration::seconds(1))
+        .unwrap_or(log.now + Duration::hours(1000));
+    if until > log.now {
+        let later = decide(&log.pipeline, until, &log.events);
+        assert!(
+            later.decisions.is_empty(),
+            "decisions at {until} before the wakeup: {:#?}",
+            later.decisions
+        );
+    }
+}
+
+fn apply(log: &mut Log, runs: &mut usize, action: &Action) {
+    let model = Model::of(log);
+    match action {
+        Action::NewRun { author } => {
+            if *runs < MAX_RUNS {
+                *runs += 1;
+                let author = USERS[*author as usize % USERS.len()];
+                log.start_run(&format!("r{runs}"), author);
+            }
+        }
+        Action::Work { pick, ok } => {
+            let tasks = model.tasks(log);
+            if !tasks.is_empty() {
+                work(log, &tasks[*pick as usize % tasks.len()], *ok);
+            }
+        }
+        Action::Approve { pick, user } => {
+            let pending = model.pending_approvals();
+            if !pending.is_empty() {
+                let (run, stage) = &pending[*pick as usize % pending.len()];
+                let user = match *user as usize % (USERS.len() + 1) {
+                    i if i < USERS.len() => USERS[i].to_owned(),
+                    _ => format!("{}@example.com", model.authors[run]),
+                };
+                log.grant(run, stage, &user);
+            }
+        }
+        // Rejections and cancellations are rarer than their weights say.
+        Action::Reject { pick } => {
+            let pending = model.pending_approvals();
+            if !pending.is_empty() && pick % 2 == 0 {
+                let (run, stage) = &pending[*pick as usize % pending.len()];
+                log.reject(run, stage, "rita");
+            }
+        }
+        Action::Cancel { pick } => {
+            let going = model.going();
+            if !going.is_empty() && pick % 3 == 0 {
+                log.cancel(&going[*pick as usize % going.len()]);
+            }
+        }
+        Action::Advance { hours } => log.now += Duration::hours(i64::from(*hours)),
+    }
+}
+
+/// Workers answer (mostly successfully), approvers approve, time passes.
+fn drain(log: &mut Log) {
+    for round in 0..2000usize {
+        conduct(log);
+        let model = Model::of(log);
+        if model.going().is_empty() {
+            return;
+        }
+        if let Some(task) = model.tasks(log).first() {
+            let ok = matches!(task, Task::Package(..) | Task::Image(..)) || round % 7 != 3;
+            work(log, task, ok);
+            continue;
+        }
+        let pending = model.pending_approvals();
+        if let Some((run, stage)) = pending.first() {
+            let author = &model.authors[run];
+            let given = model.granted.get(&(run.clone(), stage.clone()));
+            let user = USERS
+                .iter()
+                .find(|u| *u != author && !given.is_some_and(|g| g.iter().any(|x| x == *u)));
+            if let Some(user) = user {
+                log.grant(run, stage, user);
+                continue;
+            }
+        }
+        log.now += Duration::hours(1);
+    }
+    panic!(
+        "runs did not end: {:?}\nlog: {:#?}",
+        Model::of(log).going(),
+        log.events
+            .iter()
+            .map(|e| (e.runid.clone(), e.ty.clone(), e.data.clone()))
+            .collect::<Vec<_>>()
+    );
+}
+
+/// Walks the whole log and checks the invariants.
+fn check(log: &Log, spec: &Spec) {
+    let plan = crate::trigger::stage_plan(&log.pipeline);
+    let mut order: HashMap<String, usize> = HashMap::new();
+    let mut authors: HashMap<String, ev::Person> = HashMap::new();
+    let mut terminal: HashMap<String, EventName> = HashMap::new();
+    let mut occupant: HashMap<String, String> = HashMap::new();
+    let mut rolling: HashSet<(String, String)> = HashSet::new();
+    let mut promoted: HashSet<(String, String)> = HashSet::new();
+    let mut current: HashMap<String, String> = HashMap::new();
+    let mut newest_promoted: HashMap<String, String> = HashMap::new();
+    let mut before: HashMap<(String, String), Option<String>> = HashMap::new();
+    let mut built: HashSet<(String, String, &str)> = HashSet::new();
+    let mut requested: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
+    let mut grants: HashMap<Key, Vec<(String, DateTime<Utc>)>> = HashMap::new();
+    let mut rejected: HashSet<(String, String)> = HashSet::new();
+    // Step results since the latest start (promotion or rollback).
+    let mut results: HashMap<Key, Results> = HashMap::new();
+    let steps_ok = |results: &HashMap<Key, Results>, k: &Key, steps: &[&str]| {
+        let r = results.get(k).map(Vec::as_slice).unwrap_or_default();
+        let i = plan.iter().position(|p| p.name == k.1).unwrap();
+        r.iter().all(|(_, ok)| *ok)
+            && steps
+                .iter()
+                .filter(|s| plan[i].steps.iter().any(|p| p == *s))
+                .all(|s| r.iter().any(|(done, _)| done == s))
+    };
+    let ctx = |e: &CloudEvent| format!("at #{:?} {} {}", e.sequence, e.ty, e.data);
+
+    for e in &log.events {
+        let run = e.runid.clone().expect("run id");
+        let k = key(e);
+        let name = e.name().expect("known");
+        if e.source == "gantry/conductor" {
+            assert!(
+                !terminal.contains_key(&run),
+                "decision for ended run {run} ({:?}) {}",
+                terminal.get(&run),
+                ctx(e)
+            );
+        }
+        let release = |occupant: &mut HashMap<String, String>, stage: &str, run: &str| {
+            if occupant.get(stage).is_some_and(|r| r == run) {
+                occupant.remove(stage);
+            }
+        };
+        let step = match name {
+            EventName::DeployCompleted | EventName::DeployFailed => Some("deploy"),
+            EventName::ApisPromoted | EventName::ApisFailed => Some("apimanager"),
+            EventName::SmokePassed | EventName::SmokeFailed => Some("smoke"),
+            _ => None,
+        };
+        if let Some(step) = step {
+            let ok = matches!(
+                name,
+                EventName::DeployCompleted | EventName::ApisPromoted | EventName::SmokePassed
+            );
+            results.entry(k.clone()).or_default().push((step, ok));
+        }
+        match name {
+            EventName::RunStarted => {
+                let d: ev::RunStarted = e.decode().unwrap();
+                order.insert(run.clone(), order.len());
+                authors.insert(run.clone(), d.author.unwrap());
+            }
+            EventName::PackageBuilt => {
+                built.insert((k.0, k.1, "package"));
+            }
+            EventName::ImagePushed => {
+                built.insert((k.0, k.1, "image"));
+            }
+            EventName::ApprovalRequested => {
+                requested.entry(k).or_insert(e.time);
+            }
+            EventName::ApprovalGranted => {
+                let d: ev::ApprovalGranted = e.decode().unwrap();
+                grants.entry(k).or_default().push((d.user, e.time));
+            }
+            EventName::ApprovalRejected => {
+                rejected.insert(k);
+            }
+            EventName::StageStarted => {
+                let d: ev::StageStarted = e.decode().unwrap();
+                let (_, stage) = &k;
+                results.remove(&k);
+                if d.rollback {
+                    assert_eq!(
+                        occupant.get(stage),
+                        Some(&run),
+                        "rollback of a stage the run is not in {}",
+                        ctx(e)
+                    );
+                    rolling.insert(k.clone());
+                    continue;
+                }
+                // (1) one promotion per stage at a time.
+                assert!(
+                    !occupant.contains_key(stage),
+                    "{run} starts {stage} while {:?} is in it {}",
+                    occupant.get(stage),
+                    ctx(e)
+                );
+                // (2) after, dependencies, freeze, approvals.
+                let i = plan.iter().position(|p| &p.name == stage).unwrap();
+                if let Some(after) = &plan[i].after {
+                    assert!(
+                        promoted.contains(&(run.clone(), after.clone())),
+                        "{run} starts {stage} before promoting {after} {}",
+                        ctx(e)
+                    );
+                }
+                assert!(
+                    built.contains(&(run.clone(), stage.clone(), "package")),
+                    "no package {}",
+                    ctx(e)
+                );
+                if spec.image {
+                    assert!(
+                        built.contains(&(run.clone(), stage.clone(), "image")),
+                        "no image {}",
+                        ctx(e)
+                    );
+                }
+                let s = log.pipeline.stage(stage).unwrap();
+                assert!(
+                    s.frozen_at(e.time).is_none(),
+                    "started while frozen {}",
+                    ctx(e)
+                );
+                if let Some(a) = &s.approval {
+                    let at = requested.get(&k).copied().expect("approval requested");
+                    let deadline = a.expires.map(|d| at + Duration::from_std(d).unwrap());
+                    let author = &authors[&run];
+                    let mut users: Vec<String> = grants
+                        .get(&k)
+                        .into_iter()
+                        .flatten()
+                        .filter(|(_, t)| deadline.is_none_or(|d| *t < d))
+                        .map(|(u, _)| u.to_ascii_lowercase())
+                        .filter(|u| {
+                            a.allow_self
+                                || (Some(u) != author.username.as_ref()
+                                    && Some(u) != author.email.as_ref())
+                        })
+                        .collect();
+                    users.sort();
+                    users.dedup();
+                    assert!(
+                        users.len() >= a.required as usize,
+                        "{run} started {stage} with approvals {users:?} {}",
+                        ctx(e)
+                    );
+                    assert!(
+                        !rejected.contains(&k),
+                        "started after a rejection {}",
+                        ctx(e)
+                    );
+                }
+                // `latest` never puts an older commit over a newer one.
+                if !s.queue.eq(&crate::pipeline::QueuePolicy::Fifo) {
+                    if let Some(newest) = newest_promoted.get(stage) {
+                        assert!(
+                            order[&run] > order[newest],
+                            "{run} starts {stage} after the newer {newest} promoted it {}",
+                            ctx(e)
+                        );
+                    }
+                }
+                before.insert(k.clone(), current.get(stage).cloned());
+                occupant.insert(stage.clone(), run.clone());
+            }
+            EventName::DeployFailed | EventName::ApisFailed if rolling.contains(&k) => {
+                release(&mut occupant, &k.1, &run);
+            }
+            EventName::EnvPromoted => {
+                assert_eq!(
+                    occupant.get(&k.1),
+                    Some(&run),
+                    "promoted without being in the stage {}",
+                    ctx(e)
+                );
+                assert!(
+                    !rolling.contains(&k),
+                    "promoted while rolling back {}",
+                    ctx(e)
+                );
+                assert!(
+                    steps_ok(&results, &k, &["deploy", "apimanager", "smoke"]),
+                    "promoted with steps {:?} {}",
+                    results.get(&k),
+                    ctx(e)
+                );
+                release(&mut occupant, &k.1, &run);
+                current.insert(k.1.clone(), run.clone());
+                let newest = newest_promoted
+                    .entry(k.1.clone())
+                    .or_insert_with(|| run.clone());
+                if order[&run] > order[newest.as_str()] {
+                    *newest = run.clone();
+                }
+                promoted.insert(k);
+            }
+            EventName::StageRolledBack => {
+                let d: ev::StageRolledBack = e.decode().unwrap();
+                assert_eq!(
+                    occupant.get(&k.1),
+                    Some(&run),
+                    "rolled back a stage it is not in {}",
+                    ctx(e)
+                );
+                assert_eq!(
+                    before.get(&k).cloned().flatten(),
+                    d.to_run,
+                    "rolled back to another release than the one before {}",
+                    ctx(e)
+                );
+                if rolling.contains(&k) {
+                    assert!(
+                        steps_ok(&results, &k, &["deploy", "apimanager"]),
+                        "rolled back with steps {:?} {}",
+                        results.get(&k),
+                        ctx(e)
+                    );
+                } else {
+                    assert!(
+                        results.get(&k).is_some_and(|r| r.iter().any(|(_, ok)| !ok)),
+                        "rolled back without a failure {}",
+                        ctx(e)
+                    );
+                }
+                release(&mut occupant, &k.1, &run);
+                match d.to_run {
+                    Some(to) => current.insert(k.1.clone(), to),
+                    None => current.remove(&k.1),
+                };
+            }
+            n if n.is_terminal() => {
+                assert!(!terminal.contains_key(&run), "{run} ends twice {}", ctx(e));
+                if n == EventName::RunSucceeded {
+                    for p in &plan {
+                        assert!(
+                            promoted.contains(&(run.clone(), p.name.clone())),
+                            "{run} succeeded without promoting {}",
+                            p.name
+                        );
+                    }
+                }
+                if n == EventName::RunSuperseded {
+                    let d: ev::RunSuperseded = e.decode().unwrap();
+                    assert!(
+                        order[&d.by_run] > order[&run],
+                        "superseded by an older run {}",
+                        ctx(e)
+                    );
+                }
+                terminal.insert(run.clone(), n);
+                occupant.retain(|_, r| *r != run);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn simulate(spec: &Spec, actions: &[Action]) -> Log {
+    let mut log = Log::new(pipeline(spec.image, &spec.yaml()));
+    let mut runs = 0;
+    for action in actions {
+        apply(&mut log, &mut runs, action);
+        conduct(&mut log);
+    }
+    drain(&mut log);
+    log
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig {
+        // PROPTEST_CASES=5000 for a longer search.
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(192),
+        max_shrink_iters: 2000,
+        ..ProptestConfig::default()
+    })]
+
+    #[test]
+    fn promotion_invariants_hold(spec in spec(), actions in prop::collection::vec(action(), 0..80)) {
+        let log = simulate(&spec, &actions);
+        check(&log, &spec);
+        let model = Model::of(&log);
+        prop_assert!(model.going().is_empty());
+        // Every run that was started ended exactly once (checked in `check`).
+        prop_assert_eq!(model.terminal.len(), model.runs.len());
+    }
+}
+
+/// A busy, deterministic history: every kind of decision shows up.
+#[test]
+fn a_long_simulation_reaches_every_decision() {
+    let spec = Spec {
+        image: true,
+        stages: vec![
+            StageSpec {
+                after: None,
+                deploy: true,
+                apim: true,
+                smoke: true,
+                approval: None,
+                fifo: false,
+                freeze: None,
+            },
+            StageSpec {
+                after: None,
+                deploy: true,
+                apim: false,
+                smoke: true,
+                approval: Some((2, false, Some(3))),
+                fifo: true,
+                freeze: Some((2, 3)),
+            },
+        ],
+    };
+    let mut actions = Vec::new();
+    for i in 0..200u16 {
+        actions.push(match i % 9 {
+            0 if i < 60 => Action::NewRun { author: i as u8 },
+            1 | 2 | 3 | 5 => Action::Work {
+                pick: i.wrapping_mul(7919),
+                ok: i % 11 != 0,
+            },
+            4 | 6 => Action::Approve {
+                pick: i,
+                user: (i / 9) as u8,
+            },
+            7 if i % 5 == 0 => Action::Advance { hours: 1 },
+            _ => Action::Work { pick: i, ok: true },
+        });
+    }
+    let log = simulate(&spec, &actions);
+    check(&log, &spec);
+    let kinds: HashSet<EventName> = log
+        .events
+        .iter()
+        .filter(|e| e.source == "gantry/conductor")
+        .filter_map(CloudEvent::name)
+        .collect();
+    for kind in [
+        EventName::StageQueued,
+        EventName::StageStarted,
+        EventName::EnvPromoted,
+        EventName::ApprovalRequested,
+        EventName::RunSucceeded,
+    ] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+}

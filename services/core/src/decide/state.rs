@@ -1,0 +1,445 @@
+//! The fold: a pipeline's events into the state decisions are made from.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use gantry_proto::events as ev;
+use gantry_proto::events::{Person, StagePlan};
+use gantry_proto::{CloudEvent, EventName};
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::WaitReason;
+
+/// Where a run is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Status {
+    Running,
+    Succeeded,
+    Failed,
+    Superseded,
+    Cancelled,
+}
+
+/// The outcome of one worker step of an attempt.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(super) enum Step {
+    #[default]
+    Pending,
+    Done,
+}
+
+/// One promotion (or rollback) into a stage: the steps' results so far.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Attempt {
+    pub deploy: Step,
+    pub apis: Step,
+    pub smoke: Step,
+}
+
+/// What a stage runs: the release a run promoted.
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Release {
+    pub run: String,
+    pub commit: String,
+    pub image: Option<String>,
+    pub digest: Option<String>,
+}
+
+/// Why a promotion waits, as last recorded (`stage.queued` or `approval.requested`).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Wait {
+    pub reason: Option<WaitReason>,
+    pub behind: Option<String>,
+    pub until: Option<DateTime<Utc>>,
+}
+
+impl Wait {
+    pub fn new(reason: WaitReason, behind: Option<String>, until: Option<DateTime<Utc>>) -> Self {
+        Self {
+            reason: Some(reason),
+            behind,
+            until,
+        }
+    }
+}
+
+/// A pending `approval.requested`.
+#[derive(Debug, Clone)]
+pub(super) struct Request {
+    pub required: u32,
+    pub expires_at: Option<DateTime<Utc>>,
+}
+
+/// One stage of one run.
+#[derive(Debug, Clone, Default)]
+pub(super) struct Progress {
+    pub package: Option<String>,
+    /// `repository:tag` and manifest digest.
+    pub image: Option<(String, String)>,
+    pub request: Option<Request>,
+    /// `(user, recorded at)` of every `approval.granted`.
+    pub grants: Vec<(String, DateTime<Utc>)>,
+    pub last_wait: Option<Wait>,
+    /// The promotion, once `stage.started`.
+    pub forward: Option<Attempt>,
+    /// Why the promotion failed (its first failed step).
+    pub failure: Option<String>,
+    /// The rollback promotion, once `stage.started` with `rollback`.
+    pub rollback: Option<Attempt>,
+    pub rollback_failure: Option<String>,
+    pub promoted: bool,
+    pub rolled_back: bool,
+}
+
+impl Progress {
+    /// Whether this run is promoting into (or rolling back) the stage.
+    pub fn occupies(&self) -> bool {
+        self.forward.is_some()
+            && !self.promoted
+            && !self.rolled_back
+            && self.rollback_failure.is_none()
+    }
+}
+
+/// A reason for a run to fail, recorded in the log.
+#[derive(Debug, Clone)]
+pub(super) struct Cause {
+    pub stage: Option<String>,
+    pub reason: String,
+}
+
+/// One run.
+#[derive(Debug, Clone)]
+pub(super) struct Run {
+    pub id: String,
+    /// Position of its `run.started` among the folded events: runs are
+    /// ordered by it (older first).
+    pub ordinal: u64,
+    pub commit: String,
+    pub author: Option<Person>,
+    pub plan: Vec<StagePlan>,
+    pub progress: Vec<Progress>,
+    pub status: Status,
+    pub causes: Vec<Cause>,
+}
+
+impl Run {
+    pub fn running(&self) -> bool {
+        self.status == Status::Running
+    }
+
+    pub fn stage_index(&self, stage: &str) -> Option<usize> {
+        self.plan.iter().position(|s| s.name == stage)
+    }
+
+    pub fn has_step(&self, i: usize, step: &str) -> bool {
+        self.plan[i].steps.iter().any(|s| s == step)
+    }
+
+    /// Whether the run is promoting into or rolling back some stage.
+    pub fn holds_stage(&self) -> bool {
+        self.running() && self.progress.iter().any(Progress::occupies)
+    }
+
+    /// Whether `user` is the commit's author (forge username or email).
+    pub fn is_author(&self, user: &str) -> bool {
+        let Some(author) = &self.author else {
+            return false;
+        };
+        [&author.username, &author.email]
+            .into_iter()
+            .flatten()
+            .any(|id| !id.is_empty() && id.eq_ignore_ascii_case(user.trim()))
+    }
+}
+
+/// One stage of the pipeline, across runs.
+#[derive(Debug, Clone, Default)]
+pub(super) struct StageState {
+    /// What the stage runs now, as far as Gantry knows.
+    pub current: Option<Release>,
+    /// Every release promoted into the stage, by run.
+    pub releases: HashMap<String, Release>,
+    /// The latest run (by ordinal) that promoted the stage.
+    pub newest_promoted: Option<(u64, String)>,
+}
+
+/// Everything decisions depend on.
+#[derive(Debug, Clone, Default)]
+pub(super) struct State {
+    /// In `run.started` order.
+    pub runs: Vec<Run>,
+    index: HashMap<String, usize>,
+    authors: HashMap<String, Person>,
+    pub stages: HashMap<String, StageState>,
+    next_ordinal: u64,
+}
+
+fn decode<P: DeserializeOwned>(data: &Value) -> Option<P> {
+    serde_json::from_value(data.clone()).ok()
+}
+
+impl State {
+    /// Folds `history`, skipping events of other pipelines, events without a
+    /// run, and events whose data does not match their type.
+    pub fn fold(pipeline: &str, history: &[CloudEvent]) -> Self {
+        let mut state = State::default();
+        for event in history {
+            if event.pipeline != pipeline {
+                continue;
+            }
+            let Some(name) = event.name() else {
+                continue;
+            };
+            let Some(run) = event.runid.as_deref().or(event.subject.as_deref()) else {
+                continue;
+            };
+            state.apply(run, name, &event.data, event.time);
+        }
+        state
+    }
+
+    /// Applies one event of `run_id`.
+    pub fn apply(&mut self, run_id: &str, name: EventName, data: &Value, time: DateTime<Utc>) {
+        let ordinal = self.next_ordinal;
+        self.next_ordinal += 1;
+        match name {
+            EventName::CommitReceived => {
+                if let Some(author) = decode::<ev::CommitReceived>(data).and_then(|d| d.author) {
+                    self.authors.insert(run_id.to_owned(), author);
+                }
+                return;
+            }
+            EventName::RunStarted => {
+                if self.index.contains_key(run_id) {
+                    return;
+                }
+                let Some(d) = decode::<ev::RunStarted>(data) else {
+                    return;
+                };
+                let author = d.author.or_else(|| self.authors.get(run_id).cloned());
+                self.index.insert(run_id.to_owned(), self.runs.len());
+                self.runs.push(Run {
+                    id: run_id.to_owned(),
+                    ordinal,
+                    commit: d.commit,
+                    author,
+                    progress: vec![Progress::default(); d.stages.len()],
+                    plan: d.stages,
+                    status: Status::Running,
+                    causes: Vec::new(),
+                });
+                return;
+            }
+            _ => {}
+        }
+        let Some(&idx) = self.index.get(run_id) else {
+            return;
+        };
+        let status = match name {
+            EventName::RunSucceeded => Some(Status::Succeeded),
+            EventName::RunFailed => Some(Status::Failed),
+            EventName::RunSuperseded => Some(Status::Superseded),
+            EventName::RunCancelled => Some(Status::Cancelled),
+            _ => None,
+        };
+        if let Some(status) = status {
+            let run = &mut self.runs[idx];
+            if run.running() {
+                run.status = status;
+            }
+            return;
+        }
+        let Some(stage) = data.get("stage").and_then(Value::as_str) else {
+            return;
+        };
+        let Some(i) = self.runs[idx].stage_index(stage) else {
+            return;
+        };
+        let run = &mut self.runs[idx];
+        let stage = stage.to_owned();
+        let p = &mut run.progress[i];
+        match name {
+            EventName::PackageBuilt => {
+                if let Some(d) = decode::<ev::PackageBuilt>(data) {
+                    p.package = Some(d.digest);
+                }
+            }
+            EventName::PackageFailed => {
+                if let Some(d) = decode::<ev::PackageFailed>(data) {
+                    if p.forward.is_none() && p.package.is_none() {
+                        run.causes.push(Cause {
+                            reason: format!("package for {stage} failed: {}", d.reason),
+                            stage: Some(stage),
+                        });
+                    }
+                }
+            }
+            EventName::ImagePushed => {
+                if let Some(d) = decode::<ev::ImagePushed>(data) {
+                    p.image = Some((format!("{}:{}", d.repository, d.tag), d.digest));
+                }
+            }
+            EventName::ImageFailed => {
+                if let Some(d) = decode::<ev::ImageFailed>(data) {
+                    if p.forward.is_none() && p.image.is_none() {
+                        run.causes.push(Cause {
+                            reason: format!("image for {stage} failed: {}", d.reason),
+                            stage: Some(stage),
+                        });
+                    }
+                }
+            }
+            EventName::StageQueued => {
+                if let Some(d) = decode::<ev::StageQueued>(data) {
+                    p.last_wait = Some(Wait {
+                        reason: WaitReason::parse(&d.reason),
+                        behind: d.behind,
+                        until: d.until,
+                    });
+                }
+            }
+            EventName::ApprovalRequested => {
+                if let Some(d) = decode::<ev::ApprovalRequested>(data) {
+                    if p.request.is_none() {
+                        p.request = Some(Request {
+                            required: d.required,
+                            expires_at: d.expires_at,
+                        });
+                    }
+                    p.last_wait = Some(Wait::new(WaitReason::Approval, None, None));
+                }
+            }
+            EventName::ApprovalGranted => {
+                if let Some(d) = decode::<ev::ApprovalGranted>(data) {
+                    p.grants.push((d.user, time));
+                }
+            }
+            EventName::ApprovalRejected => {
+                if let Some(d) = decode::<ev::ApprovalRejected>(data) {
+                    if p.forward.is_none() {
+                        run.causes.push(Cause {
+                            reason: format!(
+                                "approval for {stage} rejected by {}: {}",
+                                d.user, d.reason
+                            ),
+                            stage: Some(stage),
+                        });
+                    }
+                }
+            }
+            EventName::StageStarted => {
+                if let Some(d) = decode::<ev::StageStarted>(data) {
+                    if !d.rollback && p.forward.is_none() {
+                        p.forward = Some(Attempt::default());
+                        p.last_wait = None;
+                    } else if d.rollback
+                        && p.forward.is_some()
+                        && p.failure.is_some()
+                        && p.rollback.is_none()
+                    {
+                        p.rollback = Some(Attempt::default());
+                    }
+                }
+            }
+            EventName::DeployCompleted
+            | EventName::DeployFailed
+            | EventName::ApisPromoted
+            | EventName::ApisFailed
+            | EventName::SmokePassed
+            | EventName::SmokeFailed => {
+                let failure = match name {
+                    EventName::DeployFailed => decode::<ev::DeployFailed>(data)
+                        .map(|d| format!("deploy to {stage} failed: {}", d.reason)),
+                    EventName::ApisFailed => decode::<ev::ApisFailed>(data)
+                        .map(|d| format!("API Manager promotion in {stage} failed: {}", d.reason)),
+                    EventName::SmokeFailed => decode::<ev::SmokeFailed>(data).map(|d| {
+                        let failed: Vec<&str> = d
+                            .checks
+                            .iter()
+                            .filter(|c| !c.passed)
+                            .map(|c| c.name.as_str())
+                            .collect();
+                        format!("smoke checks in {stage} failed: {}", failed.join(", "))
+                    }),
+                    _ => None,
+                };
+                let failed = matches!(
+                    name,
+                    EventName::DeployFailed | EventName::ApisFailed | EventName::SmokeFailed
+                );
+                let failure = failure.unwrap_or_else(|| format!("{name} in {stage}"));
+                if let Some(attempt) = p.rollback.as_mut() {
+                    if p.rolled_back || p.rollback_failure.is_some() {
+                        return;
+                    }
+                    if failed {
+                        p.rollback_failure = Some(failure);
+                    } else {
+                        mark(attempt, name);
+                    }
+                } else if let Some(attempt) = p.forward.as_mut() {
+                    if p.failure.is_some() || p.promoted {
+                        return;
+                    }
+                    if failed {
+                        p.failure = Some(failure.clone());
+                        run.causes.push(Cause {
+                            stage: Some(stage),
+                            reason: failure,
+                        });
+                    } else {
+                        mark(attempt, name);
+                    }
+                }
+            }
+            EventName::EnvPromoted => {
+                if let Some(d) = decode::<ev::EnvPromoted>(data) {
+                    p.promoted = true;
+                    let release = Release {
+                        run: run_id.to_owned(),
+                        commit: d.commit,
+                        image: d.image,
+                        digest: d.digest,
+                    };
+                    let ordinal = run.ordinal;
+                    let st = self.stages.entry(stage).or_default();
+                    st.releases.insert(run_id.to_owned(), release.clone());
+                    st.current = Some(release);
+                    if st
+                        .newest_promoted
+                        .as_ref()
+                        .is_none_or(|(o, _)| *o < ordinal)
+                    {
+                        st.newest_promoted = Some((ordinal, run_id.to_owned()));
+                    }
+                }
+            }
+            EventName::StageRolledBack => {
+                if let Some(d) = decode::<ev::StageRolledBack>(data) {
+                    p.rolled_back = true;
+                    let st = self.stages.entry(stage).or_default();
+                    st.current = d.to_run.map(|to| {
+                        st.releases.get(&to).cloned().unwrap_or(Release {
+                            run: to,
+                            commit: d.to_commit.unwrap_or_default(),
+                            image: None,
+                            digest: None,
+                        })
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+fn mark(attempt: &mut Attempt, name: EventName) {
+    match name {
+        EventName::DeployCompleted => attempt.deploy = Step::Done,
+        EventName::ApisPromoted => attempt.apis = Step::Done,
+        EventName::SmokePassed => attempt.smoke = Step::Done,
+        _ => {}
+    }
+}
