@@ -102,7 +102,11 @@ fn assert_exactly_once(accepted: &[String], rows: &[(String, String, String)]) {
             );
         }
     }
-    assert_eq!(rows.len(), 2 * WEBHOOKS, "no other events were recorded");
+    assert_eq!(
+        rows.len(),
+        2 * WEBHOOKS,
+        "no other commit or run-start events"
+    );
 }
 
 #[tokio::test]
@@ -132,7 +136,11 @@ async fn sigkill_of_gantry_up_loses_and_duplicates_nothing() {
             .iter()
             .filter(|e| e.event.ty.starts_with("io.gantry.package."))
             .count();
-        if results >= 2 * WEBHOOKS {
+        let ended = events
+            .iter()
+            .filter(|e| e.event.name().is_some_and(|n| n.is_terminal()))
+            .count();
+        if results >= 2 * WEBHOOKS && ended >= WEBHOOKS {
             break events;
         }
         assert!(
@@ -143,7 +151,9 @@ async fn sigkill_of_gantry_up_loses_and_duplicates_nothing() {
     };
     let rows: Vec<_> = events
         .iter()
-        .filter(|e| !e.event.ty.starts_with("io.gantry.package."))
+        .filter(|e| {
+            e.event.ty == "io.gantry.commit.received.v1" || e.event.ty == "io.gantry.run.started.v1"
+        })
         .map(|e| {
             (
                 e.event.id.to_string(),
@@ -166,6 +176,19 @@ async fn sigkill_of_gantry_up_loses_and_duplicates_nothing() {
         );
     }
     assert_eq!(results.len(), 2 * WEBHOOKS);
+    // And the conductor ended each run exactly once.
+    let mut ended = HashSet::new();
+    for e in events
+        .iter()
+        .filter(|e| e.event.name().is_some_and(|n| n.is_terminal()))
+    {
+        assert!(
+            ended.insert(e.event.runid.clone()),
+            "run {:?} ended twice",
+            e.event.runid
+        );
+    }
+    assert_eq!(ended.len(), WEBHOOKS);
     let positions: Vec<i64> = events.iter().map(|e| e.position).collect();
     assert_eq!(positions, (1..=positions.len() as i64).collect::<Vec<_>>());
 

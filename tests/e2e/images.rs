@@ -237,8 +237,29 @@ async fn a_commit_becomes_stage_images_in_a_real_registry() {
             .find(|s| s["name"] == *stage)
             .unwrap()
             .clone();
-        assert_eq!(stage_view["status"], "image_ready");
         assert_eq!(stage_view["image_digest"], data["digest"]);
+        // What the stage runs now, once the conductor has promoted it.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let pipeline = get_json(&base_url, "/api/v1/pipelines/banking").await;
+            let current = pipeline["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == *stage)
+                .unwrap()["current"]
+                .clone();
+            if current["run_id"] == run_id.as_str() {
+                assert_eq!(current["digest"], data["digest"], "{current}");
+                assert_eq!(current["commit"], commit.as_str());
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{stage} was not promoted: {pipeline}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     assert_ne!(
         pushed[0]["data"]["digest"], pushed[1]["data"]["digest"],

@@ -21,8 +21,13 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         .merge(gantry_webhook::router(app.clone()))
         .merge(gantry_api::router(app.clone()).context("loading API tokens")?)
         .merge(app.health_routes());
-    let workers = vec![envgen(&app), imagebuild(&app)];
-    run(app, http, "up", workers).await
+    let conductor = conductor(&app);
+    let workers = vec![
+        Arc::new(conductor.clone()) as Arc<dyn Handler>,
+        envgen(&app),
+        imagebuild(&app),
+    ];
+    run(app, http, "up", workers, Some(conductor)).await
 }
 
 /// One microservice, over Postgres and NATS.
@@ -35,26 +40,37 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
         );
     }
     let app = start(settings).await?;
+    let mut timers = None;
     let (http, workers) = match service {
         Service::Webhook => (gantry_webhook::router(app.clone()), vec![]),
         Service::Api => (
             gantry_api::router(app.clone()).context("loading API tokens")?,
             vec![],
         ),
+        Service::Conductor => {
+            let c = conductor(&app);
+            timers = Some(c.clone());
+            (Router::new(), vec![Arc::new(c) as Arc<dyn Handler>])
+        }
         Service::Envgen => (Router::new(), vec![envgen(&app)]),
         Service::Imagebuild => (Router::new(), vec![imagebuild(&app)]),
         other => bail!(
-            "service `{}` is not part of this release yet; available: webhook, api, envgen, imagebuild",
+            "service `{}` is not part of this release yet; available: webhook, api, conductor, envgen, imagebuild",
             other.name()
         ),
     };
     let http = http.merge(app.health_routes());
-    run(app, http, service.name(), workers).await
+    run(app, http, service.name(), workers, timers).await
 }
 
 /// The environmentalization worker: `run.started` → packages.
 fn envgen(app: &App) -> Arc<dyn Handler> {
     gantry_envgen::service::handler(app.pipelines.clone(), &app.settings.data_dir)
+}
+
+/// The conductor: decisions from the pipeline's history.
+fn conductor(app: &App) -> gantry_conductor::Conductor {
+    gantry_conductor::Conductor::new(app.store.clone(), app.pipelines.clone())
 }
 
 /// The image worker: `package.built` → images.
@@ -71,6 +87,7 @@ async fn run(
     http: Router,
     role: &str,
     workers: Vec<Arc<dyn Handler>>,
+    conductor_timers: Option<gantry_conductor::Conductor>,
 ) -> anyhow::Result<()> {
     let shutdown = app.shutdown.clone();
     let signal = gantry_core::shutdown::on_signal();
@@ -83,6 +100,9 @@ async fn run(
     app.spawn_background(&mut tasks, &shutdown);
     for worker in workers {
         app.spawn_consumer(&mut tasks, &shutdown, worker);
+    }
+    if let Some(c) = conductor_timers {
+        tasks.spawn(c.run_timers(shutdown.child_token()));
     }
 
     let addr = app.settings.listen;

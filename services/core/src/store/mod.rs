@@ -376,6 +376,18 @@ impl EventStore {
         rows.iter().map(decode_row).collect()
     }
 
+    /// Every event of one pipeline, in position order.
+    pub async fn read_pipeline(&self, pipeline: &str) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE pipeline = $1 ORDER BY position",
+        )
+        .bind(pipeline)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        rows.iter().map(decode_row).collect()
+    }
+
     /// The event with this id, if recorded.
     pub async fn get(&self, event_id: Uuid) -> Result<Option<RecordedEvent>, StoreError> {
         let row = sqlx::query(

@@ -1,0 +1,186 @@
+//! The conductor: for every event that can change what happens next, fold
+//! the pipeline's history, call [`gantry_core::decide::decide`], and append
+//! its decisions.
+//!
+//! Two conductors must not both decide: decisions go to the stream
+//! `conductor-<pipeline>` with the version read *before* the history, so a
+//! conductor that decided on a stale history loses the append with a
+//! conflict, and the runner gives it the event again; deciding is
+//! idempotent, so the second attempt adds only what is still missing.
+//! Time-driven changes (approval expiry, freeze windows) come from the
+//! `next_wakeup` the decision function returns: one timer task sleeps until
+//! the earliest and decides again then, with no polling loop.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use gantry_core::consumer::{Handler, HandlerError};
+use gantry_core::decide::decide;
+use gantry_core::runtime::Pipelines;
+use gantry_core::{EventStore, ExpectedVersion, NewEvents};
+use gantry_proto::{CloudEvent, EventName};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+pub const SERVICE: &str = "conductor";
+
+/// Every event that can change a decision.
+const INPUTS: &[EventName] = &[
+    EventName::RunStarted,
+    EventName::PackageBuilt,
+    EventName::PackageFailed,
+    EventName::ImagePushed,
+    EventName::ImageFailed,
+    EventName::DeployCompleted,
+    EventName::DeployFailed,
+    EventName::ApisPromoted,
+    EventName::ApisFailed,
+    EventName::SmokePassed,
+    EventName::SmokeFailed,
+    EventName::ApprovalGranted,
+    EventName::ApprovalRejected,
+    EventName::RunCancelled,
+];
+
+pub fn decisions_stream(pipeline: &str) -> String {
+    format!("conductor-{pipeline}")
+}
+
+#[derive(Clone)]
+pub struct Conductor {
+    store: EventStore,
+    pipelines: Pipelines,
+    timers: Arc<Mutex<BTreeMap<String, DateTime<Utc>>>>,
+    timer_changed: Arc<Notify>,
+}
+
+impl Conductor {
+    pub fn new(store: EventStore, pipelines: Pipelines) -> Self {
+        Self {
+            store,
+            pipelines,
+            timers: Default::default(),
+            timer_changed: Arc::new(Notify::new()),
+        }
+    }
+
+    /// What the conductor would append for `pipeline` now, on top of the
+    /// version of its decision stream it was computed from.
+    pub async fn decide_for(&self, pipeline_name: &str) -> Result<Option<NewEvents>, HandlerError> {
+        let Some(pipeline) = self.pipelines.get().get(pipeline_name).cloned() else {
+            return Ok(None);
+        };
+        let stream = decisions_stream(pipeline_name);
+        // The version first: a decision appended after this read makes our
+        // append conflict instead of duplicating it.
+        let version = self.store.stream_version(&stream).await?;
+        let history: Vec<CloudEvent> = self
+            .store
+            .read_pipeline(pipeline_name)
+            .await?
+            .into_iter()
+            .map(|r| r.event)
+            .collect();
+        let now = Utc::now();
+        let outcome = decide(&pipeline, now, &history);
+        self.set_timer(pipeline_name, outcome.next_wakeup);
+        if outcome.decisions.is_empty() {
+            return Ok(None);
+        }
+        let events: Vec<CloudEvent> = outcome
+            .decisions
+            .iter()
+            .map(|d| d.into_event(pipeline_name))
+            .collect();
+        for e in &events {
+            tracing::info!(pipeline = pipeline_name, run = e.runid.as_deref().unwrap_or(""), stage = e.stage().unwrap_or(""), ty = %e.ty, "decided");
+        }
+        Ok(Some(NewEvents::new(
+            stream,
+            ExpectedVersion::Exact(version),
+            events,
+        )))
+    }
+
+    fn set_timer(&self, pipeline: &str, at: Option<DateTime<Utc>>) {
+        let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+        let changed = match at {
+            Some(at) => timers.insert(pipeline.to_owned(), at) != Some(at),
+            None => timers.remove(pipeline).is_some(),
+        };
+        drop(timers);
+        if changed {
+            self.timer_changed.notify_one();
+        }
+    }
+
+    /// Decides again for pipelines whose wake-up time has come. Runs until
+    /// `shutdown`.
+    pub async fn run_timers(self, shutdown: CancellationToken) {
+        loop {
+            let next = {
+                let timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+                timers
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(p, at)| (p.clone(), *at))
+            };
+            let sleep = match &next {
+                Some((_, at)) => (*at - Utc::now()).to_std().unwrap_or(Duration::ZERO),
+                None => Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = self.timer_changed.notified() => continue,
+                _ = tokio::time::sleep(sleep) => {}
+            }
+            let Some((pipeline, at)) = next else { continue };
+            {
+                let mut timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
+                if timers.get(&pipeline) == Some(&at) {
+                    timers.remove(&pipeline);
+                }
+            }
+            // Conflicts mean another conductor decided meanwhile: decide again.
+            for _ in 0..5 {
+                match self.decide_for(&pipeline).await {
+                    Ok(Some(batch)) => match self.store.append_many(vec![batch]).await {
+                        Ok(_) => break,
+                        Err(e) if e.is_conflict() => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, pipeline, "timed decision not recorded");
+                            break;
+                        }
+                    },
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, pipeline, "timed decision failed");
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl Handler for Conductor {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn events(&self) -> &'static [EventName] {
+        INPUTS
+    }
+
+    async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
+        Ok(self
+            .decide_for(&event.pipeline)
+            .await?
+            .into_iter()
+            .collect())
+    }
+}

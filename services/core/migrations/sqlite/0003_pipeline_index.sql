@@ -1,0 +1,1 @@
+CREATE INDEX IF NOT EXISTS events_pipeline ON events (pipeline, position);
