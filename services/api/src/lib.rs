@@ -5,6 +5,7 @@
 //! `application/problem+json`. When `GANTRY_API_TOKENS` is set, every
 //! `/api/...` call needs `Authorization: Bearer <token>`.
 
+mod approvals;
 mod dashboard;
 mod diff;
 mod events;
@@ -15,7 +16,7 @@ use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use gantry_core::auth::{ApiTokens, Identity};
 use gantry_core::pipeline::Pipeline;
@@ -46,6 +47,11 @@ pub fn router(app: App) -> Result<Router, gantry_core::auth::TokensError> {
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/stages/{stage}/diff", get(diff::stage_diff))
+        .route(
+            "/runs/{id}/stages/{stage}/approve",
+            post(approvals::approve),
+        )
+        .route("/runs/{id}/stages/{stage}/reject", post(approvals::reject))
         .route("/events", get(events::stream))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))

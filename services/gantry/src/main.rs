@@ -412,7 +412,12 @@ fn print_event(id: Option<i64>, data: &str) {
 fn print_decision(output: Output, resp: &Value, verb: &str) -> anyhow::Result<()> {
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(resp)?),
-        Output::Text => println!("{verb}: {}", resp),
+        Output::Text => println!(
+            "{verb}: stage {} of run {} by {}",
+            str_of(&resp["data"]["stage"]),
+            str_of(&resp["subject"]),
+            str_of(&resp["data"]["user"])
+        ),
     }
     Ok(())
 }

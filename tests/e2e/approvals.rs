@@ -1,0 +1,278 @@
+//! Release managers approve a guarded stage through the API: only members of
+//! the approver groups count, the commit's author cannot approve their own
+//! change, two distinct approvals promote, a rejection stops the run.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+use sha2::Digest;
+
+const TOKENS: &[(&str, &str, &str, &str)] = &[
+    // (token, user, email, groups)
+    ("tok-rita", "rita", "rita@example.com", "[release-managers]"),
+    ("tok-sam", "sam", "sam@example.com", "[release-managers]"),
+    (
+        "tok-dev",
+        "dev1",
+        "dev@example.com",
+        "[release-managers, developers]",
+    ),
+    ("tok-out", "olga", "olga@example.com", "[developers]"),
+];
+
+struct Client {
+    base: String,
+    http: reqwest::Client,
+}
+
+impl Client {
+    async fn get(&self, token: &str, path: &str) -> Value {
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    async fn decide(
+        &self,
+        token: &str,
+        run: &str,
+        stage: &str,
+        verb: &str,
+        body: Value,
+    ) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(format!(
+                "{}/api/v1/runs/{run}/stages/{stage}/{verb}",
+                self.base
+            ))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        (
+            resp.status().as_u16(),
+            resp.json().await.unwrap_or(Value::Null),
+        )
+    }
+
+    async fn wait_status(&self, run: &str, stage: &str, status: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let view = self.get("tok-rita", &format!("/api/v1/runs/{run}")).await;
+            let s = view["stages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|s| s["name"] == stage)
+                .cloned();
+            if s.as_ref().is_some_and(|s| s["status"] == status) {
+                return view;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "{stage} never became {status}: {view}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn prod_waits_for_two_release_managers_and_refuses_the_author_and_outsiders() {
+    let repo = gantry_tests::GitRepo::init().unwrap();
+    repo.write(
+        "gateway/_parent.yaml",
+        "---\ntype: Root\nfields:\n  name: System Components\n",
+    )
+    .unwrap();
+    repo.write(
+        "gateway/META-INF/types/Entity.yaml",
+        "---\nname: Entity\nabstract: true\n",
+    )
+    .unwrap();
+    repo.write(
+        "gateway/META-INF/types/Entity/Root.yaml",
+        "---\nname: Root\nfields:\n  name: {type: string}\n",
+    )
+    .unwrap();
+    let first = repo.commit("first").unwrap();
+    repo.write("gateway/values.yaml", "---\na: 1\n").unwrap();
+    let second = repo.commit("second").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/banking.yaml"),
+        format!(
+            "name: banking\nsource:\n  repo: {}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
+             gateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n  - name: prod\n\
+             \x20   approval: {{ required: 2, approvers: [release-managers], allow_self: false }}\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let mut tokens = String::from("tokens:\n");
+    for (token, user, email, groups) in TOKENS {
+        let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+        tokens.push_str(&format!(
+            "  - user: {user}\n    email: {email}\n    groups: {groups}\n    sha256: {hash}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("tokens.yaml"), tokens).unwrap();
+    let tokens_path = dir.path().join("tokens.yaml").display().to_string();
+    let gantry = Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens_path)]).await;
+    let api = Client {
+        base: gantry.url(),
+        http: reqwest::Client::new(),
+    };
+
+    // Every /api call needs a known token.
+    let anonymous = reqwest::get(format!("{}/api/v1/runs", api.base))
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+
+    // dev1 pushes the first commit (author username dev1).
+    let body = serde_json::to_vec(&json!({
+        "ref": "refs/heads/main", "after": first,
+        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
+        "head_commit": { "message": "first", "author": { "name": "Dev One", "email": "dev@example.com", "username": "dev1" } }
+    }))
+    .unwrap();
+    let resp = api
+        .http
+        .post(format!("{}/webhooks/github", api.base))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let run = resp.json::<Value>().await.unwrap()["runs"][0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    // test promotes by itself; prod waits, and says why.
+    let view = api.wait_status(&run, "prod", "awaiting_approval").await;
+    let prod = view["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "prod")
+        .unwrap();
+    assert_eq!(prod["waiting"]["required"], 2, "{prod}");
+    assert_eq!(view["stages"][0]["status"], "promoted");
+
+    let (status, problem) = api
+        .decide("tok-out", &run, "prod", "approve", json!({}))
+        .await;
+    assert_eq!(status, 403, "an outsider: {problem}");
+    let (status, problem) = api
+        .decide("tok-dev", &run, "prod", "approve", json!({}))
+        .await;
+    assert_eq!(status, 403, "the author: {problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("own change"),
+        "{problem}"
+    );
+
+    let (status, _) = api
+        .decide(
+            "tok-rita",
+            &run,
+            "prod",
+            "approve",
+            json!({ "comment": "looks good" }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let view = api.get("tok-rita", &format!("/api/v1/runs/{run}")).await;
+    assert_eq!(view["status"], "running", "one approval of two: {view}");
+    let (status, _) = api
+        .decide("tok-sam", &run, "prod", "approve", json!({}))
+        .await;
+    assert_eq!(status, 201);
+    let view = api.wait_status(&run, "prod", "promoted").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let mut view = view;
+    while view["status"] != "succeeded" {
+        assert!(tokio::time::Instant::now() < deadline, "{view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        view = api.get("tok-rita", &format!("/api/v1/runs/{run}")).await;
+    }
+    let approvals = view["stages"][1]["approvals"].as_array().unwrap();
+    let users: Vec<&str> = approvals
+        .iter()
+        .map(|a| a["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["rita", "sam"]);
+
+    // A second commit, rejected: the run fails and prod keeps the first.
+    let resp = api
+        .http
+        .post(format!("{}/api/v1/runs", api.base))
+        .bearer_auth("tok-dev")
+        .json(&json!({ "pipeline": "banking", "commit": second }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let run2 = resp.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.wait_status(&run2, "prod", "awaiting_approval").await;
+    let (status, _) = api
+        .decide("tok-sam", &run2, "prod", "reject", json!({}))
+        .await;
+    assert_eq!(status, 400, "a rejection needs a reason");
+    let (status, _) = api
+        .decide(
+            "tok-sam",
+            &run2,
+            "prod",
+            "reject",
+            json!({ "reason": "freeze week" }),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let view = api.get("tok-rita", &format!("/api/v1/runs/{run2}")).await;
+        if view["status"] == "failed" {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{view}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let pipeline = api.get("tok-rita", "/api/v1/pipelines/banking").await;
+    assert_eq!(
+        pipeline["stages"][1]["current"]["run_id"],
+        run.as_str(),
+        "{pipeline}"
+    );
+    assert_eq!(
+        pipeline["stages"][0]["current"]["run_id"],
+        run2.as_str(),
+        "{pipeline}"
+    );
+    // Deciding on an ended run is refused.
+    let (status, _) = api
+        .decide("tok-rita", &run2, "prod", "approve", json!({}))
+        .await;
+    assert_eq!(status, 409);
+}
