@@ -26,6 +26,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         Arc::new(conductor.clone()) as Arc<dyn Handler>,
         envgen(&app),
         imagebuild(&app),
+        smoke(&app),
     ];
     run(app, http, "up", workers, Some(conductor)).await
 }
@@ -54,8 +55,9 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
         }
         Service::Envgen => (Router::new(), vec![envgen(&app)]),
         Service::Imagebuild => (Router::new(), vec![imagebuild(&app)]),
+        Service::Smoke => (Router::new(), vec![smoke(&app)]),
         other => bail!(
-            "service `{}` is not part of this release yet; available: webhook, api, conductor, envgen, imagebuild",
+            "service `{}` is not part of this release yet; available: webhook, api, conductor, envgen, imagebuild, smoke",
             other.name()
         ),
     };
@@ -71,6 +73,11 @@ fn envgen(app: &App) -> Arc<dyn Handler> {
 /// The conductor: decisions from the pipeline's history.
 fn conductor(app: &App) -> gantry_conductor::Conductor {
     gantry_conductor::Conductor::new(app.store.clone(), app.pipelines.clone())
+}
+
+/// The smoke worker: checks against the deployed gateway.
+fn smoke(app: &App) -> Arc<dyn Handler> {
+    gantry_smoke::handler(app.store.clone(), app.pipelines.clone())
 }
 
 /// The image worker: `package.built` → images.

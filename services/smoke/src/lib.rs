@@ -1,0 +1,156 @@
+//! The `smoke` service: runs a stage's checks against the deployed gateway
+//! and records `smoke.passed` or `smoke.failed` with per-check results.
+//!
+//! Checks run after the stage's last preceding step: `deploy.completed`
+//! when the stage has no API Manager step, `apis.promoted` when it has one,
+//! or `stage.started` when it has neither. A rollback re-deploy is not
+//! smoke-tested (the conductor does not wait for it). Each check is retried
+//! until its timeout while the gateway rolls out; the last attempt's outcome
+//! is what counts.
+
+mod check;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use gantry_core::consumer::{Handler, HandlerError};
+use gantry_core::pipeline::Stage;
+use gantry_core::runtime::Pipelines;
+use gantry_core::trigger::run_stream;
+use gantry_core::{EventStore, ExpectedVersion, NewEvents};
+use gantry_proto::events::{SmokeFailed, SmokePassed, StageStarted};
+use gantry_proto::{CloudEvent, EventName};
+
+pub use check::{run_check, RetryPolicy};
+
+pub const SERVICE: &str = "smoke";
+
+#[derive(Clone)]
+pub struct Smoke {
+    store: EventStore,
+    pipelines: Pipelines,
+    client: reqwest::Client,
+    retry: RetryPolicy,
+}
+
+impl Smoke {
+    pub fn new(store: EventStore, pipelines: Pipelines) -> Self {
+        Self {
+            store,
+            pipelines,
+            client: reqwest::Client::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .build()
+                .unwrap_or_default(),
+            retry: RetryPolicy::default(),
+        }
+    }
+
+    /// Shorter pauses between attempts (tests).
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// Whether `event` is the step after which `stage`'s checks run.
+    fn is_trigger(stage: &Stage, event: EventName) -> bool {
+        match event {
+            EventName::ApisPromoted => stage.apimanager.is_some(),
+            EventName::DeployCompleted => stage.apimanager.is_none(),
+            EventName::StageStarted => stage.apimanager.is_none() && stage.deploy.is_none(),
+            _ => false,
+        }
+    }
+
+    /// Whether the stage's current promotion in `run` is a rollback.
+    async fn is_rollback(&self, run: &str, stage: &str) -> Result<bool, HandlerError> {
+        let events = self.store.read_run(run).await?;
+        Ok(events
+            .iter()
+            .rev()
+            .filter_map(|e| e.event.decode::<StageStarted>().ok())
+            .find(|s| s.stage == stage)
+            .is_some_and(|s| s.rollback))
+    }
+}
+
+#[async_trait]
+impl Handler for Smoke {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn events(&self) -> &'static [EventName] {
+        &[
+            EventName::StageStarted,
+            EventName::DeployCompleted,
+            EventName::ApisPromoted,
+        ]
+    }
+
+    async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
+        let (Some(name), Some(stage_name), Some(run)) =
+            (event.name(), event.stage(), event.runid.as_deref())
+        else {
+            return Ok(vec![]);
+        };
+        let Some(stage) = self
+            .pipelines
+            .get()
+            .get(&event.pipeline)
+            .and_then(|p| p.stage(stage_name))
+            .cloned()
+        else {
+            return Ok(vec![]);
+        };
+        if stage.smoke.is_empty()
+            || !Self::is_trigger(&stage, name)
+            || self.is_rollback(run, stage_name).await?
+        {
+            return Ok(vec![]);
+        }
+        let mut results = Vec::with_capacity(stage.smoke.len());
+        for check in &stage.smoke {
+            results.push(run_check(&self.client, check, &self.retry).await);
+        }
+        let passed = results.iter().all(|r| r.passed);
+        tracing::info!(
+            run,
+            stage = stage_name,
+            passed,
+            checks = results.len(),
+            "smoke checks done"
+        );
+        let result = if passed {
+            CloudEvent::new(
+                SERVICE,
+                &event.pipeline,
+                Some(run),
+                &SmokePassed {
+                    stage: stage_name.to_owned(),
+                    checks: results,
+                },
+            )
+        } else {
+            CloudEvent::new(
+                SERVICE,
+                &event.pipeline,
+                Some(run),
+                &SmokeFailed {
+                    stage: stage_name.to_owned(),
+                    checks: results,
+                },
+            )
+        };
+        Ok(vec![NewEvents::new(
+            run_stream(run),
+            ExpectedVersion::Any,
+            vec![result.caused_by(event)],
+        )])
+    }
+}
+
+pub fn handler(store: EventStore, pipelines: Pipelines) -> Arc<dyn Handler> {
+    Arc::new(Smoke::new(store, pipelines))
+}
