@@ -26,6 +26,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         Arc::new(conductor.clone()) as Arc<dyn Handler>,
         envgen(&app),
         imagebuild(&app),
+        deployer(&app),
         smoke(&app),
     ];
     run(app, http, "up", workers, Some(conductor)).await
@@ -56,8 +57,9 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
         Service::Envgen => (Router::new(), vec![envgen(&app)]),
         Service::Imagebuild => (Router::new(), vec![imagebuild(&app)]),
         Service::Smoke => (Router::new(), vec![smoke(&app)]),
+        Service::Deployer => (Router::new(), vec![deployer(&app)]),
         other => bail!(
-            "service `{}` is not part of this release yet; available: webhook, api, conductor, envgen, imagebuild, smoke",
+            "service `{}` is not part of this release yet; available: webhook, api, conductor, envgen, imagebuild, deployer, smoke",
             other.name()
         ),
     };
@@ -73,6 +75,11 @@ fn envgen(app: &App) -> Arc<dyn Handler> {
 /// The conductor: decisions from the pipeline's history.
 fn conductor(app: &App) -> gantry_conductor::Conductor {
     gantry_conductor::Conductor::new(app.store.clone(), app.pipelines.clone())
+}
+
+/// The deploy worker: gitops or command, then readiness.
+fn deployer(app: &App) -> Arc<dyn Handler> {
+    gantry_deployer::handler(app.pipelines.clone(), &app.settings.data_dir)
 }
 
 /// The smoke worker: checks against the deployed gateway.

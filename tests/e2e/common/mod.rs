@@ -5,6 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use bytes::Bytes;
+use gantry_imagebuild::manifest::{Descriptor, ImageManifest, ManifestFormat};
+use gantry_imagebuild::{
+    build_layer, ClientOptions, Digest, ImageClient, LayerOptions, StagePackage, Target,
+};
+use gantry_tests::Registry;
+
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
 use sha2::Sha256;
@@ -251,4 +258,67 @@ pub async fn read_sse(
         }
     }
     out
+}
+
+/// Pushes a one-layer parent image to `repo` and returns its reference.
+pub async fn push_parent(registry: &Registry, repo: &str) -> String {
+    let mut files = StagePackage::new("parent");
+    files
+        .add_file(
+            "/opt/Axway/apigateway/posix/bin/start-emt",
+            Bytes::from_static(b"#!/bin/sh\n"),
+            true,
+        )
+        .unwrap();
+    let layer = build_layer(
+        &files,
+        LayerOptions {
+            mtime: 0,
+            compression: 6,
+        },
+    )
+    .unwrap();
+    let config = Bytes::from(
+        serde_json::to_vec(&json!({
+            "architecture": "amd64", "os": "linux",
+            "config": { "Labels": { "vendor": "Axway" } },
+            "rootfs": { "type": "layers", "diff_ids": [layer.diff_id.to_string()] },
+            "history": [{ "created_by": "parent" }]
+        }))
+        .unwrap(),
+    );
+    let format = ManifestFormat::Oci;
+    let manifest = ImageManifest {
+        schema_version: 2,
+        media_type: Some(format.manifest_media_type().to_owned()),
+        config: Descriptor::new(
+            format.config_media_type(),
+            Digest::sha256(&config),
+            config.len() as u64,
+        ),
+        layers: vec![Descriptor::new(
+            format.gzip_layer_media_type(),
+            layer.digest.clone(),
+            layer.size(),
+        )],
+        annotations: None,
+    };
+    let client = ImageClient::new(ClientOptions::default()).unwrap();
+    let target = Target::parse(&format!("{}/{repo}", registry.host_port())).unwrap();
+    client
+        .push_blob(&target, false, layer.data.clone())
+        .await
+        .unwrap();
+    client.push_blob(&target, false, config).await.unwrap();
+    client
+        .push_manifest(
+            &target,
+            false,
+            "7.7",
+            Bytes::from(serde_json::to_vec(&manifest).unwrap()),
+            format.manifest_media_type(),
+        )
+        .await
+        .unwrap();
+    format!("{}/{repo}:7.7", registry.host_port())
 }

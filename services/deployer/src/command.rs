@@ -1,0 +1,462 @@
+//! The `command` deploy target: run a program (argv, no shell) with the
+//! release in its environment, under a timeout, capturing what it prints.
+//!
+//! The program gets Gantry's environment plus `GANTRY_IMAGE`,
+//! `GANTRY_DIGEST`, `GANTRY_STAGE`, `GANTRY_RUN`, `GANTRY_COMMIT` and
+//! `GANTRY_PIPELINE`. It runs in its own process group: on timeout the whole
+//! group is killed (a `sh -c` wrapper's children too), so nothing outlives
+//! the step. Standard output and error are captured together, in the order
+//! they arrive, and only the tail is kept (64 KiB by default). Every given
+//! secret is replaced with `***` before the output leaves this module,
+//! including a secret cut in half by the truncation.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use gantry_core::pipeline::format_duration;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+/// What a deploy command is told about the release.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeployEnv {
+    /// `GANTRY_IMAGE`: `<repository>@<digest>` (empty when the pipeline has
+    /// no image).
+    pub image: String,
+    /// `GANTRY_DIGEST`: the image's manifest digest.
+    pub digest: String,
+    /// `GANTRY_STAGE`
+    pub stage: String,
+    /// `GANTRY_RUN`: the run id.
+    pub run: String,
+    /// `GANTRY_COMMIT`: the source commit.
+    pub commit: String,
+    /// `GANTRY_PIPELINE`
+    pub pipeline: String,
+}
+
+impl DeployEnv {
+    /// The variables as set in the command's environment.
+    pub fn vars(&self) -> [(&'static str, &str); 6] {
+        [
+            ("GANTRY_IMAGE", &self.image),
+            ("GANTRY_DIGEST", &self.digest),
+            ("GANTRY_STAGE", &self.stage),
+            ("GANTRY_RUN", &self.run),
+            ("GANTRY_COMMIT", &self.commit),
+            ("GANTRY_PIPELINE", &self.pipeline),
+        ]
+    }
+}
+
+/// How a command is run.
+#[derive(Debug, Clone)]
+pub struct CommandOptions {
+    /// Killed (with its process group) after this long.
+    pub timeout: Duration,
+    /// Strings replaced with `***` in the captured output.
+    pub secrets: Vec<String>,
+    /// Bytes of output kept (the tail).
+    pub max_output: usize,
+    /// Working directory; the process's own when `None`.
+    pub cwd: Option<PathBuf>,
+}
+
+impl CommandOptions {
+    pub const DEFAULT_MAX_OUTPUT: usize = 64 * 1024;
+
+    pub fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            secrets: Vec::new(),
+            max_output: Self::DEFAULT_MAX_OUTPUT,
+            cwd: None,
+        }
+    }
+
+    pub fn with_secrets(mut self, secrets: impl IntoIterator<Item = String>) -> Self {
+        self.secrets.extend(secrets);
+        self
+    }
+}
+
+/// A command that exited 0.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutcome {
+    /// Standard output and error, interleaved, tail kept, secrets masked.
+    pub output: String,
+    pub duration: Duration,
+}
+
+/// Why a deploy command failed. `output` (masked) is there when the
+/// program ran.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("deploy.command is empty")]
+    Empty,
+    #[error("cannot start `{program}`: {message}")]
+    Spawn { program: String, message: String },
+    #[error("`{program}` {status}{}", last_line_suffix(.output))]
+    Failed {
+        program: String,
+        /// `exited with code N` or `was killed by signal N`.
+        status: String,
+        code: Option<i32>,
+        output: String,
+    },
+    #[error("`{program}` did not finish within {} and was killed", format_duration(*.timeout))]
+    Timeout {
+        program: String,
+        timeout: Duration,
+        output: String,
+    },
+    #[error("waiting for `{program}`: {message}")]
+    Wait {
+        program: String,
+        message: String,
+        output: String,
+    },
+}
+
+fn last_line_suffix(output: &str) -> String {
+    match output.lines().rev().map(str::trim).find(|l| !l.is_empty()) {
+        Some(l) => {
+            let l: String = l.chars().take(200).collect();
+            format!(": {l}")
+        }
+        None => String::new(),
+    }
+}
+
+impl CommandError {
+    /// The captured (masked) output, when the program ran.
+    pub fn output(&self) -> Option<&str> {
+        match self {
+            CommandError::Failed { output, .. }
+            | CommandError::Timeout { output, .. }
+            | CommandError::Wait { output, .. } => Some(output),
+            _ => None,
+        }
+    }
+}
+
+/// How long the output pipes may stay open after the program exited (a
+/// background child holding them) before the group is killed.
+const PIPE_GRACE: Duration = Duration::from_secs(2);
+
+/// Runs `argv` with `env` in its environment under `options`.
+pub async fn run_command(
+    argv: &[String],
+    env: &DeployEnv,
+    options: &CommandOptions,
+) -> Result<CommandOutcome, CommandError> {
+    let Some((program, args)) = argv.split_first() else {
+        return Err(CommandError::Empty);
+    };
+    if program.trim().is_empty() {
+        return Err(CommandError::Empty);
+    }
+    let masker = Masker::new(&options.secrets);
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .process_group(0);
+    for (k, v) in env.vars() {
+        cmd.env(k, v);
+    }
+    if let Some(dir) = &options.cwd {
+        cmd.current_dir(dir);
+    }
+    let started = Instant::now();
+    let mut child = cmd.spawn().map_err(|e| CommandError::Spawn {
+        program: program.clone(),
+        message: masker.mask(&e.to_string()),
+    })?;
+    let pgid = child.id();
+    let capture = Arc::new(Mutex::new(Capture::new(
+        options.max_output,
+        masker.longest(),
+    )));
+    let mut readers = tokio::task::JoinSet::new();
+    if let Some(out) = child.stdout.take() {
+        readers.spawn(pump(out, capture.clone()));
+    }
+    if let Some(err) = child.stderr.take() {
+        readers.spawn(pump(err, capture.clone()));
+    }
+
+    let waited = tokio::time::timeout(options.timeout, child.wait()).await;
+    let timed_out = waited.is_err();
+    if timed_out {
+        kill_group(pgid);
+        let _ = child.kill().await;
+    }
+    // Drain what is left in the pipes; a straggler holding them open is killed.
+    let drained = tokio::time::timeout(PIPE_GRACE, async {
+        while readers.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        kill_group(pgid);
+        readers.abort_all();
+    }
+    let output = capture
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .finish(&masker);
+    let duration = started.elapsed();
+    let status = match waited {
+        Err(_) => {
+            return Err(CommandError::Timeout {
+                program: program.clone(),
+                timeout: options.timeout,
+                output,
+            })
+        }
+        Ok(Err(e)) => {
+            return Err(CommandError::Wait {
+                program: program.clone(),
+                message: e.to_string(),
+                output,
+            })
+        }
+        Ok(Ok(status)) => status,
+    };
+    if status.success() {
+        return Ok(CommandOutcome { output, duration });
+    }
+    use std::os::unix::process::ExitStatusExt;
+    let described = match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exited with code {code}"),
+        (None, Some(sig)) => format!("was killed by signal {sig}"),
+        (None, None) => format!("failed ({status})"),
+    };
+    Err(CommandError::Failed {
+        program: program.clone(),
+        status: described,
+        code: status.code(),
+        output,
+    })
+}
+
+/// SIGKILL to the process group led by `pgid` (the command and its children).
+fn kill_group(pgid: Option<u32>) {
+    if let Some(pid) = pgid.and_then(|p| i32::try_from(p).ok()).filter(|&p| p > 0) {
+        // SAFETY: kill(2) with a negative pid signals that process group; no
+        // memory is involved. The group is the command's own (process_group(0)).
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+}
+
+async fn pump(mut from: impl AsyncRead + Unpin, capture: Arc<Mutex<Capture>>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => capture
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(&buf[..n]),
+        }
+    }
+}
+
+/// The tail of a stream of bytes: `limit` bytes plus enough before them to
+/// recognise a secret that straddles the cut.
+#[derive(Debug)]
+struct Capture {
+    buf: Vec<u8>,
+    limit: usize,
+    margin: usize,
+    dropped: u64,
+}
+
+impl Capture {
+    fn new(limit: usize, longest_secret: usize) -> Self {
+        Self {
+            buf: Vec::new(),
+            limit,
+            margin: longest_secret,
+            dropped: 0,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        let keep = self.limit + self.margin;
+        // Trim in batches, not on every small write.
+        if self.buf.len() > keep.saturating_mul(2).max(keep + 8192) {
+            let excess = self.buf.len() - keep;
+            self.buf.drain(..excess);
+            self.dropped += excess as u64;
+        }
+    }
+
+    fn finish(&mut self, masker: &Masker) -> String {
+        let keep = self.limit + self.margin;
+        if self.buf.len() > keep {
+            let excess = self.buf.len() - keep;
+            self.buf.drain(..excess);
+            self.dropped += excess as u64;
+        }
+        let truncated = self.dropped > 0;
+        // Bytes that may be the end of a secret begun before the kept part.
+        let skip = if truncated {
+            self.margin.saturating_sub(1).min(self.buf.len())
+        } else {
+            0
+        };
+        let masked = masker.mask_bytes(&self.buf, skip);
+        let mut text = String::from_utf8_lossy(&masked).into_owned();
+        let mut cut = truncated;
+        if text.len() > self.limit {
+            let mut start = text.len() - self.limit;
+            while !text.is_char_boundary(start) {
+                start += 1;
+            }
+            text.drain(..start);
+            cut = true;
+        }
+        if cut {
+            format!("[earlier output truncated]\n{text}")
+        } else {
+            text
+        }
+    }
+}
+
+/// Replaces secrets with `***`.
+#[derive(Debug, Clone, Default)]
+pub struct Masker {
+    secrets: Vec<Vec<u8>>,
+}
+
+impl Masker {
+    /// Empty strings are ignored.
+    pub fn new<S: AsRef<str>>(secrets: &[S]) -> Self {
+        let mut secrets: Vec<Vec<u8>> = secrets
+            .iter()
+            .map(|s| s.as_ref().as_bytes().to_vec())
+            .filter(|s| !s.is_empty())
+            .collect();
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        Self { secrets }
+    }
+
+    fn longest(&self) -> usize {
+        self.secrets.first().map_or(0, Vec::len)
+    }
+
+    /// `text` with every occurrence of every secret replaced with `***`.
+    pub fn mask(&self, text: &str) -> String {
+        if self.secrets.is_empty() {
+            return text.to_owned();
+        }
+        String::from_utf8_lossy(&self.mask_bytes(text.as_bytes(), 0)).into_owned()
+    }
+
+    /// Masks `bytes`, leaving out the first `skip` bytes.
+    fn mask_bytes(&self, bytes: &[u8], skip: usize) -> Vec<u8> {
+        let mut hidden = vec![false; bytes.len()];
+        for s in &self.secrets {
+            if s.len() > bytes.len() {
+                continue;
+            }
+            for i in 0..=bytes.len() - s.len() {
+                if bytes[i..].starts_with(s) {
+                    hidden[i..i + s.len()].iter_mut().for_each(|h| *h = true);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(bytes.len());
+        let mut in_secret = false;
+        for (i, &b) in bytes.iter().enumerate().skip(skip) {
+            if hidden[i] {
+                if !in_secret {
+                    out.extend_from_slice(b"***");
+                }
+                in_secret = true;
+            } else {
+                in_secret = false;
+                out.push(b);
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masks_every_occurrence_longest_first() {
+        let m = Masker::new(&["s3cret", "s3cret-longer", ""]);
+        assert_eq!(
+            m.mask("a s3cret b s3cret-longer c s3cre"),
+            "a *** b *** c s3cre"
+        );
+        assert_eq!(Masker::new::<&str>(&[]).mask("x"), "x");
+    }
+
+    #[test]
+    fn adjacent_secrets_make_one_mask() {
+        let m = Masker::new(&["ab"]);
+        assert_eq!(m.mask("xababy"), "x***y");
+    }
+
+    #[test]
+    fn capture_keeps_the_tail_and_masks_a_secret_cut_by_it() {
+        let m = Masker::new(&["TOPSECRETVALUE"]);
+        let mut c = Capture::new(20, m.longest());
+        c.push(b"0123456789TOPSECRETVALUE-tail-of-output");
+        let out = c.finish(&m);
+        assert!(out.starts_with("[earlier output truncated]\n"), "{out}");
+        assert!(!out.contains("SECRET") && !out.contains("VALUE"), "{out}");
+        assert!(out.ends_with("-tail-of-output"), "{out}");
+        let body = out.trim_start_matches("[earlier output truncated]\n");
+        assert!(body.len() <= 20, "{body}");
+    }
+
+    #[test]
+    fn capture_within_limit_is_whole() {
+        let m = Masker::new(&["pw"]);
+        let mut c = Capture::new(100, m.longest());
+        c.push(b"user pw\n");
+        c.push(b"done\n");
+        assert_eq!(c.finish(&m), "user ***\ndone\n");
+    }
+
+    #[test]
+    fn large_output_is_bounded() {
+        let m = Masker::default();
+        let mut c = Capture::new(1024, 0);
+        for i in 0..10_000 {
+            c.push(format!("line {i}\n").as_bytes());
+        }
+        let out = c.finish(&m);
+        assert!(out.len() < 1100);
+        assert!(out.ends_with("line 9999\n"));
+    }
+
+    #[test]
+    fn failure_reason_names_the_last_line() {
+        let e = CommandError::Failed {
+            program: "helm".into(),
+            status: "exited with code 3".into(),
+            code: Some(3),
+            output: "working\nError: release failed\n\n".into(),
+        };
+        assert_eq!(
+            e.to_string(),
+            "`helm` exited with code 3: Error: release failed"
+        );
+    }
+}

@@ -1,0 +1,29 @@
+//! # gantry-deployer
+//!
+//! The `deployer` service: a `stage.started` event becomes a running stage.
+//! The stage's `deploy` section picks the target:
+//!
+//! - [`gitops`]: set a key of a YAML file in a deploy repository to
+//!   `<repository>@<digest>` with a line-preserving edit ([`yaml_edit`]),
+//!   commit and push (retrying on a lost race, idempotent when already set);
+//! - [`command`]: run a program with `GANTRY_IMAGE`, `GANTRY_DIGEST`,
+//!   `GANTRY_STAGE`, `GANTRY_RUN`, `GANTRY_COMMIT`, `GANTRY_PIPELINE` in its
+//!   environment, under a timeout, output captured and secrets masked.
+//!
+//! Then [`ready`] polls the stage's `ready.url`. The [`service`] records
+//! `deploy.completed` or `deploy.failed` on the run's stream.
+
+pub mod command;
+pub mod gitops;
+pub mod ready;
+pub mod service;
+pub mod yaml_edit;
+
+pub use command::{run_command, CommandError, CommandOptions, CommandOutcome, DeployEnv, Masker};
+pub use gitops::{
+    deploy_gitops, deploy_gitops_with, BeforePush, CommitMessage, DeployError, GitOpsOptions,
+    GitOpsOutcome,
+};
+pub use ready::{wait_ready, ReadyError, ReadyOptions, ReadyOutcome};
+pub use service::{handler, image_reference, DeployOutcome, Deployer, DeployerOptions};
+pub use yaml_edit::{set_yaml_key, EditError};

@@ -1,0 +1,325 @@
+//! The `deployer` service: `stage.started` → `deploy.completed` or
+//! `deploy.failed`.
+//!
+//! A stage without `deploy` gets no answer from this service (the run's plan
+//! has no `deploy` step for it, and the conductor waits for none). Otherwise
+//! the image `<image.repository>@<digest>` of the `stage.started` event is
+//! deployed with the stage's `gitops` or `command` target, then, when the
+//! stage has `ready`, its URL is polled until healthy; a readiness failure is
+//! a `deploy.failed`. Rollbacks (`rollback: true`) are deployed the same way:
+//! the event names the earlier release's image.
+//!
+//! Redelivered events are recognised by the consumer runner; if a deploy is
+//! repeated anyway (a crash between the push and the append), the gitops
+//! target finds the image already set and commits nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use gantry_core::consumer::{Handler, HandlerError};
+use gantry_core::pipeline::{format_duration, DeployMethod, HeaderValue, Pipeline, SecretRef};
+use gantry_core::runtime::Pipelines;
+use gantry_core::trigger::run_stream;
+use gantry_core::{ExpectedVersion, NewEvents};
+use gantry_proto::events::{DeployCompleted, DeployFailed, StageStarted};
+use gantry_proto::{CloudEvent, EventName};
+
+use crate::command::{run_command, CommandOptions, DeployEnv, Masker};
+use crate::gitops::{deploy_gitops_with, CommitMessage, GitOpsOptions};
+use crate::ready::{wait_ready, ReadyOptions};
+
+const SERVICE: &str = "deployer";
+
+/// Tunables of the deployer (defaults suit production; tests shorten them).
+#[derive(Debug, Clone, Default)]
+pub struct DeployerOptions {
+    pub gitops: GitOpsOptions,
+    pub ready: ReadyOptions,
+    /// Bytes of command output kept; `None`: [`CommandOptions::DEFAULT_MAX_OUTPUT`].
+    pub max_output: Option<usize>,
+}
+
+/// What deploying one stage came to.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeployOutcome {
+    Completed(DeployCompleted),
+    Failed(DeployFailed),
+}
+
+/// Deploys stage images.
+#[derive(Debug, Clone)]
+pub struct Deployer {
+    pipelines: Pipelines,
+    work: PathBuf,
+    options: DeployerOptions,
+}
+
+impl Deployer {
+    /// `data_dir/deploy` holds the cached clones of deploy repositories.
+    pub fn new(pipelines: Pipelines, data_dir: &Path) -> Self {
+        Self {
+            pipelines,
+            work: data_dir.join("deploy"),
+            options: DeployerOptions::default(),
+        }
+    }
+
+    pub fn with_options(mut self, options: DeployerOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Deploys `started` into its stage of `pipeline`; `None` when the stage
+    /// has no `deploy`.
+    pub async fn deploy(
+        &self,
+        pipeline: &Pipeline,
+        run: &str,
+        started: &StageStarted,
+    ) -> Option<DeployOutcome> {
+        let failed = |reason: String, output: Option<String>| {
+            Some(DeployOutcome::Failed(DeployFailed {
+                stage: started.stage.clone(),
+                reason,
+                output,
+            }))
+        };
+        let Some(stage) = pipeline.stage(&started.stage) else {
+            return failed(
+                format!(
+                    "stage `{}` is no longer in pipeline `{}`",
+                    started.stage, pipeline.name
+                ),
+                None,
+            );
+        };
+        let deploy = stage.deploy.as_ref()?;
+        let secrets = pipeline_secrets(pipeline);
+        let masker = Masker::new(&secrets);
+        let image = image_reference(pipeline, started);
+        let begun = Instant::now();
+        let timeout = deploy.timeout_or_default();
+        let mut revision = None;
+        let mut output = None;
+        match deploy.method() {
+            DeployMethod::GitOps(spec) => {
+                let Some((image, digest)) = image.clone() else {
+                    return failed(
+                        "nothing to deploy: stage.started names no image digest (a gitops \
+                         deploy needs the pipeline's `image` section)"
+                            .into(),
+                        None,
+                    );
+                };
+                let token = match spec.token.as_ref().map(SecretRef::resolve).transpose() {
+                    Ok(t) => t,
+                    Err(e) => return failed(format!("deploy.gitops.token: {e}"), None),
+                };
+                let msg = CommitMessage {
+                    run: run.to_owned(),
+                    stage: started.stage.clone(),
+                    commit: started.commit.clone(),
+                    digest,
+                };
+                let spec = spec.clone();
+                let work = self.work.clone();
+                let options = self.options.gitops.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    deploy_gitops_with(
+                        &spec,
+                        token.as_ref().map(|t| t.expose()),
+                        &image,
+                        &msg,
+                        &work,
+                        &options,
+                    )
+                });
+                match tokio::time::timeout(timeout, task).await {
+                    Ok(Ok(Ok(done))) => revision = Some(done.revision),
+                    Ok(Ok(Err(e))) => return failed(masker.mask(&e.to_string()), None),
+                    Ok(Err(e)) => {
+                        return failed(format!("the gitops deploy task failed: {e}"), None)
+                    }
+                    Err(_) => {
+                        return failed(
+                            format!(
+                                "the gitops deploy did not finish within {}",
+                                format_duration(timeout)
+                            ),
+                            None,
+                        )
+                    }
+                }
+            }
+            DeployMethod::Command(argv) => {
+                let env = DeployEnv {
+                    image: image
+                        .as_ref()
+                        .map(|(i, _)| i.clone())
+                        .or_else(|| started.image.clone())
+                        .unwrap_or_default(),
+                    digest: started.digest.clone().unwrap_or_default(),
+                    stage: started.stage.clone(),
+                    run: run.to_owned(),
+                    commit: started.commit.clone(),
+                    pipeline: pipeline.name.clone(),
+                };
+                let mut options = CommandOptions::new(timeout).with_secrets(secrets.clone());
+                if let Some(max) = self.options.max_output {
+                    options.max_output = max;
+                }
+                match run_command(argv, &env, &options).await {
+                    Ok(done) => output = Some(done.output),
+                    Err(e) => {
+                        return failed(masker.mask(&e.to_string()), e.output().map(str::to_owned))
+                    }
+                }
+            }
+        }
+        if let Some(ready) = &stage.ready {
+            if let Err(e) = wait_ready(ready, &self.options.ready).await {
+                return failed(
+                    format!("not ready: {}", masker.mask(&e.to_string())),
+                    output,
+                );
+            }
+        }
+        Some(DeployOutcome::Completed(DeployCompleted {
+            stage: started.stage.clone(),
+            image: image.map(|(i, _)| i).or_else(|| started.image.clone()),
+            digest: started.digest.clone(),
+            revision,
+            output,
+            duration_ms: u64::try_from(begun.elapsed().as_millis()).unwrap_or(u64::MAX),
+        }))
+    }
+}
+
+/// `<repository>@<digest>` and the digest: the repository from the
+/// pipeline's `image` section, else from the event's `repository:tag`.
+pub fn image_reference(pipeline: &Pipeline, started: &StageStarted) -> Option<(String, String)> {
+    let digest = started.digest.clone().filter(|d| !d.is_empty())?;
+    let repository = match &pipeline.image {
+        Some(image) => image.repository.clone(),
+        None => strip_tag(started.image.as_deref()?).to_owned(),
+    };
+    Some((format!("{repository}@{digest}"), digest))
+}
+
+/// `host:port/path:tag` → `host:port/path` (a `:` after the last `/` is a tag).
+fn strip_tag(image: &str) -> &str {
+    let image = image.split('@').next().unwrap_or(image);
+    let slash = image.rfind('/').map_or(0, |i| i + 1);
+    match image[slash..].rfind(':') {
+        Some(i) => &image[..slash + i],
+        None => image,
+    }
+}
+
+/// Every secret of the pipeline that can be read now, to mask in output.
+fn pipeline_secrets(pipeline: &Pipeline) -> Vec<String> {
+    let mut refs: Vec<&SecretRef> = Vec::new();
+    refs.extend(pipeline.source.token.iter());
+    refs.extend(pipeline.source.webhook_secret.iter());
+    if let Some(auth) = pipeline.image.as_ref().and_then(|i| i.auth.as_ref()) {
+        refs.push(&auth.username);
+        refs.push(&auth.password);
+    }
+    for stage in &pipeline.stages {
+        if let Some(t) = stage
+            .deploy
+            .as_ref()
+            .and_then(|d| d.gitops.as_ref())
+            .and_then(|g| g.token.as_ref())
+        {
+            refs.push(t);
+        }
+        if let Some(a) = &stage.apimanager {
+            refs.push(&a.username);
+            refs.push(&a.password);
+        }
+        for check in &stage.smoke {
+            for v in check.request.headers.values() {
+                if let HeaderValue::Secret(r) = v {
+                    refs.push(r);
+                }
+            }
+        }
+    }
+    refs.into_iter()
+        .filter_map(|r| r.resolve().ok())
+        .map(|s| s.expose().to_owned())
+        .collect()
+}
+
+#[async_trait]
+impl Handler for Deployer {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn events(&self) -> &'static [EventName] {
+        &[EventName::StageStarted]
+    }
+
+    async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
+        let started: StageStarted = event
+            .decode()
+            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let Some(run) = event.runid.clone() else {
+            return Err(HandlerError::Permanent(
+                "stage.started without a run id".into(),
+            ));
+        };
+        let outcome = match self.pipelines.get().get(&event.pipeline).cloned() {
+            Some(pipeline) => match self.deploy(&pipeline, &run, &started).await {
+                Some(o) => o,
+                None => {
+                    tracing::debug!(run, stage = %started.stage, "stage has no deploy");
+                    return Ok(vec![]);
+                }
+            },
+            None => DeployOutcome::Failed(DeployFailed {
+                stage: started.stage.clone(),
+                reason: format!("pipeline `{}` is no longer defined", event.pipeline),
+                output: None,
+            }),
+        };
+        let result = match &outcome {
+            DeployOutcome::Completed(c) => {
+                tracing::info!(run, stage = %c.stage, image = c.image.as_deref().unwrap_or(""), revision = c.revision.as_deref().unwrap_or(""), duration = %format_duration(Duration::from_millis(c.duration_ms)), "deployed");
+                CloudEvent::new(SERVICE, &event.pipeline, Some(&run), c)
+            }
+            DeployOutcome::Failed(f) => {
+                tracing::warn!(run, stage = %f.stage, reason = %f.reason, "deploy failed");
+                CloudEvent::new(SERVICE, &event.pipeline, Some(&run), f)
+            }
+        }
+        .caused_by(event);
+        Ok(vec![NewEvents::new(
+            run_stream(&run),
+            ExpectedVersion::Any,
+            vec![result],
+        )])
+    }
+}
+
+/// Shared handle for registering the service with a runtime.
+pub fn handler(pipelines: Pipelines, data_dir: &Path) -> Arc<dyn Handler> {
+    Arc::new(Deployer::new(pipelines, data_dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tags_are_stripped_but_ports_kept() {
+        assert_eq!(strip_tag("reg:5000/a/b:test-abc"), "reg:5000/a/b");
+        assert_eq!(strip_tag("reg:5000/a/b"), "reg:5000/a/b");
+        assert_eq!(strip_tag("a/b@sha256:00"), "a/b");
+        assert_eq!(strip_tag("b:1"), "b");
+    }
+}

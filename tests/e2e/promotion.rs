@@ -1,0 +1,171 @@
+//! The whole way: a signed push becomes a package, an image in a real
+//! registry, a gitops commit in a real deploy repository, a ready gateway
+//! and passing smoke checks, then `env.promoted`.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::routing::get;
+use common::*;
+use gantry_tests::{GitRepo, Registry};
+use serde_json::{json, Value};
+
+const VALUES: &str = "# Helm values for the test environment\napitraffic:\n  replicas: 2  # keep two\n  image: registry.example.com/apim/banking-gateway:old\nanm:\n  image: unchanged\n";
+
+#[tokio::test]
+async fn push_to_promotion_through_gitops_readiness_and_smoke() {
+    let registry = Registry::start().await.unwrap();
+    let base_image = push_parent(&registry, "axway/apigw-emt").await;
+
+    // The deploy repository (bare, as on a forge), seeded with Helm values.
+    let deploy = GitRepo::bare().unwrap();
+    let seed = GitRepo::init().unwrap();
+    seed.write("envs/test/values.yaml", VALUES).unwrap();
+    seed.commit("seed").unwrap();
+    seed.git(["remote", "add", "origin", &deploy.url()])
+        .unwrap();
+    seed.push("origin", "main").unwrap();
+
+    // The gateway stand-in: ready and serving.
+    let app = axum::Router::new()
+        .route("/healthcheck", get(|| async { "ok" }))
+        .route("/pets", get(|| async { axum::Json(json!([{ "id": 1 }])) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let gw = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let repo = GitRepo::init().unwrap();
+    repo.write(
+        "gateway/_parent.yaml",
+        "---\ntype: Root\nfields:\n  name: System Components\n",
+    )
+    .unwrap();
+    repo.write(
+        "gateway/META-INF/types/Entity.yaml",
+        "---\nname: Entity\nabstract: true\n",
+    )
+    .unwrap();
+    repo.write(
+        "gateway/META-INF/types/Entity/Root.yaml",
+        "---\nname: Root\nfields:\n  name: {type: string}\n",
+    )
+    .unwrap();
+    let commit = repo.commit("config").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/banking.yaml"),
+        format!(
+            "name: banking\nsource:\n  repo: {repo}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
+             gateway:\n  format: yaml\n  path: gateway/\n\
+             image:\n  base: {base_image}\n  repository: {registry}/apim/banking-gateway\n\
+             stages:\n  - name: test\n\
+             \x20   deploy:\n      gitops: {{ repo: {deploy}, branch: main, file: envs/test/values.yaml, key: apitraffic.image }}\n\
+             \x20   ready: {{ url: http://{gw}/healthcheck, timeout: 10s }}\n\
+             \x20   smoke:\n      - name: pets are listed\n        request: {{ url: http://{gw}/pets }}\n        expect: {{ status: 200, json: {{ \"/0/id\": 1 }} }}\n",
+            repo = repo.path().display(),
+            registry = registry.host_port(),
+            deploy = deploy.path().display(),
+        ),
+    )
+    .unwrap();
+    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let base = gantry.url();
+
+    let body = serde_json::to_vec(&json!({
+        "ref": "refs/heads/main", "after": commit,
+        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
+        "head_commit": { "message": "config", "author": { "name": "Dev", "email": "dev@example.com" } }
+    }))
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let run = resp.json::<Value>().await.unwrap()["runs"][0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let view = loop {
+        let view = get_json(&base, &format!("/api/v1/runs/{run}")).await;
+        if view["status"] != "running" {
+            break view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{view}\n{}",
+            gantry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let events = get_json(&base, &format!("/api/v1/runs/{run}/events")).await;
+    assert_eq!(view["status"], "succeeded", "{view}\n{events:#}");
+    let names: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            e["type"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("io.gantry.")
+                .trim_end_matches(".v1")
+        })
+        .collect();
+    for step in [
+        "package.built",
+        "image.pushed",
+        "stage.started",
+        "deploy.completed",
+        "smoke.passed",
+        "env.promoted",
+        "run.succeeded",
+    ] {
+        assert!(names.contains(&step), "{step} missing from {names:?}");
+    }
+    let pushed = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "io.gantry.image.pushed.v1")
+        .unwrap();
+    let digest = pushed["data"]["digest"].as_str().unwrap();
+    let deployed = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["type"] == "io.gantry.deploy.completed.v1")
+        .unwrap();
+    let revision = deployed["data"]["revision"].as_str().unwrap();
+
+    // The deploy repository's history shows the step, and only the one line changed.
+    let log = deploy.git(["log", "--format=%H %s", "main"]).unwrap();
+    let head = log.lines().next().unwrap();
+    assert!(head.starts_with(revision), "{log}");
+    assert!(
+        head.contains(&format!(
+            "deploy test: {}/apim/banking-gateway@{digest}",
+            registry.host_port()
+        )),
+        "{log}"
+    );
+    let file = deploy.git(["show", "main:envs/test/values.yaml"]).unwrap();
+    let expected = VALUES.replace(
+        "registry.example.com/apim/banking-gateway:old",
+        &format!("{}/apim/banking-gateway@{digest}", registry.host_port()),
+    );
+    assert_eq!(
+        file.trim_end(),
+        expected.trim_end(),
+        "comments and order kept"
+    );
+}
