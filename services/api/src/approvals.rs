@@ -166,3 +166,58 @@ async fn decide(
         .await?;
     Ok((StatusCode::CREATED, Json(json)).into_response())
 }
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct CancelBody {
+    reason: Option<String>,
+    /// Only without API tokens: who is cancelling.
+    user: Option<String>,
+}
+
+/// `POST /api/v1/runs/{id}/cancel`: the run stops where it is; a stage it
+/// is promoting into is released (what was deployed stays deployed).
+pub(crate) async fn cancel(
+    State(api): State<Api>,
+    Path(run_id): Path<String>,
+    identity: Option<Extension<Identity>>,
+    body: axum::body::Bytes,
+) -> Result<Response, Problem> {
+    let body: CancelBody = if body.iter().all(u8::is_ascii_whitespace) {
+        CancelBody::default()
+    } else {
+        serde_json::from_slice(&body)
+            .map_err(|e| Problem::bad_request(format!("invalid request body: {e}")))?
+    };
+    let events = api.app.store.read_run(&run_id).await?;
+    let Some(first) = events.first() else {
+        return Err(Problem::not_found(format!("no run `{run_id}`")));
+    };
+    if events
+        .iter()
+        .any(|e| e.event.name().is_some_and(EventName::is_terminal))
+    {
+        return Err(Problem::conflict(format!(
+            "run `{run_id}` has already ended"
+        )));
+    }
+    let user = match identity {
+        Some(Extension(id)) => id.user,
+        None => body.user.unwrap_or_else(|| "anonymous".into()),
+    };
+    let event = CloudEvent::new(
+        "api",
+        &first.event.pipeline.clone(),
+        Some(&run_id),
+        &gantry_proto::events::RunCancelled {
+            user,
+            reason: body.reason,
+        },
+    );
+    let json = serde_json::to_value(&event).map_err(Problem::internal)?;
+    api.app
+        .store
+        .append(&run_stream(&run_id), ExpectedVersion::Any, vec![event])
+        .await?;
+    Ok((StatusCode::CREATED, Json(json)).into_response())
+}

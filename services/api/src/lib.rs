@@ -52,6 +52,7 @@ pub fn router(app: App) -> Result<Router, gantry_core::auth::TokensError> {
             post(approvals::approve),
         )
         .route("/runs/{id}/stages/{stage}/reject", post(approvals::reject))
+        .route("/runs/{id}/cancel", post(approvals::cancel))
         .route("/events", get(events::stream))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))

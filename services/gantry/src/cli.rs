@@ -158,6 +158,12 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Stop a run where it is.
+    Cancel {
+        run: String,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Print the event log.
     Events {
         /// Keep printing new events as they are recorded.

@@ -149,6 +149,25 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 Output::Text => print_run(&run),
             }
         }
+        Command::Cancel { run, reason } => {
+            let resp = Client::new(g)
+                .send(
+                    Method::POST,
+                    &format!("/api/v1/runs/{}/cancel", urlencode(&run)),
+                    Some(json!({ "reason": reason })),
+                )
+                .await?
+                .json()
+                .await?;
+            match g.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&resp)?),
+                Output::Text => println!(
+                    "cancelled run {} ({})",
+                    str_of(&resp["subject"]),
+                    str_of(&resp["data"]["user"])
+                ),
+            }
+        }
         Command::Diff { run, stage } => {
             let path = format!(
                 "/api/v1/runs/{}/stages/{}/diff",
