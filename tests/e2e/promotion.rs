@@ -4,6 +4,8 @@
 
 mod common;
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::routing::get;
@@ -27,10 +29,24 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
         .unwrap();
     seed.push("origin", "main").unwrap();
 
-    // The gateway stand-in: ready and serving.
+    // The gateway stand-in: ready, and serving pets until told otherwise.
+    let serving = Arc::new(AtomicBool::new(true));
+    let flag = serving.clone();
     let app = axum::Router::new()
         .route("/healthcheck", get(|| async { "ok" }))
-        .route("/pets", get(|| async { axum::Json(json!([{ "id": 1 }])) }));
+        .route(
+            "/pets",
+            get(move || {
+                let ok = flag.load(Ordering::SeqCst);
+                async move {
+                    if ok {
+                        axum::Json(json!([{ "id": 1 }]))
+                    } else {
+                        axum::Json(json!([]))
+                    }
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let gw = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
@@ -64,7 +80,7 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
              stages:\n  - name: test\n\
              \x20   deploy:\n      gitops: {{ repo: {deploy}, branch: main, file: envs/test/values.yaml, key: apitraffic.image }}\n\
              \x20   ready: {{ url: http://{gw}/healthcheck, timeout: 10s }}\n\
-             \x20   smoke:\n      - name: pets are listed\n        request: {{ url: http://{gw}/pets }}\n        expect: {{ status: 200, json: {{ \"/0/id\": 1 }} }}\n",
+             \x20   smoke:\n      - name: pets are listed\n        request: {{ url: http://{gw}/pets }}\n        expect: {{ status: 200, json: {{ \"/0/id\": 1 }} }}\n        timeout: 2s\n",
             repo = repo.path().display(),
             registry = registry.host_port(),
             deploy = deploy.path().display(),
@@ -167,5 +183,88 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
         file.trim_end(),
         expected.trim_end(),
         "comments and order kept"
+    );
+
+    // A later commit whose smoke check fails: deployed, checked, then the
+    // stage goes back to the first image, through the same gitops path.
+    serving.store(false, Ordering::SeqCst);
+    repo.write("gateway/values.yaml", "---\nbroken: true\n")
+        .unwrap();
+    let later = repo.commit("later").unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/v1/runs"))
+        .json(&json!({ "pipeline": "banking", "commit": later }))
+        .send()
+        .await
+        .unwrap();
+    let run2 = resp.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let view2 = loop {
+        let view = get_json(&base, &format!("/api/v1/runs/{run2}")).await;
+        if view["status"] != "running" {
+            break view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{view}\n{}",
+            gantry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!(view2["status"], "failed", "{view2}");
+    let events2 = get_json(&base, &format!("/api/v1/runs/{run2}/events")).await;
+    let events2 = events2.as_array().unwrap();
+    let later_digest = events2
+        .iter()
+        .find(|e| e["type"] == "io.gantry.image.pushed.v1")
+        .unwrap()["data"]["digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let rolled = events2
+        .iter()
+        .find(|e| e["type"] == "io.gantry.stage.rolled_back.v1")
+        .unwrap();
+    assert_eq!(rolled["data"]["to_run"], run.as_str());
+    let smoke = events2
+        .iter()
+        .find(|e| e["type"] == "io.gantry.smoke.failed.v1")
+        .unwrap();
+    assert!(
+        smoke["data"]["checks"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/0/id"),
+        "{smoke}"
+    );
+
+    // The deploy repository shows each step: first release, later release, rollback.
+    let log = deploy.git(["log", "--format=%s", "main"]).unwrap();
+    let subjects: Vec<&str> = log.lines().collect();
+    let image = format!("{}/apim/banking-gateway", registry.host_port());
+    assert_eq!(
+        subjects,
+        [
+            format!("deploy test: {image}@{digest}").as_str(),
+            format!("deploy test: {image}@{later_digest}").as_str(),
+            format!("deploy test: {image}@{digest}").as_str(),
+            "seed",
+        ],
+        "{log}"
+    );
+    let file = deploy.git(["show", "main:envs/test/values.yaml"]).unwrap();
+    assert_eq!(
+        file.trim_end(),
+        expected.trim_end(),
+        "back to the first release"
+    );
+    let pipeline = get_json(&base, "/api/v1/pipelines/banking").await;
+    assert_eq!(
+        pipeline["stages"][0]["current"]["run_id"],
+        run.as_str(),
+        "{pipeline}"
     );
 }
