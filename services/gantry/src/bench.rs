@@ -39,6 +39,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 10)]
         batch: usize,
     },
+    /// Orchestration overhead: commit received → first stage promoted with
+    /// zero-work workers, then many concurrent runs across pipelines.
+    Orchestration {
+        /// Sequential runs for the overhead figure.
+        #[arg(long, default_value_t = 50)]
+        runs: usize,
+        /// Concurrent runs for the drain phase.
+        #[arg(long, default_value_t = 100)]
+        concurrent: usize,
+        /// Pipelines the concurrent runs are spread over.
+        #[arg(long = "pipeline-count", default_value_t = 10)]
+        pipeline_count: usize,
+    },
     /// Verified webhooks/s and latency against an in-process server.
     Webhooks {
         #[arg(long, default_value_t = 10_000)]
@@ -68,6 +81,11 @@ pub async fn run(command: BenchCommand, global: &Global) -> anyhow::Result<()> {
             requests,
             concurrency,
         } => webhooks(global, requests, concurrency).await,
+        BenchCommand::Orchestration {
+            runs,
+            concurrent,
+            pipeline_count,
+        } => orchestration(global, runs, concurrent, pipeline_count).await,
     }
 }
 
@@ -340,5 +358,193 @@ async fn webhooks(global: &Global, n: usize, concurrency: usize) -> anyhow::Resu
             "latency": percentiles(samples),
         })
     );
+    Ok(())
+}
+
+/// Stands in for envgen: answers `run.started` with one `package.built` per
+/// stage at once, so what is measured is Gantry's own orchestration.
+struct InstantPackages;
+
+#[async_trait::async_trait]
+impl gantry_core::consumer::Handler for InstantPackages {
+    fn name(&self) -> &'static str {
+        "bench-packages"
+    }
+
+    fn events(&self) -> &'static [EventName] {
+        &[EventName::RunStarted]
+    }
+
+    async fn handle(
+        &self,
+        event: &CloudEvent,
+    ) -> Result<Vec<NewEvents>, gantry_core::consumer::HandlerError> {
+        let started: gantry_proto::events::RunStarted = event
+            .decode()
+            .map_err(|e| gantry_core::consumer::HandlerError::Permanent(e.to_string()))?;
+        let events = started
+            .stages
+            .iter()
+            .map(|s| {
+                CloudEvent::new(
+                    "bench",
+                    &event.pipeline,
+                    Some(&started.run_id),
+                    &gantry_proto::events::PackageBuilt {
+                        stage: s.name.clone(),
+                        digest: format!("sha256:{}", "0".repeat(64)),
+                        size: 0,
+                        files: 0,
+                        format: "yaml".into(),
+                        values_digest: None,
+                        location: None,
+                        commit: Some(started.commit.clone()),
+                        committed_at: None,
+                    },
+                )
+                .caused_by(event)
+            })
+            .collect();
+        Ok(vec![NewEvents::new(
+            gantry_core::trigger::run_stream(&started.run_id),
+            ExpectedVersion::Any,
+            events,
+        )])
+    }
+}
+
+async fn orchestration(
+    global: &Global,
+    sequential: usize,
+    concurrent: usize,
+    pipelines: usize,
+) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let pipeline_dir = dir.path().join("pipelines");
+    std::fs::create_dir_all(&pipeline_dir)?;
+    for p in 0..pipelines {
+        std::fs::write(
+            pipeline_dir.join(format!("p{p}.yaml")),
+            format!(
+                "name: p{p}\nsource:\n  repo: https://git.example.com/bench/p{p}.git\n\
+                 gateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n  - name: prod\n"
+            ),
+        )?;
+    }
+    let mut settings: Settings = global.settings();
+    settings.pipelines = pipeline_dir;
+    settings.data_dir = dir.path().join("data");
+    settings.nats_url = global.settings().nats_url;
+    let app = App::start(settings).await?;
+    let shutdown = CancellationToken::new();
+    let _stop = shutdown.clone().drop_guard();
+    let mut tasks = tokio::task::JoinSet::new();
+    app.spawn_background(&mut tasks, &shutdown);
+    let conductor = gantry_conductor::Conductor::new(app.store.clone(), app.pipelines.clone());
+    app.spawn_consumer(&mut tasks, &shutdown, Arc::new(conductor));
+    app.spawn_consumer(&mut tasks, &shutdown, Arc::new(InstantPackages));
+
+    let set = app.pipelines.get();
+    let start_run = |p: usize, n: usize| {
+        let pipeline = set.get(&format!("p{p}")).cloned();
+        let store = app.store.clone();
+        async move {
+            let pipeline = pipeline.context("bench pipeline")?;
+            let run = gantry_core::trigger::start_run(
+                &store,
+                "bench",
+                &pipeline,
+                gantry_core::trigger::CommitInfo {
+                    provider: "manual".into(),
+                    commit: format!("{n:040x}"),
+                    branch: "main".into(),
+                    ..Default::default()
+                },
+            )
+            .await?;
+            anyhow::Ok(run.run_id)
+        }
+    };
+    let terminal = |events: &[gantry_core::RecordedEvent]| {
+        events
+            .iter()
+            .any(|e| e.event.name().is_some_and(EventName::is_terminal))
+    };
+
+    // Phase 1: one run at a time; overhead = env.promoted(test) - commit.received.
+    let mut overhead = Vec::with_capacity(sequential);
+    for n in 0..sequential {
+        let run = start_run(0, n + 1).await?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let events = app.store.read_run(&run).await?;
+            if terminal(&events) {
+                let received = events.first().context("events")?.event.time;
+                let promoted = events
+                    .iter()
+                    .find(|e| e.event.name() == Some(EventName::EnvPromoted))
+                    .context("first stage promoted")?
+                    .event
+                    .time;
+                overhead.push((promoted - received).num_microseconds().unwrap_or(0).max(0) as u64);
+                break;
+            }
+            anyhow::ensure!(Instant::now() < deadline, "run {run} did not end in 30 s");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+
+    // Phase 2: many runs at once across pipelines; all must end.
+    let began = Instant::now();
+    let mut runs = Vec::with_capacity(concurrent);
+    let mut starts = Vec::new();
+    for i in 0..concurrent {
+        starts.push(start_run(i % pipelines, 1_000_000 + i));
+    }
+    for r in futures::future::join_all(starts).await {
+        runs.push(r?);
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut statuses = std::collections::BTreeMap::<String, usize>::new();
+    loop {
+        let mut ended = 0;
+        statuses.clear();
+        for run in &runs {
+            let events = app.store.read_run(run).await?;
+            if let Some(last) = events
+                .iter()
+                .filter_map(|e| e.event.name())
+                .find(|n| n.is_terminal())
+            {
+                ended += 1;
+                *statuses.entry(last.as_str().to_owned()).or_default() += 1;
+            }
+        }
+        if ended == runs.len() {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "{ended} of {} runs ended in 120 s",
+            runs.len()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let drained = began.elapsed();
+    println!(
+        "{}",
+        json!({
+            "bench": "orchestration",
+            "store": format!("{:?}", app.store.backend()).to_lowercase(),
+            "bus": app.bus.kind(),
+            "overhead_commit_to_first_stage_promoted": percentiles(overhead),
+            "concurrent_runs": concurrent,
+            "pipelines": pipelines,
+            "all_terminal": true,
+            "terminal_states": statuses,
+            "drain_seconds": drained.as_secs_f64(),
+        })
+    );
+    shutdown.cancel();
     Ok(())
 }
