@@ -90,7 +90,25 @@ async fn handle_one(
         tracing::debug!("already handled; acking the redelivery");
         return delivery.ack().await;
     }
-    match handler.handle(event).await {
+    // Long handlers (a checkout, a push, a readiness wait) keep the event
+    // theirs by reporting progress; a handler that died stops doing so.
+    let outcome = {
+        let work = handler.handle(event);
+        tokio::pin!(work);
+        let mut ticker = tokio::time::interval(crate::bus::PROGRESS_EVERY);
+        ticker.tick().await;
+        loop {
+            tokio::select! {
+                done = &mut work => break done,
+                _ = ticker.tick() => {
+                    if let Err(e) = delivery.in_progress().await {
+                        tracing::debug!(error = %e, "could not report progress");
+                    }
+                }
+            }
+        }
+    };
+    match outcome {
         Ok(results) => match store.append_handled(name, event.id, results).await {
             Ok(_) => delivery.ack().await,
             Err(e) => {

@@ -20,6 +20,9 @@ use gantry_proto::{CloudEvent, EventName};
 pub use nats::{NatsBus, NatsSettings};
 pub use sql::SqlBus;
 
+/// How often a consumer still working on an event tells the bus so.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
 /// How many times an event is offered to a consumer before it is set aside.
 pub const MAX_DELIVER: u32 = 8;
 
@@ -85,6 +88,18 @@ impl Delivery {
             // round trip per event would cap a consumer at a few thousand
             // events per second.
             Settle::Nats(msg) => msg.ack().await.map_err(BusError::nats),
+        }
+    }
+
+    /// Still working on it: on NATS, resets the redelivery timer. A no-op
+    /// for the SQL log, which never redelivers behind a consumer's back.
+    pub async fn in_progress(&self) -> Result<(), BusError> {
+        match &self.settle {
+            Settle::Sql(_) => Ok(()),
+            Settle::Nats(msg) => msg
+                .ack_with(async_nats::jetstream::AckKind::Progress)
+                .await
+                .map_err(BusError::nats),
         }
     }
 

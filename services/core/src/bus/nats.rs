@@ -32,8 +32,10 @@ impl NatsSettings {
     }
 }
 
-/// A consumer may take this long before JetStream offers its event again.
-const ACK_WAIT: Duration = Duration::from_secs(60);
+/// An unacknowledged event is offered again after this long. Short, so a
+/// consumer that died mid-event is replaced quickly; a consumer still
+/// working says so every [`PROGRESS_EVERY`](super::PROGRESS_EVERY).
+pub const ACK_WAIT: Duration = Duration::from_secs(15);
 /// Window in which JetStream drops a re-published `Nats-Msg-Id`; longer than
 /// any relay restart, so a relay that dies between publish and checkpoint
 /// does not duplicate.
