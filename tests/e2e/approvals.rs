@@ -91,21 +91,7 @@ impl Client {
 #[tokio::test]
 async fn prod_waits_for_two_release_managers_and_refuses_the_author_and_outsiders() {
     let repo = gantry_tests::GitRepo::init().unwrap();
-    repo.write(
-        "gateway/_parent.yaml",
-        "---\ntype: Root\nfields:\n  name: System Components\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity.yaml",
-        "---\nname: Entity\nabstract: true\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity/Root.yaml",
-        "---\nname: Root\nfields:\n  name: {type: string}\n",
-    )
-    .unwrap();
+    write_minimal_project(&repo);
     let first = repo.commit("first").unwrap();
     repo.write("gateway/values.yaml", "---\na: 1\n").unwrap();
     let second = repo.commit("second").unwrap();
@@ -144,26 +130,13 @@ async fn prod_waits_for_two_release_managers_and_refuses_the_author_and_outsider
     assert_eq!(anonymous.status(), 401);
 
     // dev1 pushes the first commit (author username dev1).
-    let body = serde_json::to_vec(&json!({
-        "ref": "refs/heads/main", "after": first,
-        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
-        "head_commit": { "message": "first", "author": { "name": "Dev One", "email": "dev@example.com", "username": "dev1" } }
-    }))
-    .unwrap();
-    let resp = api
-        .http
-        .post(format!("{}/webhooks/github", api.base))
-        .header("X-GitHub-Event", "push")
-        .header("X-Hub-Signature-256", sign(&body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let run = resp.json::<Value>().await.unwrap()["runs"][0]["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run = push_local_commit(
+        &api.base,
+        &repo,
+        &first,
+        json!({ "name": "Dev One", "email": "dev@example.com", "username": "dev1" }),
+    )
+    .await;
 
     // test promotes by itself; prod waits, and says why.
     let view = api.wait_status(&run, "prod", "awaiting_approval").await;

@@ -59,21 +59,7 @@ async fn separate_processes_finish_the_run_through_kills_without_deploying_twice
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let repo = GitRepo::init().unwrap();
-    repo.write(
-        "gateway/_parent.yaml",
-        "---\ntype: Root\nfields:\n  name: System Components\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity.yaml",
-        "---\nname: Entity\nabstract: true\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity/Root.yaml",
-        "---\nname: Root\nfields:\n  name: {type: string}\n",
-    )
-    .unwrap();
+    write_minimal_project(&repo);
     let commit = repo.commit("config").unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -109,25 +95,13 @@ async fn separate_processes_finish_the_run_through_kills_without_deploying_twice
     let mut deployer = Gantry::start(dir.path(), &["serve", "deployer"], &env).await;
     let _smoke = Gantry::start(dir.path(), &["serve", "smoke"], &env).await;
 
-    let body = serde_json::to_vec(&json!({
-        "ref": "refs/heads/main", "after": commit,
-        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
-        "head_commit": { "message": "config", "author": { "name": "Dev", "email": "dev@example.com" } }
-    }))
-    .unwrap();
-    let resp = reqwest::Client::new()
-        .post(format!("{}/webhooks/github", webhook.url()))
-        .header("X-GitHub-Event", "push")
-        .header("X-Hub-Signature-256", sign(&body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let run = resp.json::<Value>().await.unwrap()["runs"][0]["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run = push_local_commit(
+        &webhook.url(),
+        &repo,
+        &commit,
+        json!({ "name": "Dev", "email": "dev@example.com" }),
+    )
+    .await;
 
     // Kill the deployer as soon as the promotion starts, and the conductor
     // right after; both come back.
@@ -135,19 +109,10 @@ async fn separate_processes_finish_the_run_through_kills_without_deploying_twice
     deployer.restart().await;
     conductor.restart().await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
-    let view = loop {
-        let view = get_json(&api.url(), &format!("/api/v1/runs/{run}")).await;
-        if view["status"] != "running" {
-            break view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{view}\n{}",
-            deployer.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let view = wait_run_ended(&api.url(), &run, Duration::from_secs(90), || {
+        deployer.log_text()
+    })
+    .await;
     assert_eq!(view["status"], "succeeded", "{view}");
     let events = get_json(&api.url(), &format!("/api/v1/runs/{run}/events")).await;
     let count = |ty: &str| {

@@ -267,21 +267,7 @@ async fn a_fed_is_packaged_with_each_stages_settings_and_a_corrupt_one_is_refuse
 #[tokio::test]
 async fn diff_shows_what_an_approval_lets_through_with_secrets_masked() {
     let repo = GitRepo::init().unwrap();
-    repo.write(
-        "gateway/_parent.yaml",
-        "---\ntype: Root\nfields:\n  name: System Components\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity.yaml",
-        "---\nname: Entity\nabstract: true\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity/Root.yaml",
-        "---\nname: Root\nfields:\n  name: {type: string}\n",
-    )
-    .unwrap();
+    write_minimal_project(&repo);
     repo.write(
         "gateway/values.yaml",
         "---\ndb:\n  url: jdbc:test\n  password: first-Secret-1\n",

@@ -31,21 +31,7 @@ async fn a_commit_becomes_stage_images_in_a_real_registry() {
     let base = push_parent(&registry, "axway/apigw-emt").await;
 
     let repo = GitRepo::init().unwrap();
-    repo.write(
-        "gateway/_parent.yaml",
-        "---\ntype: Root\nfields:\n  name: System Components\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity.yaml",
-        "---\nname: Entity\nabstract: true\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity/Root.yaml",
-        "---\nname: Root\nfields:\n  name: {type: string}\n",
-    )
-    .unwrap();
+    write_minimal_project(&repo);
     repo.write("gateway/values.yaml", "---\ngreeting: hello\n")
         .unwrap();
     repo.write("environments/test.yaml", "---\ngreeting: hello test\n")
@@ -71,23 +57,13 @@ async fn a_commit_becomes_stage_images_in_a_real_registry() {
     let base_url = gantry.url();
 
     // A signed push from the "forge" for this local repository.
-    let body = serde_json::to_vec(&json!({
-        "ref": "refs/heads/main", "after": commit,
-        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
-        "head_commit": { "message": "config", "author": { "name": "Dev", "email": "dev@example.com" } }
-    }))
-    .unwrap();
-    let resp = reqwest::Client::new()
-        .post(format!("{base_url}/webhooks/github"))
-        .header("X-GitHub-Event", "push")
-        .header("X-Hub-Signature-256", sign(&body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let run: Value = resp.json().await.unwrap();
-    let run_id = run["runs"][0]["run_id"].as_str().unwrap().to_owned();
+    let run_id = push_local_commit(
+        &base_url,
+        &repo,
+        &commit,
+        json!({ "name": "Dev", "email": "dev@example.com" }),
+    )
+    .await;
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let pushed = loop {

@@ -52,21 +52,7 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let repo = GitRepo::init().unwrap();
-    repo.write(
-        "gateway/_parent.yaml",
-        "---\ntype: Root\nfields:\n  name: System Components\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity.yaml",
-        "---\nname: Entity\nabstract: true\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity/Root.yaml",
-        "---\nname: Root\nfields:\n  name: {type: string}\n",
-    )
-    .unwrap();
+    write_minimal_project(&repo);
     let commit = repo.commit("config").unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -90,39 +76,15 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
     let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
     let base = gantry.url();
 
-    let body = serde_json::to_vec(&json!({
-        "ref": "refs/heads/main", "after": commit,
-        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
-        "head_commit": { "message": "config", "author": { "name": "Dev", "email": "dev@example.com" } }
-    }))
-    .unwrap();
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/webhooks/github"))
-        .header("X-GitHub-Event", "push")
-        .header("X-Hub-Signature-256", sign(&body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let run = resp.json::<Value>().await.unwrap()["runs"][0]["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run = push_local_commit(
+        &base,
+        &repo,
+        &commit,
+        json!({ "name": "Dev", "email": "dev@example.com" }),
+    )
+    .await;
 
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let view = loop {
-        let view = get_json(&base, &format!("/api/v1/runs/{run}")).await;
-        if view["status"] != "running" {
-            break view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{view}\n{}",
-            gantry.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let view = wait_run_ended(&base, &run, Duration::from_secs(60), || gantry.log_text()).await;
     let events = get_json(&base, &format!("/api/v1/runs/{run}/events")).await;
     assert_eq!(view["status"], "succeeded", "{view}\n{events:#}");
     let names: Vec<&str> = events
@@ -201,19 +163,7 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
         .as_str()
         .unwrap()
         .to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    let view2 = loop {
-        let view = get_json(&base, &format!("/api/v1/runs/{run2}")).await;
-        if view["status"] != "running" {
-            break view;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{view}\n{}",
-            gantry.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let view2 = wait_run_ended(&base, &run2, Duration::from_secs(60), || gantry.log_text()).await;
     assert_eq!(view2["status"], "failed", "{view2}");
     let events2 = get_json(&base, &format!("/api/v1/runs/{run2}/events")).await;
     let events2 = events2.as_array().unwrap();

@@ -50,21 +50,7 @@ async fn a_failing_smoke_check_rolls_the_stage_back_and_fails_the_run() {
     tokio::spawn(async move { axum::serve(listener, app).await });
 
     let repo = gantry_tests::GitRepo::init().unwrap();
-    repo.write(
-        "gateway/_parent.yaml",
-        "---\ntype: Root\nfields:\n  name: System Components\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity.yaml",
-        "---\nname: Entity\nabstract: true\n",
-    )
-    .unwrap();
-    repo.write(
-        "gateway/META-INF/types/Entity/Root.yaml",
-        "---\nname: Root\nfields:\n  name: {type: string}\n",
-    )
-    .unwrap();
+    write_minimal_project(&repo);
     let good = repo.commit("good").unwrap();
     repo.write("gateway/values.yaml", "---\nbroken: true\n")
         .unwrap();

@@ -322,3 +322,75 @@ pub async fn push_parent(registry: &Registry, repo: &str) -> String {
         .unwrap();
     format!("{}/{repo}:7.7", registry.host_port())
 }
+
+/// The smallest valid YAML Entity Store project, under `gateway/` of `repo`.
+pub fn write_minimal_project(repo: &gantry_tests::GitRepo) {
+    for (path, text) in [
+        (
+            "gateway/_parent.yaml",
+            "---\ntype: Root\nfields:\n  name: System Components\n",
+        ),
+        (
+            "gateway/META-INF/types/Entity.yaml",
+            "---\nname: Entity\nabstract: true\n",
+        ),
+        (
+            "gateway/META-INF/types/Entity/Root.yaml",
+            "---\nname: Root\nfields:\n  name: {type: string}\n",
+        ),
+    ] {
+        repo.write(path, text).unwrap();
+    }
+}
+
+/// A signed GitHub push of `commit` in the local repository `repo`, by
+/// `author`; asserts it was accepted and returns the run id.
+pub async fn push_local_commit(
+    base: &str,
+    repo: &gantry_tests::GitRepo,
+    commit: &str,
+    author: Value,
+) -> String {
+    let body = serde_json::to_vec(&json!({
+        "ref": "refs/heads/main", "after": commit,
+        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
+        "head_commit": { "message": "config", "author": author }
+    }))
+    .unwrap();
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    resp.json::<Value>().await.unwrap()["runs"][0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// The run's view once it is no longer `running` (`timeout` at most);
+/// `context` says what to print if it never ends.
+pub async fn wait_run_ended(
+    base: &str,
+    run: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let view = get_json(base, &format!("/api/v1/runs/{run}")).await;
+        if view["status"] != "running" {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{view}\n{}",
+            context()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -354,38 +354,35 @@ impl EventStore {
 
     /// Every event of one stream, in order.
     pub async fn read_stream(&self, stream_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
-             WHERE stream_id = $1 ORDER BY stream_version",
-        )
-        .bind(stream_id)
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter().map(decode_row).collect()
+        self.read_where("stream_id = $1 ORDER BY stream_version", stream_id)
+            .await
     }
 
     /// Every event of one run (all its streams), in position order.
     pub async fn read_run(&self, run_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
-             WHERE run_id = $1 ORDER BY position",
-        )
-        .bind(run_id)
-        .fetch_all(&self.inner.pool)
-        .await?;
-        rows.iter().map(decode_row).collect()
+        self.read_where("run_id = $1 ORDER BY position", run_id)
+            .await
     }
 
     /// Every event of one pipeline, in position order.
     pub async fn read_pipeline(&self, pipeline: &str) -> Result<Vec<RecordedEvent>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
-             WHERE pipeline = $1 ORDER BY position",
-        )
-        .bind(pipeline)
+        self.read_where("pipeline = $1 ORDER BY position", pipeline)
+            .await
+    }
+
+    /// Events matching `condition` (SQL after `WHERE`, one text parameter).
+    async fn read_where(
+        &self,
+        condition: &'static str,
+        value: &str,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events WHERE {condition}"
+        ))
+        .bind(value)
         .fetch_all(&self.inner.pool)
         .await?;
-        rows.iter().map(decode_row).collect()
+        decode_rows(&rows)
     }
 
     /// The event with this id, if recorded.
