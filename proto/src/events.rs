@@ -76,11 +76,33 @@ pub struct RunStarted {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<Person>,
-    /// `webhook` or `manual`.
+    /// `webhook`, `manual` or `rollback`.
     pub trigger: String,
     pub stages: Vec<StagePlan>,
+    /// Set on a manual rollback: this run re-promotes an earlier release.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollback: Option<RollbackOf>,
 }
 payload!(RunStarted => RunStarted);
+
+/// What a rollback run re-promotes, and who asked for it.
+///
+/// A rollback run has one stage; its package and image are the earlier
+/// release's, so nothing is built again.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct RollbackOf {
+    pub stage: String,
+    /// The run whose release the stage goes back to.
+    pub to_run: String,
+    /// That release's package digest for the stage.
+    pub package: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
+    pub requested_by: String,
+    pub reason: String,
+}
 
 /// A problem found in the configuration, as precisely located as possible.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]

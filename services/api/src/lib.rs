@@ -9,6 +9,7 @@ mod approvals;
 mod dashboard;
 mod diff;
 mod events;
+mod rollback;
 
 use std::sync::Arc;
 
@@ -43,6 +44,10 @@ pub fn router(app: App) -> Result<Router, gantry_core::auth::TokensError> {
     let v1 = Router::new()
         .route("/pipelines", get(list_pipelines))
         .route("/pipelines/{name}", get(get_pipeline))
+        .route(
+            "/pipelines/{name}/stages/{stage}/rollback",
+            post(rollback::rollback),
+        )
         .route("/runs", get(list_runs).post(trigger_run))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/events", get(run_events))

@@ -262,6 +262,43 @@ pub fn decide(pipeline: &Pipeline, now: DateTime<Utc>, history: &[CloudEvent]) -
     engine::decide(pipeline, now, history)
 }
 
+/// The earlier release a manual rollback of a stage re-promotes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RollbackTarget {
+    pub run: String,
+    pub commit: String,
+    pub package: String,
+    pub image: Option<String>,
+    pub digest: Option<String>,
+    /// A rollback run of this stage that is still going, if any.
+    pub pending: Option<String>,
+}
+
+/// Why a stage cannot be rolled back as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RollbackError {
+    #[error("pipeline `{pipeline}` has no stage `{stage}`")]
+    UnknownStage { pipeline: String, stage: String },
+    #[error("stage `{stage}` has not run an earlier release to go back to")]
+    NoEarlierRelease { stage: String },
+    #[error("run {run} never promoted stage `{stage}`; pick a run that did (gantry runs --pipeline ...)")]
+    NotAReleaseOf { run: String, stage: String },
+    #[error("stage `{stage}` already runs the release of run {run}")]
+    AlreadyRunning { run: String, stage: String },
+}
+
+/// The release a manual rollback of `stage` goes back to: the release of
+/// `to` (a run that promoted the stage), or by default the last release the
+/// stage ran before the one it runs now.
+pub fn rollback_target(
+    pipeline: &Pipeline,
+    history: &[CloudEvent],
+    stage: &str,
+    to: Option<&str>,
+) -> Result<RollbackTarget, RollbackError> {
+    engine::rollback_target(pipeline, history, stage, to)
+}
+
 impl Decision {
     /// The run the decision is about (the event's subject).
     pub fn run(&self) -> &str {

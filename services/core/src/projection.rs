@@ -714,6 +714,7 @@ mod tests {
                         steps: vec!["package".into(), "approval".into()],
                     },
                 ],
+                rollback: None,
             },
         )
     }

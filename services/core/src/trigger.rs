@@ -5,11 +5,12 @@
 //! A second webhook delivery, a forge retry or a manual trigger of the same
 //! commit loses that race and gets the existing run back.
 
-use gantry_proto::events::{CommitReceived, Person, RunStarted, StagePlan};
+use gantry_proto::events::{CommitReceived, Person, RollbackOf, RunStarted, StagePlan};
 use gantry_proto::CloudEvent;
 use serde::Serialize;
 use uuid::Uuid;
 
+use crate::decide::{rollback_target, RollbackError};
 use crate::pipeline::Pipeline;
 use crate::store::{EventStore, ExpectedVersion, NewEvents, StoreError};
 
@@ -129,6 +130,7 @@ pub async fn start_run(
                 "webhook".into()
             },
             stages: stage_plan(pipeline),
+            rollback: None,
         },
     )
     .caused_by(&received);
@@ -175,4 +177,131 @@ async fn existing_run(
         .first()
         .and_then(|e| e.event.decode::<CommitReceived>().ok())
         .map(|c| c.run_id))
+}
+
+/// A manual rollback of one stage, as asked for.
+#[derive(Debug, Clone)]
+pub struct RollbackRequest {
+    pub stage: String,
+    /// The run whose release to go back to; default: what the stage ran
+    /// before its current release.
+    pub to_run: Option<String>,
+    pub requested_by: String,
+    pub reason: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RollbackStartError {
+    #[error(transparent)]
+    Invalid(#[from] RollbackError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The stream that serializes rollback requests of one stage, so that two
+/// concurrent requests do not start two rollback runs.
+pub fn rollback_stream(pipeline: &str, stage: &str) -> String {
+    format!("rollback-{pipeline}-{stage}")
+}
+
+/// Starts a rollback run: a run with one stage that re-promotes an earlier
+/// release (its package and image, nothing rebuilt) through the stage's
+/// deploy, readiness, API Manager and smoke steps. While a rollback of the
+/// stage is still going, asking again returns that run (`created: false`).
+pub async fn start_rollback(
+    store: &EventStore,
+    service: &str,
+    pipeline: &Pipeline,
+    request: RollbackRequest,
+) -> Result<RunRef, RollbackStartError> {
+    let guard = rollback_stream(&pipeline.name, &request.stage);
+    // Losing the race to another request means that request's run is now
+    // the pending one: look again.
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let version = store
+            .read_stream(&guard)
+            .await?
+            .last()
+            .map(|e| e.stream_version);
+        let history: Vec<CloudEvent> = store
+            .read_pipeline(&pipeline.name)
+            .await?
+            .into_iter()
+            .map(|e| e.event)
+            .collect();
+        let target = rollback_target(
+            pipeline,
+            &history,
+            &request.stage,
+            request.to_run.as_deref(),
+        )?;
+        if let Some(pending) = target.pending {
+            return Ok(RunRef {
+                pipeline: pipeline.name.clone(),
+                run_id: pending,
+                commit: target.commit,
+                created: false,
+            });
+        }
+        let steps: Vec<String> = stage_plan(pipeline)
+            .into_iter()
+            .find(|p| p.name == request.stage)
+            .map(|p| p.steps)
+            .unwrap_or_default()
+            .into_iter()
+            // The release exists already, and asking for the rollback was
+            // the approval.
+            .filter(|s| !matches!(s.as_str(), "package" | "image" | "approval"))
+            .collect();
+        let run_id = Uuid::now_v7().to_string();
+        let started = CloudEvent::new(
+            service,
+            &pipeline.name,
+            Some(&run_id),
+            &RunStarted {
+                run_id: run_id.clone(),
+                commit: target.commit.clone(),
+                branch: pipeline.source.branch.clone(),
+                repository: pipeline.source.repo.clone(),
+                message: Some(format!(
+                    "rollback of {} to run {}: {}",
+                    request.stage, target.run, request.reason
+                )),
+                author: None,
+                trigger: "rollback".into(),
+                stages: vec![StagePlan {
+                    name: request.stage.clone(),
+                    after: None,
+                    steps,
+                }],
+                rollback: Some(RollbackOf {
+                    stage: request.stage.clone(),
+                    to_run: target.run.clone(),
+                    package: target.package.clone(),
+                    image: target.image.clone(),
+                    digest: target.digest.clone(),
+                    requested_by: request.requested_by.clone(),
+                    reason: request.reason.clone(),
+                }),
+            },
+        );
+        let expected = match version {
+            Some(v) => ExpectedVersion::Exact(v),
+            None => ExpectedVersion::NoStream,
+        };
+        match store.append(&guard, expected, vec![started]).await {
+            Ok(_) => {
+                return Ok(RunRef {
+                    pipeline: pipeline.name.clone(),
+                    run_id,
+                    commit: target.commit,
+                    created: true,
+                })
+            }
+            Err(e) if e.is_conflict() && attempt < 5 => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
 }

@@ -337,6 +337,10 @@ impl Handler for Envgen {
         let started: RunStarted = event
             .decode()
             .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        // A rollback run re-promotes a release whose packages exist.
+        if started.rollback.is_some() {
+            return Ok(Vec::new());
+        }
         let stages: Vec<String> = started.stages.iter().map(|s| s.name.clone()).collect();
         let outcomes = match self.pipelines.get().get(&event.pipeline).cloned() {
             Some(pipeline) => {

@@ -158,6 +158,18 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Put a stage back on an earlier release: by default the one it ran
+    /// before its current release. Goes through the stage's deploy,
+    /// readiness, API Manager and smoke steps as a run of its own.
+    Rollback {
+        pipeline: String,
+        stage: String,
+        /// The run whose release to go back to.
+        #[arg(long)]
+        to: Option<String>,
+        #[arg(long)]
+        reason: Option<String>,
+    },
     /// Stop a run where it is.
     Cancel {
         run: String,

@@ -149,6 +149,45 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 Output::Text => print_run(&run),
             }
         }
+        Command::Rollback {
+            pipeline,
+            stage,
+            to,
+            reason,
+        } => {
+            let path = format!(
+                "/api/v1/pipelines/{}/stages/{}/rollback",
+                urlencode(&pipeline),
+                urlencode(&stage)
+            );
+            let resp = Client::new(g)
+                .send(
+                    Method::POST,
+                    &path,
+                    Some(json!({ "to": to, "reason": reason })),
+                )
+                .await?
+                .json()
+                .await?;
+            match g.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&resp)?),
+                Output::Text => {
+                    let verb = if resp["created"].as_bool() == Some(true) {
+                        "started"
+                    } else {
+                        "is already going"
+                    };
+                    println!(
+                        "rollback run {} {verb}: {stage} of {} goes back to commit {} \
+                         (follow it with `gantry run {}`)",
+                        str_of(&resp["run_id"]),
+                        str_of(&resp["pipeline"]),
+                        str_of(&resp["commit"]),
+                        str_of(&resp["run_id"]),
+                    );
+                }
+            }
+        }
         Command::Cancel { run, reason } => {
             let resp = Client::new(g)
                 .send(

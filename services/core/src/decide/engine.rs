@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use gantry_proto::CloudEvent;
 
-use super::state::{Attempt, Progress, Run, State, Step, Wait};
-use super::{Decision, Outcome, WaitReason};
+use super::state::{Attempt, Progress, Release, Run, State, Step, Wait};
+use super::{Decision, Outcome, RollbackError, RollbackTarget, WaitReason};
 use crate::pipeline::{Approval, Pipeline, QueuePolicy};
 
 pub(super) fn decide(pipeline: &Pipeline, now: DateTime<Utc>, history: &[CloudEvent]) -> Outcome {
@@ -56,7 +56,11 @@ impl Ctx<'_> {
     }
 
     /// The approval policy of the run's `i`th stage, when it needs approval.
+    /// A manual rollback needs none: whoever asked for it was allowed to.
     fn approval(&self, run: &Run, i: usize) -> Option<Approval> {
+        if run.rollback.is_some() {
+            return None;
+        }
         let configured = self
             .pipeline
             .stage(&run.plan[i].name)
@@ -306,6 +310,9 @@ fn next(state: &State, ctx: &Ctx<'_>) -> Option<Decision> {
                 by_run: by_run.clone(),
             });
         }
+        if let Some(d) = manual_rollback_done(state, run) {
+            return Some(d);
+        }
         if run.progress.iter().all(|p| p.promoted) {
             return Some(Decision::Succeed {
                 run: run.id.clone(),
@@ -323,6 +330,27 @@ fn next(state: &State, ctx: &Ctx<'_>) -> Option<Decision> {
         }
     }
     None
+}
+
+/// A manual rollback that promoted its stage says that the stage went back.
+fn manual_rollback_done(state: &State, run: &Run) -> Option<Decision> {
+    let rb = run.rollback.as_ref()?;
+    let i = run.stage_index(&rb.stage)?;
+    let p = &run.progress[i];
+    if !p.promoted || p.rolled_back {
+        return None;
+    }
+    let to = state
+        .stages
+        .get(&rb.stage)
+        .and_then(|s| s.releases.get(&rb.to_run));
+    Some(Decision::RollBack {
+        run: run.id.clone(),
+        stage: rb.stage.clone(),
+        reason: format!("rolled back by {}: {}", rb.requested_by, rb.reason),
+        to_run: Some(rb.to_run.clone()),
+        to_commit: Some(to.map_or_else(|| run.commit.clone(), |r| r.commit.clone())),
+    })
 }
 
 fn with_rollback_failures(run: &Run, reason: &str) -> String {
@@ -401,7 +429,8 @@ fn waiting(state: &State, v: &View<'_>, ctx: &Ctx<'_>, idx: usize, i: usize) -> 
         if !deps_met(run, i) {
             break 'gates Wait::new(WaitReason::Dependencies, None, None);
         }
-        if let Some(until) = ctx.freeze_end(stage) {
+        // Freezes hold promotions, never a rollback.
+        if let Some(until) = ctx.freeze_end(stage).filter(|_| run.rollback.is_none()) {
             break 'gates Wait::new(WaitReason::Freeze, None, Some(until));
         }
         if let Some(approval) = ctx.approval(run, i) {
@@ -504,4 +533,69 @@ fn wakeup(state: &State, ctx: &Ctx<'_>) -> Option<DateTime<Utc>> {
         }
     }
     earliest
+}
+
+pub(super) fn rollback_target(
+    pipeline: &Pipeline,
+    history: &[CloudEvent],
+    stage: &str,
+    to: Option<&str>,
+) -> Result<RollbackTarget, RollbackError> {
+    if pipeline.stage(stage).is_none() {
+        return Err(RollbackError::UnknownStage {
+            pipeline: pipeline.name.clone(),
+            stage: stage.to_owned(),
+        });
+    }
+    let state = State::fold(&pipeline.name, history);
+    let st = state.stages.get(stage);
+    let current = st.and_then(|s| s.current.as_ref());
+    let same = |a: &Release, b: &Release| a.commit == b.commit && a.digest == b.digest;
+    let target = match to {
+        Some(to) => {
+            let release = st.and_then(|s| s.releases.get(to)).ok_or_else(|| {
+                RollbackError::NotAReleaseOf {
+                    run: to.to_owned(),
+                    stage: stage.to_owned(),
+                }
+            })?;
+            if current.is_some_and(|c| same(c, release)) {
+                return Err(RollbackError::AlreadyRunning {
+                    run: to.to_owned(),
+                    stage: stage.to_owned(),
+                });
+            }
+            release
+        }
+        None => st
+            .and_then(|s| {
+                let current = current?;
+                s.history.iter().rev().find(|r| !same(r, current))
+            })
+            .ok_or_else(|| RollbackError::NoEarlierRelease {
+                stage: stage.to_owned(),
+            })?,
+    };
+    // A release recorded before packages were tracked cannot be re-promoted
+    // without rebuilding; say so rather than guess.
+    let package = target
+        .package
+        .clone()
+        .ok_or_else(|| RollbackError::NotAReleaseOf {
+            run: target.run.clone(),
+            stage: stage.to_owned(),
+        })?;
+    let pending = state
+        .runs
+        .iter()
+        .find(|r| r.running() && r.rollback.as_ref().is_some_and(|rb| rb.stage == stage))
+        .map(|r| r.id.clone());
+    Ok(RollbackTarget {
+        run: target.run.clone(),
+        commit: target.commit.clone(),
+        package,
+        image: target.image.clone(),
+        digest: target.digest.clone(),
+        pending,
+    })
 }

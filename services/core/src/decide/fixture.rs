@@ -5,7 +5,7 @@ use chrono::{DateTime, Duration, Utc};
 use gantry_proto::events::{self as ev, Person};
 use gantry_proto::{CloudEvent, EventPayload};
 
-use super::{decide, Decision, Outcome};
+use super::{decide, rollback_target, Decision, Outcome};
 use crate::pipeline::{parse_str, Pipeline};
 
 pub fn t0() -> DateTime<Utc> {
@@ -108,6 +108,47 @@ impl Log {
                 author: Some(person(author)),
                 trigger: "manual".into(),
                 stages,
+                rollback: None,
+            },
+        );
+    }
+
+    /// A manual rollback run of `stage`, as `trigger::start_rollback`
+    /// records it.
+    pub fn start_rollback(&mut self, run: &str, stage: &str, to: Option<&str>) {
+        let target = rollback_target(&self.pipeline, &self.events, stage, to).expect("target");
+        let steps = crate::trigger::stage_plan(&self.pipeline)
+            .into_iter()
+            .find(|p| p.name == stage)
+            .expect("stage")
+            .steps
+            .into_iter()
+            .filter(|s| !matches!(s.as_str(), "package" | "image" | "approval"))
+            .collect();
+        self.push(
+            run,
+            ev::RunStarted {
+                run_id: run.into(),
+                commit: target.commit.clone(),
+                branch: "main".into(),
+                repository: self.pipeline.source.repo.clone(),
+                message: None,
+                author: None,
+                trigger: "rollback".into(),
+                stages: vec![ev::StagePlan {
+                    name: stage.into(),
+                    after: None,
+                    steps,
+                }],
+                rollback: Some(ev::RollbackOf {
+                    stage: stage.into(),
+                    to_run: target.run,
+                    package: target.package,
+                    image: target.image,
+                    digest: target.digest,
+                    requested_by: "rita".into(),
+                    reason: "errors".into(),
+                }),
             },
         );
     }

@@ -42,6 +42,8 @@ pub(super) struct Attempt {
 pub(super) struct Release {
     pub run: String,
     pub commit: String,
+    /// The stage's package digest, when the fold saw it.
+    pub package: Option<String>,
     pub image: Option<String>,
     pub digest: Option<String>,
 }
@@ -122,6 +124,8 @@ pub(super) struct Run {
     pub progress: Vec<Progress>,
     pub status: Status,
     pub causes: Vec<Cause>,
+    /// A manual rollback: the earlier release this run re-promotes.
+    pub rollback: Option<ev::RollbackOf>,
 }
 
 impl Run {
@@ -163,6 +167,8 @@ pub(super) struct StageState {
     pub releases: HashMap<String, Release>,
     /// The latest run (by ordinal) that promoted the stage.
     pub newest_promoted: Option<(u64, String)>,
+    /// Every release the stage ran, in the order it began to run them.
+    pub history: Vec<Release>,
 }
 
 /// Everything decisions depend on.
@@ -219,16 +225,26 @@ impl State {
                     return;
                 };
                 let author = d.author.or_else(|| self.authors.get(run_id).cloned());
+                let mut progress = vec![Progress::default(); d.stages.len()];
+                // A rollback run brings the earlier release's package and
+                // image with it: nothing is built again.
+                if let Some(rb) = &d.rollback {
+                    if let Some(i) = d.stages.iter().position(|s| s.name == rb.stage) {
+                        progress[i].package = Some(rb.package.clone());
+                        progress[i].image = rb.image.clone().zip(rb.digest.clone());
+                    }
+                }
                 self.index.insert(run_id.to_owned(), self.runs.len());
                 self.runs.push(Run {
                     id: run_id.to_owned(),
                     ordinal,
                     commit: d.commit,
                     author,
-                    progress: vec![Progress::default(); d.stages.len()],
+                    progress,
                     plan: d.stages,
                     status: Status::Running,
                     causes: Vec::new(),
+                    rollback: d.rollback,
                 });
                 return;
             }
@@ -400,12 +416,14 @@ impl State {
                     let release = Release {
                         run: run_id.to_owned(),
                         commit: d.commit,
+                        package: p.package.clone(),
                         image: d.image,
                         digest: d.digest,
                     };
                     let ordinal = run.ordinal;
                     let st = self.stages.entry(stage).or_default();
                     st.releases.insert(run_id.to_owned(), release.clone());
+                    st.history.push(release.clone());
                     st.current = Some(release);
                     if st
                         .newest_promoted
@@ -424,10 +442,14 @@ impl State {
                         st.releases.get(&to).cloned().unwrap_or(Release {
                             run: to,
                             commit: d.to_commit.unwrap_or_default(),
+                            package: None,
                             image: None,
                             digest: None,
                         })
                     });
+                    if let Some(current) = &st.current {
+                        st.history.push(current.clone());
+                    }
                 }
             }
             _ => {}

@@ -752,6 +752,7 @@ fn unknown_after_in_a_plan_fails_the_run() {
                 after: Some("gone".into()),
                 steps: vec!["package".into()],
             }],
+            rollback: None,
         },
     );
     let d = log.step();
@@ -818,4 +819,173 @@ fn decisions_become_contract_events() {
         assert_eq!(e.stage(), d.stage());
         assert_eq!(d.is_terminal(), d.name().is_terminal());
     }
+}
+
+// ---- manual rollback -------------------------------------------------------
+
+/// r1 then r2 promoted through `test` and `prod`.
+fn two_releases(prod_extra: &str) -> Log {
+    let mut log = Log::new(two_stages(prod_extra));
+    for run in ["r1", "r2"] {
+        log.start_run(run, "alice");
+        log.build_all(run);
+        log.step();
+        pass_stage(&mut log, run, "test");
+        log.step();
+        for author in ["rm1", "rm2"] {
+            log.grant(run, "prod", author);
+        }
+        log.step();
+        pass_stage(&mut log, run, "prod");
+        log.step();
+    }
+    log
+}
+
+fn rollback_promoted(run: &str, stage: &str, to: &str) -> Vec<Decision> {
+    vec![
+        Decision::Promote {
+            run: run.into(),
+            stage: stage.into(),
+            commit: commit_of(to),
+            image: Some(format!("{REPO}:{stage}-{to}")),
+            digest: Some(format!("sha256:img-{to}-{stage}")),
+        },
+        Decision::RollBack {
+            run: run.into(),
+            stage: stage.into(),
+            reason: "rolled back by rita: errors".into(),
+            to_run: Some(to.into()),
+            to_commit: Some(commit_of(to)),
+        },
+        Decision::Succeed { run: run.into() },
+    ]
+}
+
+#[test]
+fn rollback_target_is_the_release_before_the_current_one() {
+    let log = two_releases("");
+    let t = rollback_target(&log.pipeline, &log.events, "prod", None).expect("target");
+    assert_eq!(t.run, "r1");
+    assert_eq!(t.commit, commit_of("r1"));
+    assert_eq!(t.package, "sha256:pkg-r1-prod");
+    assert_eq!(t.digest.as_deref(), Some("sha256:img-r1-prod"));
+    assert_eq!(t.pending, None);
+    assert_eq!(
+        rollback_target(&log.pipeline, &log.events, "prod", Some("r2")),
+        Err(RollbackError::AlreadyRunning {
+            run: "r2".into(),
+            stage: "prod".into()
+        })
+    );
+    assert!(matches!(
+        rollback_target(&log.pipeline, &log.events, "prod", Some("r9")),
+        Err(RollbackError::NotAReleaseOf { .. })
+    ));
+    assert!(matches!(
+        rollback_target(&log.pipeline, &log.events, "qa", None),
+        Err(RollbackError::UnknownStage { .. })
+    ));
+    let mut first = Log::new(two_stages(""));
+    first.start_run("r1", "alice");
+    first.build_all("r1");
+    first.step();
+    pass_stage(&mut first, "r1", "test");
+    first.step();
+    assert_eq!(
+        rollback_target(&first.pipeline, &first.events, "test", None),
+        Err(RollbackError::NoEarlierRelease {
+            stage: "test".into()
+        })
+    );
+}
+
+#[test]
+fn manual_rollback_redeploys_the_earlier_release_without_approval_or_freeze() {
+    let mut log = two_releases(
+        "    approval: { required: 2, approvers: [rm] }\n    freeze: [ { from: \"2026-12-01T01:00:00Z\", to: \"2026-12-02T00:00:00Z\" } ]\n",
+    );
+    // The freeze begins after r1 and r2 went through.
+    log.now = at_hours(2);
+    log.start_rollback("rb", "prod", None);
+    assert_eq!(
+        log.step(),
+        vec![Decision::Start {
+            run: "rb".into(),
+            stage: "prod".into(),
+            commit: commit_of("r1"),
+            image: Some(format!("{REPO}:prod-r1")),
+            digest: Some("sha256:img-r1-prod".into()),
+            rollback: false,
+        }]
+    );
+    // A second request while it runs names the same run.
+    let t = rollback_target(&log.pipeline, &log.events, "prod", None).expect("target");
+    assert_eq!(t.pending.as_deref(), Some("rb"));
+    log.deployed("rb", "prod");
+    assert_eq!(log.step(), rollback_promoted("rb", "prod", "r1"));
+    // Going back again means going to what it ran before: r2's release.
+    let t = rollback_target(&log.pipeline, &log.events, "prod", None).expect("target");
+    assert_eq!((t.run.as_str(), t.pending), ("r2", None));
+}
+
+#[test]
+fn a_failed_manual_rollback_restores_the_current_release() {
+    let mut log = two_releases("");
+    log.start_rollback("rb", "test", Some("r1"));
+    log.step();
+    log.deployed("rb", "test");
+    log.smoke("rb", "test", false);
+    assert_eq!(
+        log.step(),
+        vec![Decision::Start {
+            run: "rb".into(),
+            stage: "test".into(),
+            commit: commit_of("r2"),
+            image: Some(format!("{REPO}:test-r2")),
+            digest: Some("sha256:img-r2-test".into()),
+            rollback: true,
+        }]
+    );
+    log.deployed("rb", "test");
+    let d = log.step();
+    assert!(
+        matches!(&d[..], [Decision::RollBack { to_run: Some(r), .. }, Decision::Fail { .. }] if r == "r2"),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn manual_rollback_waits_for_the_stage_and_supersedes_older_ready_runs() {
+    let mut log = two_releases("");
+    // r3 is deploying to test; r4 is ready for test behind it.
+    log.start_run("r3", "alice");
+    log.build_all("r3");
+    log.step();
+    log.start_run("r4", "alice");
+    log.build_all("r4");
+    log.step();
+    log.start_rollback("rb", "test", Some("r1"));
+    let d = log.step();
+    assert!(
+        d.contains(&queued("rb", "test", WaitReason::Queue, Some("r3")))
+            && d.iter().any(|d| matches!(d, Decision::Supersede { run, by_run, .. } if run == "r4" && by_run == "rb")),
+        "{d:?}"
+    );
+    pass_stage(&mut log, "r3", "test");
+    let d = log.step();
+    assert_eq!(d[0], promote("r3", "test"));
+    assert!(
+        d.contains(&Decision::Start {
+            run: "rb".into(),
+            stage: "test".into(),
+            commit: commit_of("r1"),
+            image: Some(format!("{REPO}:test-r1")),
+            digest: Some("sha256:img-r1-test".into()),
+            rollback: false,
+        }),
+        "{d:?}"
+    );
+    pass_stage(&mut log, "rb", "test");
+    assert_eq!(log.step(), rollback_promoted("rb", "test", "r1"));
 }
