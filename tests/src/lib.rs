@@ -24,6 +24,9 @@ use anyhow::{anyhow, bail, Context};
 use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
 
+pub mod apimanager;
+pub mod wiremock;
+
 /// Default administrative Postgres URL when `GANTRY_TEST_DATABASE_URL` is unset.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 /// Default shared NATS URL when `GANTRY_TEST_NATS_URL` is unset.

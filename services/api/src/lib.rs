@@ -5,6 +5,7 @@
 //! `application/problem+json`. When `GANTRY_API_TOKENS` is set, every
 //! `/api/...` call needs `Authorization: Bearer <token>`.
 
+mod apis_plan;
 mod approvals;
 mod dashboard;
 mod diff;
@@ -52,6 +53,7 @@ pub fn router(app: App) -> Result<Router, gantry_core::auth::TokensError> {
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/events", get(run_events))
         .route("/runs/{id}/stages/{stage}/diff", get(diff::stage_diff))
+        .route("/runs/{id}/stages/{stage}/apis/plan", get(apis_plan::plan))
         .route(
             "/runs/{id}/stages/{stage}/approve",
             post(approvals::approve),

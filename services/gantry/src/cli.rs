@@ -158,6 +158,11 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// API Manager data: what promoting a run into a stage would change.
+    Apis {
+        #[command(subcommand)]
+        command: ApisCommand,
+    },
     /// Put a stage back on an earlier release: by default the one it ran
     /// before its current release. Goes through the stage's deploy,
     /// readiness, API Manager and smoke steps as a run of its own.
@@ -243,4 +248,12 @@ impl Service {
             Service::Smoke => "smoke",
         }
     }
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ApisCommand {
+    /// A dry run against the stage's API Manager: the APIs, organizations,
+    /// applications and grants that promoting `run` into `stage` would
+    /// change, and the breaking changes the stage would refuse.
+    Plan { run: String, stage: String },
 }

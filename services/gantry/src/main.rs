@@ -13,7 +13,7 @@ use futures::StreamExt;
 use http::Method;
 use serde_json::{json, Value};
 
-use cli::{Cli, Command, Output, PipelinesCommand, ProjectionsCommand};
+use cli::{ApisCommand, Cli, Command, Output, PipelinesCommand, ProjectionsCommand};
 use client::Client;
 
 fn main() -> ExitCode {
@@ -147,6 +147,24 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
             match g.output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&run)?),
                 Output::Text => print_run(&run),
+            }
+        }
+        Command::Apis {
+            command: ApisCommand::Plan { run, stage },
+        } => {
+            let path = format!(
+                "/api/v1/runs/{}/stages/{}/apis/plan",
+                urlencode(&run),
+                urlencode(&stage)
+            );
+            let plan = Client::new(g)
+                .send(Method::GET, &path, None)
+                .await?
+                .json()
+                .await?;
+            match g.output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                Output::Text => print_apis_plan(&plan),
             }
         }
         Command::Rollback {
@@ -465,6 +483,54 @@ fn print_event(id: Option<i64>, data: &str) {
         str_of(&e["subject"]),
         stage
     );
+}
+
+fn print_apis_plan(plan: &Value) {
+    println!(
+        "API Manager plan for stage {} of {} at commit {}:",
+        str_of(&plan["stage"]),
+        str_of(&plan["pipeline"]),
+        str_of(&plan["commit"])
+    );
+    let empty = Vec::new();
+    let changes = plan["changes"].as_array().unwrap_or(&empty);
+    if plan["noop"].as_bool() == Some(true) {
+        println!("  nothing to change");
+    }
+    for c in changes {
+        let fields: Vec<&str> = c["fields"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        let fields = if fields.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", fields.join(", "))
+        };
+        println!(
+            "  {:<12} {}{fields}",
+            str_of(&c["action"]),
+            str_of(&c["target"])
+        );
+    }
+    for r in plan["refused"].as_array().unwrap_or(&empty) {
+        let fields: Vec<&str> = r["fields"]
+            .as_array()
+            .unwrap_or(&empty)
+            .iter()
+            .filter_map(Value::as_str)
+            .collect();
+        println!(
+            "  REFUSED      {}: breaking change to {} (the stage does not allow breaking changes)",
+            str_of(&r["target"]),
+            fields.join(", ")
+        );
+    }
+    for w in plan["warnings"].as_array().unwrap_or(&empty) {
+        println!("  warning: {}", str_of(w));
+    }
 }
 
 fn print_decision(output: Output, resp: &Value, verb: &str) -> anyhow::Result<()> {

@@ -27,6 +27,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         envgen(&app),
         imagebuild(&app),
         deployer(&app),
+        apim(&app),
         smoke(&app),
     ];
     run(app, http, "up", workers, Some(conductor)).await
@@ -58,10 +59,7 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
         Service::Imagebuild => (Router::new(), vec![imagebuild(&app)]),
         Service::Smoke => (Router::new(), vec![smoke(&app)]),
         Service::Deployer => (Router::new(), vec![deployer(&app)]),
-        other => bail!(
-            "service `{}` is not part of this release yet; available: webhook, api, conductor, envgen, imagebuild, deployer, smoke",
-            other.name()
-        ),
+        Service::Apim => (Router::new(), vec![apim(&app)]),
     };
     let http = http.merge(app.health_routes());
     run(app, http, service.name(), workers, timers).await
@@ -80,6 +78,15 @@ fn conductor(app: &App) -> gantry_conductor::Conductor {
 /// The deploy worker: gitops or command, then readiness.
 fn deployer(app: &App) -> Arc<dyn Handler> {
     gantry_deployer::handler(app.pipelines.clone(), &app.settings.data_dir)
+}
+
+/// The API Manager worker: APIs, organizations, applications per stage.
+fn apim(app: &App) -> Arc<dyn Handler> {
+    gantry_apim::handler(
+        app.store.clone(),
+        app.pipelines.clone(),
+        &app.settings.data_dir,
+    )
 }
 
 /// The smoke worker: checks against the deployed gateway.

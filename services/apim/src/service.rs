@@ -1,0 +1,512 @@
+//! The `apim` service: after a stage is deployed (or at `stage.started` for
+//! a stage without `deploy`), the API Manager configuration of the commit
+//! being promoted is reconciled into the stage's API Manager, and
+//! `apis.promoted` (every change: target, action, field names) or
+//! `apis.failed` (the reason, and the breaking fields when that is why) is
+//! recorded.
+//!
+//! Rollbacks go through here too: the `stage.started` of a rollback names
+//! the earlier commit, whose configuration is reconciled back.
+//!
+//! A redelivered event is recognised by the consumer runner; a repeated
+//! reconciliation (a crash between the writes and the append) finds the
+//! stage already as configured and writes nothing.
+//!
+//! `${VAR}` in the configuration is looked up in the stage's `values` file
+//! (top-level keys, nested keys joined with `.`; a value that is an
+//! `env:`/`file:` reference is resolved), then in the process environment.
+//! Every value taken from there is masked in what is recorded.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use gantry_core::consumer::{Handler, HandlerError};
+use gantry_core::git::SourceCache;
+use gantry_core::pipeline::{Pipeline, SecretRef};
+use gantry_core::runtime::Pipelines;
+use gantry_core::trigger::run_stream;
+use gantry_core::{EventStore, ExpectedVersion, NewEvents};
+use gantry_proto::events::{ApiChange, ApisFailed, ApisPromoted, StageStarted};
+use gantry_proto::{CloudEvent, EventName};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::client::{ApiManagerClient, ClientConfig};
+use crate::config::{load_stage, LoadOptions};
+use crate::desired::DesiredState;
+use crate::reconcile::{self, ReconcileOptions};
+
+pub const SERVICE: &str = "apim";
+
+/// Why a stage's API Manager data could not be promoted (or planned).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub reason: String,
+    pub breaking_fields: Vec<String>,
+}
+
+impl Failure {
+    fn new(reason: impl Into<String>) -> Self {
+        Self {
+            reason: reason.into(),
+            breaking_fields: Vec::new(),
+        }
+    }
+}
+
+/// A dry run: what promoting a commit's configuration into a stage would
+/// change, without writing anything.
+#[derive(Debug, Clone, Serialize)]
+pub struct PlanReport {
+    pub pipeline: String,
+    pub stage: String,
+    pub commit: String,
+    /// Whether applying would write nothing at all.
+    pub noop: bool,
+    /// The changes applying would make, in order.
+    pub changes: Vec<ApiChange>,
+    /// Breaking changes the stage does not allow (`breaking_changes`): the
+    /// promotion would fail with these.
+    pub refused: Vec<RefusedChange>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RefusedChange {
+    pub target: String,
+    pub fields: Vec<String>,
+}
+
+/// Promotes API Manager data of a commit into a stage.
+#[derive(Clone)]
+pub struct Apim {
+    pipelines: Pipelines,
+    store: EventStore,
+    sources: SourceCache,
+    work: PathBuf,
+}
+
+impl Apim {
+    /// `data_dir/apim` holds this service's source mirror and checkouts.
+    pub fn new(store: EventStore, pipelines: Pipelines, data_dir: &Path) -> Self {
+        Self {
+            pipelines,
+            store,
+            sources: SourceCache::new(data_dir.join("apim").join("git")),
+            work: data_dir.join("apim").join("work"),
+        }
+    }
+
+    /// Reads the desired state of `stage` at `commit`, then calls `f` with
+    /// a logged-in client. Values substituted from variables are masked in
+    /// every message.
+    async fn with_stage<T, F, Fut>(
+        &self,
+        pipeline: &Pipeline,
+        stage_name: &str,
+        commit: &str,
+        f: F,
+    ) -> Result<(T, DesiredState), Failure>
+    where
+        F: FnOnce(Arc<ApiManagerClient>, DesiredState, ReconcileOptions) -> Fut,
+        Fut: std::future::Future<Output = Result<(T, DesiredState), Failure>>,
+    {
+        let stage = pipeline.stage(stage_name).ok_or_else(|| {
+            Failure::new(format!(
+                "stage `{stage_name}` is no longer in pipeline `{}`",
+                pipeline.name
+            ))
+        })?;
+        let settings = stage.apimanager.clone().ok_or_else(|| {
+            Failure::new(format!("stage `{stage_name}` has no `apimanager` settings"))
+        })?;
+        let apis_dir = pipeline
+            .apis
+            .as_ref()
+            .map(|a| a.path.clone())
+            .ok_or_else(|| {
+                Failure::new("the pipeline has no `apis.path`: where are the API Manager configs?")
+            })?;
+        let masker = Masker::default();
+        let desired = self
+            .load(
+                pipeline,
+                stage_name,
+                commit,
+                &apis_dir,
+                stage.values.clone(),
+                &masker,
+            )
+            .await
+            .map_err(|e| Failure::new(masker.mask(&e)))?;
+        let config = ClientConfig::from_stage(&settings)
+            .map_err(|e| Failure::new(masker.mask(&e.to_string())))?;
+        let client = Arc::new(
+            ApiManagerClient::new(config).map_err(|e| Failure::new(masker.mask(&e.to_string())))?,
+        );
+        client
+            .login()
+            .await
+            .map_err(|e| Failure::new(masker.mask(&e.to_string())))?;
+        let result = f(
+            client.clone(),
+            desired,
+            ReconcileOptions::for_stage(&settings),
+        )
+        .await;
+        if let Err(e) = client.logout().await {
+            tracing::debug!(error = %e, "API Manager logout failed");
+        }
+        result.map_err(|mut failure| {
+            failure.reason = masker.mask(&failure.reason);
+            failure
+        })
+    }
+
+    /// Checks out `commit` and loads the stage's configuration from it.
+    async fn load(
+        &self,
+        pipeline: &Pipeline,
+        stage: &str,
+        commit: &str,
+        apis_dir: &Path,
+        values: Option<PathBuf>,
+        masker: &Masker,
+    ) -> Result<DesiredState, String> {
+        let token = pipeline
+            .source
+            .token
+            .as_ref()
+            .map(SecretRef::resolve)
+            .transpose()
+            .map_err(|e| format!("source.token: {e}"))?;
+        std::fs::create_dir_all(&self.work)
+            .map_err(|e| format!("cannot create {}: {e}", self.work.display()))?;
+        let checkout = tempfile::tempdir_in(&self.work).map_err(|e| {
+            format!(
+                "cannot create a checkout under {}: {e}",
+                self.work.display()
+            )
+        })?;
+        let sources = self.sources.clone();
+        let (name, repo, commit_owned, dest) = (
+            pipeline.name.clone(),
+            pipeline.source.repo.clone(),
+            commit.to_owned(),
+            checkout.path().to_owned(),
+        );
+        tokio::task::spawn_blocking(move || {
+            sources.checkout(
+                &name,
+                &repo,
+                token.as_ref().map(|t| t.expose()),
+                &commit_owned,
+                &dest,
+            )
+        })
+        .await
+        .map_err(|e| format!("checkout task failed: {e}"))?
+        .map_err(|e| format!("cannot check out {commit}: {e}"))?;
+        let root = checkout.path();
+        let values = match values {
+            Some(rel) => {
+                let text = std::fs::read_to_string(root.join(&rel)).map_err(|e| {
+                    format!(
+                        "stage values file `{}` cannot be read at this commit: {e}",
+                        rel.display()
+                    )
+                })?;
+                let value: Value = serde_saphyr::from_str(&text).map_err(|e| {
+                    format!(
+                        "stage values file `{}` is not valid YAML: {e}",
+                        rel.display()
+                    )
+                })?;
+                flatten(&value)
+            }
+            None => BTreeMap::new(),
+        };
+        let lookup = |name: &str| -> Option<String> {
+            let value = match values.get(name) {
+                Some(v) => match v.parse::<SecretRef>() {
+                    Ok(r) => r.resolve().ok()?.expose().to_owned(),
+                    Err(_) => v.clone(),
+                },
+                None => std::env::var(name).ok()?,
+            };
+            masker.add(&value);
+            Some(value)
+        };
+        let options = LoadOptions {
+            stage,
+            vars: &lookup,
+        };
+        let apis_dir = apis_dir.to_owned();
+        load_stage(root, &apis_dir, &options).map_err(|e| e.to_string())
+    }
+
+    /// What promoting `commit` into `stage` would change; writes nothing.
+    pub async fn plan(
+        &self,
+        pipeline: &Pipeline,
+        stage: &str,
+        commit: &str,
+    ) -> Result<PlanReport, Failure> {
+        let (plan, desired) = self
+            .with_stage(
+                pipeline,
+                stage,
+                commit,
+                |client, desired, options| async move {
+                    match reconcile::plan(&client, &desired, &options).await {
+                        Ok(plan) => Ok((plan, desired)),
+                        Err(e) => Err(failure_of(&e)),
+                    }
+                },
+            )
+            .await?;
+        let mut warnings = desired.warnings.clone();
+        warnings.extend(plan.warnings.iter().cloned());
+        Ok(PlanReport {
+            pipeline: pipeline.name.clone(),
+            stage: stage.to_owned(),
+            commit: commit.to_owned(),
+            noop: plan.is_noop(),
+            changes: plan.changes(),
+            refused: plan
+                .refused
+                .iter()
+                .map(|r| RefusedChange {
+                    target: r.target.clone(),
+                    fields: r.fields.clone(),
+                })
+                .collect(),
+            warnings,
+        })
+    }
+
+    /// Reconciles `commit`'s configuration into `stage`: the changes made.
+    pub async fn promote(
+        &self,
+        pipeline: &Pipeline,
+        stage: &str,
+        commit: &str,
+    ) -> Result<Vec<ApiChange>, Failure> {
+        let (changes, desired) = self
+            .with_stage(
+                pipeline,
+                stage,
+                commit,
+                |client, desired, options| async move {
+                    match reconcile::reconcile(&client, &desired, &options).await {
+                        Ok(changes) => Ok((changes, desired)),
+                        Err(e) => Err(failure_of(&e)),
+                    }
+                },
+            )
+            .await?;
+        for w in &desired.warnings {
+            tracing::warn!(pipeline = %pipeline.name, stage, "{w}");
+        }
+        Ok(changes)
+    }
+
+    /// The commit the stage's latest `stage.started` of `run` promotes.
+    async fn started_commit(&self, run: &str, stage: &str) -> Result<Option<String>, HandlerError> {
+        let events = self.store.read_run(run).await?;
+        Ok(events
+            .iter()
+            .rev()
+            .filter_map(|e| e.event.decode::<StageStarted>().ok())
+            .find(|s| s.stage == stage)
+            .map(|s| s.commit))
+    }
+}
+
+fn failure_of(e: &reconcile::Error) -> Failure {
+    Failure {
+        reason: e.to_string(),
+        breaking_fields: e.breaking_fields(),
+    }
+}
+
+/// `a: {b: 1}` → `a.b = "1"`; top-level scalars by their own name.
+fn flatten(value: &Value) -> BTreeMap<String, String> {
+    fn walk(prefix: &str, value: &Value, out: &mut BTreeMap<String, String>) {
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    let key = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    walk(&key, v, out);
+                }
+            }
+            Value::String(s) => {
+                out.insert(prefix.to_owned(), s.clone());
+            }
+            Value::Number(n) => {
+                out.insert(prefix.to_owned(), n.to_string());
+            }
+            Value::Bool(b) => {
+                out.insert(prefix.to_owned(), b.to_string());
+            }
+            Value::Null | Value::Array(_) => {}
+        }
+    }
+    let mut out = BTreeMap::new();
+    walk("", value, &mut out);
+    out
+}
+
+/// Replaces values substituted into the configuration by `***`.
+#[derive(Default)]
+struct Masker(Mutex<Vec<String>>);
+
+impl Masker {
+    fn add(&self, value: &str) {
+        // Short values (`true`, `80`) would mask half of every message and
+        // are not secrets.
+        if value.len() >= 6 {
+            let mut values = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            if !values.iter().any(|v| v == value) {
+                values.push(value.to_owned());
+            }
+        }
+    }
+
+    fn mask(&self, text: &str) -> String {
+        let values = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut out = text.to_owned();
+        for v in values.iter() {
+            out = out.replace(v.as_str(), "***");
+        }
+        out
+    }
+}
+
+#[async_trait]
+impl Handler for Apim {
+    fn name(&self) -> &'static str {
+        SERVICE
+    }
+
+    fn events(&self) -> &'static [EventName] {
+        &[EventName::StageStarted, EventName::DeployCompleted]
+    }
+
+    async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
+        let (Some(name), Some(stage_name), Some(run)) =
+            (event.name(), event.stage(), event.runid.as_deref())
+        else {
+            return Ok(vec![]);
+        };
+        let Some(pipeline) = self.pipelines.get().get(&event.pipeline).cloned() else {
+            return Ok(vec![]);
+        };
+        let Some(stage) = pipeline.stage(stage_name) else {
+            return Ok(vec![]);
+        };
+        // After the deploy when the stage has one, else when it starts.
+        let trigger = match name {
+            EventName::DeployCompleted => stage.deploy.is_some(),
+            EventName::StageStarted => stage.deploy.is_none(),
+            _ => false,
+        };
+        if stage.apimanager.is_none() || !trigger {
+            return Ok(vec![]);
+        }
+        let commit = match name {
+            EventName::StageStarted => event
+                .decode::<StageStarted>()
+                .map(|s| s.commit)
+                .map_err(|e| HandlerError::Permanent(e.to_string()))?,
+            _ => match self.started_commit(run, stage_name).await? {
+                Some(c) => c,
+                None => {
+                    return Err(HandlerError::Permanent(format!(
+                        "no stage.started for {stage_name} in run {run}"
+                    )))
+                }
+            },
+        };
+        let result = match self.promote(&pipeline, stage_name, &commit).await {
+            Ok(changes) => {
+                tracing::info!(
+                    run,
+                    stage = stage_name,
+                    changes = changes.len(),
+                    "API Manager data promoted"
+                );
+                CloudEvent::new(
+                    SERVICE,
+                    &event.pipeline,
+                    Some(run),
+                    &ApisPromoted {
+                        stage: stage_name.to_owned(),
+                        changes,
+                    },
+                )
+            }
+            Err(failure) => {
+                tracing::warn!(run, stage = stage_name, reason = %failure.reason, "API Manager promotion failed");
+                CloudEvent::new(
+                    SERVICE,
+                    &event.pipeline,
+                    Some(run),
+                    &ApisFailed {
+                        stage: stage_name.to_owned(),
+                        reason: failure.reason,
+                        breaking_fields: failure.breaking_fields,
+                    },
+                )
+            }
+        };
+        Ok(vec![NewEvents::new(
+            run_stream(run),
+            ExpectedVersion::Any,
+            vec![result.caused_by(event)],
+        )])
+    }
+}
+
+/// Shared handle for registering the service with a runtime.
+pub fn handler(store: EventStore, pipelines: Pipelines, data_dir: &Path) -> Arc<dyn Handler> {
+    Arc::new(Apim::new(store, pipelines, data_dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_flatten_to_dotted_names() {
+        let v: Value = serde_json::json!({
+            "host": "api.test.example.com",
+            "backend": { "url": "https://b", "port": 8443, "tls": true },
+            "list": [1, 2],
+            "none": null
+        });
+        let flat = flatten(&v);
+        assert_eq!(flat["host"], "api.test.example.com");
+        assert_eq!(flat["backend.url"], "https://b");
+        assert_eq!(flat["backend.port"], "8443");
+        assert_eq!(flat["backend.tls"], "true");
+        assert!(!flat.contains_key("list") && !flat.contains_key("none"));
+    }
+
+    #[test]
+    fn substituted_values_are_masked() {
+        let m = Masker::default();
+        m.add("s3cr3t-password");
+        m.add("true");
+        assert_eq!(
+            m.mask("login with s3cr3t-password failed: true"),
+            "login with *** failed: true"
+        );
+    }
+}
