@@ -442,3 +442,62 @@ async fn connection_refused_is_a_transport_error_after_retries() {
     );
     assert!(!message.contains("password"), "{message}");
 }
+
+/// The same calls against a real WireMock server serving the fixtures
+/// (`shared/fixtures/apim-cli/WIREMOCK.md`: HTTPS with WireMock's
+/// self-signed certificate, as apim-cli runs it). Opt-in, because WireMock
+/// needs Java: start it as WIREMOCK.md says, then
+/// `GANTRY_TEST_WIREMOCK_URL=https://127.0.0.1:18075 cargo test -p gantry-tests --test apim_client -- --ignored`.
+/// WireMock's request journal must then hold no unmatched request.
+#[tokio::test]
+#[ignore = "needs a WireMock server: set GANTRY_TEST_WIREMOCK_URL"]
+async fn real_wiremock_answers_every_request_of_a_promotion() {
+    let url = std::env::var("GANTRY_TEST_WIREMOCK_URL")
+        .expect("GANTRY_TEST_WIREMOCK_URL=https://127.0.0.1:18075");
+    let admin = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    admin
+        .delete(format!("{url}/__admin/requests"))
+        .send()
+        .await
+        .unwrap();
+    let c = ApiManagerClient::new(
+        ClientConfig::new(&url, ApimVersion::V1_4, "apiadmin", "changeme").insecure(),
+    )
+    .unwrap();
+    c.login().await.unwrap();
+    let backend = c
+        .import_backend("Petstore", ORG_ID, &petstore())
+        .await
+        .unwrap();
+    let proxy = c.create_proxy(backend.id().unwrap(), ORG_ID).await.unwrap();
+    assert!(proxy.id().is_some());
+    c.publish(PROXY_ID, Some("Petstore"), None).await.unwrap();
+    c.grant_org_access(PROXY_ID, &[ORG_ID.to_owned()])
+        .await
+        .unwrap();
+    c.logout().await.unwrap();
+    let unmatched: serde_json::Value = admin
+        .get(format!("{url}/__admin/requests/unmatched"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(unmatched["requests"], json!([]), "{unmatched:#}");
+    let all: serde_json::Value = admin
+        .get(format!("{url}/__admin/requests"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        all["requests"].as_array().unwrap().len() >= 6,
+        "login, currentuser, import, create, publish, grant, logout: {all:#}"
+    );
+}
