@@ -1,6 +1,7 @@
 //! Every service as its own process over Postgres and NATS: a push goes all
 //! the way to `env.promoted` while the deployer and the conductor are killed
-//! and restarted mid-run; the run still finishes and nothing is deployed twice.
+//! and restarted mid-run; the run still finishes, nothing is deployed twice,
+//! and the `apim` service promotes the API into API Manager exactly once.
 
 mod common;
 
@@ -8,6 +9,7 @@ use std::time::Duration;
 
 use axum::routing::get;
 use common::*;
+use gantry_tests::apimanager::ApiManagerDouble;
 use gantry_tests::{fresh_postgres, GitRepo, NatsServer, Registry};
 use serde_json::{json, Value};
 
@@ -58,8 +60,26 @@ async fn separate_processes_finish_the_run_through_kills_without_deploying_twice
     let gw = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });
 
+    let apim = ApiManagerDouble::start().await.unwrap();
+    apim.add_organization("API Development");
+
     let repo = GitRepo::init().unwrap();
     write_minimal_project(&repo);
+    repo.write(
+        "apis/petstore/petstore.json",
+        std::fs::read_to_string(fixture("apim-cli/examples/petstore.json")).unwrap(),
+    )
+    .unwrap();
+    repo.write(
+        "apis/petstore/api-config.json",
+        json!({
+            "name": "Petstore", "path": "/petstore/v1", "state": "published",
+            "organization": "API Development",
+            "apiSpecification": { "resource": "petstore.json" }
+        })
+        .to_string(),
+    )
+    .unwrap();
     let commit = repo.commit("config").unwrap();
 
     let dir = tempfile::tempdir().unwrap();
@@ -68,15 +88,17 @@ async fn separate_processes_finish_the_run_through_kills_without_deploying_twice
         dir.path().join("pipelines/banking.yaml"),
         format!(
             "name: banking\nsource:\n  repo: {repo}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
-             gateway:\n  format: yaml\n  path: gateway/\n\
+             gateway:\n  format: yaml\n  path: gateway/\napis:\n  path: apis/\n\
              image:\n  base: {base_image}\n  repository: {registry}/apim/banking-gateway\n\
              stages:\n  - name: test\n\
              \x20   deploy:\n      gitops: {{ repo: {deploy}, branch: main, file: envs/test/values.yaml, key: apitraffic.image }}\n\
              \x20   ready: {{ url: http://{gw}/healthcheck, timeout: 10s }}\n\
+             \x20   apimanager: {{ url: \"{apim}\", username: env:APIM_USER, password: env:APIM_PASS }}\n\
              \x20   smoke:\n      - name: pets\n        request: {{ url: http://{gw}/pets }}\n        timeout: 5s\n",
             repo = repo.path().display(),
             registry = registry.host_port(),
             deploy = deploy.path().display(),
+            apim = apim.url(),
         ),
     )
     .unwrap();
@@ -86,6 +108,8 @@ async fn separate_processes_finish_the_run_through_kills_without_deploying_twice
         ("GANTRY_DATABASE_URL", db.url()),
         ("GANTRY_NATS_URL", &nats.url()),
         ("GANTRY_NATS_PREFIX", &prefix),
+        ("APIM_USER", "apiadmin"),
+        ("APIM_PASS", "changeme"),
     ];
     let webhook = Gantry::start(dir.path(), &["serve", "webhook"], &env).await;
     let api = Gantry::start(dir.path(), &["serve", "api"], &env).await;
@@ -94,6 +118,7 @@ async fn separate_processes_finish_the_run_through_kills_without_deploying_twice
     let _imagebuild = Gantry::start(dir.path(), &["serve", "imagebuild"], &env).await;
     let mut deployer = Gantry::start(dir.path(), &["serve", "deployer"], &env).await;
     let _smoke = Gantry::start(dir.path(), &["serve", "smoke"], &env).await;
+    let _apim = Gantry::start(dir.path(), &["serve", "apim"], &env).await;
 
     let run = push_local_commit(
         &webhook.url(),
@@ -126,6 +151,9 @@ async fn separate_processes_finish_the_run_through_kills_without_deploying_twice
     assert_eq!(count("io.gantry.deploy.completed.v1"), 1);
     assert_eq!(count("io.gantry.env.promoted.v1"), 1);
     assert_eq!(count("io.gantry.stage.started.v1"), 1);
+    assert_eq!(count("io.gantry.apis.promoted.v1"), 1);
+    assert_eq!(apim.proxies().len(), 1, "the API was created once");
+    assert_eq!(apim.proxies()[0]["state"], "published");
     let log = deploy.git(["log", "--format=%s", "main"]).unwrap();
     assert_eq!(
         log.lines()
