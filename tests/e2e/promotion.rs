@@ -1,6 +1,9 @@
 //! The whole way: a signed push becomes a package, an image in a real
 //! registry, a gitops commit in a real deploy repository, a ready gateway
-//! and passing smoke checks, then `env.promoted`.
+//! and passing smoke checks, then `env.promoted` on `test`; `prod` waits for
+//! two release managers, refusing the commit's author and an outsider; a
+//! later commit whose smoke check fails on `test` is rolled back, and the
+//! deploy repository's history shows every step.
 
 mod common;
 
@@ -12,11 +15,21 @@ use axum::routing::get;
 use common::*;
 use gantry_tests::{GitRepo, Registry};
 use serde_json::{json, Value};
+use sha2::Digest;
+
+/// (token, user, email, groups); `dev1` is the commit's author.
+const TOKENS: &[(&str, &str, &str, &str)] = &[
+    ("tok-rita", "rita", "rita@example.com", "[release-managers]"),
+    ("tok-sam", "sam", "sam@example.com", "[release-managers]"),
+    ("tok-dev", "dev1", "dev@example.com", "[release-managers]"),
+    ("tok-out", "olga", "olga@example.com", "[developers]"),
+];
+const RITA: Option<&str> = Some("tok-rita");
 
 const VALUES: &str = "# Helm values for the test environment\napitraffic:\n  replicas: 2  # keep two\n  image: registry.example.com/apim/banking-gateway:old\nanm:\n  image: unchanged\n";
 
 #[tokio::test]
-async fn push_to_promotion_through_gitops_readiness_and_smoke() {
+async fn push_promotes_test_then_prod_after_two_approvals_and_a_failing_commit_rolls_back() {
     let registry = Registry::start().await.unwrap();
     let base_image = push_parent(&registry, "axway/apigw-emt").await;
 
@@ -24,6 +37,7 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
     let deploy = GitRepo::bare().unwrap();
     let seed = GitRepo::init().unwrap();
     seed.write("envs/test/values.yaml", VALUES).unwrap();
+    seed.write("envs/prod/values.yaml", VALUES).unwrap();
     seed.commit("seed").unwrap();
     seed.git(["remote", "add", "origin", &deploy.url()])
         .unwrap();
@@ -66,26 +80,89 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
              stages:\n  - name: test\n\
              \x20   deploy:\n      gitops: {{ repo: {deploy}, branch: main, file: envs/test/values.yaml, key: apitraffic.image }}\n\
              \x20   ready: {{ url: http://{gw}/healthcheck, timeout: 10s }}\n\
-             \x20   smoke:\n      - name: pets are listed\n        request: {{ url: http://{gw}/pets }}\n        expect: {{ status: 200, json: {{ \"/0/id\": 1 }} }}\n        timeout: 2s\n",
+             \x20   smoke:\n      - name: pets are listed\n        request: {{ url: http://{gw}/pets }}\n        expect: {{ status: 200, json: {{ \"/0/id\": 1 }} }}\n        timeout: 2s\n\
+             \x20 - name: prod\n\
+             \x20   deploy:\n      gitops: {{ repo: {deploy}, branch: main, file: envs/prod/values.yaml, key: apitraffic.image }}\n\
+             \x20   approval: {{ required: 2, approvers: [release-managers], allow_self: false }}\n",
             repo = repo.path().display(),
             registry = registry.host_port(),
             deploy = deploy.path().display(),
         ),
     )
     .unwrap();
-    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let mut tokens = String::from("tokens:\n");
+    for (token, user, email, groups) in TOKENS {
+        let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
+        tokens.push_str(&format!(
+            "  - user: {user}\n    email: {email}\n    groups: {groups}\n    sha256: {hash}\n"
+        ));
+    }
+    std::fs::write(dir.path().join("tokens.yaml"), tokens).unwrap();
+    let tokens_path = dir.path().join("tokens.yaml").display().to_string();
+    let gantry = Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens_path)]).await;
     let base = gantry.url();
+    let http = reqwest::Client::new();
+    let approve = |token: &'static str, run: String| {
+        let (http, base) = (http.clone(), base.clone());
+        async move {
+            http.post(format!("{base}/api/v1/runs/{run}/stages/prod/approve"))
+                .bearer_auth(token)
+                .json(&json!({ "comment": "looks good" }))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
 
     let run = push_local_commit(
         &base,
         &repo,
         &commit,
-        json!({ "name": "Dev", "email": "dev@example.com" }),
+        json!({ "name": "Dev", "email": "dev@example.com", "username": "dev1" }),
     )
     .await;
 
-    let view = wait_run_ended(&base, &run, Duration::from_secs(60), || gantry.log_text()).await;
-    let events = get_json(&base, &format!("/api/v1/runs/{run}/events")).await;
+    // test promotes by itself; prod waits for two release managers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let view = get_json_as(&base, RITA, &format!("/api/v1/runs/{run}")).await;
+        if view["stages"][1]["status"] == "awaiting_approval" {
+            assert_eq!(view["stages"][0]["status"], "promoted", "{view}");
+            assert_eq!(view["stages"][1]["waiting"]["required"], 2, "{view}");
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{view}\n{}",
+            gantry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        approve("tok-dev", run.clone()).await,
+        403,
+        "the author may not approve"
+    );
+    assert_eq!(
+        approve("tok-out", run.clone()).await,
+        403,
+        "an outsider may not approve"
+    );
+    assert_eq!(approve("tok-rita", run.clone()).await, 201);
+    let view = get_json_as(&base, RITA, &format!("/api/v1/runs/{run}")).await;
+    assert_eq!(
+        view["stages"][1]["status"], "awaiting_approval",
+        "one of two: {view}"
+    );
+    assert_eq!(approve("tok-sam", run.clone()).await, 201);
+
+    let view = wait_run_ended_as(&base, RITA, &run, Duration::from_secs(60), || {
+        gantry.log_text()
+    })
+    .await;
+    let events = get_json_as(&base, RITA, &format!("/api/v1/runs/{run}/events")).await;
     assert_eq!(view["status"], "succeeded", "{view}\n{events:#}");
     let names: Vec<&str> = events
         .as_array()
@@ -110,27 +187,46 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
     ] {
         assert!(names.contains(&step), "{step} missing from {names:?}");
     }
-    let pushed = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "io.gantry.image.pushed.v1")
-        .unwrap();
-    let digest = pushed["data"]["digest"].as_str().unwrap();
-    let deployed = events
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["type"] == "io.gantry.deploy.completed.v1")
-        .unwrap();
+    let of_stage = |ty: &str, stage: &str| {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["type"] == ty && e["data"]["stage"] == stage)
+            .unwrap_or_else(|| panic!("no {ty} for {stage}"))
+            .clone()
+    };
+    let digest_of = |stage: &str| {
+        of_stage("io.gantry.image.pushed.v1", stage)["data"]["digest"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let (digest, prod_digest) = (digest_of("test"), digest_of("prod"));
+    let digest = digest.as_str();
+    let deployed = of_stage("io.gantry.deploy.completed.v1", "test");
     let revision = deployed["data"]["revision"].as_str().unwrap();
+    let granted: Vec<String> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "io.gantry.approval.granted.v1")
+        .map(|e| e["data"]["user"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        granted,
+        ["rita", "sam"],
+        "refused approvals are not recorded"
+    );
 
     // The deploy repository's history shows the step, and only the one line changed.
     let log = deploy.git(["log", "--format=%H %s", "main"]).unwrap();
-    let head = log.lines().next().unwrap();
-    assert!(head.starts_with(revision), "{log}");
+    let line = log
+        .lines()
+        .find(|l| l.starts_with(revision))
+        .unwrap_or_else(|| panic!("{revision} not in {log}"));
     assert!(
-        head.contains(&format!(
+        line.contains(&format!(
             "deploy test: {}/apim/banking-gateway@{digest}",
             registry.host_port()
         )),
@@ -155,6 +251,7 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
     let later = repo.commit("later").unwrap();
     let resp = reqwest::Client::new()
         .post(format!("{base}/api/v1/runs"))
+        .bearer_auth("tok-rita")
         .json(&json!({ "pipeline": "banking", "commit": later }))
         .send()
         .await
@@ -163,13 +260,16 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
         .as_str()
         .unwrap()
         .to_owned();
-    let view2 = wait_run_ended(&base, &run2, Duration::from_secs(60), || gantry.log_text()).await;
+    let view2 = wait_run_ended_as(&base, RITA, &run2, Duration::from_secs(60), || {
+        gantry.log_text()
+    })
+    .await;
     assert_eq!(view2["status"], "failed", "{view2}");
-    let events2 = get_json(&base, &format!("/api/v1/runs/{run2}/events")).await;
+    let events2 = get_json_as(&base, RITA, &format!("/api/v1/runs/{run2}/events")).await;
     let events2 = events2.as_array().unwrap();
     let later_digest = events2
         .iter()
-        .find(|e| e["type"] == "io.gantry.image.pushed.v1")
+        .find(|e| e["type"] == "io.gantry.image.pushed.v1" && e["data"]["stage"] == "test")
         .unwrap()["data"]["digest"]
         .as_str()
         .unwrap()
@@ -191,7 +291,8 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
         "{smoke}"
     );
 
-    // The deploy repository shows each step: first release, later release, rollback.
+    // The deploy repository shows each step: first release in test and
+    // prod, later release in test, rollback of test.
     let log = deploy.git(["log", "--format=%s", "main"]).unwrap();
     let subjects: Vec<&str> = log.lines().collect();
     let image = format!("{}/apim/banking-gateway", registry.host_port());
@@ -200,6 +301,7 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
         [
             format!("deploy test: {image}@{digest}").as_str(),
             format!("deploy test: {image}@{later_digest}").as_str(),
+            format!("deploy prod: {image}@{prod_digest}").as_str(),
             format!("deploy test: {image}@{digest}").as_str(),
             "seed",
         ],
@@ -211,7 +313,7 @@ async fn push_to_promotion_through_gitops_readiness_and_smoke() {
         expected.trim_end(),
         "back to the first release"
     );
-    let pipeline = get_json(&base, "/api/v1/pipelines/banking").await;
+    let pipeline = get_json_as(&base, RITA, "/api/v1/pipelines/banking").await;
     assert_eq!(
         pipeline["stages"][0]["current"]["run_id"],
         run.as_str(),

@@ -205,12 +205,16 @@ pub async fn send_push(
 }
 
 pub async fn get_json(base: &str, path: &str) -> Value {
-    reqwest::get(format!("{base}{path}"))
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("json")
+    get_json_as(base, None, path).await
+}
+
+/// `GET` with a bearer token (for a server with `GANTRY_API_TOKENS`).
+pub async fn get_json_as(base: &str, token: Option<&str>, path: &str) -> Value {
+    let mut req = reqwest::Client::new().get(format!("{base}{path}"));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.expect("GET").json().await.expect("json")
 }
 
 /// Reads SSE messages from `/api/v1/events` until `done` says so (30 s at most).
@@ -380,9 +384,20 @@ pub async fn wait_run_ended(
     timeout: Duration,
     context: impl Fn() -> String,
 ) -> Value {
+    wait_run_ended_as(base, None, run, timeout, context).await
+}
+
+/// [`wait_run_ended`] with a bearer token.
+pub async fn wait_run_ended_as(
+    base: &str,
+    token: Option<&str>,
+    run: &str,
+    timeout: Duration,
+    context: impl Fn() -> String,
+) -> Value {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
-        let view = get_json(base, &format!("/api/v1/runs/{run}")).await;
+        let view = get_json_as(base, token, &format!("/api/v1/runs/{run}")).await;
         if view["status"] != "running" {
             return view;
         }
