@@ -64,6 +64,16 @@ struct Failure {
     status: Option<u16>,
 }
 
+/// The proxy a plan found for an update, republish or re-creation; a plan
+/// without one was not made by `plan` for this state.
+fn existing(step: &ApiStep, target: &str) -> Result<Value, Failure> {
+    step.actual.clone().ok_or_else(|| Failure {
+        step: format!("update {target}"),
+        cause: "the plan holds no existing proxy for this API; plan again".into(),
+        status: None,
+    })
+}
+
 fn failed(step: impl Into<String>) -> impl FnOnce(client::Error) -> Failure {
     let step = step.into();
     move |e| Failure {
@@ -553,7 +563,7 @@ impl Run<'_> {
                 });
             }
             ApiAction::Unchanged | ApiAction::StateChange | ApiAction::Update => {
-                let actual = step.actual.clone().expect("an existing proxy");
+                let actual = existing(step, &target)?;
                 let id = actual.id().unwrap_or_default().to_owned();
                 let mut ops = step.state_ops.clone();
                 // Unpublish first: the fields become writable.
@@ -581,7 +591,7 @@ impl Run<'_> {
                 });
             }
             ApiAction::Republish => {
-                let actual = step.actual.clone().expect("an existing proxy");
+                let actual = existing(step, &target)?;
                 let id = actual.id().unwrap_or_default().to_owned();
                 let snapshot = access::snapshot(self.client, &self.dir, &mut self.reader, &id)
                     .await
@@ -613,7 +623,7 @@ impl Run<'_> {
                 });
             }
             ApiAction::Recreate => {
-                let old = step.actual.clone().expect("an existing proxy");
+                let old = existing(step, &target)?;
                 let old_id = old.id().unwrap_or_default().to_owned();
                 let lifecycle = step.current_state.unwrap_or(Lifecycle::Unpublished);
                 let prior = if add_mode(api) {

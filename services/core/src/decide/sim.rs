@@ -13,7 +13,9 @@
 //!    before `next_wakeup` without new events;
 //!
 //! plus: a succeeded run promoted every stage, a rollback names the release
-//! the stage ran before the failed promotion, supersession is by a newer run.
+//! the stage ran before the failed promotion, supersession is by a newer run,
+//! and a manual rollback run (no approval, not held by freezes, nothing
+//! built) puts the stage back on the release it names.
 
 use std::collections::{HashMap, HashSet};
 
@@ -27,6 +29,7 @@ use super::fixture::*;
 
 const USERS: [&str; 4] = ["alice", "bob", "carol", "dave"];
 const MAX_RUNS: usize = 5;
+const MAX_ROLLBACKS: usize = 2;
 
 #[derive(Debug, Clone)]
 struct StageSpec {
@@ -123,12 +126,32 @@ fn spec() -> impl Strategy<Value = Spec> {
 
 #[derive(Debug, Clone)]
 enum Action {
-    NewRun { author: u8 },
-    Work { pick: u16, ok: bool },
-    Approve { pick: u16, user: u8 },
-    Reject { pick: u16 },
-    Cancel { pick: u16 },
-    Advance { hours: u8 },
+    NewRun {
+        author: u8,
+    },
+    Work {
+        pick: u16,
+        ok: bool,
+    },
+    Approve {
+        pick: u16,
+        user: u8,
+    },
+    Reject {
+        pick: u16,
+    },
+    Cancel {
+        pick: u16,
+    },
+    Advance {
+        hours: u8,
+    },
+    /// Someone asks for a manual rollback of a stage (to the release before
+    /// the current one, or to the release of a picked run).
+    Rollback {
+        stage: u8,
+        to: Option<u16>,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -139,6 +162,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => any::<u16>().prop_map(|pick| Action::Reject { pick }),
         1 => any::<u16>().prop_map(|pick| Action::Cancel { pick }),
         2 => (1u8..6).prop_map(|hours| Action::Advance { hours }),
+        1 => (any::<u8>(), prop::option::of(any::<u16>())).prop_map(|(stage, to)| Action::Rollback { stage, to }),
     ]
 }
 
@@ -160,6 +184,9 @@ type Results = Vec<(&'static str, bool)>;
 #[derive(Default)]
 struct Model {
     runs: Vec<String>,
+    /// Each run's own stage plan (a rollback run has one stage).
+    plans: HashMap<String, Vec<ev::StagePlan>>,
+    rollbacks: HashSet<String>,
     authors: HashMap<String, String>,
     terminal: HashSet<String>,
     package: HashMap<(String, String), bool>,
@@ -189,6 +216,10 @@ impl Model {
                     let d: ev::RunStarted = e.decode().unwrap();
                     let author = d.author.and_then(|a| a.username).unwrap_or_default();
                     m.authors.insert(d.run_id.clone(), author);
+                    if d.rollback.is_some() {
+                        m.rollbacks.insert(d.run_id.clone());
+                    }
+                    m.plans.insert(d.run_id.clone(), d.stages);
                     m.runs.push(d.run_id);
                 }
                 EventName::PackageBuilt => {
@@ -250,12 +281,14 @@ impl Model {
     /// Work the workers still have to do, in a stable order. Workers also
     /// answer for runs that ended meanwhile (their results must be ignored).
     fn tasks(&self, log: &Log) -> Vec<Task> {
-        let plan = crate::trigger::stage_plan(&log.pipeline);
         let mut tasks = Vec::new();
         for run in &self.runs {
-            for stage in &plan {
+            // Nothing is built for a rollback run: envgen skips it.
+            let builds = !self.rollbacks.contains(run);
+            for stage in &self.plans[run] {
                 let k = (run.clone(), stage.name.clone());
                 match self.package.get(&k) {
+                    _ if !builds => {}
                     None => tasks.push(Task::Package(k.0.clone(), k.1.clone())),
                     Some(true) if log.pipeline.image.is_some() && !self.image.contains_key(&k) => {
                         tasks.push(Task::Image(k.0.clone(), k.1.clone()))
@@ -368,6 +401,21 @@ fn conduct(log: &mut Log) {
 fn apply(log: &mut Log, runs: &mut usize, action: &Action) {
     let model = Model::of(log);
     match action {
+        Action::Rollback { stage, to } => {
+            let stages: Vec<String> = log.pipeline.stages.iter().map(|s| s.name.clone()).collect();
+            let stage = &stages[*stage as usize % stages.len()];
+            if model.runs.is_empty() {
+                return;
+            }
+            let to = to.map(|t| model.runs[t as usize % model.runs.len()].clone());
+            let n = model.rollbacks.len();
+            let ok = n < MAX_ROLLBACKS
+                && super::rollback_target(&log.pipeline, &log.events, stage, to.as_deref())
+                    .is_ok_and(|t| t.pending.is_none());
+            if ok {
+                log.start_rollback(&format!("rb{}", n + 1), stage, to.as_deref());
+            }
+        }
         Action::NewRun { author } => {
             if *runs < MAX_RUNS {
                 *runs += 1;
@@ -463,6 +511,10 @@ fn check(log: &Log, spec: &Spec) {
     let mut requested: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
     let mut grants: HashMap<Key, Vec<(String, DateTime<Utc>)>> = HashMap::new();
     let mut rejected: HashSet<(String, String)> = HashSet::new();
+    let mut plans: HashMap<String, Vec<ev::StagePlan>> = HashMap::new();
+    let mut rollback_of: HashMap<String, ev::RollbackOf> = HashMap::new();
+    // Per (stage, run): the commit that run's promotion put there.
+    let mut release_commit: HashMap<(String, String), String> = HashMap::new();
     // Step results since the latest start (promotion or rollback).
     let mut results: HashMap<Key, Results> = HashMap::new();
     let steps_ok = |results: &HashMap<Key, Results>, k: &Key, steps: &[&str]| {
@@ -510,7 +562,17 @@ fn check(log: &Log, spec: &Spec) {
             EventName::RunStarted => {
                 let d: ev::RunStarted = e.decode().unwrap();
                 order.insert(run.clone(), order.len());
-                authors.insert(run.clone(), d.author.unwrap());
+                authors.insert(run.clone(), d.author.unwrap_or_default());
+                if let Some(rb) = d.rollback {
+                    assert!(
+                        release_commit.get(&(rb.stage.clone(), rb.to_run.clone()))
+                            == Some(&d.commit),
+                        "rollback run for another commit than its target's release {}",
+                        ctx(e)
+                    );
+                    rollback_of.insert(run.clone(), rb);
+                }
+                plans.insert(run.clone(), d.stages);
             }
             EventName::PackageBuilt => {
                 built.insert((k.0, k.1, "package"));
@@ -549,6 +611,21 @@ fn check(log: &Log, spec: &Spec) {
                     occupant.get(stage),
                     ctx(e)
                 );
+                let s = log.pipeline.stage(stage).unwrap();
+                if let Some(rb) = rollback_of.get(&run) {
+                    // A manual rollback: nothing built, no approval, no
+                    // freeze; it deploys the release it names.
+                    assert_eq!(&rb.stage, stage, "rollback run in another stage {}", ctx(e));
+                    assert_eq!(
+                        d.digest,
+                        rb.digest,
+                        "rollback deploys its target {}",
+                        ctx(e)
+                    );
+                    before.insert(k.clone(), current.get(stage).cloned());
+                    occupant.insert(stage.clone(), run.clone());
+                    continue;
+                }
                 // (2) after, dependencies, freeze, approvals.
                 let i = plan.iter().position(|p| &p.name == stage).unwrap();
                 if let Some(after) = &plan[i].after {
@@ -570,7 +647,6 @@ fn check(log: &Log, spec: &Spec) {
                         ctx(e)
                     );
                 }
-                let s = log.pipeline.stage(stage).unwrap();
                 assert!(
                     s.frozen_at(e.time).is_none(),
                     "started while frozen {}",
@@ -640,6 +716,8 @@ fn check(log: &Log, spec: &Spec) {
                     ctx(e)
                 );
                 release(&mut occupant, &k.1, &run);
+                let d: ev::EnvPromoted = e.decode().unwrap();
+                release_commit.insert((k.1.clone(), run.clone()), d.commit);
                 current.insert(k.1.clone(), run.clone());
                 let newest = newest_promoted
                     .entry(k.1.clone())
@@ -648,6 +726,16 @@ fn check(log: &Log, spec: &Spec) {
                     *newest = run.clone();
                 }
                 promoted.insert(k);
+            }
+            EventName::StageRolledBack
+                if rollback_of.contains_key(&run) && promoted.contains(&k) =>
+            {
+                // A manual rollback that promoted its stage names its target.
+                let d: ev::StageRolledBack = e.decode().unwrap();
+                let rb = &rollback_of[&run];
+                assert_eq!(d.to_run.as_ref(), Some(&rb.to_run), "{}", ctx(e));
+                assert_eq!(current.get(&k.1), Some(&run), "{}", ctx(e));
+                current.insert(k.1.clone(), rb.to_run.clone());
             }
             EventName::StageRolledBack => {
                 let d: ev::StageRolledBack = e.decode().unwrap();
@@ -686,7 +774,7 @@ fn check(log: &Log, spec: &Spec) {
             n if n.is_terminal() => {
                 assert!(!terminal.contains_key(&run), "{run} ends twice {}", ctx(e));
                 if n == EventName::RunSucceeded {
-                    for p in &plan {
+                    for p in &plans[&run] {
                         assert!(
                             promoted.contains(&(run.clone(), p.name.clone())),
                             "{run} succeeded without promoting {}",
@@ -779,11 +867,30 @@ fn a_long_simulation_reaches_every_decision() {
                 user: (i / 9) as u8,
             },
             7 if i % 5 == 0 => Action::Advance { hours: 1 },
+            8 if i % 4 == 0 && i > 60 => Action::Rollback {
+                stage: (i / 8) as u8,
+                to: None,
+            },
             _ => Action::Work { pick: i, ok: true },
         });
     }
     let log = simulate(&spec, &actions);
     check(&log, &spec);
+    // Manual rollbacks happened, and at least one went through.
+    let model = Model::of(&log);
+    assert!(!model.rollbacks.is_empty(), "no rollback run");
+    assert!(
+        log.events
+            .iter()
+            .any(|e| e.name() == Some(EventName::StageRolledBack)
+                && model
+                    .rollbacks
+                    .contains(e.runid.as_deref().unwrap_or_default())
+                && e.data["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.starts_with("rolled back by"))),
+        "no manual rollback completed"
+    );
     let kinds: HashSet<EventName> = log
         .events
         .iter()
