@@ -10,15 +10,20 @@
 //! Time-driven changes (approval expiry, freeze windows) come from the
 //! `next_wakeup` the decision function returns: one timer task sleeps until
 //! the earliest and decides again then, with no polling loop.
+//!
+//! Each pipeline's history is folded once and kept ([`Folded`]); for every
+//! event only what was recorded since (log positions commit in order) is
+//! read and folded, so a decision costs the same on a pipeline's first day
+//! and after thousands of runs.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use gantry_core::consumer::{Handler, HandlerError};
-use gantry_core::decide::decide;
+use gantry_core::decide::{decide_folded, Folded};
 use gantry_core::runtime::Pipelines;
 use gantry_core::{EventStore, ExpectedVersion, NewEvents};
 use gantry_proto::{CloudEvent, EventName};
@@ -55,6 +60,14 @@ pub struct Conductor {
     pipelines: Pipelines,
     timers: Arc<Mutex<BTreeMap<String, DateTime<Utc>>>>,
     timer_changed: Arc<Notify>,
+    /// Per pipeline: its history folded up to a log position.
+    folds: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Fold>>>>>,
+}
+
+/// A pipeline's history folded up to log position `through`.
+struct Fold {
+    folded: Folded,
+    through: i64,
 }
 
 impl Conductor {
@@ -64,7 +77,21 @@ impl Conductor {
             pipelines,
             timers: Default::default(),
             timer_changed: Arc::new(Notify::new()),
+            folds: Default::default(),
         }
+    }
+
+    fn fold_of(&self, pipeline: &str) -> Arc<tokio::sync::Mutex<Fold>> {
+        let mut folds = self.folds.lock().unwrap_or_else(|p| p.into_inner());
+        folds
+            .entry(pipeline.to_owned())
+            .or_insert_with(|| {
+                Arc::new(tokio::sync::Mutex::new(Fold {
+                    folded: Folded::new(pipeline),
+                    through: 0,
+                }))
+            })
+            .clone()
     }
 
     /// What the conductor would append for `pipeline` now, on top of the
@@ -77,15 +104,21 @@ impl Conductor {
         // The version first: a decision appended after this read makes our
         // append conflict instead of duplicating it.
         let version = self.store.stream_version(&stream).await?;
-        let history: Vec<CloudEvent> = self
+        // One decision at a time per pipeline in this conductor: the fold
+        // moves forward in log order.
+        let fold = self.fold_of(pipeline_name);
+        let mut fold = fold.lock().await;
+        for recorded in self
             .store
-            .read_pipeline(pipeline_name)
+            .read_pipeline_after(pipeline_name, fold.through)
             .await?
-            .into_iter()
-            .map(|r| r.event)
-            .collect();
+        {
+            fold.folded.apply(&recorded.event);
+            fold.through = recorded.position;
+        }
         let now = Utc::now();
-        let outcome = decide(&pipeline, now, &history);
+        let outcome = decide_folded(&pipeline, now, &fold.folded);
+        drop(fold);
         self.set_timer(pipeline_name, outcome.next_wakeup);
         if outcome.decisions.is_empty() {
             return Ok(None);

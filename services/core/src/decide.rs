@@ -262,6 +262,38 @@ pub fn decide(pipeline: &Pipeline, now: DateTime<Utc>, history: &[CloudEvent]) -
     engine::decide(pipeline, now, history)
 }
 
+/// A pipeline's history folded so far. A long-lived service keeps one per
+/// pipeline, folds only the events recorded since, and decides with
+/// [`decide_folded`]: the same answer as [`decide`] on the whole history,
+/// without reading and folding it again for every event.
+#[derive(Debug, Clone)]
+pub struct Folded {
+    pipeline: String,
+    state: state::State,
+}
+
+impl Folded {
+    pub fn new(pipeline: &str) -> Self {
+        Self {
+            pipeline: pipeline.to_owned(),
+            state: state::State::default(),
+        }
+    }
+
+    /// Folds the next event of the history (events of other pipelines, and
+    /// events without a run, are skipped as [`decide`] skips them).
+    pub fn apply(&mut self, event: &CloudEvent) {
+        self.state.apply_event(&self.pipeline, event);
+    }
+}
+
+/// [`decide`] from a folded history: `folded` must hold the same events, in
+/// the same order, as the history `decide` would be given.
+pub fn decide_folded(pipeline: &Pipeline, now: DateTime<Utc>, folded: &Folded) -> Outcome {
+    debug_assert_eq!(pipeline.name, folded.pipeline, "folded another pipeline");
+    engine::decide_state(pipeline, now, folded.state.clone())
+}
+
 /// The earlier release a manual rollback of a stage re-promotes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollbackTarget {

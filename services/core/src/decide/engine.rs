@@ -11,7 +11,12 @@ use super::{Decision, Outcome, RollbackError, RollbackTarget, WaitReason};
 use crate::pipeline::{Approval, Pipeline, QueuePolicy};
 
 pub(super) fn decide(pipeline: &Pipeline, now: DateTime<Utc>, history: &[CloudEvent]) -> Outcome {
-    let mut state = State::fold(&pipeline.name, history);
+    decide_state(pipeline, now, State::fold(&pipeline.name, history))
+}
+
+/// Decides from an already folded state (consumed: decisions are applied
+/// to it while deciding).
+pub(super) fn decide_state(pipeline: &Pipeline, now: DateTime<Utc>, mut state: State) -> Outcome {
     let ctx = Ctx { pipeline, now };
     // Every decision changes the state so that it is not taken again; this
     // bound only guards against a rule that would flip-flop.

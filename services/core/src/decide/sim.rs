@@ -378,6 +378,16 @@ fn work(log: &mut Log, task: &Task, ok: bool) {
 /// Decides and appends, checking determinism, idempotence and the wakeup.
 fn conduct(log: &mut Log) {
     let outcome = log.decide();
+    // Folding as a long-lived conductor does gives the same answer.
+    let mut folded = super::Folded::new(&log.pipeline.name);
+    for e in &log.events {
+        folded.apply(e);
+    }
+    assert_eq!(
+        super::decide_folded(&log.pipeline, log.now, &folded),
+        outcome,
+        "incremental fold differs"
+    );
     if let Some(wakeup) = outcome.next_wakeup {
         assert!(wakeup > log.now, "wakeup {wakeup} is not after now");
     }

@@ -192,18 +192,23 @@ impl State {
     pub fn fold(pipeline: &str, history: &[CloudEvent]) -> Self {
         let mut state = State::default();
         for event in history {
-            if event.pipeline != pipeline {
-                continue;
-            }
-            let Some(name) = event.name() else {
-                continue;
-            };
-            let Some(run) = event.runid.as_deref().or(event.subject.as_deref()) else {
-                continue;
-            };
-            state.apply(run, name, &event.data, event.time);
+            state.apply_event(pipeline, event);
         }
         state
+    }
+
+    /// Folds one more event of the history (see [`State::fold`]).
+    pub fn apply_event(&mut self, pipeline: &str, event: &CloudEvent) {
+        if event.pipeline != pipeline {
+            return;
+        }
+        let Some(name) = event.name() else {
+            return;
+        };
+        let Some(run) = event.runid.as_deref().or(event.subject.as_deref()) else {
+            return;
+        };
+        self.apply(run, name, &event.data, event.time);
     }
 
     /// Applies one event of `run_id`.

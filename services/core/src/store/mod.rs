@@ -370,6 +370,24 @@ impl EventStore {
             .await
     }
 
+    /// Events of one pipeline after log position `after`, in position order
+    /// (positions commit in order, so nothing can appear later below it).
+    pub async fn read_pipeline_after(
+        &self,
+        pipeline: &str,
+        after: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE pipeline = $1 AND position > $2 ORDER BY position",
+        )
+        .bind(pipeline)
+        .bind(after)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        decode_rows(&rows)
+    }
+
     /// Events matching `condition` (SQL after `WHERE`, one text parameter).
     async fn read_where(
         &self,
