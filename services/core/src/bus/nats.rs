@@ -36,6 +36,11 @@ impl NatsSettings {
 /// consumer that died mid-event is replaced quickly; a consumer still
 /// working says so every [`PROGRESS_EVERY`](super::PROGRESS_EVERY).
 pub const ACK_WAIT: Duration = Duration::from_secs(15);
+
+/// How long one pull request waits for messages, and the idle heartbeat
+/// within it.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
+const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// Window in which JetStream drops a re-published `Nats-Msg-Id`; longer than
 /// any relay restart, so a relay that dies between publish and checkpoint
 /// does not duplicate.
@@ -150,26 +155,55 @@ impl EventBus for NatsBus {
             _ => subjects.all(),
         };
         let durable = self.durable_name(consumer_name);
-        let consumer: consumer::PullConsumer = stream
-            .get_or_create_consumer(
-                &durable,
-                consumer::pull::Config {
-                    durable_name: Some(durable.clone()),
-                    filter_subject: filter,
-                    ack_policy: consumer::AckPolicy::Explicit,
-                    ack_wait: ACK_WAIT,
-                    max_deliver: i64::from(MAX_DELIVER),
-                    deliver_policy: consumer::DeliverPolicy::All,
-                    ..Default::default()
-                },
-            )
+        let config = consumer::pull::Config {
+            durable_name: Some(durable.clone()),
+            filter_subject: filter,
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: ACK_WAIT,
+            max_deliver: i64::from(MAX_DELIVER),
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        let mut consumer: consumer::PullConsumer = stream
+            .get_or_create_consumer(&durable, config.clone())
             .await
             .map_err(BusError::nats)?;
+        // A durable consumer made by an earlier version keeps its settings:
+        // bring the ones that can change (the events a service handles, how
+        // long a delivery may take, how often it is retried) up to date, so
+        // an upgrade neither misses new event names nor keeps old timeouts.
+        let existing = &consumer.cached_info().config;
+        if existing.filter_subject != config.filter_subject
+            || existing.ack_wait != config.ack_wait
+            || existing.max_deliver != config.max_deliver
+        {
+            tracing::info!(
+                consumer = %durable,
+                from_filter = %existing.filter_subject,
+                to_filter = %config.filter_subject,
+                "updating the JetStream consumer's settings"
+            );
+            consumer = stream
+                .update_consumer(config)
+                .await
+                .map_err(|e| {
+                    BusError::Nats(format!(
+                        "the JetStream consumer {durable} has other settings than this version \
+                         needs and cannot be updated ({e}); delete it (`nats consumer rm {} {durable}`) \
+                         and it is re-created, resuming from the start of the stream",
+                        self.settings.stream
+                    ))
+                })?;
+        }
         let messages = consumer
             .stream()
             .max_messages_per_batch(64)
-            .heartbeat(Duration::from_secs(5))
-            .expires(Duration::from_secs(30))
+            // A pull request outlives the process that made it until it
+            // expires, and the server may hand it new events meanwhile (they
+            // come back after ACK_WAIT). Short pulls keep that window small
+            // after a restart.
+            .heartbeat(PULL_HEARTBEAT)
+            .expires(PULL_EXPIRES)
             .messages()
             .await
             .map_err(BusError::nats)?;
