@@ -210,7 +210,10 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
     assert_eq!(apim.write_calls(), Vec::<String>::new());
     assert!(!apim.requests().is_empty(), "it did look");
 
-    // 3. A summary change: planned as an in-place update, then applied so.
+    // 3. A summary change through the stage overlay: API Manager takes
+    //    `summary` only while an API is unpublished, so the plan says
+    //    republish (not breaking: allowed without `breaking_changes`), and
+    //    the same proxy ends up with the new summary and its grants.
     repo.write(
         "apis/petstore/api-config.test.json",
         json!({ "summary": "Pets, tested" }).to_string(),
@@ -225,6 +228,7 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
         changes
             .iter()
             .any(|c| c["target"] == "api Petstore /petstore/v1"
+                && c["action"] == "republish"
                 && c["fields"].as_array().unwrap().contains(&json!("summary"))),
         "{preview:#}"
     );
@@ -235,7 +239,17 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
     let proxies = apim.proxies();
     assert_eq!(proxies.len(), 1);
     assert_eq!(proxies[0]["summary"], "Pets, tested");
-    assert_eq!(proxies[0]["id"], proxy_id.as_str(), "updated in place");
+    assert_eq!(proxies[0]["id"], proxy_id.as_str(), "the same proxy");
+    assert_eq!(proxies[0]["state"], "published");
+    assert!(
+        apim.org_access(&proxy_id).contains(&partners),
+        "grants kept"
+    );
+    assert_eq!(
+        apim.app_access(&app),
+        vec![proxy_id.clone()],
+        "subscription kept"
+    );
 
     // 4. A breaking change (the API key header) on a stage that does not
     //    allow them: refused in the plan, failed in the run, nothing written.

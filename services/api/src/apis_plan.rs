@@ -58,7 +58,7 @@ pub(crate) async fn plan(
         .filter_map(|e| e.event.decode::<StageStarted>().ok())
         .find(|s| s.stage == stage)
         .map_or(started.commit, |s| s.commit);
-    let apim = gantry_apim::Apim::new(
+    let apim = gantry_apim::Apim::for_plans(
         api.app.store.clone(),
         api.app.pipelines.clone(),
         &api.app.settings.data_dir,

@@ -91,11 +91,22 @@ pub struct Apim {
 impl Apim {
     /// `data_dir/apim` holds this service's source mirror and checkouts.
     pub fn new(store: EventStore, pipelines: Pipelines, data_dir: &Path) -> Self {
+        Self::at(store, pipelines, data_dir.join("apim"))
+    }
+
+    /// For dry runs served by the API: its own mirror (`data_dir/apim-plan`),
+    /// so that a plan never fetches into the mirror a promotion in the same
+    /// process is using.
+    pub fn for_plans(store: EventStore, pipelines: Pipelines, data_dir: &Path) -> Self {
+        Self::at(store, pipelines, data_dir.join("apim-plan"))
+    }
+
+    fn at(store: EventStore, pipelines: Pipelines, dir: PathBuf) -> Self {
         Self {
             pipelines,
             store,
-            sources: SourceCache::new(data_dir.join("apim").join("git")),
-            work: data_dir.join("apim").join("work"),
+            sources: SourceCache::new(dir.join("git")),
+            work: dir.join("work"),
         }
     }
 
