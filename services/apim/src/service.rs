@@ -157,10 +157,16 @@ impl Apim {
         let client = Arc::new(
             ApiManagerClient::new(config).map_err(|e| Failure::new(masker.mask(&e.to_string())))?,
         );
-        client
-            .login()
-            .await
-            .map_err(|e| Failure::new(masker.mask(&e.to_string())))?;
+        client.login().await.map_err(|e| {
+            // Say which API Manager, when the client's message does not.
+            let message = e.to_string();
+            let message = if message.contains(&settings.url) {
+                message
+            } else {
+                format!("API Manager at {}: {message}", settings.url)
+            };
+            Failure::new(masker.mask(&message))
+        })?;
         let result = f(
             client.clone(),
             desired,
@@ -170,10 +176,18 @@ impl Apim {
         if let Err(e) = client.logout().await {
             tracing::debug!(error = %e, "API Manager logout failed");
         }
-        result.map_err(|mut failure| {
-            failure.reason = masker.mask(&failure.reason);
-            failure
-        })
+        match result {
+            Ok((value, mut desired)) => {
+                for w in &mut desired.warnings {
+                    *w = masker.mask(w);
+                }
+                Ok((value, desired))
+            }
+            Err(mut failure) => {
+                failure.reason = masker.mask(&failure.reason);
+                Err(failure)
+            }
+        }
     }
 
     /// Checks out `commit` and loads the stage's configuration from it.
