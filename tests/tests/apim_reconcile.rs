@@ -1082,3 +1082,69 @@ async fn failed_recreation_leaves_the_old_api_serving_its_consumers() {
     assert_eq!(double.org_access(&old_id), vec![org_id(&double, CONSUMERS)]);
     assert_eq!(double.app_access(&app_id(&double, APP)), vec![old_id]);
 }
+
+/// A promotion that died between importing the backend and creating the
+/// proxy (no undo ran) is delivered again: the leftover backend is reused,
+/// not imported a second time. A backend with another specification, or one
+/// a proxy uses, is never taken.
+#[tokio::test]
+async fn a_redelivered_promotion_reuses_the_backend_an_interrupted_one_imported() {
+    let double = start().await;
+    let c = client(&double);
+    let owner = org_id(&double, OWNER);
+    // The interrupted attempt: the import, then nothing.
+    let leftover = c
+        .import_backend("Petstore", &owner, &petstore())
+        .await
+        .unwrap();
+    let leftover = leftover.id().unwrap().to_owned();
+    // Noise: same name, other specification; same name, used by a proxy.
+    let other_spec = c
+        .import_backend("Petstore", &owner, &petstore_changed())
+        .await
+        .unwrap();
+    let other_spec = other_spec.id().unwrap().to_owned();
+    double.clear_requests();
+
+    let desired = state(petstore_api(ApiState::Published));
+    reconcile::reconcile(&c, &desired, &ReconcileOptions::default())
+        .await
+        .unwrap();
+    let proxy = the_proxy(&double);
+    assert_eq!(
+        proxy["apiId"],
+        leftover.as_str(),
+        "the leftover backend was used"
+    );
+    assert!(
+        !double
+            .write_calls()
+            .iter()
+            .any(|w| w.contains("/apirepo/import")),
+        "nothing imported again: {:?}",
+        double.write_calls()
+    );
+    assert_eq!(double.backends().len(), 2, "no new backend");
+    assert!(double
+        .backends()
+        .iter()
+        .any(|b| b["id"] == other_spec.as_str()));
+
+    // Another API of the same name in another path gets its own backend: the
+    // leftover is in use now.
+    let mut second = petstore_api(ApiState::Unpublished);
+    second.path = "/petstore/v2".into();
+    double.clear_requests();
+    reconcile::reconcile(&c, &state(second), &ReconcileOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        double
+            .write_calls()
+            .iter()
+            .any(|w| w.contains("/apirepo/import")),
+        "{:?}",
+        double.write_calls()
+    );
+    assert_eq!(double.backends().len(), 3);
+}

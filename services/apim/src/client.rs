@@ -1178,6 +1178,17 @@ impl ApiManagerClient {
         }
     }
 
+    /// Backend APIs named `name` (`GET /apirepo?field=name&op=eq&value=..`).
+    pub async fn backends_by_name(&self, name: &str) -> Result<Vec<Value>, Error> {
+        self.call_list(
+            Request::get("/apirepo")
+                .query("field", "name")
+                .query("op", "eq")
+                .query("value", name),
+        )
+        .await
+    }
+
     pub async fn backend(&self, id: &str) -> Result<Value, Error> {
         self.get_json(&format!("/apirepo/{}", seg(id))).await
     }

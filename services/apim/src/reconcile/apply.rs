@@ -4,14 +4,14 @@ use gantry_proto::events::ApiChange;
 use serde_json::{json, Map, Value};
 
 use super::access::{self, AccessReader, AccessSnapshot, Directory, GrantInput};
-use super::compare::merge_field;
+use super::compare::{self, merge_field};
 use super::rules::{self, Lifecycle, StateOp};
 use super::{
     api_target, app_target, change, org_target, ApiAction, ApiStep, ApplyFailure, EntityAction,
     Error, Plan, ReplacedApi,
 };
 use crate::client::{self, ApiManagerClient, ObjectExt};
-use crate::desired::{ApiState, DesiredApi, DesiredState, GrantMode};
+use crate::desired::{ApiState, DesiredApi, DesiredState, GrantMode, SpecSource};
 
 pub(super) async fn apply(
     client: &ApiManagerClient,
@@ -693,19 +693,24 @@ impl Run<'_> {
             cause: format!("organization {:?} does not exist", api.organization),
             status: None,
         })?;
-        let backend = self
-            .client
-            .import_backend(&api.name, &org_id, &api.specification)
-            .await
-            .map_err(failed(format!("import the specification of {target}")))?;
-        let backend_id = backend
-            .id()
-            .ok_or_else(|| Failure {
-                step: format!("import the specification of {target}"),
-                cause: "API Manager's answer holds no backend id".to_owned(),
-                status: None,
-            })?
-            .to_owned();
+        let backend_id = match self.leftover_backend(api, &org_id).await {
+            Some(id) => id,
+            None => {
+                let backend = self
+                    .client
+                    .import_backend(&api.name, &org_id, &api.specification)
+                    .await
+                    .map_err(failed(format!("import the specification of {target}")))?;
+                backend
+                    .id()
+                    .ok_or_else(|| Failure {
+                        step: format!("import the specification of {target}"),
+                        cause: "API Manager's answer holds no backend id".to_owned(),
+                        status: None,
+                    })?
+                    .to_owned()
+            }
+        };
         self.journal.push(Undo::DeleteBackend {
             id: backend_id.clone(),
             target: target.to_owned(),
@@ -739,6 +744,43 @@ impl Run<'_> {
             self.state_op(&proxy_id, op, api, target, None).await?;
         }
         Ok(proxy_id)
+    }
+
+    /// A backend API that an interrupted earlier promotion imported and did
+    /// not get to put a proxy on (the process died between the two calls,
+    /// so its undo never ran): same name, same organization, the same
+    /// specification, and no proxy using it. Reusing it keeps a redelivered
+    /// promotion from importing twice. Any doubt (a read fails, the
+    /// specification cannot be downloaded) means a fresh import.
+    async fn leftover_backend(&self, api: &DesiredApi, org_id: &str) -> Option<String> {
+        let SpecSource::File { content, .. } = &api.specification.source else {
+            return None;
+        };
+        let candidates = self.client.backends_by_name(&api.name).await.ok()?;
+        for backend in candidates {
+            let (Some(id), Some(org)) = (
+                backend.id(),
+                backend.get("organizationId").and_then(Value::as_str),
+            ) else {
+                continue;
+            };
+            if org != org_id {
+                continue;
+            }
+            let Ok(users) = self.client.find_proxies("apiId", "eq", id).await else {
+                continue;
+            };
+            if !users.is_empty() {
+                continue;
+            }
+            if let Ok(Some(actual)) = self.client.download_backend_spec(id).await {
+                if compare::same_specification(content, &actual) {
+                    tracing::info!(backend = id, api = %api.name, "reusing the backend API an interrupted promotion imported");
+                    return Some(id.to_owned());
+                }
+            }
+        }
+        None
     }
 
     /// `PUT` the changed fields into the proxy as it was read.
