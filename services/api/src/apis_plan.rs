@@ -8,6 +8,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use gantry_core::store::latest_for_stage;
 use gantry_core::Problem;
 use gantry_proto::events::{RunStarted, StageStarted};
 
@@ -52,12 +53,8 @@ pub(crate) async fn plan(
     }
     // What the stage promotes: the run's commit, or for a rollback run the
     // earlier commit its stage.started names (the same commit, recorded).
-    let commit = events
-        .iter()
-        .rev()
-        .filter_map(|e| e.event.decode::<StageStarted>().ok())
-        .find(|s| s.stage == stage)
-        .map_or(started.commit, |s| s.commit);
+    let commit =
+        latest_for_stage::<StageStarted>(&events, &stage).map_or(started.commit, |s| s.commit);
     let apim = gantry_apim::Apim::for_plans(
         api.app.store.clone(),
         api.app.pipelines.clone(),

@@ -7,9 +7,9 @@ use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gantry_core::packages::PackageStore;
-use gantry_core::{Problem, RecordedEvent};
+use gantry_core::store::latest_for_stage;
+use gantry_core::Problem;
 use gantry_proto::events::PackageBuilt;
-use gantry_proto::EventName;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -18,16 +18,6 @@ use crate::Api;
 #[derive(Debug, Deserialize)]
 pub(crate) struct DiffQuery {
     format: Option<String>,
-}
-
-/// The `package.built` of `stage` among a run's events.
-fn package_of(events: &[RecordedEvent], stage: &str) -> Option<PackageBuilt> {
-    events
-        .iter()
-        .rev()
-        .filter(|e| e.event.name() == Some(EventName::PackageBuilt))
-        .filter_map(|e| e.event.decode::<PackageBuilt>().ok())
-        .find(|p| p.stage == stage)
 }
 
 pub(crate) async fn stage_diff(
@@ -41,7 +31,7 @@ pub(crate) async fn stage_diff(
         return Err(Problem::not_found(format!("no run `{run_id}`")));
     };
     let pipeline = first.event.pipeline.clone();
-    let candidate = package_of(&events, &stage).ok_or_else(|| {
+    let candidate = latest_for_stage::<PackageBuilt>(&events, &stage).ok_or_else(|| {
         Problem::conflict(format!(
             "run `{run_id}` has no package for stage `{stage}` yet (or the stage does not exist)"
         ))
@@ -54,7 +44,9 @@ pub(crate) async fn stage_diff(
         .into_iter()
         .find(|r| r.stage == stage);
     let current = match &current_release {
-        Some(release) => package_of(&store.read_run(&release.run_id).await?, &stage),
+        Some(release) => {
+            latest_for_stage::<PackageBuilt>(&store.read_run(&release.run_id).await?, &stage)
+        }
         None => None,
     };
     let packages = PackageStore::new(&api.app.settings.data_dir);

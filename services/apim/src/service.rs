@@ -26,6 +26,7 @@ use gantry_core::consumer::{Handler, HandlerError};
 use gantry_core::git::SourceCache;
 use gantry_core::pipeline::{Pipeline, SecretRef};
 use gantry_core::runtime::Pipelines;
+use gantry_core::store::latest_for_stage;
 use gantry_core::trigger::run_stream;
 use gantry_core::{EventStore, ExpectedVersion, NewEvents};
 use gantry_proto::events::{ApiChange, ApisFailed, ApisPromoted, StageStarted};
@@ -341,12 +342,7 @@ impl Apim {
     /// The commit the stage's latest `stage.started` of `run` promotes.
     async fn started_commit(&self, run: &str, stage: &str) -> Result<Option<String>, HandlerError> {
         let events = self.store.read_run(run).await?;
-        Ok(events
-            .iter()
-            .rev()
-            .filter_map(|e| e.event.decode::<StageStarted>().ok())
-            .find(|s| s.stage == stage)
-            .map(|s| s.commit))
+        Ok(latest_for_stage::<StageStarted>(&events, stage).map(|s| s.commit))
     }
 }
 

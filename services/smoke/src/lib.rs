@@ -17,6 +17,7 @@ use async_trait::async_trait;
 use gantry_core::consumer::{Handler, HandlerError};
 use gantry_core::pipeline::Stage;
 use gantry_core::runtime::Pipelines;
+use gantry_core::store::latest_for_stage;
 use gantry_core::trigger::run_stream;
 use gantry_core::{EventStore, ExpectedVersion, NewEvents};
 use gantry_proto::events::{SmokeFailed, SmokePassed, StageStarted};
@@ -66,12 +67,7 @@ impl Smoke {
     /// Whether the stage's current promotion in `run` is a rollback.
     async fn is_rollback(&self, run: &str, stage: &str) -> Result<bool, HandlerError> {
         let events = self.store.read_run(run).await?;
-        Ok(events
-            .iter()
-            .rev()
-            .filter_map(|e| e.event.decode::<StageStarted>().ok())
-            .find(|s| s.stage == stage)
-            .is_some_and(|s| s.rollback))
+        Ok(latest_for_stage::<StageStarted>(&events, stage).is_some_and(|s| s.rollback))
     }
 }
 

@@ -140,6 +140,19 @@ pub struct RecordedEvent {
     pub event: CloudEvent,
 }
 
+/// The latest event of type `P` about `stage` among `events` (a run's, in
+/// log order): the stage's current `stage.started`, its `package.built`, ...
+pub fn latest_for_stage<P: gantry_proto::EventPayload>(
+    events: &[RecordedEvent],
+    stage: &str,
+) -> Option<P> {
+    events
+        .iter()
+        .rev()
+        .filter(|e| e.event.name() == Some(P::NAME) && e.event.stage() == Some(stage))
+        .find_map(|e| e.event.decode::<P>().ok())
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
     Sqlite,
