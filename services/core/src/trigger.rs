@@ -198,6 +198,19 @@ pub enum RollbackStartError {
     Store(#[from] StoreError),
 }
 
+/// The steps of a rollback run of `stage`: the stage's own, less building
+/// (the release exists already) and approval (asking was the decision).
+pub fn rollback_steps(pipeline: &Pipeline, stage: &str) -> Vec<String> {
+    stage_plan(pipeline)
+        .into_iter()
+        .find(|p| p.name == stage)
+        .map(|p| p.steps)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|s| !matches!(s.as_str(), "package" | "image" | "approval"))
+        .collect()
+}
+
 /// The stream that serializes rollback requests of one stage, so that two
 /// concurrent requests do not start two rollback runs.
 pub fn rollback_stream(pipeline: &str, stage: &str) -> String {
@@ -245,16 +258,7 @@ pub async fn start_rollback(
                 created: false,
             });
         }
-        let steps: Vec<String> = stage_plan(pipeline)
-            .into_iter()
-            .find(|p| p.name == request.stage)
-            .map(|p| p.steps)
-            .unwrap_or_default()
-            .into_iter()
-            // The release exists already, and asking for the rollback was
-            // the approval.
-            .filter(|s| !matches!(s.as_str(), "package" | "image" | "approval"))
-            .collect();
+        let steps = rollback_steps(pipeline, &request.stage);
         let run_id = Uuid::now_v7().to_string();
         let started = CloudEvent::new(
             service,

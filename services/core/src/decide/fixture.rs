@@ -117,14 +117,7 @@ impl Log {
     /// records it.
     pub fn start_rollback(&mut self, run: &str, stage: &str, to: Option<&str>) {
         let target = rollback_target(&self.pipeline, &self.events, stage, to).expect("target");
-        let steps = crate::trigger::stage_plan(&self.pipeline)
-            .into_iter()
-            .find(|p| p.name == stage)
-            .expect("stage")
-            .steps
-            .into_iter()
-            .filter(|s| !matches!(s.as_str(), "package" | "image" | "approval"))
-            .collect();
+        let steps = crate::trigger::rollback_steps(&self.pipeline, stage);
         self.push(
             run,
             ev::RunStarted {
