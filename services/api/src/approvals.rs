@@ -20,6 +20,35 @@ use serde::Deserialize;
 
 use crate::Api;
 
+/// Who is calling, as `(user, email)`: with API tokens, the token's user,
+/// who must be in one of `groups` (when the stage names any) to `action`;
+/// without tokens (nobody can be told apart), the body's `user`, default
+/// `anonymous`.
+pub(crate) fn caller(
+    api: &Api,
+    identity: Option<&Identity>,
+    body_user: Option<String>,
+    groups: &[String],
+    action: &str,
+) -> Result<(String, Option<String>), Problem> {
+    match (identity, &api.tokens) {
+        (Some(id), _) => {
+            if !groups.is_empty() && !id.groups.iter().any(|g| groups.contains(g)) {
+                return Err(Problem::forbidden(format!(
+                    "{} may not {action}: only the groups {} may",
+                    id.user,
+                    groups.join(", ")
+                )));
+            }
+            Ok((id.user.clone(), id.email.clone()))
+        }
+        (None, Some(_)) => Err(Problem::unauthorized(format!(
+            "an API token is needed to {action}"
+        ))),
+        (None, None) => Ok((body_user.unwrap_or_else(|| "anonymous".into()), None)),
+    }
+}
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct DecisionBody {
@@ -93,23 +122,13 @@ async fn decide(
         )));
     };
 
-    let (user, email) = match (&identity, &api.tokens) {
-        (Some(Extension(id)), _) => {
-            if !id.groups.iter().any(|g| policy.approvers.contains(g)) {
-                return Err(Problem::forbidden(format!(
-                    "{} is not in the approver groups of stage `{stage}` ({})",
-                    id.user,
-                    policy.approvers.join(", ")
-                )));
-            }
-            (id.user.clone(), id.email.clone())
-        }
-        (None, Some(_)) => return Err(Problem::unauthorized("approvals need an API token")),
-        (None, None) => (
-            body.user.clone().unwrap_or_else(|| "anonymous".into()),
-            None,
-        ),
-    };
+    let (user, email) = caller(
+        &api,
+        identity.as_ref().map(|Extension(id)| id),
+        body.user.clone(),
+        &policy.approvers,
+        &format!("decide on stage `{stage}`"),
+    )?;
     if approve && !policy.allow_self {
         let author = started.author.clone().or_else(|| {
             events

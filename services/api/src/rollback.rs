@@ -18,6 +18,7 @@ use gantry_core::trigger::{self, RollbackRequest, RollbackStartError};
 use gantry_core::Problem;
 use serde::Deserialize;
 
+use crate::approvals::caller;
 use crate::Api;
 
 #[derive(Debug, Default, Deserialize)]
@@ -63,20 +64,13 @@ pub(crate) async fn rollback(
         .as_ref()
         .map(|a| a.approvers.clone())
         .unwrap_or_default();
-    let user = match (&identity, &api.tokens) {
-        (Some(Extension(id)), _) => {
-            if !approvers.is_empty() && !id.groups.iter().any(|g| approvers.contains(g)) {
-                return Err(Problem::forbidden(format!(
-                    "{} may not roll back stage `{stage}`: only its approver groups may ({})",
-                    id.user,
-                    approvers.join(", ")
-                )));
-            }
-            id.user.clone()
-        }
-        (None, Some(_)) => return Err(Problem::unauthorized("rollbacks need an API token")),
-        (None, None) => body.user.clone().unwrap_or_else(|| "anonymous".into()),
-    };
+    let (user, _) = caller(
+        &api,
+        identity.as_ref().map(|Extension(id)| id),
+        body.user.clone(),
+        &approvers,
+        &format!("roll back stage `{stage}`"),
+    )?;
     let request = RollbackRequest {
         stage: stage.clone(),
         to_run: body
