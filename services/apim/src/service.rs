@@ -24,6 +24,7 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use gantry_core::consumer::{Handler, HandlerError};
 use gantry_core::git::SourceCache;
+use gantry_core::mask::Masker;
 use gantry_core::pipeline::{Pipeline, SecretRef};
 use gantry_core::runtime::Pipelines;
 use gantry_core::store::latest_for_stage;
@@ -141,18 +142,19 @@ impl Apim {
             .ok_or_else(|| {
                 Failure::new("the pipeline has no `apis.path`: where are the API Manager configs?")
             })?;
-        let masker = Masker::default();
-        let desired = self
+        let substituted = Substituted::default();
+        let loaded = self
             .load(
                 pipeline,
                 stage_name,
                 commit,
                 &apis_dir,
                 stage.values.clone(),
-                &masker,
+                &substituted,
             )
-            .await
-            .map_err(|e| Failure::new(masker.mask(&e)))?;
+            .await;
+        let masker = substituted.masker();
+        let desired = loaded.map_err(|e| Failure::new(masker.mask(&e)))?;
         let config = ClientConfig::from_stage(&settings)
             .map_err(|e| Failure::new(masker.mask(&e.to_string())))?;
         let client = Arc::new(
@@ -199,7 +201,7 @@ impl Apim {
         commit: &str,
         apis_dir: &Path,
         values: Option<PathBuf>,
-        masker: &Masker,
+        substituted: &Substituted,
     ) -> Result<DesiredState, String> {
         let token = pipeline
             .source
@@ -262,7 +264,7 @@ impl Apim {
                 },
                 None => std::env::var(name).ok()?,
             };
-            masker.add(&value);
+            substituted.add(&value);
             Some(value)
         };
         let options = LoadOptions {
@@ -384,29 +386,25 @@ fn flatten(value: &Value) -> BTreeMap<String, String> {
     out
 }
 
-/// Replaces values substituted into the configuration by `***`.
+/// The values substituted into the configuration while loading it: what
+/// to mask in everything recorded afterwards.
 #[derive(Default)]
-struct Masker(Mutex<Vec<String>>);
+struct Substituted(Mutex<Vec<String>>);
 
-impl Masker {
+impl Substituted {
     fn add(&self, value: &str) {
         // Short values (`true`, `80`) would mask half of every message and
         // are not secrets.
         if value.len() >= 6 {
-            let mut values = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            if !values.iter().any(|v| v == value) {
-                values.push(value.to_owned());
-            }
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(value.to_owned());
         }
     }
 
-    fn mask(&self, text: &str) -> String {
-        let values = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        let mut out = text.to_owned();
-        for v in values.iter() {
-            out = out.replace(v.as_str(), "***");
-        }
-        out
+    fn masker(&self) -> Masker {
+        Masker::new(&self.0.lock().unwrap_or_else(|p| p.into_inner()))
     }
 }
 
@@ -522,11 +520,11 @@ mod tests {
 
     #[test]
     fn substituted_values_are_masked() {
-        let m = Masker::default();
+        let m = Substituted::default();
         m.add("s3cr3t-password");
         m.add("true");
         assert_eq!(
-            m.mask("login with s3cr3t-password failed: true"),
+            m.masker().mask("login with s3cr3t-password failed: true"),
             "login with *** failed: true"
         );
     }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod consumer;
 pub mod decide;
 pub mod git;
+pub mod mask;
 pub mod metrics;
 pub mod packages;
 pub mod pipeline;

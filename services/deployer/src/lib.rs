@@ -19,7 +19,8 @@ pub mod ready;
 pub mod service;
 pub mod yaml_edit;
 
-pub use command::{run_command, CommandError, CommandOptions, CommandOutcome, DeployEnv, Masker};
+pub use command::{run_command, CommandError, CommandOptions, CommandOutcome, DeployEnv};
+pub use gantry_core::mask::Masker;
 pub use gitops::{
     deploy_gitops, deploy_gitops_with, BeforePush, CommitMessage, DeployError, GitOpsOptions,
     GitOpsOutcome,

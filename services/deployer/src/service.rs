@@ -26,9 +26,10 @@ use gantry_core::{ExpectedVersion, NewEvents};
 use gantry_proto::events::{DeployCompleted, DeployFailed, StageStarted};
 use gantry_proto::{CloudEvent, EventName};
 
-use crate::command::{run_command, CommandOptions, DeployEnv, Masker};
+use crate::command::{run_command, CommandOptions, DeployEnv};
 use crate::gitops::{deploy_gitops_with, CommitMessage, GitOpsOptions};
 use crate::ready::{wait_ready, ReadyOptions};
+use gantry_core::mask::Masker;
 
 const SERVICE: &str = "deployer";
 
