@@ -112,14 +112,8 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
     let wait_for_approval = |run: String| {
         let base = base.clone();
         async move {
-            for _ in 0..300 {
-                let view = get_json(&base, &format!("/api/v1/runs/{run}")).await;
-                if view["stages"][0]["status"] == "awaiting_approval" {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-            panic!("run {run} never waited for approval");
+            let at = ("test", "awaiting_approval");
+            wait_stage_status(&base, None, &run, at, Duration::from_secs(30)).await;
         }
     };
     // The CLI runs on a blocking thread: the API Manager double answers

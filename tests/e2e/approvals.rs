@@ -8,7 +8,6 @@ use std::time::Duration;
 
 use common::*;
 use serde_json::{json, Value};
-use sha2::Digest;
 
 const TOKENS: &[(&str, &str, &str, &str)] = &[
     // (token, user, email, groups)
@@ -67,24 +66,14 @@ impl Client {
     }
 
     async fn wait_status(&self, run: &str, stage: &str, status: &str) -> Value {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            let view = self.get("tok-rita", &format!("/api/v1/runs/{run}")).await;
-            let s = view["stages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .find(|s| s["name"] == stage)
-                .cloned();
-            if s.as_ref().is_some_and(|s| s["status"] == status) {
-                return view;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "{stage} never became {status}: {view}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_stage_status(
+            &self.base,
+            Some("tok-rita"),
+            run,
+            (stage, status),
+            Duration::from_secs(30),
+        )
+        .await
     }
 }
 
@@ -108,15 +97,7 @@ async fn prod_waits_for_two_release_managers_and_refuses_the_author_and_outsider
         ),
     )
     .unwrap();
-    let mut tokens = String::from("tokens:\n");
-    for (token, user, email, groups) in TOKENS {
-        let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
-        tokens.push_str(&format!(
-            "  - user: {user}\n    email: {email}\n    groups: {groups}\n    sha256: {hash}\n"
-        ));
-    }
-    std::fs::write(dir.path().join("tokens.yaml"), tokens).unwrap();
-    let tokens_path = dir.path().join("tokens.yaml").display().to_string();
+    let tokens_path = write_api_tokens(dir.path(), TOKENS);
     let gantry = Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens_path)]).await;
     let api = Client {
         base: gantry.url(),

@@ -41,17 +41,10 @@ async fn separate_processes_finish_the_run_through_kills_without_deploying_twice
     let registry = Registry::start().await.unwrap();
     let base_image = push_parent(&registry, "axway/apigw-emt").await;
 
-    let deploy = GitRepo::bare().unwrap();
-    let seed = GitRepo::init().unwrap();
-    seed.write(
+    let deploy = seeded_deploy_repo(&[(
         "envs/test/values.yaml",
         "apitraffic:\n  image: none  # set by Gantry\n",
-    )
-    .unwrap();
-    seed.commit("seed").unwrap();
-    seed.git(["remote", "add", "origin", &deploy.url()])
-        .unwrap();
-    seed.push("origin", "main").unwrap();
+    )]);
 
     let app = axum::Router::new()
         .route("/healthcheck", get(|| async { "ok" }))

@@ -15,7 +15,6 @@ use axum::routing::get;
 use common::*;
 use gantry_tests::{GitRepo, Registry};
 use serde_json::{json, Value};
-use sha2::Digest;
 
 /// (token, user, email, groups); `dev1` is the commit's author.
 const TOKENS: &[(&str, &str, &str, &str)] = &[
@@ -34,14 +33,10 @@ async fn push_promotes_test_then_prod_after_two_approvals_and_a_failing_commit_r
     let base_image = push_parent(&registry, "axway/apigw-emt").await;
 
     // The deploy repository (bare, as on a forge), seeded with Helm values.
-    let deploy = GitRepo::bare().unwrap();
-    let seed = GitRepo::init().unwrap();
-    seed.write("envs/test/values.yaml", VALUES).unwrap();
-    seed.write("envs/prod/values.yaml", VALUES).unwrap();
-    seed.commit("seed").unwrap();
-    seed.git(["remote", "add", "origin", &deploy.url()])
-        .unwrap();
-    seed.push("origin", "main").unwrap();
+    let deploy = seeded_deploy_repo(&[
+        ("envs/test/values.yaml", VALUES),
+        ("envs/prod/values.yaml", VALUES),
+    ]);
 
     // The gateway stand-in: ready, and serving pets until told otherwise.
     let serving = Arc::new(AtomicBool::new(true));
@@ -90,15 +85,7 @@ async fn push_promotes_test_then_prod_after_two_approvals_and_a_failing_commit_r
         ),
     )
     .unwrap();
-    let mut tokens = String::from("tokens:\n");
-    for (token, user, email, groups) in TOKENS {
-        let hash = hex::encode(sha2::Sha256::digest(token.as_bytes()));
-        tokens.push_str(&format!(
-            "  - user: {user}\n    email: {email}\n    groups: {groups}\n    sha256: {hash}\n"
-        ));
-    }
-    std::fs::write(dir.path().join("tokens.yaml"), tokens).unwrap();
-    let tokens_path = dir.path().join("tokens.yaml").display().to_string();
+    let tokens_path = write_api_tokens(dir.path(), TOKENS);
     let gantry = Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens_path)]).await;
     let base = gantry.url();
     let http = reqwest::Client::new();
@@ -125,21 +112,16 @@ async fn push_promotes_test_then_prod_after_two_approvals_and_a_failing_commit_r
     .await;
 
     // test promotes by itself; prod waits for two release managers.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let view = get_json_as(&base, RITA, &format!("/api/v1/runs/{run}")).await;
-        if view["stages"][1]["status"] == "awaiting_approval" {
-            assert_eq!(view["stages"][0]["status"], "promoted", "{view}");
-            assert_eq!(view["stages"][1]["waiting"]["required"], 2, "{view}");
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{view}\n{}",
-            gantry.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let view = wait_stage_status(
+        &base,
+        RITA,
+        &run,
+        ("prod", "awaiting_approval"),
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(view["stages"][0]["status"], "promoted", "{view}");
+    assert_eq!(view["stages"][1]["waiting"]["required"], 2, "{view}");
     assert_eq!(
         approve("tok-dev", run.clone()).await,
         403,

@@ -41,13 +41,7 @@ fn find<'a>(events: &'a Value, name: &str) -> &'a Value {
 async fn rollback_redeploys_an_earlier_release_through_gitops_and_smoke() {
     let registry = Registry::start().await.unwrap();
     let base_image = push_parent(&registry, "axway/apigw-emt").await;
-    let deploy = GitRepo::bare().unwrap();
-    let seed = GitRepo::init().unwrap();
-    seed.write("envs/test/values.yaml", VALUES).unwrap();
-    seed.commit("seed").unwrap();
-    seed.git(["remote", "add", "origin", &deploy.url()])
-        .unwrap();
-    seed.push("origin", "main").unwrap();
+    let deploy = seeded_deploy_repo(&[("envs/test/values.yaml", VALUES)]);
 
     let app = axum::Router::new().route("/healthcheck", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -409,3 +409,61 @@ pub async fn wait_run_ended_as(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// A bare deploy repository (as on a forge) whose `main` holds `files`
+/// (path, contents) in one commit named `seed`.
+pub fn seeded_deploy_repo(files: &[(&str, &str)]) -> gantry_tests::GitRepo {
+    let deploy = gantry_tests::GitRepo::bare().unwrap();
+    let seed = gantry_tests::GitRepo::init().unwrap();
+    for (path, contents) in files {
+        seed.write(path, contents).unwrap();
+    }
+    seed.commit("seed").unwrap();
+    seed.git(["remote", "add", "origin", &deploy.url()])
+        .unwrap();
+    seed.push("origin", "main").unwrap();
+    deploy
+}
+
+/// Writes `dir/tokens.yaml` for `GANTRY_API_TOKENS` from (token, user,
+/// email, groups) and returns its path; tokens are stored as their sha256.
+pub fn write_api_tokens(dir: &Path, tokens: &[(&str, &str, &str, &str)]) -> String {
+    use sha2::Digest;
+    let mut yaml = String::from("tokens:\n");
+    for (token, user, email, groups) in tokens {
+        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        yaml.push_str(&format!(
+            "  - user: {user}\n    email: {email}\n    groups: {groups}\n    sha256: {hash}\n"
+        ));
+    }
+    let path = dir.join("tokens.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    path.display().to_string()
+}
+
+/// The run's view once its stage `stage` has status `status` (`timeout` at
+/// most); `token` for a server with API tokens.
+pub async fn wait_stage_status(
+    base: &str,
+    token: Option<&str>,
+    run: &str,
+    (stage, status): (&str, &str),
+    timeout: Duration,
+) -> Value {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let view = get_json_as(base, token, &format!("/api/v1/runs/{run}")).await;
+        let reached = view["stages"].as_array().is_some_and(|s| {
+            s.iter()
+                .any(|s| s["name"] == stage && s["status"] == status)
+        });
+        if reached {
+            return view;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{stage} never became {status}: {view}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
