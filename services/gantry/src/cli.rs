@@ -172,6 +172,7 @@ pub enum Command {
         /// The run whose release to go back to.
         #[arg(long)]
         to: Option<String>,
+        /// Why, recorded in the rollback run's events.
         #[arg(long)]
         reason: Option<String>,
     },
