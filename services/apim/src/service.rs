@@ -13,9 +13,13 @@
 //! stage already as configured and writes nothing.
 //!
 //! `${VAR}` in the configuration is looked up in the stage's `values` file
-//! (top-level keys, nested keys joined with `.`; a value that is an
-//! `env:`/`file:` reference is resolved), then in the process environment.
-//! Every value taken from there is masked in what is recorded.
+//! (top-level keys, nested keys joined with `.`; a value `env:NAME` is the
+//! stage's declared variable `NAME`), then in the stage's declared variables
+//! (`stages[].env`). Both the values file and the configuration are
+//! repository content, so nothing else is reachable: not Gantry's
+//! environment, not a `file:` (DESIGN.md 1.7). Every secret taken from the
+//! stage's variables, and every secret of the pipeline, is masked in what is
+//! recorded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -25,7 +29,7 @@ use async_trait::async_trait;
 use gantry_core::consumer::{Handler, HandlerError};
 use gantry_core::git::SourceCache;
 use gantry_core::mask::Masker;
-use gantry_core::pipeline::{Pipeline, SecretRef};
+use gantry_core::pipeline::{Pipeline, SecretRef, StageEnv};
 use gantry_core::runtime::Pipelines;
 use gantry_core::store::latest_for_stage;
 use gantry_core::trigger::run_stream;
@@ -153,7 +157,7 @@ impl Apim {
                 &substituted,
             )
             .await;
-        let masker = substituted.masker();
+        let masker = substituted.masker().merge(&Masker::for_pipeline(pipeline));
         let desired = loaded.map_err(|e| Failure::new(masker.mask(&e)))?;
         let config = ClientConfig::from_stage(&settings)
             .map_err(|e| Failure::new(masker.mask(&e.to_string())))?;
@@ -256,15 +260,28 @@ impl Apim {
             }
             None => BTreeMap::new(),
         };
+        let env = match pipeline.stage(stage) {
+            Some(definition) => StageEnv::resolve(definition).map_err(|e| e.to_string())?,
+            None => StageEnv::default(),
+        };
         let lookup = |name: &str| -> Option<String> {
-            let value = match values.get(name) {
-                Some(v) => match v.parse::<SecretRef>() {
-                    Ok(r) => r.resolve().ok()?.expose().to_owned(),
-                    Err(_) => v.clone(),
-                },
-                None => std::env::var(name).ok()?,
+            // `env:NAME` in the values file and a name the values file lacks
+            // both mean the stage's declared `NAME`; `file:` means nothing.
+            let declared = match values.get(name) {
+                Some(v) if v.starts_with("file:") => return None,
+                Some(v) => v.strip_prefix("env:"),
+                None => Some(name),
             };
-            substituted.add(&value);
+            let value = match declared {
+                Some(var) => {
+                    let value = env.get(var)?.to_owned();
+                    if env.is_secret(var) {
+                        substituted.add(&value);
+                    }
+                    value
+                }
+                None => values.get(name)?.clone(),
+            };
             Some(value)
         };
         let options = LoadOptions {
@@ -393,9 +410,7 @@ struct Substituted(Mutex<Vec<String>>);
 
 impl Substituted {
     fn add(&self, value: &str) {
-        // Short values (`true`, `80`) would mask half of every message and
-        // are not secrets.
-        if value.len() >= 6 {
+        {
             self.0
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())

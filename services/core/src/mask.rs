@@ -1,23 +1,112 @@
 //! Hiding secrets in text that leaves the process (events, logs, API
-//! answers): every occurrence of every secret becomes `***`.
+//! answers, diffs, plans, command output): every occurrence of every secret
+//! becomes `***` (DESIGN.md 1.7).
+//!
+//! There is one [`Masker`] type and one process-wide set of secrets
+//! ([`register`], [`process`]): every secret reference of every loaded
+//! pipeline, resolved on this process's side. The event store masks each
+//! event's data with it before the append and the log writer masks each line
+//! with it, so a secret is hidden however it reached an event or a log line.
+//! A process can only leak a secret it can read, and those are exactly the
+//! ones it registers. Places that hold secrets the pipelines do not name
+//! (values resolved from a stage's declared `env`, say) add them with
+//! [`Masker::with`].
+
+use std::sync::{Arc, OnceLock, RwLock};
+
+use serde_json::Value;
+
+use crate::pipeline::{Pipeline, PipelineSet, StageEnv};
+
+/// What a secret becomes.
+pub const MASK: &str = "***";
+
+/// Values shorter than this are not masked: hiding every `1` or `on` in a
+/// text would shred it without protecting anything (no credential is that
+/// short).
+pub const MIN_SECRET_LEN: usize = 4;
 
 /// Replaces secrets with `***`.
 #[derive(Debug, Clone, Default)]
 pub struct Masker {
+    /// Longest first, so that a secret containing another is masked whole.
     secrets: Vec<Vec<u8>>,
 }
 
 impl Masker {
-    /// Empty strings are ignored.
+    /// A masker for these secrets (too short and duplicate ones are dropped).
     pub fn new<S: AsRef<str>>(secrets: &[S]) -> Self {
-        let mut secrets: Vec<Vec<u8>> = secrets
-            .iter()
-            .map(|s| s.as_ref().as_bytes().to_vec())
-            .filter(|s| !s.is_empty())
-            .collect();
-        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
-        secrets.dedup();
-        Self { secrets }
+        Masker::default().with(secrets.iter().map(AsRef::as_ref))
+    }
+
+    /// This masker with more secrets.
+    pub fn with<'a>(mut self, secrets: impl IntoIterator<Item = &'a str>) -> Self {
+        self.extend(secrets);
+        self
+    }
+
+    /// This masker with every secret of `other` too.
+    pub fn merge(mut self, other: &Masker) -> Self {
+        for s in &other.secrets {
+            if !self.secrets.contains(s) {
+                self.secrets.push(s.clone());
+            }
+        }
+        self.secrets
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+        self
+    }
+
+    /// Adds secrets.
+    pub fn extend<'a>(&mut self, secrets: impl IntoIterator<Item = &'a str>) {
+        for s in secrets {
+            // A secret file's trailing newline is not part of the secret.
+            let s = s.trim_end_matches(['\n', '\r']);
+            if s.len() >= MIN_SECRET_LEN && !self.secrets.iter().any(|k| k == s.as_bytes()) {
+                self.secrets.push(s.as_bytes().to_vec());
+            }
+        }
+        self.secrets
+            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
+    }
+
+    /// Every secret the pipeline references that this process can read
+    /// (what it cannot read it cannot leak).
+    pub fn for_pipeline(pipeline: &Pipeline) -> Self {
+        let mut m = Masker::default();
+        m.add_refs(pipeline.secret_refs());
+        m
+    }
+
+    /// The pipeline's secrets plus those of a stage's declared `env`.
+    pub fn for_stage(pipeline: &Pipeline, env: &StageEnv) -> Self {
+        let mut m = Masker::for_pipeline(pipeline);
+        m.extend(env.secret_values());
+        m
+    }
+
+    /// Every secret of every pipeline in the set.
+    pub fn for_pipelines(set: &PipelineSet) -> Self {
+        let mut m = Masker::default();
+        for p in set.iter() {
+            m.add_refs(p.secret_refs());
+        }
+        m
+    }
+
+    fn add_refs<'a>(&mut self, refs: impl IntoIterator<Item = &'a crate::pipeline::SecretRef>) {
+        let values: Vec<_> = refs.into_iter().filter_map(|r| r.resolve().ok()).collect();
+        self.extend(values.iter().map(|s| s.expose()));
+    }
+
+    /// Whether no secret is known.
+    pub fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+    }
+
+    /// The number of secrets known.
+    pub fn len(&self) -> usize {
+        self.secrets.len()
     }
 
     /// The length of the longest secret: how much of a cut-off text a
@@ -28,10 +117,49 @@ impl Masker {
 
     /// `text` with every occurrence of every secret replaced with `***`.
     pub fn mask(&self, text: &str) -> String {
-        if self.secrets.is_empty() {
+        if !self.occurs_in(text.as_bytes()) {
             return text.to_owned();
         }
         String::from_utf8_lossy(&self.mask_bytes(text.as_bytes(), 0)).into_owned()
+    }
+
+    /// Masks every string (and object key) of a JSON value in place.
+    /// Returns whether anything was masked.
+    pub fn mask_json(&self, value: &mut Value) -> bool {
+        if self.secrets.is_empty() {
+            return false;
+        }
+        match value {
+            Value::String(s) => {
+                if self.occurs_in(s.as_bytes()) {
+                    *s = self.mask(s);
+                    true
+                } else {
+                    false
+                }
+            }
+            Value::Array(items) => items
+                .iter_mut()
+                .fold(false, |hit, v| self.mask_json(v) | hit),
+            Value::Object(map) => {
+                let mut hit = false;
+                if map.keys().any(|k| self.occurs_in(k.as_bytes())) {
+                    let old = std::mem::take(map);
+                    for (k, v) in old {
+                        map.insert(self.mask(&k), v);
+                    }
+                    hit = true;
+                }
+                map.values_mut().fold(hit, |hit, v| self.mask_json(v) | hit)
+            }
+            _ => false,
+        }
+    }
+
+    fn occurs_in(&self, bytes: &[u8]) -> bool {
+        self.secrets
+            .iter()
+            .any(|s| bytes.windows(s.len()).any(|w| w == s.as_slice()))
     }
 
     /// Masks `bytes`, leaving out the first `skip` bytes (a secret that
@@ -53,7 +181,7 @@ impl Masker {
         for (i, &b) in bytes.iter().enumerate().skip(skip) {
             if hidden[i] {
                 if !in_secret {
-                    out.extend_from_slice(b"***");
+                    out.extend_from_slice(MASK.as_bytes());
                 }
                 in_secret = true;
             } else {
@@ -65,9 +193,43 @@ impl Masker {
     }
 }
 
+fn registry() -> &'static RwLock<Arc<Masker>> {
+    static REGISTRY: OnceLock<RwLock<Arc<Masker>>> = OnceLock::new();
+    REGISTRY.get_or_init(|| RwLock::new(Arc::new(Masker::default())))
+}
+
+/// Sets the process's secrets (called whenever pipelines are loaded).
+pub fn register(masker: Masker) {
+    let masker = Arc::new(masker);
+    match registry().write() {
+        Ok(mut g) => *g = masker,
+        Err(p) => *p.into_inner() = masker,
+    }
+}
+
+/// Adds secrets to the process's set.
+pub fn register_more<'a>(secrets: impl IntoIterator<Item = &'a str>) {
+    let mut guard = match registry().write() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    };
+    let mut next = (**guard).clone();
+    next.extend(secrets);
+    *guard = Arc::new(next);
+}
+
+/// The process's secrets: what events and log lines are masked with.
+pub fn process() -> Arc<Masker> {
+    registry()
+        .read()
+        .map(|g| g.clone())
+        .unwrap_or_else(|p| p.into_inner().clone())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn masks_every_occurrence_longest_first() {
@@ -81,7 +243,39 @@ mod tests {
 
     #[test]
     fn adjacent_secrets_make_one_mask() {
-        let m = Masker::new(&["ab"]);
-        assert_eq!(m.mask("xababy"), "x***y");
+        let m = Masker::new(&["abcd"]);
+        assert_eq!(m.mask("xabcdabcdy"), "x***y");
+    }
+
+    #[test]
+    fn short_values_are_not_secrets() {
+        let m = Masker::new(&["on", "abc", "abcd\n"]);
+        assert_eq!(m.len(), 1);
+        assert_eq!(m.mask("on abc abcd"), "on abc ***");
+    }
+
+    #[test]
+    fn masks_json_strings_and_keys_without_breaking_the_json() {
+        let m = Masker::new(&["hunter22", "quote\"d"]);
+        let mut v = json!({
+            "a": "x hunter22 y",
+            "b": [1, "hunter22", {"hunter22": true}],
+            "c": "with quote\"d inside",
+            "n": 42
+        });
+        assert!(m.mask_json(&mut v));
+        assert_eq!(
+            v,
+            json!({"a": "x *** y", "b": [1, "***", {"***": true}], "c": "with *** inside", "n": 42})
+        );
+        assert!(!m.mask_json(&mut v), "nothing left to mask");
+    }
+
+    #[test]
+    fn the_process_registry_grows() {
+        // Other tests of this process register secrets too: add, never reset.
+        register_more(["first-secret"]);
+        register_more(["second-secret"]);
+        assert_eq!(process().mask("first-secret second-secret"), "*** ***");
     }
 }

@@ -27,7 +27,10 @@ pub struct Pipelines {
 }
 
 impl Pipelines {
+    /// The pipelines in force. Their secrets become the process's masked
+    /// secrets ([`crate::mask::register`]).
     pub fn new(set: PipelineSet) -> Self {
+        crate::mask::register(crate::mask::Masker::for_pipelines(&set));
         Self {
             current: Arc::new(RwLock::new(Arc::new(set))),
         }
@@ -49,6 +52,7 @@ impl Pipelines {
             tracing::error!(error = %e, "pipeline rejected");
         }
         tracing::info!(pipelines = set.len(), dir = %dir.display(), "pipelines loaded");
+        crate::mask::register(crate::mask::Masker::for_pipelines(&set));
         match self.current.write() {
             Ok(mut g) => *g = Arc::new(set),
             Err(p) => *p.into_inner() = Arc::new(set),

@@ -65,7 +65,7 @@ pub use props::{
 
 use crate::package::{sha256, tar_gz};
 use crate::secrets::Masker;
-use crate::template::{Env, ProcessEnv};
+use crate::template::{Env, MapEnv};
 
 /// The package entry of a `fed` format's FED (unpacked at `/merge`, it is the
 /// file `/merge/fed`).
@@ -112,10 +112,13 @@ pub struct BuildOptions<'a> {
     pub values_file: &'a str,
 }
 
+/// No variables: what a build sees when its stage declares none.
+static NO_VARIABLES: MapEnv = MapEnv(std::collections::BTreeMap::new());
+
 impl Default for BuildOptions<'static> {
     fn default() -> Self {
         BuildOptions {
-            env: &ProcessEnv,
+            env: &NO_VARIABLES,
             values_file: "values",
         }
     }

@@ -13,16 +13,18 @@
 //! - [`secrets`]: masking of secrets in diagnostics.
 //!
 //! ```no_run
-//! use gantry_envgen::{package_yaml, Project, ProcessEnv, RenderMode, ValidateOptions, ValuesSource};
+//! use gantry_envgen::{package_yaml, Project, RenderMode, StageEnv, ValidateOptions, ValuesSource};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // What the pipeline file declares under `stages[].env` for this stage.
+//! let env = StageEnv::from_pairs("test", [("BACKEND_HOST", "orders.test.internal")], []);
 //! let project = Project::load(std::path::Path::new("gateway"))?;
 //! let overlay = std::fs::read_to_string("environments/test.yaml")?;
-//! let values = project.stage_values(Some(ValuesSource { name: "environments/test.yaml", text: &overlay }), &ProcessEnv);
-//! let report = project.validate(&values, &ProcessEnv, &ValidateOptions::default());
+//! let values = project.stage_values(Some(ValuesSource { name: "environments/test.yaml", text: &overlay }), &env);
+//! let report = project.validate(&values, &env, &ValidateOptions::default());
 //! for d in &report.errors {
 //!     eprintln!("{}:{}:{}: {}", d.file.as_deref().unwrap_or("?"), d.line.unwrap_or(0), d.column.unwrap_or(0), d.message);
 //! }
-//! let pkg = package_yaml(&project, &values, &ProcessEnv, RenderMode::Placeholders, &ValidateOptions::default())?;
+//! let pkg = package_yaml(&project, &values, &env, RenderMode::Placeholders, &ValidateOptions::default())?;
 //! println!("{} {} files {} bytes", pkg.digest, pkg.files, pkg.bytes.len());
 //! # Ok(()) }
 //! ```
@@ -43,7 +45,7 @@ use std::path::{Path, PathBuf};
 
 pub use gantry_proto::events::Diagnostic;
 pub use package::{package_yaml, Package, PackageError, RenderMode};
-pub use template::{Env, MapEnv, ProcessEnv};
+pub use template::{Env, MapEnv, StageEnv};
 pub use values::{values_digest, StageValues, ValuesSource};
 pub use yamles::{
     render_project, validate_project, Project, RenderedFile, Report, ValidateOptions,

@@ -21,7 +21,7 @@ use gantry_proto::events::{Diagnostic, PackageBuilt, PackageFailed, RunStarted};
 use gantry_proto::{CloudEvent, EventName};
 
 use crate::package::{package_yaml, RenderMode};
-use crate::template::ProcessEnv;
+use crate::template::StageEnv;
 use crate::values::ValuesSource;
 use crate::yamles::{Project, ValidateOptions};
 
@@ -126,6 +126,10 @@ impl Envgen {
                 diagnostics,
             })
         };
+        let env = match stage_env(pipeline, stage) {
+            Ok(env) => env,
+            Err(f) => return f,
+        };
         let values_file = pipeline
             .stage(stage)
             .and_then(|s| s.values.as_ref())
@@ -174,7 +178,7 @@ impl Envgen {
             &values,
             merge_dir.as_deref(),
             &crate::fed::BuildOptions {
-                env: &ProcessEnv,
+                env: &env,
                 values_file: values_file.as_deref().unwrap_or("values"),
             },
         );
@@ -254,6 +258,10 @@ impl Envgen {
                 diagnostics,
             })
         };
+        let env = match stage_env(pipeline, stage) {
+            Ok(env) => env,
+            Err(f) => return f,
+        };
         let overlay_path = pipeline
             .stage(stage)
             .and_then(|s| s.values.as_ref())
@@ -280,7 +288,7 @@ impl Envgen {
             (Some(name), Some(text)) => Some(ValuesSource { name, text }),
             _ => None,
         };
-        let values = project.stage_values(overlay, &ProcessEnv);
+        let values = project.stage_values(overlay, &env);
         if !values.diagnostics().is_empty() {
             return failed(
                 format!(
@@ -293,7 +301,7 @@ impl Envgen {
         match package_yaml(
             project,
             &values,
-            &ProcessEnv,
+            &env,
             mode,
             &ValidateOptions::default(),
         ) {
@@ -386,6 +394,27 @@ impl Handler for Envgen {
             events,
         )])
     }
+}
+
+/// The stage's declared variables, the only ones its configuration sees;
+/// a declared secret that cannot be read fails the stage's package.
+fn stage_env(pipeline: &Pipeline, stage: &str) -> Result<StageEnv, StageOutcome> {
+    let Some(definition) = pipeline.stage(stage) else {
+        return Ok(StageEnv::from_pairs(stage, [], []));
+    };
+    StageEnv::resolve(definition).map_err(|e| {
+        StageOutcome::Failed(PackageFailed {
+            stage: stage.to_owned(),
+            reason: e.to_string(),
+            diagnostics: vec![Diagnostic {
+                file: None,
+                line: None,
+                column: None,
+                field: Some(format!("stages[{stage}].env.{}", e.name)),
+                message: e.source.to_string(),
+            }],
+        })
+    })
 }
 
 /// A path from the pipeline file, inside the checkout: absolute or `..`

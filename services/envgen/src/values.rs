@@ -2,15 +2,17 @@
 //! overlay.
 //!
 //! Both files may hold `{{ env "X" }}` / `{{ base64 "…" }}` placeholders (as
-//! Axway documents for `values.yaml`). The overlay, being Gantry's file, may
-//! also name secrets the Gantry way: a string `env:NAME` is the environment
-//! variable `NAME`, and `file:/path` is the content of that file.
+//! Axway documents for `values.yaml`). The overlay may also write `env:NAME`.
+//! Both files are repository content, which anyone who can push writes, so
+//! `NAME` is always the stage's *declared* variable (`stages[].env` in the
+//! pipeline file, [`crate::StageEnv`]), never Gantry's own environment, and
+//! `file:/path` is refused (DESIGN.md 1.7).
 //!
 //! Two trees are kept:
 //! - **raw**: placeholders as written (`env:NAME` becomes `{{ env "NAME" }}`, so
 //!   that the gateway resolves it at load). It is what a `render: false`
 //!   package carries as its `values.yaml`, and what the values digest covers.
-//! - **resolved**: every placeholder evaluated against the build's environment.
+//! - **resolved**: every placeholder evaluated against the stage's variables.
 //!   It is what entity placeholders are rendered and validated against.
 
 use gantry_proto::events::Diagnostic;
@@ -505,41 +507,32 @@ impl Conv<'_, '_> {
         let raw = Value::String(format!("{{{{ env \"{name}\" }}}}"));
         match self.env.var(name) {
             Some(v) => {
-                self.secrets.push(v.clone());
+                if self.env.is_secret(name) {
+                    self.secrets.push(v.clone());
+                }
                 (raw, Value::String(v))
             }
             None => {
-                self.report(
-                    n.start,
-                    path,
-                    format!("environment variable `{name}` (from `env:{name}`) is not set"),
-                );
+                let message = format!("{} (from `env:{name}`)", self.env.missing(name));
+                self.report(n.start, path, message);
                 (raw, Value::String(String::new()))
             }
         }
     }
 
+    /// `file:` in repository content would read Gantry's own files: refused.
     fn file_ref(&mut self, n: &YNode, file: &str, path: &str) -> (Value, Value) {
-        match std::fs::read_to_string(file) {
-            Ok(content) => {
-                let content = content
-                    .strip_suffix('\n')
-                    .map(|c| c.strip_suffix('\r').unwrap_or(c))
-                    .unwrap_or(&content)
-                    .to_string();
-                self.secrets.push(content.clone());
-                (Value::String(content.clone()), Value::String(content))
-            }
-            Err(e) => {
-                self.report(
-                    n.start,
-                    path,
-                    format!("cannot read secret file `{file}` (from `file:{file}`): {e}"),
-                );
-                (Value::String(String::new()), Value::String(String::new()))
-            }
-        }
+        self.report(n.start, path, file_ref_refused(file));
+        (Value::String(String::new()), Value::String(String::new()))
     }
+}
+
+/// Why `file:/path` in a values file is an error, and what to write instead.
+pub(crate) fn file_ref_refused(file: &str) -> String {
+    format!(
+        "`file:{file}` is not allowed in repository content (it would read Gantry's own files); \
+         declare the secret in the pipeline file under the stage's `env` (`NAME: file:{file}`) and write `env:NAME` here"
+    )
 }
 
 fn is_env_name(s: &str) -> bool {

@@ -325,25 +325,39 @@ fn client_error(status: http::StatusCode, value: &Value) -> String {
 
 fn validate(path: std::path::PathBuf, output: Output) -> ExitCode {
     let result = if path.is_file() {
-        gantry_core::pipeline::load_file(&path).map(|p| vec![p.name])
+        gantry_core::pipeline::load_file(&path).map(|p| {
+            let mut set = gantry_core::pipeline::PipelineSet::new();
+            set.insert(p, Some(path.clone()));
+            set
+        })
     } else {
-        gantry_core::pipeline::load_dir(&path).map(|set| set.names().map(str::to_owned).collect())
+        gantry_core::pipeline::load_dir(&path)
     };
     match (result, output) {
-        (Ok(names), Output::Json) => {
-            println!(
-                "{}",
-                json!({ "valid": true, "pipelines": names, "errors": [] })
-            );
-            ExitCode::SUCCESS
-        }
-        (Ok(names), Output::Text) => {
-            println!(
-                "{} pipeline(s) valid in {}: {}",
-                names.len(),
-                path.display(),
-                names.join(", ")
-            );
+        (Ok(set), output) => {
+            let names: Vec<&str> = set.names().collect();
+            let warnings = validation_warnings(&set);
+            if output == Output::Json {
+                println!(
+                    "{}",
+                    json!({ "valid": true, "pipelines": names, "errors": [], "warnings": warnings })
+                );
+            } else {
+                for w in &warnings {
+                    eprintln!(
+                        "warning: {}: {}: {}",
+                        str_of(&w["file"]),
+                        str_of(&w["field"]),
+                        str_of(&w["message"])
+                    );
+                }
+                println!(
+                    "{} pipeline(s) valid in {}: {}",
+                    names.len(),
+                    path.display(),
+                    names.join(", ")
+                );
+            }
             ExitCode::SUCCESS
         }
         (Err(errors), Output::Json) => {
@@ -370,6 +384,35 @@ fn validate(path: std::path::PathBuf, output: Output) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Risky settings of valid pipelines, and approvals that cannot be given
+/// because this environment has no API tokens (everyone would be anonymous).
+fn validation_warnings(set: &gantry_core::pipeline::PipelineSet) -> Vec<Value> {
+    let tokens = std::env::var_os("GANTRY_API_TOKENS").is_some_and(|v| !v.is_empty());
+    let mut out = Vec::new();
+    for p in set.iter() {
+        let file = set
+            .file_of(&p.name)
+            .map(|f| f.display().to_string())
+            .unwrap_or_else(|| p.name.clone());
+        for w in gantry_core::pipeline::warnings(p) {
+            out.push(json!({ "file": file, "pipeline": p.name, "field": w.path, "message": w.message }));
+        }
+        if !tokens {
+            for (i, stage) in p.stages.iter().enumerate() {
+                if stage.approval.is_some() {
+                    out.push(json!({
+                        "file": file,
+                        "pipeline": p.name,
+                        "field": format!("stages[{i}].approval"),
+                        "message": "GANTRY_API_TOKENS is not set: without tokens nobody can be told apart, so this approval will be refused (403); set up API tokens (README, Security model)",
+                    }));
+                }
+            }
+        }
+    }
+    out
 }
 
 fn str_of(v: &Value) -> &str {

@@ -376,8 +376,8 @@ pub(super) fn load_document(
 fn missing_message(name: &str, line: Option<usize>) -> String {
     let at = line.map(|l| format!(" (line {l})")).unwrap_or_default();
     format!(
-        "variable `${{{name}}}`{at} has no value: set it in the stage's values or the environment, \
-         give a default with `${{{name}:-default}}`, or write `$${{{name}}}` for a literal"
+        "variable `${{{name}}}`{at} has no value: set it in the stage's values file, declare it under the stage's `env` \
+         in the pipeline file, give a default with `${{{name}:-default}}`, or write `$${{{name}}}` for a literal"
     )
 }
 

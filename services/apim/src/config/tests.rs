@@ -603,11 +603,11 @@ fn missing_variables_name_file_line_and_variable_never_values() {
         errors,
         [
             "apis/p/api-config.json: variable `${ORG_NAME}` (line 5) has no value: set it in the \
-             stage's values or the environment, give a default with `${ORG_NAME:-default}`, or \
-             write `$${ORG_NAME}` for a literal",
+             stage's values file, declare it under the stage's `env` in the pipeline file, give a \
+             default with `${ORG_NAME:-default}`, or write `$${ORG_NAME}` for a literal",
             "apis/p/api-config.test.json: variable `${VHOST}` (line 1) has no value: set it in the \
-             stage's values or the environment, give a default with `${VHOST:-default}`, or write \
-             `$${VHOST}` for a literal",
+             stage's values file, declare it under the stage's `env` in the pipeline file, give a \
+             default with `${VHOST:-default}`, or write `$${VHOST}` for a literal",
         ]
     );
     assert!(errors
@@ -660,8 +660,8 @@ fn yaml_configs_substitute_inside_strings() {
     assert_eq!(
         errors,
         ["apis/q/api-config.yml: field `backendBasepath`: variable `${BACKEND}` has no value: set \
-          it in the stage's values or the environment, give a default with `${BACKEND:-default}`, \
-          or write `$${BACKEND}` for a literal"]
+          it in the stage's values file, declare it under the stage's `env` in the pipeline file, \
+          give a default with `${BACKEND:-default}`, or write `$${BACKEND}` for a literal"]
     );
 
     let vars = [

@@ -16,6 +16,7 @@ mod model;
 mod repo_url;
 mod secret;
 mod set;
+mod stage_env;
 mod validate;
 
 #[cfg(test)]
@@ -25,10 +26,12 @@ pub use duration::{format_duration, parse_duration, DurationError, HumanDuration
 pub use error::{PipelineError, PipelineErrors};
 pub use load::{load_dir, load_dir_partial, load_file, parse_str};
 pub use model::{
-    ApiManager, ApimVersion, Apis, Approval, Deploy, DeployMethod, FreezeWindow, Gateway,
+    Access, ApiManager, ApimVersion, Apis, Approval, Deploy, DeployMethod, FreezeWindow, Gateway,
     GatewayFormat, GitOpsDeploy, Image, Pipeline, PlannedStage, QueuePolicy, Ready, RegistryAuth,
     SmokeCheck, SmokeExpect, SmokeRequest, Source, Stage,
 };
 pub use repo_url::normalize_repo_url;
-pub use secret::{HeaderValue, Secret, SecretError, SecretRef, SecretRefError, SECRET_FORMAT_HINT};
+pub use secret::{EnvValue, HeaderValue, Secret, SecretError, SecretRef, SecretRefError, SECRET_FORMAT_HINT};
 pub use set::PipelineSet;
+pub use validate::warnings;
+pub use stage_env::{StageEnv, StageEnvError};

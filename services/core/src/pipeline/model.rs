@@ -14,7 +14,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::duration::{serde_duration, serde_opt_duration};
-use super::secret::{HeaderValue, SecretRef};
+use super::secret::{EnvValue, HeaderValue, SecretRef};
 
 /// One promotion pipeline: where its configuration comes from, how it is
 /// packaged, and the stages a commit is promoted through.
@@ -33,6 +33,24 @@ pub struct Pipeline {
     pub image: Option<Image>,
     #[serde(default)]
     pub stages: Vec<Stage>,
+    /// Who may trigger runs and operate them (cancel, roll back); see
+    /// [`Access`]. Absent: any token holder.
+    #[serde(default)]
+    pub access: Option<Access>,
+}
+
+/// Groups (or users) from `GANTRY_API_TOKENS` allowed to act on a pipeline.
+/// A list that is absent keeps the default: any token holder may trigger and
+/// cancel, a stage's approver groups may roll it back.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Access {
+    /// May start runs by hand (`gantry trigger`, `POST /api/v1/runs`).
+    #[serde(default)]
+    pub trigger: Option<Vec<String>>,
+    /// May cancel runs and roll stages back.
+    #[serde(default)]
+    pub operate: Option<Vec<String>>,
 }
 
 /// The Git repository holding the gateway configuration.
@@ -162,9 +180,36 @@ pub struct Stage {
     pub freeze: Vec<FreezeWindow>,
     #[serde(default)]
     pub queue: QueuePolicy,
+    /// The only variables repository content may use (values files'
+    /// `env:NAME`, `{{ env "NAME" }}`, `${NAME}` in API Manager configs),
+    /// each a literal or a secret reference read on Gantry's side
+    /// (DESIGN.md 1.7). Deploy commands get them in their environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, EnvValue>,
 }
 
 impl Stage {
+    /// Every secret reference of the stage: its `env` secrets, API Manager
+    /// credentials, the gitops token and smoke-check headers.
+    pub fn secret_refs(&self) -> Vec<&SecretRef> {
+        let mut refs: Vec<&SecretRef> = self.env.values().filter_map(EnvValue::secret_ref).collect();
+        if let Some(a) = &self.apimanager {
+            refs.extend([&a.username, &a.password]);
+        }
+        if let Some(t) = self
+            .deploy
+            .as_ref()
+            .and_then(|d| d.gitops.as_ref())
+            .and_then(|g| g.token.as_ref())
+        {
+            refs.push(t);
+        }
+        for check in &self.smoke {
+            refs.extend(check.request.headers.values().filter_map(HeaderValue::secret_ref));
+        }
+        refs
+    }
+
     /// Whether `at` falls inside one of the stage's freeze windows.
     pub fn frozen_at(&self, at: DateTime<Utc>) -> Option<&FreezeWindow> {
         self.freeze.iter().find(|w| w.contains(at))
@@ -284,6 +329,11 @@ pub struct SmokeCheck {
     pub expect: SmokeExpect,
     #[serde(default, with = "serde_opt_duration")]
     pub timeout: Option<Duration>,
+    /// Follow redirects (same origin keeps the headers; another origin gets
+    /// none of the check's headers). Off by default: a redirect is answered
+    /// as it is.
+    #[serde(default)]
+    pub follow_redirects: bool,
 }
 
 impl SmokeCheck {
@@ -399,6 +449,22 @@ impl Pipeline {
 
     pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// Every secret reference of the pipeline: source and registry
+    /// credentials, and each stage's ([`Stage::secret_refs`]).
+    pub fn secret_refs(&self) -> Vec<&SecretRef> {
+        let mut refs: Vec<&SecretRef> = [&self.source.token, &self.source.webhook_secret]
+            .into_iter()
+            .flatten()
+            .collect();
+        if let Some(auth) = self.image.as_ref().and_then(|i| i.auth.as_ref()) {
+            refs.extend([&auth.username, &auth.password]);
+        }
+        for stage in &self.stages {
+            refs.extend(stage.secret_refs());
+        }
+        refs
     }
 }
 

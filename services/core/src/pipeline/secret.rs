@@ -188,7 +188,20 @@ pub enum HeaderValue {
     Secret(SecretRef),
 }
 
+/// A stage variable (`stages[].env.NAME`): a literal, which is not secret,
+/// or a secret reference, whose value is masked wherever it shows. Same
+/// syntax as a header value.
+pub type EnvValue = HeaderValue;
+
 impl HeaderValue {
+    /// The reference, when this is a secret.
+    pub fn secret_ref(&self) -> Option<&SecretRef> {
+        match self {
+            HeaderValue::Literal(_) => None,
+            HeaderValue::Secret(r) => Some(r),
+        }
+    }
+
     /// The value to send. Literals are wrapped in [`Secret`] too: headers
     /// often carry credentials, so callers treat them all as sensitive.
     pub fn resolve(&self) -> Result<Secret, SecretError> {

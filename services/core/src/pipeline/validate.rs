@@ -45,6 +45,7 @@ pub fn validate(p: &Pipeline) -> Vec<Issue> {
     v.check("name", check_name(&p.name));
 
     v.check("source.repo", check_repo(&p.source.repo));
+    v.check("source.repo", check_no_credentials(&p.source.repo, "source.token"));
     v.check("source.branch", check_branch(&p.source.branch));
     if let Some(full_name) = &p.source.webhook_repo {
         v.check("source.webhook_repo", check_full_name(full_name));
@@ -79,6 +80,21 @@ pub fn validate(p: &Pipeline) -> Vec<Issue> {
         );
         if let Some(platform) = &image.platform {
             v.check("image.platform", check_platform(platform));
+        }
+    }
+
+    if let Some(access) = &p.access {
+        for (field, groups) in [("trigger", &access.trigger), ("operate", &access.operate)] {
+            let Some(groups) = groups else { continue };
+            let path = join_key("access", field);
+            if groups.is_empty() {
+                v.add(&path, "name at least one user or group (or leave the key out for the default)");
+            }
+            for (k, who) in groups.iter().enumerate() {
+                if who.trim().is_empty() {
+                    v.add(join_index(&path, k), "must not be empty");
+                }
+            }
         }
     }
 
@@ -152,6 +168,10 @@ fn validate_stage(
         if let Some(g) = &deploy.gitops {
             let gpath = join_key(&dpath, "gitops");
             v.check(&join_key(&gpath, "repo"), check_repo(&g.repo));
+            v.check(
+                &join_key(&gpath, "repo"),
+                check_no_credentials(&g.repo, "deploy.gitops.token"),
+            );
             v.check(&join_key(&gpath, "branch"), check_branch(&g.branch));
             v.check(&join_key(&gpath, "file"), check_repo_path(&g.file));
             if g.key.is_empty() || g.key.split('.').any(str::is_empty) {
@@ -192,6 +212,10 @@ fn validate_stage(
                 v.add(at("apimanager.ca"), "must not be empty");
             }
         }
+    }
+
+    for name in stage.env.keys() {
+        v.check(&join_key(&at("env"), name), check_env_name(name));
     }
 
     let mut check_names: HashSet<&str> = HashSet::new();
@@ -295,6 +319,81 @@ fn validate_smoke(v: &mut Issues, check: &SmokeCheck, path: &str) {
 
 /// `[a-z0-9-]{1,63}`: pipeline and stage names end up in NATS subjects,
 /// URLs and image tags.
+/// Settings that are valid but weaken a guard; `gantry pipelines validate`
+/// prints them as warnings.
+pub fn warnings(p: &Pipeline) -> Vec<Issue> {
+    let mut v = Issues::default();
+    if p.image.as_ref().is_some_and(|i| i.insecure) {
+        v.add(
+            "image.insecure",
+            "registry credentials and images travel over plain HTTP; use HTTPS outside a lab",
+        );
+    }
+    for (i, stage) in p.stages.iter().enumerate() {
+        let path = join_index("stages", i);
+        if stage.apimanager.as_ref().is_some_and(|a| a.insecure) {
+            v.add(
+                join_key(&join_key(&path, "apimanager"), "insecure"),
+                "the API Manager's certificate is not verified, so its password can be taken by anyone in the path; give `ca:` instead",
+            );
+        }
+        if stage.approval.as_ref().is_some_and(|a| a.allow_self) {
+            v.add(
+                join_key(&join_key(&path, "approval"), "allow_self"),
+                "authors may approve their own change: no separation of duties for this stage",
+            );
+        }
+        for (j, check) in stage.smoke.iter().enumerate() {
+            if check.follow_redirects {
+                v.add(
+                    join_key(&join_index(&join_key(&path, "smoke"), j), "follow_redirects"),
+                    "redirects are followed; the check's headers go only to the same origin",
+                );
+            }
+        }
+    }
+    v.0
+}
+
+/// A stage variable's name: what a shell accepts, and not one of the
+/// `GANTRY_*` names Gantry sets for deploy commands itself.
+fn check_env_name(name: &str) -> Result<(), String> {
+    let mut chars = name.chars();
+    let valid = matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+    if !valid {
+        return Err(format!(
+            "`{name}` is not a variable name: use letters, digits and `_`, not starting with a digit"
+        ));
+    }
+    if name.starts_with("GANTRY_") {
+        return Err(format!(
+            "`{name}`: names starting with `GANTRY_` are Gantry's own (deploy commands get GANTRY_IMAGE, GANTRY_DIGEST, ...)"
+        ));
+    }
+    Ok(())
+}
+
+/// A repository URL must not carry credentials: the URL is shown by the API
+/// and written into events. An `ssh://git@host` user is not a credential.
+fn check_no_credentials(repo: &str, instead: &str) -> Result<(), String> {
+    let Some((scheme, rest)) = repo.split_once("://") else {
+        return Ok(());
+    };
+    let authority = rest.split('/').next().unwrap_or("");
+    let Some((userinfo, _)) = authority.rsplit_once('@') else {
+        return Ok(());
+    };
+    let http = matches!(scheme.to_ascii_lowercase().as_str(), "http" | "https");
+    if http || userinfo.contains(':') {
+        // Never echo the URL: it holds the secret.
+        return Err(format!(
+            "the URL carries credentials; remove them and give `{instead}: env:NAME` (or `file:/path`)"
+        ));
+    }
+    Ok(())
+}
+
 pub fn check_name(name: &str) -> Result<(), String> {
     let ok = (1..=63).contains(&name.len())
         && name

@@ -11,11 +11,12 @@
 //!   prefixed again, so `env.PORT.TRAFFIC: 8065` and `env: {PORT: …}` work too;
 //! - strings are written as they are, numbers and booleans as JSON writes
 //!   them, `null` as an empty value; empty maps and lists give no line;
-//! - a string `env:NAME` is the build environment's variable `NAME` and
-//!   `file:/path` the content of that file (final newline dropped), as in
-//!   stage overlays; `{{ env "X" }}` / `{{ base64 "…" }}` placeholders are
-//!   resolved too. Those values are secrets: they are written to the file (the
-//!   gateway needs them) but never appear in a diagnostic;
+//! - a string `env:NAME` is the stage's declared variable `NAME`
+//!   (`stages[].env`), as in stage overlays; `file:/path` is refused (the
+//!   values are repository content, DESIGN.md 1.7); `{{ env "X" }}` /
+//!   `{{ base64 "…" }}` placeholders are resolved too. Secret values are
+//!   written to the file (the gateway needs them) but never appear in a
+//!   diagnostic, a diff or an event;
 //! - lines are sorted by key (bytes), with a fixed header comment: the same
 //!   values always give the same bytes;
 //! - keys and values are escaped as `java.util.Properties.store` does: `\`,
@@ -159,37 +160,21 @@ impl Walk<'_> {
         if let Some(name) = s.strip_prefix("env:").filter(|n| is_env_name(n)) {
             return match self.env.var(name) {
                 Some(v) => {
-                    self.secrets.push(v.clone());
+                    if self.env.is_secret(name) {
+                        self.secrets.push(v.clone());
+                    }
                     v
                 }
                 None => {
-                    self.error(
-                        path,
-                        format!("environment variable `{name}` (from `env:{name}`) is not set"),
-                    );
+                    let message = format!("{} (from `env:{name}`)", self.env.missing(name));
+                    self.error(path, message);
                     String::new()
                 }
             };
         }
         if let Some(file) = s.strip_prefix("file:").filter(|f| f.starts_with('/')) {
-            return match std::fs::read_to_string(file) {
-                Ok(content) => {
-                    let content = content
-                        .strip_suffix('\n')
-                        .map(|c| c.strip_suffix('\r').unwrap_or(c))
-                        .unwrap_or(&content)
-                        .to_string();
-                    self.secrets.push(content.clone());
-                    content
-                }
-                Err(e) => {
-                    self.error(
-                        path,
-                        format!("cannot read secret file `{file}` (from `file:{file}`): {e}"),
-                    );
-                    String::new()
-                }
-            };
+            self.error(path, crate::values::file_ref_refused(file));
+            return String::new();
         }
         s.to_string()
     }

@@ -376,13 +376,9 @@ pub(crate) fn eval(
                         }
                         (None, None) => None,
                     };
-                    let found = ctx
-                        .env
-                        .var(&name)
-                        .or_else(|| ctx.env.var(&name.to_lowercase()));
-                    match (found, default) {
+                    match (ctx.env.var(&name), default) {
                         (Some(v), _) => {
-                            if !v.is_empty() {
+                            if !v.is_empty() && ctx.env.is_secret(&name) {
                                 secrets.push(v.clone());
                             }
                             Ok(Value::String(v))
@@ -390,7 +386,10 @@ pub(crate) fn eval(
                         (None, Some(d)) => Ok(Value::String(d)),
                         (None, None) => Err(TemplateError::new(
                             *at,
-                            format!("environment variable `{name}` is not set and the placeholder has no default (use `env \"{name}\" \"default\"`)"),
+                            format!(
+                                "{}, and the placeholder has no default (or give one: `env \"{name}\" \"default\"`)",
+                                ctx.env.missing(&name)
+                            ),
                             None,
                         )),
                     }

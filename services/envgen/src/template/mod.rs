@@ -27,6 +27,8 @@ pub mod pos;
 mod yamlctx;
 
 use std::collections::BTreeMap;
+
+pub use gantry_core::pipeline::StageEnv;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 
@@ -72,20 +74,36 @@ impl fmt::Display for TemplateError {
 
 impl std::error::Error for TemplateError {}
 
-/// Where `env` placeholders read variables. Tests use [`MapEnv`]; production
-/// uses [`ProcessEnv`].
+/// Where `env` placeholders read variables. In production this is the
+/// stage's declared `env` ([`StageEnv`]), never the process environment:
+/// repository content must not reach Gantry's own variables (DESIGN.md 1.7).
+/// Tests use [`MapEnv`].
 pub trait Env: Send + Sync {
     /// The value of variable `name`, if set.
     fn var(&self, name: &str) -> Option<String>;
+
+    /// Whether the value of `name` is a secret, to be masked.
+    fn is_secret(&self, _name: &str) -> bool {
+        true
+    }
+
+    /// What to say when `name` has no value.
+    fn missing(&self, name: &str) -> String {
+        format!("environment variable `{name}` is not set")
+    }
 }
 
-/// The process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
+impl Env for StageEnv {
     fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
+        self.get(name).map(str::to_owned)
+    }
+
+    fn is_secret(&self, name: &str) -> bool {
+        StageEnv::is_secret(self, name)
+    }
+
+    fn missing(&self, name: &str) -> String {
+        self.undeclared(name)
     }
 }
 
