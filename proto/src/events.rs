@@ -29,6 +29,19 @@ pub struct Person {
     pub username: Option<String>,
 }
 
+impl Person {
+    /// Whether `who` (a user name or an email address) names this person:
+    /// the forge username or the email, compared case-insensitively.
+    pub fn is(&self, who: &str) -> bool {
+        let who = who.trim();
+        !who.is_empty()
+            && [&self.username, &self.email]
+                .into_iter()
+                .flatten()
+                .any(|id| id.trim().eq_ignore_ascii_case(who))
+    }
+}
+
 /// A verified webhook or manual trigger named a commit.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct CommitReceived {
@@ -46,6 +59,14 @@ pub struct CommitReceived {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<Person>,
+    /// The commit's committer, when it differs from the author.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub committer: Option<Person>,
+    /// Who pushed, as the forge authenticated them (GitHub `pusher`/`sender`,
+    /// GitLab `user_*`, Bitbucket `actor`): unlike the commit's metadata, a
+    /// pusher cannot be forged by writing another name into the commit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pusher: Option<Person>,
     /// Who asked for a manual trigger.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub triggered_by: Option<String>,
@@ -76,6 +97,11 @@ pub struct RunStarted {
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub author: Option<Person>,
+    /// Everyone who counts as an author of the run for separation of duties
+    /// (`allow_self: false`): the commit's author and committer, the
+    /// webhook's pusher/sender, whoever triggered the run by hand.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authors: Vec<Person>,
     /// `webhook`, `manual` or `rollback`.
     pub trigger: String,
     pub stages: Vec<StagePlan>,

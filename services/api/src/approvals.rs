@@ -2,9 +2,13 @@
 //!
 //! The approver is the API token's user (`GANTRY_API_TOKENS`); only members
 //! of the stage's approver groups may decide, and when the stage has
-//! `allow_self: false` the commit's author may not approve. Without tokens
-//! configured (a local `gantry up`), nobody can be told apart: the body's
-//! `user` (default `anonymous`) is recorded and groups are not checked.
+//! `allow_self: false` none of the run's authors (commit author and
+//! committer, the pusher, whoever triggered it by hand) may approve.
+//! Without tokens (a local `gantry up`) nobody can be told apart, so an
+//! approval is refused (403) for a stage whose `approval` names approvers or
+//! needs more than one; otherwise the body's `user` (default `anonymous`)
+//! is recorded. An approval counts only while the stage waits for one
+//! (`approval.requested`): earlier, nobody could see what they approve.
 //! Every decision is an event; the conductor counts them.
 
 use axum::extract::{Path, State};
@@ -21,7 +25,8 @@ use serde::Deserialize;
 use crate::Api;
 
 /// Who is calling, as `(user, email)`: with API tokens, the token's user,
-/// who must be in one of `groups` (when the stage names any) to `action`;
+/// who must be named in `groups` or belong to one of them (when any are
+/// named) to `action`;
 /// without tokens (nobody can be told apart), the body's `user`, default
 /// `anonymous`.
 pub(crate) fn caller(
@@ -33,7 +38,10 @@ pub(crate) fn caller(
 ) -> Result<(String, Option<String>), Problem> {
     match (identity, &api.tokens) {
         (Some(id), _) => {
-            if !groups.is_empty() && !id.groups.iter().any(|g| groups.contains(g)) {
+            if !groups.is_empty()
+                && !groups.contains(&id.user)
+                && !id.groups.iter().any(|g| groups.contains(g))
+            {
                 return Err(Problem::forbidden(format!(
                     "{} may not {action}: only the groups {} may",
                     id.user,
@@ -122,6 +130,19 @@ async fn decide(
         )));
     };
 
+    if approve && api.tokens.is_none() && (!policy.approvers.is_empty() || policy.required > 1) {
+        return Err(Problem::forbidden(format!(
+            "stage `{stage}` needs {} approval(s) from {}: without API tokens nobody can be told apart, \
+             so approvals are refused; set GANTRY_API_TOKENS (see the README, Security model)",
+            policy.required,
+            if policy.approvers.is_empty() {
+                "distinct users".to_owned()
+            } else {
+                policy.approvers.join(", ")
+            }
+        ))
+        .with_type("api-tokens-required"));
+    }
     let (user, email) = caller(
         &api,
         identity.as_ref().map(|Extension(id)| id),
@@ -129,25 +150,44 @@ async fn decide(
         &policy.approvers,
         &format!("decide on stage `{stage}`"),
     )?;
+    let stage_events = events
+        .iter()
+        .filter(|e| e.event.stage() == Some(stage.as_str()));
+    let mut requested = false;
+    let mut started_stage = false;
+    for e in stage_events {
+        match e.event.name() {
+            Some(EventName::ApprovalRequested) => requested = true,
+            Some(EventName::StageStarted) => started_stage = true,
+            _ => {}
+        }
+    }
+    if approve && (!requested || started_stage) {
+        return Err(Problem::conflict(if started_stage {
+            format!("stage `{stage}` of run `{run_id}` has already started; nothing to approve")
+        } else {
+            format!(
+                "stage `{stage}` of run `{run_id}` is not waiting for approval yet; approve once it asks (approval.requested)"
+            )
+        }));
+    }
     if approve && !policy.allow_self {
-        let author = started.author.clone().or_else(|| {
-            events
-                .iter()
-                .find_map(|e| e.event.decode::<CommitReceived>().ok())
-                .and_then(|c| c.author)
-        });
-        if let Some(author) = author {
-            let same = |a: &Option<String>, b: &str| {
-                a.as_deref().is_some_and(|a| a.eq_ignore_ascii_case(b))
-            };
-            let is_author = same(&author.username, &user)
-                || same(&author.email, &user)
-                || email.as_deref().is_some_and(|e| same(&author.email, e));
-            if is_author {
-                return Err(Problem::forbidden(format!(
-                    "{user} wrote this commit and stage `{stage}` does not allow approving one's own change"
-                )));
-            }
+        let mut authors = started.authors.clone();
+        authors.extend(started.author.clone());
+        if let Some(c) = events
+            .iter()
+            .find_map(|e| e.event.decode::<CommitReceived>().ok())
+        {
+            authors.extend([c.author, c.committer, c.pusher].into_iter().flatten());
+        }
+        let is_author = authors
+            .iter()
+            .any(|a| a.is(&user) || email.as_deref().is_some_and(|e| a.is(e)));
+        if is_author {
+            return Err(Problem::forbidden(format!(
+                "{user} is an author of this run (commit author or committer, pusher, or who triggered it) \
+                 and stage `{stage}` does not allow approving one's own change"
+            )));
         }
     }
 
@@ -220,10 +260,22 @@ pub(crate) async fn cancel(
             "run `{run_id}` has already ended"
         )));
     }
-    let user = match identity {
-        Some(Extension(id)) => id.user,
-        None => body.user.unwrap_or_else(|| "anonymous".into()),
-    };
+    // `access.operate` names who may cancel; by default any token holder.
+    let operators = api
+        .app
+        .pipelines
+        .get()
+        .get(&first.event.pipeline)
+        .and_then(|p| p.access.as_ref())
+        .and_then(|a| a.operate.clone())
+        .unwrap_or_default();
+    let (user, _) = caller(
+        &api,
+        identity.as_ref().map(|Extension(id)| id),
+        body.user.clone(),
+        &operators,
+        &format!("cancel run `{run_id}`"),
+    )?;
     let event = CloudEvent::new(
         "api",
         &first.event.pipeline.clone(),

@@ -56,8 +56,16 @@ pub(crate) async fn stage_diff(
         Some(p) => Some(read(&p.digest)?),
         None => None,
     };
-    let diff = gantry_envgen::diff::diff_packages(current_bytes.as_deref(), &candidate_bytes)
-        .map_err(Problem::internal)?;
+    // The packages hold the stage's secrets resolved (the gateway needs
+    // them); a diff shows none of them, nor any other secret of the pipeline.
+    let masker = stage_masker(&api, &pipeline, &stage);
+    let secrets: Vec<String> = masker.secrets().map(str::to_owned).collect();
+    let diff = gantry_envgen::diff::diff_packages_masked(
+        current_bytes.as_deref(),
+        &candidate_bytes,
+        &secrets,
+    )
+    .map_err(Problem::internal)?;
     if q.format.as_deref() == Some("text") {
         return Ok((
             [(
@@ -81,4 +89,19 @@ pub(crate) async fn stage_diff(
         "diff": diff,
     }))
     .into_response())
+}
+
+/// Every secret of the pipeline, of the stage's declared variables, and
+/// every secret this process knows.
+fn stage_masker(api: &Api, pipeline: &str, stage: &str) -> gantry_core::mask::Masker {
+    let process = gantry_core::mask::process();
+    let set = api.app.pipelines.get();
+    let Some(p) = set.get(pipeline) else {
+        return (*process).clone();
+    };
+    let env = p
+        .stage(stage)
+        .and_then(|s| gantry_core::pipeline::StageEnv::resolve(s).ok())
+        .unwrap_or_default();
+    gantry_core::mask::Masker::for_stage(p, &env).merge(&process)
 }

@@ -25,6 +25,7 @@ use gantry_core::pipeline::Pipeline;
 use gantry_core::projection::RunFilter;
 use gantry_core::trigger::{self, CommitInfo};
 use gantry_core::{App, Problem};
+use gantry_proto::events::Person;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -33,6 +34,8 @@ use serde_json::json;
 pub struct Api {
     pub app: App,
     pub tokens: Option<Arc<ApiTokens>>,
+    /// Mirrors of the pipelines' branches, to check what a manual trigger names.
+    pub sources: gantry_core::git::SourceCache,
 }
 
 /// The API routes (and the dashboard at `/`), ready to merge into a server.
@@ -41,7 +44,12 @@ pub fn router(app: App) -> Result<Router, gantry_core::auth::TokensError> {
         Some(path) => Some(Arc::new(ApiTokens::load(path)?)),
         None => None,
     };
-    let api = Api { app, tokens };
+    let sources = gantry_core::git::SourceCache::new(app.settings.data_dir.join("git").join("api"));
+    let api = Api {
+        app,
+        tokens,
+        sources,
+    };
     let v1 = Router::new()
         .route("/pipelines", get(list_pipelines))
         .route("/pipelines/{name}", get(get_pipeline))
@@ -228,10 +236,33 @@ async fn trigger_run(
         }
         None => resolve_head(&pipeline).await?,
     };
-    let user = identity
-        .map(|axum::Extension(i)| i.user)
-        .or_else(|| std::env::var("USER").ok())
-        .unwrap_or_else(|| "anonymous".into());
+    let people = commit_on_branch(&api, &pipeline, &commit).await?;
+    // Who triggered counts as an author of the run (separation of duties).
+    let triggered_by = match identity {
+        Some(axum::Extension(i)) => Person {
+            name: None,
+            email: i.email,
+            username: Some(i.user),
+        },
+        None => Person {
+            name: None,
+            email: None,
+            username: Some(
+                std::env::var("USER")
+                    .ok()
+                    .filter(|u| !u.is_empty())
+                    .unwrap_or_else(|| "anonymous".into()),
+            ),
+        },
+    };
+    let signer = |s: gantry_core::git::Signer| {
+        let p = Person {
+            name: s.name,
+            email: s.email,
+            username: None,
+        };
+        (p != Person::default()).then_some(p)
+    };
     let run = trigger::start_run(
         &api.app.store,
         "api",
@@ -242,8 +273,10 @@ async fn trigger_run(
             commit,
             branch: pipeline.source.branch.clone(),
             message: req.message,
-            author: None,
-            triggered_by: Some(user),
+            author: signer(people.author),
+            committer: signer(people.committer),
+            pusher: None,
+            triggered_by: Some(triggered_by),
         },
     )
     .await?;
@@ -253,6 +286,37 @@ async fn trigger_run(
         StatusCode::OK
     };
     Ok((status, Json(run)).into_response())
+}
+
+/// A manual trigger may only name a commit the pipeline's branch holds
+/// (`422` otherwise): other branches and tags are not reviewed for it.
+async fn commit_on_branch(
+    api: &Api,
+    pipeline: &Pipeline,
+    commit: &str,
+) -> Result<gantry_core::git::CommitPeople, Problem> {
+    let token = match &pipeline.source.token {
+        Some(r) => Some(
+            r.resolve()
+                .map_err(|e| Problem::bad_request(format!("source.token: {e}")))?
+                .expose()
+                .to_owned(),
+        ),
+        None => None,
+    };
+    let (sources, name, repo, branch, commit) = (
+        api.sources.clone(),
+        pipeline.name.clone(),
+        pipeline.source.repo.clone(),
+        pipeline.source.branch.clone(),
+        commit.to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        sources.commit_on_branch(&name, &repo, &branch, token.as_deref(), &commit)
+    })
+    .await
+    .map_err(Problem::internal)?
+    .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
 }
 
 async fn resolve_head(pipeline: &Pipeline) -> Result<String, Problem> {

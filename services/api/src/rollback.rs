@@ -4,8 +4,9 @@
 //! The rollback is a run of its own (trigger `rollback`, one stage) that
 //! goes through the stage's deploy, readiness, API Manager and smoke steps
 //! and ends with `env.promoted` and `stage.rolled_back`. It needs no approval
-//! and is not held by freeze windows: asking for it is the decision, so for
-//! a stage with approvers only members of those groups may ask (when API
+//! and is not held by freeze windows: asking for it is the decision, so
+//! only the pipeline's `access.operate` groups may ask when it names them,
+//! else, for a stage with approvers, members of those groups (when API
 //! tokens are configured).
 
 use axum::extract::{Path, State};
@@ -52,6 +53,7 @@ pub(crate) async fn rollback(
         .get(&pipeline)
         .ok_or_else(|| Problem::not_found(format!("no pipeline named `{pipeline}`")))?
         .clone();
+    let operators = pipeline.access.as_ref().and_then(|a| a.operate.clone());
     let approvers = pipeline
         .stage(&stage)
         .ok_or_else(|| {
@@ -68,7 +70,7 @@ pub(crate) async fn rollback(
         &api,
         identity.as_ref().map(|Extension(id)| id),
         body.user.clone(),
-        &approvers,
+        operators.as_deref().unwrap_or(&approvers),
         &format!("roll back stage `{stage}`"),
     )?;
     let request = RollbackRequest {

@@ -223,9 +223,10 @@ impl Apim {
             )
         })?;
         let sources = self.sources.clone();
-        let (name, repo, commit_owned, dest) = (
+        let (name, repo, branch, commit_owned, dest) = (
             pipeline.name.clone(),
             pipeline.source.repo.clone(),
+            pipeline.source.branch.clone(),
             commit.to_owned(),
             checkout.path().to_owned(),
         );
@@ -233,6 +234,7 @@ impl Apim {
             sources.checkout(
                 &name,
                 &repo,
+                &branch,
                 token.as_ref().map(|t| t.expose()),
                 &commit_owned,
                 &dest,
@@ -537,10 +539,11 @@ mod tests {
     fn substituted_values_are_masked() {
         let m = Substituted::default();
         m.add("s3cr3t-password");
-        m.add("true");
+        m.add("tru");
         assert_eq!(
-            m.masker().mask("login with s3cr3t-password failed: true"),
-            "login with *** failed: true"
+            m.masker().mask("login with s3cr3t-password failed: tru"),
+            "login with *** failed: tru",
+            "values shorter than 4 characters are no secrets"
         );
     }
 }

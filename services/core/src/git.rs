@@ -16,8 +16,12 @@ pub enum GitError {
     Auth { repo: String, message: String },
     #[error("repository {repo} has no branch `{branch}`")]
     NoBranch { repo: String, branch: String },
-    #[error("commit {commit} is not in repository {repo} (fetched every branch and tag)")]
-    MissingCommit { repo: String, commit: String },
+    #[error("commit {commit} is not on branch `{branch}` of repository {repo}")]
+    MissingCommit {
+        repo: String,
+        branch: String,
+        commit: String,
+    },
     #[error("`{0}` is not a full commit id (40 or 64 hex digits)")]
     BadCommit(String),
     #[error("source cache {path}: {message}")]
@@ -97,6 +101,20 @@ pub struct Checkout {
     pub files: usize,
 }
 
+/// A commit's author or committer as the commit records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Signer {
+    pub name: Option<String>,
+    pub email: Option<String>,
+}
+
+/// Who a commit says wrote and committed it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommitPeople {
+    pub author: Signer,
+    pub committer: Signer,
+}
+
 /// Bare mirrors of source repositories, one per pipeline, under `root`.
 /// Checkouts of the same pipeline take turns (in this process) on the mirror;
 /// different pipelines proceed in parallel.
@@ -120,12 +138,15 @@ impl SourceCache {
     }
 
     /// Writes the tree of `commit` from `repo` into `dest` (which must be empty
-    /// or missing), fetching into the pipeline's mirror first when the commit
-    /// is not there yet. Blocking: call from `spawn_blocking`.
+    /// or missing), fetching `branch` into the pipeline's mirror first when
+    /// the commit is not there yet. Only the pipeline's branch is fetched:
+    /// other branches and tags of the repository are not the pipeline's to
+    /// build. Blocking: call from `spawn_blocking`.
     pub fn checkout(
         &self,
         pipeline: &str,
         repo: &str,
+        branch: &str,
         token: Option<&str>,
         commit: &str,
         dest: &Path,
@@ -135,12 +156,13 @@ impl SourceCache {
         let _turn = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mirror = self.open_mirror(pipeline)?;
         if mirror.find_commit(oid).is_err() {
-            fetch(&mirror, repo, token)?;
+            fetch(&mirror, repo, branch, token)?;
         }
         let found = mirror
             .find_commit(oid)
             .map_err(|_| GitError::MissingCommit {
                 repo: repo.to_owned(),
+                branch: branch.to_owned(),
                 commit: commit.to_owned(),
             })?;
         let tree = found.tree().map_err(|e| cache_err(&mirror, e))?;
@@ -160,6 +182,51 @@ impl SourceCache {
             author_name: author.name().map(str::to_owned),
             author_email: author.email().map(str::to_owned),
             files,
+        })
+    }
+
+    /// Fetches `branch` and checks that `commit` is reachable from its tip
+    /// (a manual trigger may only name what the branch holds). Returns who
+    /// wrote and committed it, as the commit says. Blocking.
+    pub fn commit_on_branch(
+        &self,
+        pipeline: &str,
+        repo: &str,
+        branch: &str,
+        token: Option<&str>,
+        commit: &str,
+    ) -> Result<CommitPeople, GitError> {
+        let oid = parse_commit(commit)?;
+        let lock = self.lock_for(pipeline);
+        let _turn = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mirror = self.open_mirror(pipeline)?;
+        fetch(&mirror, repo, branch, token)?;
+        let missing = || GitError::MissingCommit {
+            repo: repo.to_owned(),
+            branch: branch.to_owned(),
+            commit: commit.to_owned(),
+        };
+        let tip = mirror
+            .refname_to_id(&format!("refs/heads/{branch}"))
+            .map_err(|_| GitError::NoBranch {
+                repo: repo.to_owned(),
+                branch: branch.to_owned(),
+            })?;
+        let on_branch = tip == oid
+            || mirror
+                .graph_descendant_of(tip, oid)
+                .map_err(|e| cache_err(&mirror, e))?;
+        if !on_branch {
+            return Err(missing());
+        }
+        let found = mirror.find_commit(oid).map_err(|_| missing())?;
+        let person = |s: git2::Signature<'_>| Signer {
+            name: s.name().map(str::to_owned),
+            email: s.email().map(str::to_owned),
+        };
+        Ok(CommitPeople {
+            author: person(found.author()),
+            committer: person(found.committer()),
         })
     }
 
@@ -198,16 +265,23 @@ fn cache_err(repo: &Repository, e: git2::Error) -> GitError {
     }
 }
 
-fn fetch(mirror: &Repository, repo: &str, token: Option<&str>) -> Result<(), GitError> {
+/// Fetches only `branch` (and no tags): what a pipeline builds must be on
+/// the branch it follows.
+fn fetch(
+    mirror: &Repository,
+    repo: &str,
+    branch: &str,
+    token: Option<&str>,
+) -> Result<(), GitError> {
     let mut remote = mirror
         .remote_anonymous(repo)
         .map_err(|e| classify(repo, e))?;
     let mut options = FetchOptions::new();
     options.remote_callbacks(callbacks(token));
-    options.download_tags(git2::AutotagOption::All);
+    options.download_tags(git2::AutotagOption::None);
     remote
         .fetch(
-            &["+refs/heads/*:refs/heads/*", "+refs/tags/*:refs/tags/*"],
+            &[&format!("+refs/heads/{branch}:refs/heads/{branch}")],
             Some(&mut options),
             None,
         )

@@ -123,6 +123,25 @@ impl Masker {
         String::from_utf8_lossy(&self.mask_bytes(text.as_bytes(), 0)).into_owned()
     }
 
+    /// Masks a diagnostic's message and field.
+    pub fn mask_diagnostic(&self, d: &mut gantry_proto::events::Diagnostic) {
+        if self.secrets.is_empty() {
+            return;
+        }
+        d.message = self.mask(&d.message);
+        if let Some(f) = d.field.as_mut() {
+            *f = self.mask(f);
+        }
+    }
+
+    /// The secrets, to hand to code that masks in its own way (a diff
+    /// masks line by line). Never log them.
+    pub fn secrets(&self) -> impl Iterator<Item = &str> {
+        self.secrets
+            .iter()
+            .filter_map(|s| std::str::from_utf8(s).ok())
+    }
+
     /// Masks every string (and object key) of a JSON value in place.
     /// Returns whether anything was masked.
     pub fn mask_json(&self, value: &mut Value) -> bool {

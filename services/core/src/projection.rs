@@ -701,6 +701,7 @@ mod tests {
                     name: Some("Dev".into()),
                     ..Default::default()
                 }),
+                authors: Vec::new(),
                 trigger: "webhook".into(),
                 stages: vec![
                     StagePlan {

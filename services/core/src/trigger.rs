@@ -24,7 +24,33 @@ pub struct CommitInfo {
     pub branch: String,
     pub message: Option<String>,
     pub author: Option<Person>,
-    pub triggered_by: Option<String>,
+    pub committer: Option<Person>,
+    /// Who pushed, as the forge authenticated them.
+    pub pusher: Option<Person>,
+    /// Who triggered by hand: the token's user (and email).
+    pub triggered_by: Option<Person>,
+}
+
+impl CommitInfo {
+    /// Everyone who counts as an author of the run (DESIGN.md 1.7), without
+    /// duplicates.
+    pub fn authors(&self) -> Vec<Person> {
+        let mut out: Vec<Person> = Vec::new();
+        for p in [
+            &self.author,
+            &self.committer,
+            &self.pusher,
+            &self.triggered_by,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            if !out.contains(p) {
+                out.push(p.clone());
+            }
+        }
+        out
+    }
 }
 
 /// A run that a trigger named.
@@ -109,7 +135,12 @@ pub async fn start_run(
             commit: info.commit.clone(),
             message: info.message.clone(),
             author: info.author.clone(),
-            triggered_by: info.triggered_by.clone(),
+            committer: info.committer.clone(),
+            pusher: info.pusher.clone(),
+            triggered_by: info
+                .triggered_by
+                .as_ref()
+                .and_then(|p| p.username.clone().or_else(|| p.name.clone())),
             run_id: run_id.clone(),
         },
     );
@@ -124,6 +155,7 @@ pub async fn start_run(
             repository: pipeline.source.repo.clone(),
             message: info.message.clone(),
             author: info.author.clone(),
+            authors: info.authors(),
             trigger: if info.provider == "manual" {
                 "manual".into()
             } else {
@@ -274,6 +306,7 @@ pub async fn start_rollback(
                     request.stage, target.run, request.reason
                 )),
                 author: None,
+                authors: Vec::new(),
                 trigger: "rollback".into(),
                 stages: vec![StagePlan {
                     name: request.stage.clone(),

@@ -40,7 +40,7 @@
 //! Values from `env:NAME` / `file:/path` references or `{{ env }}`
 //! placeholders, values under credential-like keys and credential-looking
 //! values are written to `envSettings.props` (the gateway needs them) but are
-//! masked (`****`) in every diagnostic and warning.
+//! masked (`***`) in every diagnostic and warning.
 
 mod archive;
 mod configs;
@@ -402,7 +402,7 @@ fn assemble(
     };
     let settings = match env_settings(values, opts.env, opts.values_file) {
         Ok(s) => {
-            masker.extend(s.secrets.iter().cloned());
+            masker.extend(s.secrets.iter().map(String::as_str));
             Some(s)
         }
         Err(mut e) => {

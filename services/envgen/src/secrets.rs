@@ -1,80 +1,15 @@
-//! Masking of secrets in diagnostics.
+//! Which values are secrets, for masking in diagnostics and diffs.
 //!
 //! Diagnostics end up in events, logs and dashboards. Any value that came from
-//! the environment (`{{ env }}`, an overlay `env:NAME`), from a secret file (an
-//! overlay `file:/path`), sits under a credential-like key (`password`,
-//! `token`, ...) or looks like a credential (a PEM block, a JWT, a cloud access
-//! key, a long random string) is replaced by `****` wherever it would appear.
+//! a stage's secret variables (`{{ env }}`, an overlay `env:NAME`), sits under
+//! a credential-like key (`password`, `token`, ...) or looks like a
+//! credential (a PEM block, a JWT, a cloud access key, a long random string)
+//! is replaced by `***` wherever it would appear, by Gantry's one masker
+//! ([`gantry_core::mask::Masker`]).
 
-use gantry_proto::events::Diagnostic;
 use serde_json::Value;
 
-/// The replacement text.
-pub const MASK: &str = "****";
-
-/// Secrets shorter than this are not masked: masking `1` or `on` would shred
-/// every message without protecting anything.
-const MIN_LEN: usize = 4;
-
-/// A set of secret strings to hide.
-#[derive(Debug, Clone, Default)]
-pub struct Masker {
-    /// Longest first, so that a secret containing another is masked whole.
-    secrets: Vec<String>,
-}
-
-impl Masker {
-    /// A masker for these secrets (short and duplicate ones are dropped).
-    pub fn new<I: IntoIterator<Item = String>>(secrets: I) -> Self {
-        let mut m = Masker::default();
-        m.extend(secrets);
-        m
-    }
-
-    /// Add secrets.
-    pub fn extend<I: IntoIterator<Item = String>>(&mut self, secrets: I) {
-        for s in secrets {
-            let s = s.trim().to_string();
-            if s.chars().count() >= MIN_LEN && !self.secrets.contains(&s) {
-                self.secrets.push(s);
-            }
-        }
-        self.secrets
-            .sort_by(|a, b| b.len().cmp(&a.len()).then_with(|| a.cmp(b)));
-    }
-
-    /// Number of secrets known.
-    pub fn len(&self) -> usize {
-        self.secrets.len()
-    }
-
-    /// Whether no secret is known.
-    pub fn is_empty(&self) -> bool {
-        self.secrets.is_empty()
-    }
-
-    /// `text` with every secret replaced by [`MASK`].
-    pub fn mask(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for s in &self.secrets {
-            if out.contains(s.as_str()) {
-                out = out.replace(s.as_str(), MASK);
-            }
-        }
-        out
-    }
-
-    /// Mask a diagnostic's message and field.
-    pub fn mask_diagnostic(&self, d: &mut Diagnostic) {
-        if self.secrets.is_empty() {
-            return;
-        }
-        d.message = self.mask(&d.message);
-        if let Some(f) = d.field.as_mut() {
-            *f = self.mask(f);
-        }
-    }
-}
+pub use gantry_core::mask::{Masker, MASK};
 
 /// Does this key name a credential?
 pub fn credential_key(key: &str) -> bool {
@@ -157,13 +92,6 @@ pub fn collect_from_values(v: &Value, out: &mut Vec<String>) {
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn masks_longest_first() {
-        let m = Masker::new(["abcd".to_string(), "abcdefgh".to_string(), "x".to_string()]);
-        assert_eq!(m.len(), 2);
-        assert_eq!(m.mask("1 abcdefgh 2 abcd 3 x"), "1 **** 2 **** 3 x");
-    }
 
     #[test]
     fn finds_credentials_in_values() {

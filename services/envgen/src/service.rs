@@ -92,6 +92,7 @@ impl Envgen {
         let checkout = match self.sources.checkout(
             &pipeline.name,
             &pipeline.source.repo,
+            &pipeline.source.branch,
             token.as_ref().map(|t| t.expose()),
             commit,
             checkout_dir.path(),
@@ -298,13 +299,7 @@ impl Envgen {
                 values.diagnostics().to_vec(),
             );
         }
-        match package_yaml(
-            project,
-            &values,
-            &env,
-            mode,
-            &ValidateOptions::default(),
-        ) {
+        match package_yaml(project, &values, &env, mode, &ValidateOptions::default()) {
             Ok(pkg) => match self.packages.put(&pkg.bytes) {
                 Ok((digest, path)) => StageOutcome::Built(PackageBuilt {
                     stage: stage.to_owned(),

@@ -474,7 +474,7 @@ fn secrets_are_masked_in_diagnostics() {
         diags[0].message
     );
     assert!(
-        diags[0].message.contains("/System/Filter Categories/****"),
+        diags[0].message.contains("/System/Filter Categories/***"),
         "{}",
         diags[0].message
     );

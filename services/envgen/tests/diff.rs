@@ -191,8 +191,8 @@ fn diff_values_masks_secrets_everywhere() {
             ("feature.enabled", ChangeKind::Added, false),
         ]
     );
-    assert_eq!(d.values[0].before, Some(json!("****")));
-    assert_eq!(d.values[0].after, Some(json!("****")));
+    assert_eq!(d.values[0].before, Some(json!("***")));
+    assert_eq!(d.values[0].after, Some(json!("***")));
     assert_eq!(d.values[2].after, Some(json!(true)));
 
     let values_diff = d
@@ -202,7 +202,7 @@ fn diff_values_masks_secrets_everywhere() {
         .and_then(|f| f.diff.clone())
         .unwrap_or_default();
     assert!(
-        values_diff.contains("-  password: ****\n-  url: jdbc:mysql://h/old\n+  password: ****\n"),
+        values_diff.contains("-  password: ***\n-  url: jdbc:mysql://h/old\n+  password: ***\n"),
         "{values_diff}"
     );
 
@@ -213,7 +213,7 @@ fn diff_values_masks_secrets_everywhere() {
         .and_then(|f| f.diff.clone())
         .unwrap_or_default();
     assert!(
-        conn.contains("-dsn=mysql://scott:****@h/old\n+dsn=mysql://scott:****@h/new\n"),
+        conn.contains("-dsn=mysql://scott:***@h/old\n+dsn=mysql://scott:***@h/new\n"),
         "{conn}"
     );
 
@@ -224,7 +224,7 @@ fn diff_values_masks_secrets_everywhere() {
         assert!(!text.contains(secret), "{text}");
     }
     assert!(
-        text.contains("  ~ db.password: \"****\" → \"****\"\n"),
+        text.contains("  ~ db.password: \"***\" → \"***\"\n"),
         "{text}"
     );
     assert!(text.contains("  + feature.enabled: true\n"), "{text}");
@@ -248,7 +248,7 @@ fn diff_masks_passed_in_secrets() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(
         d.modified[0].diff.as_deref(),
-        Some("--- a/app.properties\n+++ b/app.properties\n@@ -1,2 +1,2 @@\n url=https://h\n-header=Bearer ****\n+header=Bearer ****\n")
+        Some("--- a/app.properties\n+++ b/app.properties\n@@ -1,2 +1,2 @@\n url=https://h\n-header=Bearer ***\n+header=Bearer ***\n")
     );
     let json = serde_json::to_string(&d).unwrap_or_else(|e| panic!("{e}"));
     assert!(!json.contains("s3cr3t"));
@@ -269,7 +269,7 @@ fn diff_masks_credential_keys_in_yaml_files() {
     assert_eq!(
         d.modified[0].diff.as_deref(),
         Some(
-            "--- a/Policies/conn.yaml\n+++ b/Policies/conn.yaml\n@@ -1,5 +1,5 @@\n ---\n type: DbConnection\n fields:\n-  name: db\n-  password: ****\n+  name: db2\n+  password: '{{ db.password }}'\n"
+            "--- a/Policies/conn.yaml\n+++ b/Policies/conn.yaml\n@@ -1,5 +1,5 @@\n ---\n type: DbConnection\n fields:\n-  name: db\n-  password: ***\n+  name: db2\n+  password: '{{ db.password }}'\n"
         )
     );
 }
@@ -298,7 +298,7 @@ fn diff_without_current_package_adds_everything() {
         vals,
         [("name", ChangeKind::Added), ("token", ChangeKind::Added)]
     );
-    assert_eq!(d.values[1].after, Some(json!("****")));
+    assert_eq!(d.values[1].after, Some(json!("***")));
     let json = serde_json::to_string(&d).unwrap_or_else(|e| panic!("{e}"));
     assert!(!json.contains("abcdef123456"), "{json}");
     assert!(d.to_text().contains("everything is new"));

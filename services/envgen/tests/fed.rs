@@ -737,7 +737,7 @@ mod fed {
         .unwrap_err();
         let text = format!("{e:?}");
         assert!(
-            text.contains("NOT_SET_FOR_GANTRY") && text.contains("****"),
+            text.contains("NOT_SET_FOR_GANTRY") && text.contains("***"),
             "{text}"
         );
         assert!(!text.contains("s3cr3t-Pa55word"), "{text}");

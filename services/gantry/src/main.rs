@@ -397,7 +397,9 @@ fn validation_warnings(set: &gantry_core::pipeline::PipelineSet) -> Vec<Value> {
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| p.name.clone());
         for w in gantry_core::pipeline::warnings(p) {
-            out.push(json!({ "file": file, "pipeline": p.name, "field": w.path, "message": w.message }));
+            out.push(
+                json!({ "file": file, "pipeline": p.name, "field": w.path, "message": w.message }),
+            );
         }
         if !tokens {
             for (i, stage) in p.stages.iter().enumerate() {

@@ -125,6 +125,8 @@ async fn handle(
             branch: branch.clone(),
             message: push.message.clone(),
             author: push.author.clone(),
+            committer: push.committer.clone(),
+            pusher: push.pusher.clone(),
             triggered_by: None,
         };
         runs.push(trigger::start_run(&app.store, "webhook", pipeline, info).await?);

@@ -76,6 +76,12 @@ pub struct Push {
     pub full_name: Option<String>,
     pub message: Option<String>,
     pub author: Option<Person>,
+    /// The head commit's committer, when the payload names one.
+    pub committer: Option<Person>,
+    /// Who pushed, as the forge authenticated them: it counts as an author
+    /// for separation of duties, since commit metadata is whatever the
+    /// commit says.
+    pub pusher: Option<Person>,
 }
 
 /// Why a delivery could not be read (HTTP 400).
@@ -170,6 +176,19 @@ fn github(v: Value, delivery_id: Option<String>) -> Result<Push> {
     let author = head
         .and_then(|c| at(c, "author"))
         .and_then(|a| person(str_at(a, "name"), str_at(a, "email"), str_at(a, "username")));
+    let committer = head
+        .and_then(|c| at(c, "committer"))
+        .and_then(|a| person(str_at(a, "name"), str_at(a, "email"), str_at(a, "username")));
+    // GitHub: `pusher {name (the login), email}`, `sender {login}`; Gitea:
+    // `pusher {login, username, email}`.
+    let pusher = person(
+        None,
+        str_at(&v, "pusher.email"),
+        str_at(&v, "sender.login")
+            .or_else(|| str_at(&v, "pusher.login"))
+            .or_else(|| str_at(&v, "pusher.username"))
+            .or_else(|| str_at(&v, "pusher.name")),
+    );
     let urls = [
         "repository.clone_url",
         "repository.git_url",
@@ -187,6 +206,8 @@ fn github(v: Value, delivery_id: Option<String>) -> Result<Push> {
             full_name: owned(str_at(&v, "repository.full_name")),
             message: owned(head.and_then(|c| str_at(c, "message"))),
             author,
+            committer,
+            pusher,
         },
         ("ref", "after", "repository"),
     )
@@ -196,14 +217,15 @@ fn gitlab(v: Value, delivery_id: Option<String>) -> Result<Push> {
     let after = req_str(&v, "after")?;
     let checkout = str_at(&v, "checkout_sha").unwrap_or(after);
     let commit = find_commit(&v, &[checkout, after]);
+    let pusher = person(
+        str_at(&v, "user_name"),
+        str_at(&v, "user_email").filter(|e| *e != "[REDACTED]"),
+        str_at(&v, "user_username"),
+    );
     let author = match commit.and_then(|c| at(c, "author")) {
         Some(a) => person(str_at(a, "name"), str_at(a, "email"), None),
         // No such commit in the payload (a deletion, or past GitLab's 20-commit limit): the pusher.
-        None => person(
-            str_at(&v, "user_name"),
-            str_at(&v, "user_email").filter(|e| *e != "[REDACTED]"),
-            str_at(&v, "user_username"),
-        ),
+        None => pusher.clone(),
     };
     let urls = [
         "project.git_http_url",
@@ -225,6 +247,8 @@ fn gitlab(v: Value, delivery_id: Option<String>) -> Result<Push> {
             full_name: owned(str_at(&v, "project.path_with_namespace")),
             message: owned(commit.and_then(|c| str_at(c, "message"))),
             author,
+            committer: None,
+            pusher,
         },
         ("ref", "after", "project"),
     )
@@ -273,6 +297,13 @@ fn bitbucket_cloud(v: Value, delivery_id: Option<String>) -> Result<Push> {
             str_at(a, "user.nickname"),
         )
     });
+    let pusher = at(&v, "actor").and_then(|a| {
+        person(
+            str_at(a, "display_name"),
+            None,
+            str_at(a, "nickname").or_else(|| str_at(a, "username")),
+        )
+    });
     let mut repo_urls = strs(&v, &["repository.links.html.href"]);
     repo_urls.extend(clone_links(&v));
     checked(
@@ -286,6 +317,8 @@ fn bitbucket_cloud(v: Value, delivery_id: Option<String>) -> Result<Push> {
             full_name: owned(str_at(&v, "repository.full_name")),
             message: owned(target.and_then(|t| str_at(t, "message"))),
             author,
+            committer: None,
+            pusher,
         },
         (
             "push.changes.0.new.name",
@@ -331,7 +364,9 @@ fn bitbucket_dc(v: Value, delivery_id: Option<String>) -> Result<Push> {
             repo_urls: clone_links(&v).collect(),
             full_name,
             message: None,
+            pusher: author.clone(),
             author,
+            committer: None,
         },
         ("changes.0.ref.id", "changes.0.toHash", "repository"),
     )
@@ -350,8 +385,11 @@ fn generic(v: Value, headers: &HeaderMap) -> Result<Push> {
             })
         }
     };
-    let author = at(&v, "author")
-        .and_then(|a| person(str_at(a, "name"), str_at(a, "email"), str_at(a, "username")));
+    let named = |field: &str| {
+        at(&v, field)
+            .and_then(|a| person(str_at(a, "name"), str_at(a, "email"), str_at(a, "username")))
+    };
+    let (author, committer, pusher) = (named("author"), named("committer"), named("pusher"));
     checked(
         Push {
             delivery_id: owned(str_at(&v, "delivery"))
@@ -368,6 +406,8 @@ fn generic(v: Value, headers: &HeaderMap) -> Result<Push> {
             full_name: (!is_location).then(|| repository.to_owned()),
             message: owned(str_at(&v, "message")),
             author,
+            committer,
+            pusher,
         },
         ("ref", "commit", "repository"),
     )

@@ -81,6 +81,12 @@ impl Log {
     }
 
     pub fn start_run(&mut self, run: &str, author: &str) {
+        self.start_run_by(run, author, &[]);
+    }
+
+    /// A run whose commit `author` wrote and that `others` (committer,
+    /// pusher, the user who triggered it) count as authors of too.
+    pub fn start_run_by(&mut self, run: &str, author: &str, others: &[&str]) {
         let commit = commit_of(run);
         self.push(
             run,
@@ -92,6 +98,8 @@ impl Log {
                 commit: commit.clone(),
                 message: None,
                 author: Some(person(author)),
+                committer: None,
+                pusher: None,
                 triggered_by: None,
                 run_id: run.into(),
             },
@@ -106,6 +114,7 @@ impl Log {
                 repository: self.pipeline.source.repo.clone(),
                 message: None,
                 author: Some(person(author)),
+                authors: others.iter().map(|o| person(o)).collect(),
                 trigger: "manual".into(),
                 stages,
                 rollback: None,
@@ -127,6 +136,7 @@ impl Log {
                 repository: self.pipeline.source.repo.clone(),
                 message: None,
                 author: None,
+                authors: Vec::new(),
                 trigger: "rollback".into(),
                 stages: vec![ev::StagePlan {
                     name: stage.into(),

@@ -119,7 +119,10 @@ pub(super) struct Run {
     /// ordered by it (older first).
     pub ordinal: u64,
     pub commit: String,
-    pub author: Option<Person>,
+    /// Everyone who counts as an author (commit author and committer,
+    /// pusher, manual triggerer): none of them may approve under
+    /// `allow_self: false`.
+    pub authors: Vec<Person>,
     pub plan: Vec<StagePlan>,
     pub progress: Vec<Progress>,
     pub status: Status,
@@ -146,15 +149,9 @@ impl Run {
         self.running() && self.progress.iter().any(Progress::occupies)
     }
 
-    /// Whether `user` is the commit's author (forge username or email).
+    /// Whether `user` is one of the run's authors (forge username or email).
     pub fn is_author(&self, user: &str) -> bool {
-        let Some(author) = &self.author else {
-            return false;
-        };
-        [&author.username, &author.email]
-            .into_iter()
-            .flatten()
-            .any(|id| !id.is_empty() && id.eq_ignore_ascii_case(user.trim()))
+        self.authors.iter().any(|a| a.is(user))
     }
 }
 
@@ -229,7 +226,12 @@ impl State {
                 let Some(d) = decode::<ev::RunStarted>(data) else {
                     return;
                 };
-                let author = d.author.or_else(|| self.authors.get(run_id).cloned());
+                let mut authors = d.authors;
+                if let Some(a) = d.author.or_else(|| self.authors.get(run_id).cloned()) {
+                    if !authors.contains(&a) {
+                        authors.insert(0, a);
+                    }
+                }
                 let mut progress = vec![Progress::default(); d.stages.len()];
                 // A rollback run brings the earlier release's package and
                 // image with it: nothing is built again.
@@ -244,7 +246,7 @@ impl State {
                     id: run_id.to_owned(),
                     ordinal,
                     commit: d.commit,
-                    author,
+                    authors,
                     progress,
                     plan: d.stages,
                     status: Status::Running,
@@ -333,8 +335,13 @@ impl State {
                 }
             }
             EventName::ApprovalGranted => {
+                // Only a grant for a pending request counts: one given
+                // before the request (before anyone could see what they
+                // approve) is not a decision on it.
                 if let Some(d) = decode::<ev::ApprovalGranted>(data) {
-                    p.grants.push((d.user, time));
+                    if p.request.is_some() {
+                        p.grants.push((d.user, time));
+                    }
                 }
             }
             EventName::ApprovalRejected => {

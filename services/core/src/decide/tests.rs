@@ -333,6 +333,47 @@ fn self_approval_counts_when_allowed() {
 }
 
 #[test]
+fn no_author_of_the_run_may_approve_it() {
+    let mut log = Log::new(two_stages(
+        "    approval: { required: 1, approvers: [rm], allow_self: false }\n",
+    ));
+    // The commit claims `alice` wrote it; `mallory` pushed it and `trent`
+    // triggered it: none of them may approve.
+    log.start_run_by("r1", "alice", &["mallory", "trent"]);
+    log.build_all("r1");
+    log.step();
+    pass_stage(&mut log, "r1", "test");
+    log.step();
+    for author in ["alice", "mallory", "Trent@example.com"] {
+        log.grant("r1", "prod", author);
+        assert_eq!(log.step(), vec![], "{author} is an author");
+    }
+    log.grant("r1", "prod", "rita");
+    assert_eq!(log.step(), vec![start("r1", "prod")]);
+}
+
+#[test]
+fn a_grant_before_the_request_does_not_count() {
+    let mut log = Log::new(two_stages(
+        "    approval: { required: 1, approvers: [rm] }\n",
+    ));
+    log.start_run("r1", "alice");
+    log.build_all("r1");
+    log.step();
+    // Given before `approval.requested`: before anyone saw what it approves.
+    log.grant("r1", "prod", "rita");
+    pass_stage(&mut log, "r1", "test");
+    let d = log.step();
+    assert!(
+        matches!(&d[1], Decision::RequestApproval { .. }),
+        "still asks: {d:?}"
+    );
+    assert_eq!(log.step(), vec![], "the early grant is not counted");
+    log.grant("r1", "prod", "rita");
+    assert_eq!(log.step(), vec![start("r1", "prod")]);
+}
+
+#[test]
 fn rejection_fails_the_run() {
     let mut log = Log::new(two_stages("    approval: { approvers: [rm] }\n"));
     log.start_run("r1", "alice");
@@ -746,6 +787,7 @@ fn unknown_after_in_a_plan_fails_the_run() {
             repository: "x".into(),
             message: None,
             author: None,
+            authors: Vec::new(),
             trigger: "manual".into(),
             stages: vec![ev::StagePlan {
                 name: "prod".into(),

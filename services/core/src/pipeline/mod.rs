@@ -31,7 +31,9 @@ pub use model::{
     SmokeCheck, SmokeExpect, SmokeRequest, Source, Stage,
 };
 pub use repo_url::normalize_repo_url;
-pub use secret::{EnvValue, HeaderValue, Secret, SecretError, SecretRef, SecretRefError, SECRET_FORMAT_HINT};
+pub use secret::{
+    EnvValue, HeaderValue, Secret, SecretError, SecretRef, SecretRefError, SECRET_FORMAT_HINT,
+};
 pub use set::PipelineSet;
-pub use validate::warnings;
 pub use stage_env::{StageEnv, StageEnvError};
+pub use validate::warnings;

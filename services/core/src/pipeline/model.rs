@@ -192,7 +192,8 @@ impl Stage {
     /// Every secret reference of the stage: its `env` secrets, API Manager
     /// credentials, the gitops token and smoke-check headers.
     pub fn secret_refs(&self) -> Vec<&SecretRef> {
-        let mut refs: Vec<&SecretRef> = self.env.values().filter_map(EnvValue::secret_ref).collect();
+        let mut refs: Vec<&SecretRef> =
+            self.env.values().filter_map(EnvValue::secret_ref).collect();
         if let Some(a) = &self.apimanager {
             refs.extend([&a.username, &a.password]);
         }
@@ -205,7 +206,13 @@ impl Stage {
             refs.push(t);
         }
         for check in &self.smoke {
-            refs.extend(check.request.headers.values().filter_map(HeaderValue::secret_ref));
+            refs.extend(
+                check
+                    .request
+                    .headers
+                    .values()
+                    .filter_map(HeaderValue::secret_ref),
+            );
         }
         refs
     }

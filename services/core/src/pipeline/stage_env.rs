@@ -112,7 +112,9 @@ impl StageEnv {
 
     /// Every `(name, value)`, for a deploy command's environment.
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
-        self.vars.iter().map(|(k, v)| (k.as_str(), v.value.expose()))
+        self.vars
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.value.expose()))
     }
 
     /// The values of the secret variables, for the masker.

@@ -464,9 +464,10 @@ fn at_least_one_stage() {
 fn approval_rules() {
     let text = with_stages("  - name: a\n    approval:\n      required: 0\n      approvers: []\n");
     expect_error(&text, "stages[0].approval.required", "at least 1", 15);
-    expect_error(&text, "stages[0].approval.approvers", "at least one", 16);
+    // No approvers: anyone may approve (and without API tokens, only a
+    // single approval can be given: DESIGN.md 1.7).
     let text = with_stages("  - name: a\n    approval: { required: 2 }\n");
-    expect_error(&text, "stages[0].approval.approvers", "at least one", 14);
+    parse(&text).expect("approvers are optional");
     let text = with_stages("  - name: a\n    approval: { approvers: [ops, \"\"] }\n");
     expect_error(
         &text,
@@ -911,4 +912,66 @@ fn following_repo_ignores_the_branch() {
         .map(|p| p.name.as_str())
         .collect();
     assert_eq!(names, ["main-line", "release"]);
+}
+
+#[test]
+fn stage_env_names_and_values() {
+    let text = with_stages(
+        "  - name: a\n    env:\n      HOST: orders.internal\n      DB: env:DB_PASS\n      KEY: file:/run/k\n",
+    );
+    let p = parse(&text).expect("valid env");
+    let env = &p.stages[0].env;
+    assert_eq!(env["HOST"], EnvValue::Literal("orders.internal".into()));
+    assert_eq!(
+        env["DB"],
+        EnvValue::Secret(SecretRef::Env("DB_PASS".into()))
+    );
+    assert_eq!(p.secret_refs().len(), 2, "the literal is no secret");
+    let text = with_stages("  - name: a\n    env:\n      GANTRY_IMAGE: x\n");
+    expect_error(&text, "stages[0].env.GANTRY_IMAGE", "Gantry's own", 15);
+    let text = with_stages("  - name: a\n    env:\n      1BAD: x\n");
+    expect_error(&text, "stages[0].env.1BAD", "not a variable name", 15);
+    let text = with_stages("  - name: a\n    env:\n      X: file:relative\n");
+    let e = parse(&text).expect_err("relative file");
+    assert!(e.to_string().contains("absolute"), "{e}");
+}
+
+#[test]
+fn repository_urls_with_credentials_are_refused_without_echoing_them() {
+    for repo in [
+        "https://rita:s3cr3t-token@git.example.com/a/b.git",
+        "https://ghp_abcdef@github.com/a/b.git",
+        "ssh://git:pw@git.example.com/a/b.git",
+    ] {
+        let text = HEAD.replace("/srv/git/demo.git", repo);
+        assert_ne!(text, HEAD, "the fixture names the repository");
+        let e = parse(&format!("{text}stages:\n  - name: a\n")).expect_err("credentials");
+        let shown = e.to_string();
+        assert!(shown.contains("source.token"), "{shown}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("ghp_abcdef"),
+            "{shown}"
+        );
+    }
+    let ssh_user = HEAD.replace("/srv/git/demo.git", "ssh://git@git.example.com/a/b.git");
+    parse(&format!("{ssh_user}stages:\n  - name: a\n")).expect("an ssh user is no credential");
+}
+
+#[test]
+fn access_groups_and_warnings() {
+    let head = HEAD.replace(
+        "  repository: registry.example.com/apim/demo\n",
+        "  repository: registry.example.com/apim/demo\n  insecure: true\n",
+    );
+    let text = format!(
+        "{head}access: {{ trigger: [dev], operate: [] }}\nstages:\n  - name: a\n    approval: {{ allow_self: true }}\n"
+    );
+    expect_error(&text, "access.operate", "at least one", 13);
+    let fixed = text.replace("operate: []", "operate: [ops]");
+    let p = parse(&fixed).expect("valid");
+    let warned: Vec<String> = crate::pipeline::warnings(&p)
+        .into_iter()
+        .map(|w| w.path)
+        .collect();
+    assert_eq!(warned, ["image.insecure", "stages[0].approval.allow_self"]);
 }

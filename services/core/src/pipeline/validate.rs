@@ -45,7 +45,10 @@ pub fn validate(p: &Pipeline) -> Vec<Issue> {
     v.check("name", check_name(&p.name));
 
     v.check("source.repo", check_repo(&p.source.repo));
-    v.check("source.repo", check_no_credentials(&p.source.repo, "source.token"));
+    v.check(
+        "source.repo",
+        check_no_credentials(&p.source.repo, "source.token"),
+    );
     v.check("source.branch", check_branch(&p.source.branch));
     if let Some(full_name) = &p.source.webhook_repo {
         v.check("source.webhook_repo", check_full_name(full_name));
@@ -88,7 +91,10 @@ pub fn validate(p: &Pipeline) -> Vec<Issue> {
             let Some(groups) = groups else { continue };
             let path = join_key("access", field);
             if groups.is_empty() {
-                v.add(&path, "name at least one user or group (or leave the key out for the default)");
+                v.add(
+                    &path,
+                    "name at least one user or group (or leave the key out for the default)",
+                );
             }
             for (k, who) in groups.iter().enumerate() {
                 if who.trim().is_empty() {
@@ -240,12 +246,6 @@ fn validate_stage(
         if approval.required < 1 {
             v.add(join_key(&apath, "required"), "must be at least 1");
         }
-        if approval.approvers.is_empty() {
-            v.add(
-                join_key(&apath, "approvers"),
-                "name at least one user or group who may approve",
-            );
-        }
         for (k, who) in approval.approvers.iter().enumerate() {
             if who.trim().is_empty() {
                 v.add(
@@ -346,7 +346,10 @@ pub fn warnings(p: &Pipeline) -> Vec<Issue> {
         for (j, check) in stage.smoke.iter().enumerate() {
             if check.follow_redirects {
                 v.add(
-                    join_key(&join_index(&join_key(&path, "smoke"), j), "follow_redirects"),
+                    join_key(
+                        &join_index(&join_key(&path, "smoke"), j),
+                        "follow_redirects",
+                    ),
                     "redirects are followed; the check's headers go only to the same origin",
                 );
             }

@@ -42,7 +42,7 @@ pub(crate) fn masker(extra: &[String], trees: &[&Value]) -> Masker {
         }
         all.push(s);
     }
-    Masker::new(all)
+    Masker::new(&all)
 }
 
 /// Is `s` only a placeholder naming a value, an environment variable or a
@@ -332,24 +332,24 @@ plain: AKIAIOSFODNN7EXAMPLE
         let expected = "\
 db:
   url: jdbc:mysql://h/db
-  password: ****
+  password: ***
   passwordRef: '{{ env \"DB_PASS\" }}'
   user: scott
 credentials:
-  user: ****
-  pass: ****
+  user: ***
+  pass: ***
   list:
-  - ****
-  - name: ****
+  - ***
+  - name: ***
 privateKey: |
-  ****
-  ****
+  ***
+  ***
 after: visible
-- apiKey: ****
+- apiKey: ***
 token:
-- ****
-- ****
-plain: ****";
+- ***
+- ***
+plain: ***";
         assert_eq!(show("a/b.yaml", text, &[]), expected);
     }
 
@@ -358,7 +358,7 @@ plain: ****";
         let text = "x\n-----BEGIN PRIVATE KEY-----\nabc\ndef\n-----END PRIVATE KEY-----\nuse hunter2x here\n";
         assert_eq!(
             show("k.pem", text, &["hunter2x"]),
-            "x\n-----BEGIN PRIVATE KEY-----\n****\n****\n-----END PRIVATE KEY-----\nuse **** here"
+            "x\n-----BEGIN PRIVATE KEY-----\n***\n***\n-----END PRIVATE KEY-----\nuse *** here"
         );
         // Not YAML: key rule off.
         assert_eq!(show("a.txt", "password: x\n", &[]), "password: x");

@@ -260,7 +260,7 @@ pub fn env_settings(
     found.sort();
     found.dedup();
     if !w.errors.is_empty() {
-        let masker = secrets::Masker::new(found);
+        let masker = secrets::Masker::new(&found);
         let mut errors = w.errors;
         for d in &mut errors {
             masker.mask_diagnostic(d);

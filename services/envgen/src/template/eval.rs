@@ -376,9 +376,16 @@ pub(crate) fn eval(
                         }
                         (None, None) => None,
                     };
-                    match (ctx.env.var(&name), default) {
-                        (Some(v), _) => {
-                            if !v.is_empty() && ctx.env.is_secret(&name) {
+                    // Lower-case fallback, as the gateway does.
+                    let lower = name.to_lowercase();
+                    let found = ctx
+                        .env
+                        .var(&name)
+                        .map(|v| (v, name.as_str()))
+                        .or_else(|| ctx.env.var(&lower).map(|v| (v, lower.as_str())));
+                    match (found, default) {
+                        (Some((v, var)), _) => {
+                            if !v.is_empty() && ctx.env.is_secret(var) {
                                 secrets.push(v.clone());
                             }
                             Ok(Value::String(v))

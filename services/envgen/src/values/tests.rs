@@ -1,7 +1,7 @@
 use serde_json::json;
 
 use super::*;
-use crate::template::MapEnv;
+use crate::template::{MapEnv, StageEnv};
 
 fn src<'a>(name: &'a str, text: &'a str) -> Option<ValuesSource<'a>> {
     Some(ValuesSource { name, text })
@@ -68,29 +68,82 @@ fn placeholders_in_values_keep_raw_and_resolve() {
 
 #[test]
 fn overlay_env_and_file_references() {
+    // The overlay is repository content: `env:NAME` is the stage's declared
+    // variable, `file:` is refused (it would read Gantry's own files).
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
     let secret_file = dir.path().join("pw");
     std::fs::write(&secret_file, "file-secret-123\n").unwrap_or_else(|e| panic!("{e}"));
     let overlay = format!(
-        "db:\n  password: env:DB_PASSWORD\n  key: file:{}\n  missing: env:NOT_SET\n",
+        "db:\n  password: env:DB_PASSWORD\n  key: file:{}\n  missing: env:NOT_SET\n  host: env:DB_HOST\n",
         secret_file.display()
     );
-    let env = MapEnv::from_pairs([("DB_PASSWORD", "hunter2hunter2")]);
+    let env = StageEnv::from_pairs(
+        "test",
+        [("DB_HOST", "db.test")],
+        [("DB_PASSWORD", "hunter2hunter2")],
+    );
     let v = StageValues::load(None, src("environments/test.yaml", &overlay), &env);
     assert_eq!(v.resolved()["db"]["password"], json!("hunter2hunter2"));
     assert_eq!(
         v.raw()["db"]["password"],
         json!("{{ env \"DB_PASSWORD\" }}")
     );
-    assert_eq!(v.resolved()["db"]["key"], json!("file-secret-123"));
+    assert_eq!(v.resolved()["db"]["host"], json!("db.test"));
+    assert_eq!(v.resolved()["db"]["key"], json!(""), "the file is not read");
     assert!(v.secrets().contains(&"hunter2hunter2".to_string()));
-    assert!(v.secrets().contains(&"file-secret-123".to_string()));
-    assert_eq!(v.diagnostics().len(), 1);
-    let d = &v.diagnostics()[0];
+    assert!(
+        !v.secrets().contains(&"db.test".to_string()),
+        "a literal is no secret"
+    );
+    assert!(
+        !format!("{:?} {:?}", v.raw(), v.diagnostics()).contains("file-secret-123"),
+        "nothing of the file reaches the package or a message"
+    );
+    assert_eq!(v.diagnostics().len(), 2, "{:?}", v.diagnostics());
+    let file = &v.diagnostics()[0];
+    assert_eq!(file.line, Some(3));
+    assert_eq!(file.field.as_deref(), Some("db.key"));
+    assert!(
+        file.message.contains("not allowed in repository content"),
+        "{}",
+        file.message
+    );
+    assert!(file.message.contains("stage's `env`"), "{}", file.message);
+    let d = &v.diagnostics()[1];
     assert_eq!(d.file.as_deref(), Some("environments/test.yaml"));
     assert_eq!(d.line, Some(4));
     assert_eq!(d.field.as_deref(), Some("db.missing"));
-    assert!(d.message.contains("`NOT_SET`"));
+    assert!(
+        d.message
+            .contains("`NOT_SET` is not declared for stage `test`"),
+        "{}",
+        d.message
+    );
+    assert!(d.message.contains("stages[].env"), "{}", d.message);
+}
+
+/// Gantry's own environment is out of reach of repository content, whatever
+/// the placeholder: a variable every process has (PATH) is not declared.
+#[test]
+fn gantrys_environment_is_not_reachable() {
+    let env = StageEnv::from_pairs("test", [], []);
+    let v = StageValues::load(
+        src(
+            "values.yaml",
+            "a: '{{ env \"PATH\" }}'\nb: '{{ env \"PATH\" \"none\" }}'\n",
+        ),
+        src("environments/test.yaml", "c: env:PATH\n"),
+        &env,
+    );
+    let path = std::env::var("PATH").unwrap_or_default();
+    assert!(!path.is_empty());
+    assert!(!v.resolved().to_string().contains(&path));
+    assert_eq!(v.resolved()["b"], json!("none"), "a default applies");
+    assert_eq!(v.diagnostics().len(), 2, "{:?}", v.diagnostics());
+    assert!(v
+        .diagnostics()
+        .iter()
+        .all(|d| d.message.contains("`PATH` is not declared")));
 }
 
 #[test]

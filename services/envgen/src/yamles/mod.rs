@@ -504,10 +504,10 @@ impl Project {
         let mut errors: Vec<Diagnostic> = self.load_diags.clone();
         errors.extend(values.diagnostics().iter().cloned());
         let mut warnings = Vec::new();
-        let mut masker = Masker::new(values.secrets().iter().cloned());
+        let mut masker = Masker::new(values.secrets());
         for s in stage.iter().flatten() {
             errors.extend(s.diags.iter().cloned());
-            masker.extend(s.rendered.secrets.iter().cloned());
+            masker.extend(s.rendered.secrets.iter().map(String::as_str));
         }
         let analyses: Vec<Option<&Analysis>> = self
             .entity_files

@@ -79,6 +79,12 @@ fn github_push() {
                 "Raise the pets API quota to 500/min\n\nRequested by the mobile team.".into()
             ),
             author: person("Rita Ops", Some("rita@example.com"), Some("rita-ops")),
+            committer: person("GitHub", Some("noreply@github.com"), Some("web-flow")),
+            pusher: Some(Person {
+                name: None,
+                email: Some("rita@example.com".into()),
+                username: Some("rita-ops".into())
+            }),
         }
     );
 }
@@ -302,6 +308,8 @@ fn gitlab_push() {
             full_name: Some("apim/banking-config".into()),
             message: Some("Rotate the partner TLS certificate\n".into()),
             author: person("Rita Ops", Some("rita@example.com"), None),
+            committer: None,
+            pusher: person("Rita Ops", None, Some("rita")),
         }
     );
 }
@@ -411,6 +419,12 @@ fn gitea_push() {
             full_name: Some("apim/banking-config".into()),
             message: Some("Point prod at the new API Manager\n".into()),
             author: person("Rita Ops", Some("rita@example.com"), Some("rita")),
+            committer: person("Rita Ops", Some("rita@example.com"), Some("rita")),
+            pusher: Some(Person {
+                name: None,
+                email: Some("rita@example.com".into()),
+                username: Some("rita".into())
+            }),
         }
     );
 }
@@ -464,6 +478,8 @@ fn bitbucket_cloud_push() {
             full_name: Some("acme/banking-config".into()),
             message: Some("Tighten the CORS policy for the payments API\n".into()),
             author: person("Rita Ops", Some("rita@example.com"), Some("rita")),
+            committer: None,
+            pusher: person("Rita Ops", None, Some("rita")),
         }
     );
 }
@@ -588,6 +604,8 @@ fn bitbucket_data_center_push() {
             full_name: Some("APIM/banking-config".into()),
             message: None,
             author: person("Rita Ops", Some("rita@example.com"), Some("rita")),
+            committer: None,
+            pusher: person("Rita Ops", Some("rita@example.com"), Some("rita")),
         }
     );
     let deleted = edited(fixture!("bitbucket-server-refs-changed.json"), |v| {
@@ -613,6 +631,8 @@ fn generic_push() {
             full_name: None,
             message: Some("Nightly rebuild".into()),
             author: person("CI Robot", Some("ci@example.com"), None),
+            committer: None,
+            pusher: None,
         }
     );
 }
