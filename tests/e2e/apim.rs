@@ -78,7 +78,7 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
              gateway:\n  format: yaml\n  path: gateway/\napis:\n  path: apis/\n\
              stages:\n  - name: test\n\
              \x20   apimanager: {{ url: \"{url}\", username: env:APIM_USER, password: env:APIM_PASS }}\n\
-             \x20   approval: {{ required: 1, approvers: [rm] }}\n",
+             \x20   approval: {{ required: 1 }}\n",
             repo = repo.path().display(),
             url = apim.url(),
         ),

@@ -245,6 +245,20 @@ async fn rejected_deliveries_record_nothing() {
 #[tokio::test]
 async fn health_cli_and_graceful_shutdown() {
     let dir = workdir();
+    // Manual triggers name commits the pipeline's branch holds: a real repository.
+    let repo = gantry_tests::GitRepo::init().unwrap();
+    let on_main = repo.commit_files(&[("f", "1")], "on main").unwrap();
+    repo.checkout_new_branch("feature").unwrap();
+    let elsewhere = repo.commit_files(&[("f", "2")], "not on main").unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/banking.yaml"),
+        format!(
+            "name: banking\nsource:\n  repo: {}\n  branch: main\n\
+             gateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
     let mut gantry = Gantry::start(dir.path(), &["up"], &[]).await;
     let base = gantry.url();
     assert_eq!(get_json(&base, "/healthz").await["status"], "ok");
@@ -267,7 +281,11 @@ async fn health_cli_and_graceful_shutdown() {
             .output()
             .expect("run gantry")
     };
-    let commit = commit_sha(9);
+    let out = cli(&["trigger", "banking", "--commit", &elsewhere]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("not on branch `main`"), "{stderr}");
+    let commit = on_main;
     let out = cli(&[
         "trigger", "banking", "--commit", &commit, "--output", "json",
     ]);

@@ -19,8 +19,15 @@ use sha2::Sha256;
 pub const SECRET: &str = "e2e-webhook-secret";
 pub const REPO: &str = "https://git.example.com/apim/banking-config.git";
 
+/// The name of the canary variable every e2e `gantry` process gets: no
+/// pipeline declares it, so its value must never leave the process.
+pub const CANARY_VAR: &str = "GANTRY_E2E_CANARY";
+
 /// A `gantry` process with its own working directory and port.
 pub struct Gantry {
+    /// A unique value in [`CANARY_VAR`]: after the test it must appear in
+    /// none of the process's logs or files (event log, packages, mirrors).
+    pub canary: String,
     child: Option<Child>,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -35,6 +42,7 @@ impl Gantry {
         let port = gantry_tests::free_port();
         let log = dir.join(format!("gantry-{port}.log"));
         let mut g = Gantry {
+            canary: format!("canary-{}", uuid::Uuid::new_v4().simple()),
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env
@@ -63,6 +71,7 @@ impl Gantry {
             .env("GANTRY_LISTEN", format!("127.0.0.1:{}", self.port))
             .env("GANTRY_LOG", "info")
             .env("E2E_WEBHOOK_SECRET", SECRET)
+            .env(CANARY_VAR, &self.canary)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
             .stderr(Stdio::from(log))
@@ -122,9 +131,62 @@ impl Gantry {
     }
 }
 
+impl Gantry {
+    /// Files under the work dir and the process's log that hold the canary.
+    pub fn canary_leaks(&self) -> Vec<PathBuf> {
+        let mut found = Vec::new();
+        let needle = self.canary.as_bytes();
+        let mut dirs = vec![self.dir.clone()];
+        while let Some(dir) = dirs.pop() {
+            let Ok(entries) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let path = entry.path();
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => dirs.push(path),
+                    Ok(t) if t.is_file() => {
+                        let bytes = std::fs::read(&path).unwrap_or_default();
+                        if contains(&bytes, needle) || gz_contains(&bytes, needle) {
+                            found.push(path);
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        found
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Packages are gzipped tarballs: look inside too.
+fn gz_contains(bytes: &[u8], needle: &[u8]) -> bool {
+    use std::io::Read;
+    if !bytes.starts_with(&[0x1f, 0x8b]) {
+        return false;
+    }
+    let mut out = Vec::new();
+    let _ = flate2::read::GzDecoder::new(bytes).read_to_end(&mut out);
+    contains(&out, needle)
+}
+
 impl Drop for Gantry {
     fn drop(&mut self) {
         self.kill();
+        // Every e2e test is also a leak test: the canary variable is
+        // Gantry's own, declared by no pipeline, so it must reach no event
+        // (the SQLite log is in the work dir), package, mirror or log line.
+        if !std::thread::panicking() {
+            let leaks = self.canary_leaks();
+            assert!(
+                leaks.is_empty(),
+                "Gantry's canary variable leaked into {leaks:?}"
+            );
+        }
     }
 }
 
