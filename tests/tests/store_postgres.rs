@@ -660,3 +660,68 @@ async fn concurrent_writers_never_make_a_tailing_reader_skip() -> anyhow::Result
     );
     Ok(())
 }
+
+/// Sequential scans of `events` so far (the statistics collector's count).
+async fn seq_scans(store: &EventStore) -> anyhow::Result<i64> {
+    // Backends report their counters at most once a second once idle, and a
+    // read sees a snapshot: wait for the reports, then clear the snapshot.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    sqlx::query("SELECT pg_stat_clear_snapshot()")
+        .execute(store.pool())
+        .await?;
+    Ok(sqlx::query_scalar(
+        "SELECT COALESCE(seq_scan, 0)::BIGINT FROM pg_stat_user_tables WHERE relname = 'events'",
+    )
+    .fetch_one(store.pool())
+    .await?)
+}
+
+/// An append costs the same into a log of any length: every query of the
+/// append path is an index lookup from the first event on, whatever plan
+/// Postgres cached while the table was empty (issue 17).
+#[tokio::test]
+async fn appends_never_scan_the_whole_log() -> anyhow::Result<()> {
+    let db = fresh_postgres().await?;
+    let store = store_at(db.url()).await?;
+    // While the table is small, each statement is prepared and executed
+    // often enough for Postgres to settle on a generic plan.
+    for i in 0..20 {
+        store
+            .append(&format!("run-{i}"), ExpectedVersion::NoStream, vec![cancelled("x")])
+            .await?;
+    }
+    let before = seq_scans(&store).await?;
+    let mut handles = Vec::new();
+    for w in 0..8 {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            for i in 0..125 {
+                let stream = format!("run-w{w}-{}", i / 5);
+                store
+                    .append(&stream, ExpectedVersion::Any, vec![cancelled("x"), cancelled("x")])
+                    .await?;
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for h in handles {
+        h.await??;
+    }
+    // A redelivered event takes the idempotency path only.
+    let again = cancelled("x");
+    store
+        .append("run-again", ExpectedVersion::Any, vec![again.clone()])
+        .await?;
+    store
+        .append("run-again", ExpectedVersion::Any, vec![again])
+        .await?;
+    assert_eq!(store.head().await?, 20 + 2_000 + 1);
+    let after = seq_scans(&store).await?;
+    assert_eq!(
+        after - before,
+        0,
+        "{} sequential scans of `events` during 1,002 appends",
+        after - before
+    );
+    Ok(())
+}

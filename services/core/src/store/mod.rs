@@ -221,6 +221,21 @@ impl EventStore {
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
                 Box::pin(async move {
+                    if backend == Backend::Postgres {
+                        // Every query of the log is meant to be an index
+                        // lookup (by event id, stream, position, run or
+                        // pipeline). A plan Postgres makes while the table
+                        // is small, and caches for a prepared statement,
+                        // would otherwise read the whole log on every
+                        // append once it is large (issue 17). Turning
+                        // sequential scans off makes them a last resort, so
+                        // an index is used from the first event on, whatever
+                        // the statistics say; a query with no usable index
+                        // still runs.
+                        sqlx::query("SET enable_seqscan = off")
+                            .execute(&mut *conn)
+                            .await?;
+                    }
                     if backend == Backend::Sqlite {
                         // WAL lets readers (SSE, projections, other processes)
                         // work while one writer appends.
