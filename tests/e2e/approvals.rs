@@ -230,3 +230,182 @@ async fn prod_waits_for_two_release_managers_and_refuses_the_author_and_outsider
         .await;
     assert_eq!(status, 409);
 }
+
+/// Separation of duties beyond the commit's own metadata (DESIGN.md 1.7):
+/// whoever pushed (as the forge authenticated them) and whoever triggered by
+/// hand are authors too; an approval counts only once the stage asks for it.
+#[tokio::test]
+async fn the_pusher_and_the_triggerer_are_authors_and_early_approvals_are_refused() {
+    let repo = gantry_tests::GitRepo::init().unwrap();
+    write_minimal_project(&repo);
+    let first = repo.commit("first").unwrap();
+    repo.write("gateway/values.yaml", "---\na: 1\n").unwrap();
+    let second = repo.commit("second").unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/banking.yaml"),
+        format!(
+            "name: banking\nsource:\n  repo: {}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
+             gateway:\n  format: yaml\n  path: gateway/\nstages:\n\
+             \x20 - name: test\n    approval: {{ approvers: [release-managers] }}\n\
+             \x20 - name: prod\n    approval: {{ approvers: [release-managers] }}\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let tokens_path = write_api_tokens(dir.path(), TOKENS);
+    let gantry = Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens_path)]).await;
+    let api = Client {
+        base: gantry.url(),
+        http: reqwest::Client::new(),
+    };
+
+    // dev1 pushes a commit that claims someone else wrote it.
+    let body = serde_json::to_vec(&json!({
+        "ref": "refs/heads/main", "after": first,
+        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
+        "head_commit": { "message": "config", "author": { "name": "Someone Else", "email": "else@example.com" } },
+        "pusher": { "name": "dev1", "email": "dev@example.com" },
+        "sender": { "login": "dev1" }
+    }))
+    .unwrap();
+    let resp = api
+        .http
+        .post(format!("{}/webhooks/github", api.base))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    let run = resp.json::<Value>().await.unwrap()["runs"][0]["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.wait_status(&run, "test", "awaiting_approval").await;
+
+    // prod has not asked yet: an approval now would be blind.
+    let (status, problem) = api
+        .decide("tok-rita", &run, "prod", "approve", json!({}))
+        .await;
+    assert_eq!(status, 409, "{problem}");
+    assert!(
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("not waiting for approval"),
+        "{problem}"
+    );
+    let (status, problem) = api
+        .decide("tok-dev", &run, "test", "approve", json!({}))
+        .await;
+    assert_eq!(status, 403, "the pusher: {problem}");
+    assert!(
+        problem["detail"].as_str().unwrap().contains("author"),
+        "{problem}"
+    );
+    let (status, _) = api
+        .decide("tok-rita", &run, "test", "approve", json!({}))
+        .await;
+    assert_eq!(status, 201);
+    api.wait_status(&run, "prod", "awaiting_approval").await;
+    let (status, _) = api
+        .decide("tok-sam", &run, "prod", "approve", json!({}))
+        .await;
+    assert_eq!(status, 201);
+    api.wait_status(&run, "prod", "promoted").await;
+
+    // sam triggers the second commit by hand: sam may not approve it.
+    let resp = api
+        .http
+        .post(format!("{}/api/v1/runs", api.base))
+        .bearer_auth("tok-sam")
+        .json(&json!({ "pipeline": "banking", "commit": second }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let run2 = resp.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    api.wait_status(&run2, "test", "awaiting_approval").await;
+    let (status, problem) = api
+        .decide("tok-sam", &run2, "test", "approve", json!({}))
+        .await;
+    assert_eq!(status, 403, "the triggerer: {problem}");
+    let (status, _) = api
+        .decide("tok-rita", &run2, "test", "approve", json!({}))
+        .await;
+    assert_eq!(status, 201);
+}
+
+/// Without API tokens nobody can be told apart: approvals that need
+/// identities are refused; a stage anyone may approve still works.
+#[tokio::test]
+async fn without_tokens_approvals_that_need_identities_are_refused() {
+    let repo = gantry_tests::GitRepo::init().unwrap();
+    write_minimal_project(&repo);
+    let commit = repo.commit("first").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
+    std::fs::write(
+        dir.path().join("pipelines/banking.yaml"),
+        format!(
+            "name: banking\nsource:\n  repo: {}\n  branch: main\n\
+             gateway:\n  format: yaml\n  path: gateway/\nstages:\n\
+             \x20 - name: test\n    approval: {{}}\n\
+             \x20 - name: prod\n    approval: {{ approvers: [release-managers] }}\n",
+            repo.path().display()
+        ),
+    )
+    .unwrap();
+    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let base = gantry.url();
+    let http = reqwest::Client::new();
+    let resp = http
+        .post(format!("{base}/api/v1/runs"))
+        .json(&json!({ "pipeline": "banking", "commit": commit }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let run = resp.json::<Value>().await.unwrap()["run_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let approve = |stage: &'static str| {
+        let (http, url) = (
+            http.clone(),
+            format!("{base}/api/v1/runs/{run}/stages/{stage}/approve"),
+        );
+        async move {
+            let resp = http
+                .post(url)
+                .json(&json!({ "user": "rita" }))
+                .send()
+                .await
+                .unwrap();
+            let status = resp.status().as_u16();
+            let ty = resp
+                .headers()
+                .get("content-type")
+                .map(|v| v.to_str().unwrap_or("").to_owned());
+            (status, ty, resp.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    wait_stage_status(&base, None, &run, ("test", "awaiting_approval"), Duration::from_secs(30)).await;
+    let (status, _, _) = approve("test").await;
+    assert_eq!(status, 201, "anyone may approve `test`");
+    wait_stage_status(&base, None, &run, ("prod", "awaiting_approval"), Duration::from_secs(30)).await;
+    let (status, ty, problem) = approve("prod").await;
+    assert_eq!(status, 403, "{problem}");
+    assert_eq!(ty.as_deref(), Some("application/problem+json"));
+    assert!(
+        problem["detail"].as_str().unwrap().contains("GANTRY_API_TOKENS"),
+        "{problem}"
+    );
+}
