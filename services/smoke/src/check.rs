@@ -22,12 +22,11 @@ pub const MAX_REDIRECTS: usize = 10;
 pub const MAX_BODY: usize = 1024 * 1024;
 /// TCP (and TLS) connect timeout of every smoke request.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest silence while reading an answer (the check's own timeout bounds
-/// each request as a whole).
-pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The HTTP client smoke checks use: it never follows a redirect by itself
-/// (checks do, under their own rules), and it has connect and read timeouts.
+/// (checks do, under their own rules), and it has a connect timeout; every
+/// request also carries what is left of its check's timeout, which bounds
+/// it as a whole (sending, waiting, reading the body).
 #[derive(Debug, Clone)]
 pub struct SmokeClient {
     http: reqwest::Client,
@@ -38,7 +37,8 @@ impl SmokeClient {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            // A request without its own timeout (none today) still ends.
+            .timeout(SmokeCheck::DEFAULT_TIMEOUT)
             .user_agent(concat!("gantry-smoke/", env!("CARGO_PKG_VERSION")))
             .build()?;
         Ok(Self { http })

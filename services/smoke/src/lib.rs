@@ -27,7 +27,7 @@ use gantry_proto::events::{SmokeFailed, SmokePassed, StageStarted};
 use gantry_proto::{CloudEvent, EventName};
 
 pub use check::{
-    run_check, RetryPolicy, SmokeClient, CONNECT_TIMEOUT, MAX_BODY, MAX_REDIRECTS, READ_TIMEOUT,
+    run_check, RetryPolicy, SmokeClient, CONNECT_TIMEOUT, MAX_BODY, MAX_REDIRECTS,
 };
 
 pub const SERVICE: &str = "smoke";
