@@ -17,7 +17,12 @@ async fn api_manager() -> String {
     let app = Router::new()
         .route(
             &format!("{BASE}/login"),
-            post(|| async { (StatusCode::SEE_OTHER, [("set-cookie", "APIMANAGERSESSION=s1; Path=/")]) }),
+            post(|| async {
+                (
+                    StatusCode::SEE_OTHER,
+                    [("set-cookie", "APIMANAGERSESSION=s1; Path=/")],
+                )
+            }),
         )
         .route(
             &format!("{BASE}/currentuser"),
@@ -32,10 +37,11 @@ async fn api_manager() -> String {
         .route(
             &format!("{BASE}/organizations"),
             get(|| async {
-                let first = futures::stream::once(async { Ok::<_, std::io::Error>(Bytes::from_static(b"[")) });
-                let item = Bytes::from(
-                    r#"{"id":"0","name":"org","description":"x"},"#.repeat(1000),
-                );
+                let first = futures::stream::once(async {
+                    Ok::<_, std::io::Error>(Bytes::from_static(b"["))
+                });
+                let item =
+                    Bytes::from(r#"{"id":"0","name":"org","description":"x"},"#.repeat(1000));
                 let rest = futures::stream::repeat_with(move || Ok(item.clone()));
                 Body::from_stream(futures::StreamExt::chain(first, rest)).into_response()
             }),

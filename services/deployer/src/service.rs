@@ -110,8 +110,7 @@ impl Deployer {
                 return failed(masker.mask(&e.to_string()), None);
             }
         };
-        let masker =
-            Masker::for_stage(pipeline, &stage_env).merge(&gantry_core::mask::process());
+        let masker = Masker::for_stage(pipeline, &stage_env).merge(&gantry_core::mask::process());
         let image = image_reference(pipeline, started);
         let begun = Instant::now();
         let timeout = deploy.timeout_or_default();

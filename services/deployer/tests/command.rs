@@ -266,5 +266,9 @@ async fn the_release_variables_win_over_declared_ones() {
     .await
     .unwrap();
     assert!(out.output.contains("stage=test\n"), "{}", out.output);
-    assert!(out.output.contains("path=/usr/bin:/bin\n"), "{}", out.output);
+    assert!(
+        out.output.contains("path=/usr/bin:/bin\n"),
+        "{}",
+        out.output
+    );
 }

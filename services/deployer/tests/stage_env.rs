@@ -54,7 +54,10 @@ stages:
     );
     let mut set = PipelineSet::new();
     for (file, yaml) in [("envy.yaml", &envy), ("other.yaml", &other)] {
-        set.insert(parse_str(file, yaml).unwrap_or_else(|e| panic!("{e}")), None);
+        set.insert(
+            parse_str(file, yaml).unwrap_or_else(|e| panic!("{e}")),
+            None,
+        );
     }
     let deployer = Deployer::new(Pipelines::new(set), data.path());
     assert!(

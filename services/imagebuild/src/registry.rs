@@ -376,20 +376,18 @@ impl Endpoint {
         if !status.is_success() {
             return Err(error_from(resp, &self.registry, "GET", &url, attempt).await);
         }
-        let body = read_limited(resp, TOKEN_LIMIT)
-            .await
-            .map_err(|e| match e {
-                ReadError::TooLarge => ImageError::Malformed {
-                    what: "token response".into(),
-                    origin: Self::show(&url),
-                    reason: format!("it is larger than {TOKEN_LIMIT} bytes"),
-                },
-                ReadError::Http(e) => ImageError::Transfer {
-                    registry: self.registry.clone(),
-                    what: "token".into(),
-                    source: e.without_url(),
-                },
-            })?;
+        let body = read_limited(resp, TOKEN_LIMIT).await.map_err(|e| match e {
+            ReadError::TooLarge => ImageError::Malformed {
+                what: "token response".into(),
+                origin: Self::show(&url),
+                reason: format!("it is larger than {TOKEN_LIMIT} bytes"),
+            },
+            ReadError::Http(e) => ImageError::Transfer {
+                registry: self.registry.clone(),
+                what: "token".into(),
+                source: e.without_url(),
+            },
+        })?;
         let tr: TokenResponse =
             serde_json::from_slice(&body).map_err(|e| ImageError::Malformed {
                 what: "token response".into(),
@@ -1337,10 +1335,7 @@ mod outbound_tests {
         if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer good") {
             return (AxStatus::OK, "{}").into_response();
         }
-        let challenge = format!(
-            "Bearer realm=\"http://{}/token\",service=\"fake\"",
-            f.addr
-        );
+        let challenge = format!("Bearer realm=\"http://{}/token\",service=\"fake\"", f.addr);
         (
             AxStatus::UNAUTHORIZED,
             [("www-authenticate", challenge)],
@@ -1433,13 +1428,17 @@ mod outbound_tests {
 
         // Without credentials there is nothing to protect.
         let anon = endpoint(&fake, "registry.example.com", false, false);
-        anon.get_manifest("a", "1", "x").await.expect("anonymous token");
+        anon.get_manifest("a", "1", "x")
+            .await
+            .expect("anonymous token");
         assert_eq!(*fake.token_auth.lock().unwrap(), vec![None]);
 
         // image.insecure: true, or a registry on loopback: allowed.
         for (registry, insecure) in [("registry.example.com", true), (fake.addr.as_str(), false)] {
             let ep = endpoint(&fake, registry, insecure, true);
-            ep.get_manifest("a", "1", "x").await.expect("token with credentials");
+            ep.get_manifest("a", "1", "x")
+                .await
+                .expect("token with credentials");
             let last = fake.token_auth.lock().unwrap().last().cloned().flatten();
             assert_eq!(
                 last,
@@ -1464,7 +1463,10 @@ mod outbound_tests {
             started.elapsed()
         );
         let msg = err.to_string();
-        assert!(msg.contains(&format!("larger than {TOKEN_LIMIT} bytes")), "{msg}");
+        assert!(
+            msg.contains(&format!("larger than {TOKEN_LIMIT} bytes")),
+            "{msg}"
+        );
     }
 
     #[tokio::test]
@@ -1473,7 +1475,9 @@ mod outbound_tests {
         let ep = endpoint(&fake, &fake.addr, false, false);
         // A 503 with an endless body, then 200: the retry comes at once.
         let started = Instant::now();
-        ep.get_manifest("flaky", "1", "x").await.expect("second try");
+        ep.get_manifest("flaky", "1", "x")
+            .await
+            .expect("second try");
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "{:?}",
@@ -1481,7 +1485,11 @@ mod outbound_tests {
         );
         // A 400 with an endless body: an error at once.
         let started = Instant::now();
-        let err = ep.get_manifest("broken", "1", "x").await.err().expect("400");
+        let err = ep
+            .get_manifest("broken", "1", "x")
+            .await
+            .err()
+            .expect("400");
         assert_eq!(err.status(), Some(400), "{err}");
         assert!(
             started.elapsed() < Duration::from_secs(10),

@@ -169,7 +169,10 @@ async fn attempt(client: &reqwest::Client, check: &SmokeCheck, deadline: Instant
         if hops == MAX_REDIRECTS {
             return Err((
                 Some(status.as_u16()),
-                format!("more than {MAX_REDIRECTS} redirects (last to {})", shown(&next)),
+                format!(
+                    "more than {MAX_REDIRECTS} redirects (last to {})",
+                    shown(&next)
+                ),
             ));
         }
         hops += 1;
@@ -217,7 +220,9 @@ async fn attempt(client: &reqwest::Client, check: &SmokeCheck, deadline: Instant
             }
         };
         let body = String::from_utf8_lossy(&bytes);
-        let cut_note = || format!("the body is larger than {MAX_BODY} bytes; only its first {MAX_BODY} bytes were read");
+        let cut_note = || {
+            format!("the body is larger than {MAX_BODY} bytes; only its first {MAX_BODY} bytes were read")
+        };
         if cut {
             note = Some(cut_note());
         }
@@ -274,10 +279,7 @@ async fn attempt(client: &reqwest::Client, check: &SmokeCheck, deadline: Instant
 
 /// At most `cap` bytes of the body, read chunk by chunk, and whether there
 /// was more (the rest is left unread).
-async fn read_capped(
-    mut resp: reqwest::Response,
-    cap: usize,
-) -> reqwest::Result<(Vec<u8>, bool)> {
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> reqwest::Result<(Vec<u8>, bool)> {
     let mut buf = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
         let room = cap - buf.len();

@@ -26,9 +26,7 @@ use gantry_core::{EventStore, ExpectedVersion, NewEvents};
 use gantry_proto::events::{SmokeFailed, SmokePassed, StageStarted};
 use gantry_proto::{CloudEvent, EventName};
 
-pub use check::{
-    run_check, RetryPolicy, SmokeClient, CONNECT_TIMEOUT, MAX_BODY, MAX_REDIRECTS,
-};
+pub use check::{run_check, RetryPolicy, SmokeClient, CONNECT_TIMEOUT, MAX_BODY, MAX_REDIRECTS};
 
 pub const SERVICE: &str = "smoke";
 

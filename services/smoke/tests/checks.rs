@@ -7,8 +7,8 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
-use gantry_core::pipeline::{parse_str, SmokeCheck};
 use gantry_core::mask::Masker;
+use gantry_core::pipeline::{parse_str, SmokeCheck};
 use gantry_smoke::{run_check, RetryPolicy, SmokeClient};
 
 fn client() -> SmokeClient {
@@ -159,24 +159,28 @@ async fn recording_server() -> (String, Seen) {
     use axum::response::{IntoResponse, Response};
     let seen: Seen = Arc::default();
     let log = seen.clone();
-    let app = Router::new().fallback(move |Query(q): Query<std::collections::HashMap<String, String>>, req: Request| {
-        let log = log.clone();
-        async move {
-            let path = req.uri().path().to_owned();
-            let headers = req.headers().clone();
-            log.lock().unwrap().push((path.clone(), headers.clone()));
-            let redirect = |status: StatusCode, to: &str| -> Response {
-                (status, [(axum::http::header::LOCATION, to.to_owned())]).into_response()
-            };
-            match path.as_str() {
-                "/to" => redirect(StatusCode::FOUND, &q["url"]),
-                "/loop" => redirect(StatusCode::FOUND, "/loop"),
-                "/keep" => redirect(StatusCode::TEMPORARY_REDIRECT, "/pets"),
-                "/pets" if headers.get("KeyId").is_none() => StatusCode::UNAUTHORIZED.into_response(),
-                _ => Json(serde_json::json!({"ok": true})).into_response(),
+    let app = Router::new().fallback(
+        move |Query(q): Query<std::collections::HashMap<String, String>>, req: Request| {
+            let log = log.clone();
+            async move {
+                let path = req.uri().path().to_owned();
+                let headers = req.headers().clone();
+                log.lock().unwrap().push((path.clone(), headers.clone()));
+                let redirect = |status: StatusCode, to: &str| -> Response {
+                    (status, [(axum::http::header::LOCATION, to.to_owned())]).into_response()
+                };
+                match path.as_str() {
+                    "/to" => redirect(StatusCode::FOUND, &q["url"]),
+                    "/loop" => redirect(StatusCode::FOUND, "/loop"),
+                    "/keep" => redirect(StatusCode::TEMPORARY_REDIRECT, "/pets"),
+                    "/pets" if headers.get("KeyId").is_none() => {
+                        StatusCode::UNAUTHORIZED.into_response()
+                    }
+                    _ => Json(serde_json::json!({"ok": true})).into_response(),
+                }
             }
-        }
-    });
+        },
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await });

@@ -76,6 +76,9 @@ stages:
     assert_eq!(e.ty, EventName::SmokeFailed.type_name());
     let failed: SmokeFailed = e.decode().unwrap();
     let message = failed.checks[0].message.clone().unwrap();
-    assert!(message.contains("/backend_password is \"***\""), "{message}");
+    assert!(
+        message.contains("/backend_password is \"***\""),
+        "{message}"
+    );
     assert!(!e.data.to_string().contains("s3cret"), "{}", e.data);
 }
