@@ -169,3 +169,49 @@ async fn repository_content_reaches_only_declared_variables_and_secrets_stay_mas
     // The package store, the event log (SQLite) and the mirrors: checked for
     // the canary when `gantry` is dropped.
 }
+
+/// `gantry pipelines validate` refuses credentials in a repository URL
+/// without echoing them, and warns about settings that weaken a guard.
+#[test]
+fn validate_refuses_credentials_and_warns_about_risky_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let validate = |file: &str, text: &str| {
+        let path = dir.path().join(file);
+        std::fs::write(&path, text).unwrap();
+        std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+            .args(["pipelines", "validate", path.to_str().unwrap(), "--output", "json"])
+            .env_remove("GANTRY_API_TOKENS")
+            .output()
+            .unwrap()
+    };
+    let out = validate(
+        "leaky.yaml",
+        "name: leaky\nsource:\n  repo: https://rita:ghp_s3cr3t@git.example.com/a/b.git\n\
+         gateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("source.token"), "{text}");
+    assert!(!text.contains("ghp_s3cr3t"), "the secret is echoed: {text}");
+
+    let out = validate(
+        "risky.yaml",
+        "name: risky\nsource:\n  repo: /srv/git/risky.git\n\
+         gateway:\n  format: yaml\n  path: gateway/\n\
+         image: { base: r.example.com/b:1, repository: r.example.com/x, insecure: true }\n\
+         stages:\n  - name: prod\n    approval: { approvers: [rm], allow_self: true }\n",
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let fields: Vec<&str> = report["warnings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        fields,
+        ["image.insecure", "stages[0].approval.allow_self", "stages[0].approval"],
+        "{report}"
+    );
+}

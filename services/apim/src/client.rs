@@ -27,7 +27,10 @@
 //! the path (below the REST base path, without query) and API Manager's own
 //! message, read from its `{"errors":[{"code":..,"message":".."}]}` body (or
 //! the body text). Request bodies are never logged or put into errors: they
-//! carry the password and values that may be secrets.
+//! carry the password and values that may be secrets. An answer is read at
+//! most [`ClientConfig::max_body`] bytes (16 MiB by default): a longer one is
+//! [`Error::TooLarge`], never buffered whole. Every request has a connect
+//! timeout and an overall one ([`ClientConfig::with_timeouts`]).
 //!
 //! # Retries
 //! Connection errors, timeouts and 5xx answers are retried
@@ -76,6 +79,10 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ATTEMPTS: u32 = 3;
 /// Default pause before the first retry (doubled for each further one).
 pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(500);
+/// Default cap of an answer's body: lists of every API, organization or
+/// application of a large API Manager fit easily; an answer past it is an
+/// error, never buffered whole.
+pub const DEFAULT_MAX_BODY: usize = 16 * 1024 * 1024;
 
 /// The header carrying API Manager's CSRF token.
 pub const CSRF_HEADER: &str = "CSRF-Token";
@@ -125,6 +132,9 @@ pub struct ClientConfig {
     pub attempts: u32,
     /// Pause before the first retry; doubled for each further one.
     pub backoff: Duration,
+    /// Bytes of an answer's body read at most; a larger answer is an
+    /// [`Error::TooLarge`].
+    pub max_body: usize,
 }
 
 impl fmt::Debug for ClientConfig {
@@ -139,6 +149,7 @@ impl fmt::Debug for ClientConfig {
             .field("request_timeout", &self.request_timeout)
             .field("attempts", &self.attempts)
             .field("backoff", &self.backoff)
+            .field("max_body", &self.max_body)
             .finish()
     }
 }
@@ -161,6 +172,7 @@ impl ClientConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             attempts: DEFAULT_ATTEMPTS,
             backoff: DEFAULT_BACKOFF,
+            max_body: DEFAULT_MAX_BODY,
         }
     }
 
@@ -219,6 +231,12 @@ impl ClientConfig {
         self.backoff = backoff;
         self
     }
+
+    /// Another cap on the bytes of an answer read.
+    pub fn with_max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -267,6 +285,16 @@ pub enum Error {
         path: String,
         message: String,
         attempts: u32,
+    },
+    #[error(
+        "{method} {path}: API Manager's answer is larger than {} MiB, more than Gantry reads; \
+         narrow the query or raise the client's max_body",
+        .limit / (1024 * 1024)
+    )]
+    TooLarge {
+        method: String,
+        path: String,
+        limit: usize,
     },
     #[error("{method} {path}: unexpected answer: {message}")]
     InvalidResponse {
@@ -528,6 +556,8 @@ pub struct ApiManagerClient {
     password: Secret,
     attempts: u32,
     backoff: Duration,
+    /// Bytes of an answer read at most.
+    max_body: usize,
     session: Mutex<Session>,
     /// Serializes logins so concurrent callers do not log in twice.
     login_lock: tokio::sync::Mutex<()>,
@@ -602,6 +632,7 @@ impl ApiManagerClient {
             password: config.password,
             attempts: config.attempts.max(1),
             backoff: config.backoff,
+            max_body: config.max_body,
             session: Mutex::new(Session::default()),
             login_lock: tokio::sync::Mutex::new(()),
         })
@@ -781,12 +812,19 @@ impl ApiManagerClient {
                 Ok(resp) => {
                     let status = resp.status();
                     let headers = resp.headers().clone();
-                    match resp.bytes().await {
-                        Ok(body) => Ok(Answer {
+                    match read_capped(resp, self.max_body).await {
+                        Ok(Some(body)) => Ok(Answer {
                             status,
                             headers,
-                            body: body.to_vec(),
+                            body,
                         }),
+                        Ok(None) => {
+                            return Err(Error::TooLarge {
+                                method: req.method.to_string(),
+                                path: req.path.clone(),
+                                limit: self.max_body,
+                            })
+                        }
                         Err(e) => Err((e, true)),
                     }
                 }
@@ -1544,6 +1582,25 @@ fn describe_transport_error(e: &reqwest::Error) -> String {
         );
     }
     text
+}
+
+/// The body, read chunk by chunk; `None` when it is longer than `cap` (the
+/// rest is not read).
+async fn read_capped(
+    mut resp: reqwest::Response,
+    cap: usize,
+) -> Result<Option<Vec<u8>>, reqwest::Error> {
+    if resp.content_length().is_some_and(|l| l > cap as u64) {
+        return Ok(None);
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        if body.len() + chunk.len() > cap {
+            return Ok(None);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Some(body))
 }
 
 #[cfg(test)]

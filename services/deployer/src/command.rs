@@ -1,14 +1,17 @@
 //! The `command` deploy target: run a program (argv, no shell) with the
 //! release in its environment, under a timeout, capturing what it prints.
 //!
-//! The program gets Gantry's environment plus `GANTRY_IMAGE`,
-//! `GANTRY_DIGEST`, `GANTRY_STAGE`, `GANTRY_RUN`, `GANTRY_COMMIT` and
-//! `GANTRY_PIPELINE`. It runs in its own process group: on timeout the whole
+//! The program runs with a clean environment (DESIGN.md 1.7): Gantry's own
+//! `PATH` and `HOME`, the stage's declared `env` ([`CommandOptions::env`]),
+//! and `GANTRY_IMAGE`, `GANTRY_DIGEST`, `GANTRY_STAGE`, `GANTRY_RUN`,
+//! `GANTRY_COMMIT` and `GANTRY_PIPELINE`; nothing else of Gantry's (its
+//! database URL, NATS credentials, the secrets other pipelines read from its
+//! environment). It runs in its own process group: on timeout the whole
 //! group is killed (a `sh -c` wrapper's children too), so nothing outlives
 //! the step. Standard output and error are captured together, in the order
-//! they arrive, and only the tail is kept (64 KiB by default). Every given
-//! secret is replaced with `***` before the output leaves this module,
-//! including a secret cut in half by the truncation.
+//! they arrive, and only the tail is kept (64 KiB by default). Every secret
+//! of [`CommandOptions::masker`] is replaced with `***` before the output
+//! leaves this module, including a secret cut in half by the truncation.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -51,13 +54,21 @@ impl DeployEnv {
     }
 }
 
+/// The variables of Gantry's own environment a command inherits; everything
+/// else of Gantry's stays out of it.
+pub const INHERITED_VARS: [&str; 2] = ["PATH", "HOME"];
+
 /// How a command is run.
 #[derive(Debug, Clone)]
 pub struct CommandOptions {
     /// Killed (with its process group) after this long.
     pub timeout: Duration,
-    /// Strings replaced with `***` in the captured output.
-    pub secrets: Vec<String>,
+    /// What is replaced with `***` in the captured output.
+    pub masker: Masker,
+    /// The stage's declared variables (`stages[].env`, resolved), set in the
+    /// command's environment after `PATH` and `HOME` and before the
+    /// `GANTRY_*` ones (which win).
+    pub env: Vec<(String, String)>,
     /// Bytes of output kept (the tail).
     pub max_output: usize,
     /// Working directory; the process's own when `None`.
@@ -70,14 +81,33 @@ impl CommandOptions {
     pub fn new(timeout: Duration) -> Self {
         Self {
             timeout,
-            secrets: Vec::new(),
+            masker: Masker::default(),
+            env: Vec::new(),
             max_output: Self::DEFAULT_MAX_OUTPUT,
             cwd: None,
         }
     }
 
+    /// More strings to replace with `***` in the output.
     pub fn with_secrets(mut self, secrets: impl IntoIterator<Item = String>) -> Self {
-        self.secrets.extend(secrets);
+        let secrets: Vec<String> = secrets.into_iter().collect();
+        self.masker.extend(secrets.iter().map(String::as_str));
+        self
+    }
+
+    /// Every secret of `masker` masked in the output too.
+    pub fn with_masker(mut self, masker: &Masker) -> Self {
+        self.masker = self.masker.merge(masker);
+        self
+    }
+
+    /// The stage's declared variables, in the command's environment.
+    pub fn with_env<K: Into<String>, V: Into<String>>(
+        mut self,
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        self.env
+            .extend(vars.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
 }
@@ -146,7 +176,8 @@ impl CommandError {
 /// background child holding them) before the group is killed.
 const PIPE_GRACE: Duration = Duration::from_secs(2);
 
-/// Runs `argv` with `env` in its environment under `options`.
+/// Runs `argv` under `options` with a clean environment: `PATH` and `HOME`
+/// of this process, `options.env`, and the `GANTRY_*` variables of `env`.
 pub async fn run_command(
     argv: &[String],
     env: &DeployEnv,
@@ -158,14 +189,23 @@ pub async fn run_command(
     if program.trim().is_empty() {
         return Err(CommandError::Empty);
     }
-    let masker = Masker::new(&options.secrets);
+    let masker = &options.masker;
     let mut cmd = tokio::process::Command::new(program);
     cmd.args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true)
-        .process_group(0);
+        .process_group(0)
+        .env_clear();
+    for name in INHERITED_VARS {
+        if let Some(value) = std::env::var_os(name) {
+            cmd.env(name, value);
+        }
+    }
+    for (k, v) in &options.env {
+        cmd.env(k, v);
+    }
     for (k, v) in env.vars() {
         cmd.env(k, v);
     }
@@ -208,7 +248,7 @@ pub async fn run_command(
     let output = capture
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .finish(&masker);
+        .finish(masker);
     let duration = started.elapsed();
     let status = match waited {
         Err(_) => {
@@ -351,9 +391,9 @@ mod tests {
 
     #[test]
     fn capture_within_limit_is_whole() {
-        let m = Masker::new(&["pw"]);
+        let m = Masker::new(&["pw-secret"]);
         let mut c = Capture::new(100, m.longest());
-        c.push(b"user pw\n");
+        c.push(b"user pw-secret\n");
         c.push(b"done\n");
         assert_eq!(c.finish(&m), "user ***\ndone\n");
     }

@@ -6,9 +6,10 @@
 //! - [`gitops`]: set a key of a YAML file in a deploy repository to
 //!   `<repository>@<digest>` with a line-preserving edit ([`yaml_edit`]),
 //!   commit and push (retrying on a lost race, idempotent when already set);
-//! - [`command`]: run a program with `GANTRY_IMAGE`, `GANTRY_DIGEST`,
-//!   `GANTRY_STAGE`, `GANTRY_RUN`, `GANTRY_COMMIT`, `GANTRY_PIPELINE` in its
-//!   environment, under a timeout, output captured and secrets masked.
+//! - [`command`]: run a program in a clean environment (`PATH`, `HOME`, the
+//!   stage's declared `env`, and `GANTRY_IMAGE`, `GANTRY_DIGEST`,
+//!   `GANTRY_STAGE`, `GANTRY_RUN`, `GANTRY_COMMIT`, `GANTRY_PIPELINE`), under
+//!   a timeout, output captured and secrets masked.
 //!
 //! Then [`ready`] polls the stage's `ready.url`. The [`service`] records
 //! `deploy.completed` or `deploy.failed` on the run's stream.

@@ -9,6 +9,9 @@ use std::time::{Duration, Instant};
 
 use gantry_core::pipeline::{format_duration, Ready};
 
+/// Longest TCP (and TLS) connect of one readiness request.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How readiness is polled.
 #[derive(Debug, Clone)]
 pub struct ReadyOptions {
@@ -62,8 +65,11 @@ pub async fn wait_ready(ready: &Ready, options: &ReadyOptions) -> Result<ReadyOu
         });
     }
     let shown = redacted(&url);
+    // Each request also carries what is left of `ready.timeout`.
     let client = reqwest::Client::builder()
         .user_agent(concat!("gantry-deployer/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(options.request_timeout.min(CONNECT_TIMEOUT))
+        .timeout(options.request_timeout)
         .build()
         .map_err(|e| ReadyError::BadUrl {
             url: shown.clone(),

@@ -6,7 +6,12 @@
 //! the image `<image.repository>@<digest>` of the `stage.started` event is
 //! deployed with the stage's `gitops` or `command` target, then, when the
 //! stage has `ready`, its URL is polled until healthy; a readiness failure is
-//! a `deploy.failed`. Rollbacks (`rollback: true`) are deployed the same way:
+//! a `deploy.failed`. The stage's declared `env` is resolved first (a
+//! declared secret that cannot be read fails the deploy, naming
+//! `stages[<stage>].env.<NAME>`); a command gets it in its otherwise clean
+//! environment. What leaves the service (reasons, command output) is masked
+//! with the stage's secrets and every secret of every loaded pipeline.
+//! Rollbacks (`rollback: true`) are deployed the same way:
 //! the event names the earlier release's image.
 //!
 //! Redelivered events are recognised by the consumer runner; if a deploy is
@@ -19,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use gantry_core::consumer::{Handler, HandlerError};
-use gantry_core::pipeline::{format_duration, DeployMethod, HeaderValue, Pipeline, SecretRef};
+use gantry_core::pipeline::{format_duration, DeployMethod, Pipeline, SecretRef, StageEnv};
 use gantry_core::runtime::Pipelines;
 use gantry_core::trigger::run_stream;
 use gantry_core::{ExpectedVersion, NewEvents};
@@ -97,8 +102,15 @@ impl Deployer {
             );
         };
         let deploy = stage.deploy.as_ref()?;
-        let secrets = pipeline_secrets(pipeline);
-        let masker = Masker::new(&secrets);
+        // A stage with a declared secret that cannot be read must not half-run.
+        let stage_env = match StageEnv::resolve(stage) {
+            Ok(env) => env,
+            Err(e) => {
+                let masker = Masker::for_pipeline(pipeline).merge(&gantry_core::mask::process());
+                return failed(masker.mask(&e.to_string()), None);
+            }
+        };
+        let masker = Masker::for_stage(pipeline, &stage_env).merge(&gantry_core::mask::process());
         let image = image_reference(pipeline, started);
         let begun = Instant::now();
         let timeout = deploy.timeout_or_default();
@@ -167,7 +179,9 @@ impl Deployer {
                     commit: started.commit.clone(),
                     pipeline: pipeline.name.clone(),
                 };
-                let mut options = CommandOptions::new(timeout).with_secrets(secrets.clone());
+                let mut options = CommandOptions::new(timeout)
+                    .with_masker(&masker)
+                    .with_env(stage_env.iter());
                 if let Some(max) = self.options.max_output {
                     options.max_output = max;
                 }
@@ -217,42 +231,6 @@ fn strip_tag(image: &str) -> &str {
         Some(i) => &image[..slash + i],
         None => image,
     }
-}
-
-/// Every secret of the pipeline that can be read now, to mask in output.
-fn pipeline_secrets(pipeline: &Pipeline) -> Vec<String> {
-    let mut refs: Vec<&SecretRef> = Vec::new();
-    refs.extend(pipeline.source.token.iter());
-    refs.extend(pipeline.source.webhook_secret.iter());
-    if let Some(auth) = pipeline.image.as_ref().and_then(|i| i.auth.as_ref()) {
-        refs.push(&auth.username);
-        refs.push(&auth.password);
-    }
-    for stage in &pipeline.stages {
-        if let Some(t) = stage
-            .deploy
-            .as_ref()
-            .and_then(|d| d.gitops.as_ref())
-            .and_then(|g| g.token.as_ref())
-        {
-            refs.push(t);
-        }
-        if let Some(a) = &stage.apimanager {
-            refs.push(&a.username);
-            refs.push(&a.password);
-        }
-        for check in &stage.smoke {
-            for v in check.request.headers.values() {
-                if let HeaderValue::Secret(r) = v {
-                    refs.push(r);
-                }
-            }
-        }
-    }
-    refs.into_iter()
-        .filter_map(|r| r.resolve().ok())
-        .map(|s| s.expose().to_owned())
-        .collect()
 }
 
 #[async_trait]

@@ -189,3 +189,86 @@ async fn a_background_child_holding_the_pipes_does_not_hang_the_step() {
     assert_eq!(out.output, "backgrounded\n");
     assert!(started.elapsed() < Duration::from_secs(10));
 }
+
+/// Names of the variables `/usr/bin/env` printed.
+fn names(output: &str) -> std::collections::BTreeSet<String> {
+    output
+        .lines()
+        .filter_map(|l| l.split_once('=').map(|(k, _)| k.to_owned()))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_command_gets_a_clean_environment() {
+    // The test process has variables of its own (cargo sets CARGO_* for
+    // tests); none of them may reach the command.
+    let own: Vec<String> = std::env::vars()
+        .map(|(k, _)| k)
+        .filter(|k| k != "PATH" && k != "HOME" && !k.starts_with("GANTRY_"))
+        .collect();
+    assert!(
+        own.iter().any(|k| k == "CARGO_MANIFEST_DIR"),
+        "cargo sets CARGO_MANIFEST_DIR for tests: {own:?}"
+    );
+    let options = CommandOptions::new(Duration::from_secs(20)).with_env([
+        ("BACKEND_HOST", "orders.test.internal"),
+        ("DB_PASSWORD", "declared-db-pw"),
+    ]);
+    let out = run_command(&["/usr/bin/env".into()], &env(), &options)
+        .await
+        .unwrap();
+    let seen = names(&out.output);
+    for name in &own {
+        assert!(!seen.contains(name), "{name} leaked into:\n{}", out.output);
+    }
+    let mut allowed: std::collections::BTreeSet<String> = [
+        "GANTRY_IMAGE",
+        "GANTRY_DIGEST",
+        "GANTRY_STAGE",
+        "GANTRY_RUN",
+        "GANTRY_COMMIT",
+        "GANTRY_PIPELINE",
+        "BACKEND_HOST",
+        "DB_PASSWORD",
+    ]
+    .into_iter()
+    .map(str::to_owned)
+    .collect();
+    for inherited in ["PATH", "HOME"] {
+        if let Ok(value) = std::env::var(inherited) {
+            assert!(
+                out.output
+                    .lines()
+                    .any(|l| l == format!("{inherited}={value}")),
+                "{inherited} is Gantry's own:\n{}",
+                out.output
+            );
+            allowed.insert(inherited.to_owned());
+        }
+    }
+    assert_eq!(seen, allowed, "{}", out.output);
+    assert!(out
+        .output
+        .lines()
+        .any(|l| l == "BACKEND_HOST=orders.test.internal"));
+    assert!(out.output.lines().any(|l| l == "GANTRY_STAGE=test"));
+}
+
+#[tokio::test]
+async fn the_release_variables_win_over_declared_ones() {
+    let options = CommandOptions::new(Duration::from_secs(20))
+        .with_env([("GANTRY_STAGE", "forged"), ("PATH", "/usr/bin:/bin")]);
+    let out = run_command(
+        &sh("echo stage=$GANTRY_STAGE; echo path=$PATH"),
+        &env(),
+        &options,
+    )
+    .await
+    .unwrap();
+    assert!(out.output.contains("stage=test\n"), "{}", out.output);
+    assert!(
+        out.output.contains("path=/usr/bin:/bin\n"),
+        "{}",
+        out.output
+    );
+}

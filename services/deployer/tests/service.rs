@@ -290,6 +290,53 @@ async fn other_events_and_missing_run_ids_are_permanent_errors() {
     assert!(f.deployer.handle(&other).await.is_err());
 }
 
+/// A deployer for one pipeline with declared stage variables.
+fn env_deployer(data: &Path, yaml_stages: &str) -> Deployer {
+    let yaml = format!(
+        r#"
+name: envy
+source:
+  repo: https://git.example.com/apim/envy-config.git
+gateway:
+  format: yaml
+  path: gateway/
+stages:
+{yaml_stages}"#
+    );
+    let pipeline = parse_str("envy.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+    let mut set = PipelineSet::new();
+    set.insert(pipeline, None);
+    Deployer::new(Pipelines::new(set), data)
+}
+
+#[tokio::test]
+async fn an_unreadable_declared_secret_fails_the_deploy_naming_it() {
+    let data = tempfile::tempdir().unwrap();
+    let ran = data.path().join("ran");
+    let deployer = env_deployer(
+        data.path(),
+        &format!(
+            r#"  - name: prod
+    env:
+      DB_PASSWORD: env:GANTRY_OUTBOUND_TEST_SURELY_UNSET_17
+    deploy:
+      command: ["/bin/sh", "-c", "touch {ran}"]
+"#,
+            ran = ran.display()
+        ),
+    );
+    let cause = stage_started("envy", "prod");
+    let e = only_event(&cause, deployer.handle(&cause).await.unwrap());
+    assert_eq!(e.ty, EventName::DeployFailed.type_name());
+    let failed: DeployFailed = e.decode().unwrap();
+    assert!(
+        failed.reason.contains("stages[prod].env.DB_PASSWORD"),
+        "{}",
+        failed.reason
+    );
+    assert!(!ran.exists(), "the command must not run");
+}
+
 #[test]
 fn handler_is_registrable() {
     let h = gantry_deployer::handler(Pipelines::default(), Path::new("/tmp/unused"));

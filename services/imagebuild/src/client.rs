@@ -125,6 +125,9 @@ impl ImageClient {
         let http = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
             .connect_timeout(opts.connect_timeout)
+            // Every request sets its own (request_timeout or blob_timeout);
+            // this bounds any that would not.
+            .timeout(opts.blob_timeout)
             .pool_idle_timeout(Duration::from_secs(30))
             .build()
             .map_err(ImageError::Client)?;
@@ -153,6 +156,7 @@ impl ImageClient {
         let ep = Arc::new(Endpoint::new(
             registry.to_owned(),
             base,
+            insecure,
             self.opts.credentials.get(registry).cloned(),
             self.http.clone(),
             self.opts.clone(),

@@ -124,6 +124,16 @@ pub enum ImageError {
         hint: String,
     },
 
+    /// The registry named a Bearer token service on plain HTTP: the
+    /// credentials would cross the network in clear, so they are not sent.
+    #[error(
+        "registry {registry} wants its credentials sent to the token service {realm} over plain \
+         HTTP; Gantry sends registry credentials to a token service only over HTTPS (or when the \
+         registry is on loopback, or the pipeline sets image.insecure: true); configure the \
+         registry's token realm with an https:// URL"
+    )]
+    InsecureRealm { registry: String, realm: String },
+
     /// A manifest, index, config or answer that does not parse.
     #[error("malformed {what} from {origin}: {reason}")]
     Malformed {

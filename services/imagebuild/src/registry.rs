@@ -24,9 +24,14 @@ use crate::client::ClientOptions;
 use crate::digest::Digest;
 use crate::error::{ImageError, Result};
 use crate::manifest::{Descriptor, MANIFEST_ACCEPT};
+use crate::reference::is_loopback;
 
 /// Largest manifest accepted (the distribution default is 4 MiB).
 pub(crate) const MANIFEST_LIMIT: u64 = 4 * 1024 * 1024;
+/// Largest token service answer read (a token is a few KiB).
+pub(crate) const TOKEN_LIMIT: u64 = 1024 * 1024;
+/// Most of an error (or otherwise unused) answer's body that is read.
+pub(crate) const ERROR_BODY_LIMIT: u64 = 64 * 1024;
 const DOCKER_CONTENT_DIGEST: &str = "docker-content-digest";
 
 /// What an operation needs from the repository, for token scopes and errors.
@@ -134,6 +139,9 @@ pub(crate) struct Endpoint {
     pub(crate) registry: String,
     /// `http(s)://host[:port]/`.
     pub(crate) base: Url,
+    /// `image.insecure`: plain HTTP accepted off loopback (also for the
+    /// token service the credentials go to).
+    insecure: bool,
     creds: Option<Credentials>,
     http: reqwest::Client,
     opts: Arc<ClientOptions>,
@@ -154,6 +162,7 @@ impl Endpoint {
     pub(crate) fn new(
         registry: String,
         base: Url,
+        insecure: bool,
         creds: Option<Credentials>,
         http: reqwest::Client,
         opts: Arc<ClientOptions>,
@@ -161,6 +170,7 @@ impl Endpoint {
         Endpoint {
             registry,
             base,
+            insecure,
             creds,
             http,
             opts,
@@ -292,6 +302,16 @@ impl Endpoint {
             origin: self.registry.clone(),
             reason: e.to_string(),
         })?;
+        // The credentials go to the realm: never in clear over the network.
+        if self.creds.is_some()
+            && url.scheme() != "https"
+            && !(self.insecure || is_loopback(&self.registry))
+        {
+            return Err(ImageError::InsecureRealm {
+                registry: self.registry.clone(),
+                realm: Self::show(&url),
+            });
+        }
         {
             let mut q = url.query_pairs_mut();
             if let Some(s) = service {
@@ -356,10 +376,17 @@ impl Endpoint {
         if !status.is_success() {
             return Err(error_from(resp, &self.registry, "GET", &url, attempt).await);
         }
-        let body = resp.bytes().await.map_err(|e| ImageError::Transfer {
-            registry: self.registry.clone(),
-            what: "token".into(),
-            source: e.without_url(),
+        let body = read_limited(resp, TOKEN_LIMIT).await.map_err(|e| match e {
+            ReadError::TooLarge => ImageError::Malformed {
+                what: "token response".into(),
+                origin: Self::show(&url),
+                reason: format!("it is larger than {TOKEN_LIMIT} bytes"),
+            },
+            ReadError::Http(e) => ImageError::Transfer {
+                registry: self.registry.clone(),
+                what: "token".into(),
+                source: e.without_url(),
+            },
         })?;
         let tr: TokenResponse =
             serde_json::from_slice(&body).map_err(|e| ImageError::Malformed {
@@ -495,7 +522,7 @@ impl Endpoint {
                 debug!(registry = %self.registry, method = %req.method, path = req.url.path(),
                        status = status.as_u16(), attempt, "server error; retrying");
                 // Read the body so the connection can be reused.
-                let _ = resp.bytes().await;
+                discard(resp).await;
                 tokio::time::sleep(delay).await;
                 continue;
             }
@@ -859,7 +886,7 @@ impl Endpoint {
     pub(crate) async fn cancel_upload(&self, repo: &str, location: Url) {
         let req = self.req(Method::DELETE, location, repo, Action::Push, false);
         if let Ok((resp, _)) = self.send(&req).await {
-            let _ = resp.bytes().await;
+            discard(resp).await;
         }
     }
 
@@ -1171,6 +1198,12 @@ async fn read_limited(
     Ok(buf.freeze())
 }
 
+/// Reads and drops at most [`ERROR_BODY_LIMIT`] bytes of an answer nobody
+/// needs (a small one lets the connection be reused; a large one is cut).
+async fn discard(resp: reqwest::Response) {
+    let _ = read_limited(resp, ERROR_BODY_LIMIT).await;
+}
+
 /// An [`ImageError::Registry`] from an unexpected answer, with the
 /// distribution error codes of its body.
 async fn error_from(
@@ -1181,7 +1214,9 @@ async fn error_from(
     attempts: u32,
 ) -> ImageError {
     let status = resp.status();
-    let body = read_limited(resp, 64 * 1024).await.unwrap_or_default();
+    let body = read_limited(resp, ERROR_BODY_LIMIT)
+        .await
+        .unwrap_or_default();
     ImageError::Registry {
         registry: registry.to_owned(),
         method: method.to_owned(),
@@ -1258,6 +1293,208 @@ mod tests {
         assert_eq!(
             Endpoint::show(&u),
             "http://127.0.0.1:5000/v2/a/blobs/uploads/x"
+        );
+    }
+}
+
+/// Outbound rules against a real local HTTP server standing in for a
+/// registry and its token service: where credentials may go, and how much
+/// of an answer is read.
+#[cfg(test)]
+mod outbound_tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use axum::body::Body;
+    use axum::extract::State;
+    use axum::http::{HeaderMap as AxHeaders, StatusCode as AxStatus};
+    use axum::response::{IntoResponse, Response};
+    use axum::routing::get;
+    use axum::Router;
+
+    use super::*;
+    use crate::client::RetryPolicy;
+
+    #[derive(Clone, Default)]
+    struct Fake {
+        addr: String,
+        /// `Authorization` of every token request (`None`: without one).
+        token_auth: Arc<Mutex<Vec<Option<String>>>>,
+        /// The token service answers an endless body.
+        endless_token: bool,
+        flaky_calls: Arc<AtomicUsize>,
+    }
+
+    fn endless() -> Body {
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        Body::from_stream(futures::stream::repeat_with(move || {
+            Ok::<_, std::io::Error>(chunk.clone())
+        }))
+    }
+
+    async fn manifest(State(f): State<Fake>, headers: AxHeaders) -> Response {
+        if headers.get("authorization").and_then(|v| v.to_str().ok()) == Some("Bearer good") {
+            return (AxStatus::OK, "{}").into_response();
+        }
+        let challenge = format!("Bearer realm=\"http://{}/token\",service=\"fake\"", f.addr);
+        (
+            AxStatus::UNAUTHORIZED,
+            [("www-authenticate", challenge)],
+            "{}",
+        )
+            .into_response()
+    }
+
+    async fn token(State(f): State<Fake>, headers: AxHeaders) -> Response {
+        f.token_auth.lock().unwrap().push(
+            headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned),
+        );
+        if f.endless_token {
+            return (AxStatus::OK, endless()).into_response();
+        }
+        (AxStatus::OK, r#"{"token":"good","expires_in":300}"#).into_response()
+    }
+
+    /// 503 with an endless body first, then 200.
+    async fn flaky(State(f): State<Fake>) -> Response {
+        if f.flaky_calls.fetch_add(1, Ordering::SeqCst) == 0 {
+            return (AxStatus::SERVICE_UNAVAILABLE, endless()).into_response();
+        }
+        (AxStatus::OK, "{}").into_response()
+    }
+
+    async fn broken() -> Response {
+        (AxStatus::BAD_REQUEST, endless()).into_response()
+    }
+
+    async fn serve(endless_token: bool) -> Fake {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let fake = Fake {
+            addr: listener.local_addr().unwrap().to_string(),
+            endless_token,
+            ..Fake::default()
+        };
+        let app = Router::new()
+            .route("/v2/a/manifests/1", get(manifest))
+            .route("/v2/flaky/manifests/1", get(flaky))
+            .route("/v2/broken/manifests/1", get(broken))
+            .route("/token", get(token))
+            .with_state(fake.clone());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        fake
+    }
+
+    /// An endpoint for `registry` that talks to the fake server (whatever
+    /// the registry's name says), as the client would build it.
+    fn endpoint(fake: &Fake, registry: &str, insecure: bool, creds: bool) -> Endpoint {
+        let opts = ClientOptions {
+            retry: RetryPolicy {
+                max_attempts: 2,
+                initial_backoff: Duration::from_millis(10),
+                max_backoff: Duration::from_millis(10),
+            },
+            request_timeout: Duration::from_secs(20),
+            ..ClientOptions::default()
+        };
+        Endpoint::new(
+            registry.to_owned(),
+            Url::parse(&format!("http://{}/", fake.addr)).unwrap(),
+            insecure,
+            creds.then(|| Credentials::new("robot", "robot-s3cret-pw")),
+            reqwest::Client::new(),
+            Arc::new(opts),
+        )
+    }
+
+    #[tokio::test]
+    async fn credentials_go_to_a_plain_http_realm_only_for_loopback_or_insecure_registries() {
+        let fake = serve(false).await;
+        // A registry off loopback, not insecure: the credentials stay home.
+        let ep = endpoint(&fake, "registry.example.com", false, true);
+        let err = ep
+            .get_manifest("a", "1", "registry.example.com/a:1")
+            .await
+            .err()
+            .expect("refused");
+        assert!(matches!(err, ImageError::InsecureRealm { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("http://{}/token", fake.addr)) && msg.contains("HTTPS"),
+            "{msg}"
+        );
+        assert!(fake.token_auth.lock().unwrap().is_empty(), "nothing sent");
+
+        // Without credentials there is nothing to protect.
+        let anon = endpoint(&fake, "registry.example.com", false, false);
+        anon.get_manifest("a", "1", "x")
+            .await
+            .expect("anonymous token");
+        assert_eq!(*fake.token_auth.lock().unwrap(), vec![None]);
+
+        // image.insecure: true, or a registry on loopback: allowed.
+        for (registry, insecure) in [("registry.example.com", true), (fake.addr.as_str(), false)] {
+            let ep = endpoint(&fake, registry, insecure, true);
+            ep.get_manifest("a", "1", "x")
+                .await
+                .expect("token with credentials");
+            let last = fake.token_auth.lock().unwrap().last().cloned().flatten();
+            assert_eq!(
+                last,
+                Some(Credentials::new("robot", "robot-s3cret-pw").basic_header())
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_token_answer_is_read_up_to_a_cap() {
+        let fake = serve(true).await;
+        let ep = endpoint(&fake, &fake.addr, false, true);
+        let started = Instant::now();
+        let err = ep
+            .get_manifest("a", "1", "x")
+            .await
+            .err()
+            .expect("too large");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("larger than {TOKEN_LIMIT} bytes")),
+            "{msg}"
+        );
+    }
+
+    #[tokio::test]
+    async fn error_bodies_are_read_up_to_a_cap() {
+        let fake = serve(false).await;
+        let ep = endpoint(&fake, &fake.addr, false, false);
+        // A 503 with an endless body, then 200: the retry comes at once.
+        let started = Instant::now();
+        ep.get_manifest("flaky", "1", "x")
+            .await
+            .expect("second try");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
+        // A 400 with an endless body: an error at once.
+        let started = Instant::now();
+        let err = ep
+            .get_manifest("broken", "1", "x")
+            .await
+            .err()
+            .expect("400");
+        assert_eq!(err.status(), Some(400), "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
         );
     }
 }

@@ -6,16 +6,19 @@
 //! or `stage.started` when it has neither. A rollback re-deploy is not
 //! smoke-tested (the conductor does not wait for it). Each check is retried
 //! until its timeout while the gateway rolls out; the last attempt's outcome
-//! is what counts.
+//! is what counts. Redirects are followed only for checks that say
+//! `follow_redirects: true`, never with the check's headers to another
+//! origin; bodies are read up to 1 MiB; results are masked with the stage's
+//! secrets (its declared `env`, secret headers) and every loaded pipeline's.
 
 mod check;
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use gantry_core::consumer::{Handler, HandlerError};
-use gantry_core::pipeline::Stage;
+use gantry_core::mask::Masker;
+use gantry_core::pipeline::{Stage, StageEnv};
 use gantry_core::runtime::Pipelines;
 use gantry_core::store::latest_for_stage;
 use gantry_core::trigger::run_stream;
@@ -23,7 +26,7 @@ use gantry_core::{EventStore, ExpectedVersion, NewEvents};
 use gantry_proto::events::{SmokeFailed, SmokePassed, StageStarted};
 use gantry_proto::{CloudEvent, EventName};
 
-pub use check::{run_check, RetryPolicy};
+pub use check::{run_check, RetryPolicy, SmokeClient, CONNECT_TIMEOUT, MAX_BODY, MAX_REDIRECTS};
 
 pub const SERVICE: &str = "smoke";
 
@@ -31,7 +34,7 @@ pub const SERVICE: &str = "smoke";
 pub struct Smoke {
     store: EventStore,
     pipelines: Pipelines,
-    client: reqwest::Client,
+    client: SmokeClient,
     retry: RetryPolicy,
 }
 
@@ -40,10 +43,8 @@ impl Smoke {
         Self {
             store,
             pipelines,
-            client: reqwest::Client::builder()
-                .connect_timeout(Duration::from_secs(5))
-                .build()
-                .unwrap_or_default(),
+            // Fails only when no TLS backend can start, as `reqwest::Client::new`.
+            client: SmokeClient::new().expect("building the smoke HTTP client"),
             retry: RetryPolicy::default(),
         }
     }
@@ -91,12 +92,11 @@ impl Handler for Smoke {
         else {
             return Ok(vec![]);
         };
-        let Some(stage) = self
+        let Some((pipeline, stage)) = self
             .pipelines
             .get()
             .get(&event.pipeline)
-            .and_then(|p| p.stage(stage_name))
-            .cloned()
+            .and_then(|p| Some((p.clone(), p.stage(stage_name)?.clone())))
         else {
             return Ok(vec![]);
         };
@@ -106,9 +106,16 @@ impl Handler for Smoke {
         {
             return Ok(vec![]);
         }
+        // The stage's secrets (a declared one that cannot be read is left
+        // out: what cannot be read cannot leak) and every loaded pipeline's.
+        let masker = match StageEnv::resolve(&stage) {
+            Ok(env) => Masker::for_stage(&pipeline, &env),
+            Err(_) => Masker::for_pipeline(&pipeline),
+        }
+        .merge(&gantry_core::mask::process());
         let mut results = Vec::with_capacity(stage.smoke.len());
         for check in &stage.smoke {
-            results.push(run_check(&self.client, check, &self.retry).await);
+            results.push(run_check(&self.client, check, &self.retry, &masker).await);
         }
         let passed = results.iter().all(|r| r.passed);
         tracing::info!(
