@@ -584,45 +584,103 @@ async fn writer_loop(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Wri
 
 /// Runs `group` in one transaction; per-request results go to `results`.
 /// An `Err` means the transaction as a whole did not commit.
+///
+/// Each round trip to the database is paid while the append lock is held,
+/// so the common case takes as few as it can: a request that fails (a
+/// version conflict, a reused id) writes nothing before it finds out, so
+/// groups run without savepoints first; only when a request of a group of
+/// several fails is the group run again with a savepoint around each
+/// request, so the others still commit.
 async fn commit_group(
     pool: &AnyPool,
     backend: Backend,
     group: &[WriteRequest],
     results: &mut Vec<Result<(Appended, bool), StoreError>>,
 ) -> Result<(), String> {
-    let mut conn = pool.acquire().await.map_err(|e| e.to_string())?;
+    let isolate = group.len() > 1;
+    match run_group(pool, backend, group, false, results).await {
+        Err(GroupError::RequestFailed) if isolate => {
+            results.clear();
+            match run_group(pool, backend, group, true, results).await {
+                Ok(()) => Ok(()),
+                Err(GroupError::Database(e)) => Err(e),
+                // With savepoints a failed request does not fail the group.
+                Err(GroupError::RequestFailed) => Err("a request failed its savepoint".into()),
+            }
+        }
+        // One request alone: its own error is the answer, nothing written.
+        Err(GroupError::RequestFailed) => Ok(()),
+        Err(GroupError::Database(e)) => Err(e),
+        Ok(()) => Ok(()),
+    }
+}
+
+enum GroupError {
+    /// A request of the group failed and the transaction was rolled back.
+    RequestFailed,
+    Database(String),
+}
+
+async fn run_group(
+    pool: &AnyPool,
+    backend: Backend,
+    group: &[WriteRequest],
+    savepoints: bool,
+    results: &mut Vec<Result<(Appended, bool), StoreError>>,
+) -> Result<(), GroupError> {
+    let db = |e: sqlx::Error| GroupError::Database(e.to_string());
+    let mut conn = pool.acquire().await.map_err(db)?;
     let mut tx = match backend {
         // Take SQLite's write lock up front: a deferred transaction that
         // reads and then writes can deadlock with another process.
         Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
         Backend::Postgres => conn.begin().await,
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(db)?;
     if backend == Backend::Postgres {
         sqlx::query("SELECT pg_advisory_xact_lock($1)")
             .bind(APPEND_LOCK_KEY)
             .execute(&mut *tx)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(db)?;
     }
+    // Read once under the lock, then carried from request to request.
+    let mut head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db)?;
     let mut last = None;
     for request in group {
-        sqlx::query("SAVEPOINT gantry_append")
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| e.to_string())?;
-        let result = write_one(&mut tx, request).await;
-        let release = if result.is_ok() {
-            "RELEASE SAVEPOINT gantry_append"
-        } else {
-            "ROLLBACK TO SAVEPOINT gantry_append"
-        };
-        sqlx::query(release)
-            .execute(&mut *tx)
-            .await
-            .map_err(|e| e.to_string())?;
-        if let Ok((appended, _)) = &result {
-            last = last.max(appended.last_position());
+        if savepoints {
+            sqlx::query("SAVEPOINT gantry_append")
+                .execute(&mut *tx)
+                .await
+                .map_err(db)?;
+        }
+        let before = head;
+        let result = write_one(&mut tx, request, &mut head).await;
+        match (&result, savepoints) {
+            (Ok((appended, _)), _) => {
+                last = last.max(appended.last_position());
+                if savepoints {
+                    sqlx::query("RELEASE SAVEPOINT gantry_append")
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db)?;
+                }
+            }
+            (Err(_), true) => {
+                head = before;
+                sqlx::query("ROLLBACK TO SAVEPOINT gantry_append")
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db)?;
+            }
+            (Err(_), false) => {
+                results.push(result);
+                tx.rollback().await.map_err(db)?;
+                return Err(GroupError::RequestFailed);
+            }
         }
         results.push(result);
     }
@@ -632,14 +690,15 @@ async fn commit_group(
             .bind(last.to_string())
             .execute(&mut *tx)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(db)?;
     }
-    tx.commit().await.map_err(|e| e.to_string())
+    tx.commit().await.map_err(db)
 }
 
 async fn write_one(
     conn: &mut AnyConnection,
     request: &WriteRequest,
+    head: &mut i64,
 ) -> Result<(Appended, bool), StoreError> {
     if let Some((handler, cause)) = &request.handled {
         let inserted = sqlx::query(
@@ -662,7 +721,7 @@ async fn write_one(
             ));
         }
     }
-    Ok((append_in_tx(conn, &request.batch).await?, true))
+    Ok((append_in_tx(conn, &request.batch, head).await?, true))
 }
 
 pub(crate) async fn save_checkpoint<'e, E>(
@@ -689,6 +748,7 @@ where
 async fn append_in_tx(
     conn: &mut AnyConnection,
     batch: &[NewEvents],
+    head: &mut i64,
 ) -> Result<Appended, StoreError> {
     // Idempotency: events already recorded are reported, not written again.
     // One query for the whole batch keeps the append's critical section short.
@@ -697,18 +757,43 @@ async fn append_in_tx(
         .flat_map(|item| item.events.iter().map(|ev| ev.id.to_string()))
         .collect();
     let mut recorded: std::collections::HashMap<String, (i64, String)> = Default::default();
+    // The version of a batch's only stream comes back with the id lookup:
+    // one round trip for the common append of one stream.
+    let mut versions: std::collections::HashMap<String, i64> = Default::default();
+    let single_stream = match batch {
+        [only] if ids.len() <= ID_CHUNK => Some(only.stream_id.as_str()),
+        _ => None,
+    };
     for chunk in ids.chunks(ID_CHUNK) {
         let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let sql = format!(
+        let mut sql = format!(
             "SELECT event_id, position, stream_id FROM events WHERE event_id IN ({})",
             placeholders.join(", ")
         );
+        if single_stream.is_some() {
+            sql.push_str(&format!(
+                " UNION ALL SELECT NULL, COALESCE(MAX(stream_version), 0), stream_id FROM events \
+                 WHERE stream_id = ${} GROUP BY stream_id",
+                chunk.len() + 1
+            ));
+        }
         let mut q = sqlx::query(&sql);
         for id in chunk {
             q = q.bind(id.clone());
         }
+        if let Some(stream) = single_stream {
+            q = q.bind(stream.to_owned());
+        }
         for row in q.fetch_all(&mut *conn).await? {
-            recorded.insert(row.try_get(0)?, (row.try_get(1)?, row.try_get(2)?));
+            let id: Option<String> = row.try_get(0)?;
+            match id {
+                Some(id) => {
+                    recorded.insert(id, (row.try_get(1)?, row.try_get(2)?));
+                }
+                None => {
+                    versions.insert(row.try_get(2)?, row.try_get(1)?);
+                }
+            }
         }
     }
     let mut known = Vec::with_capacity(ids.len());
@@ -734,19 +819,24 @@ async fn append_in_tx(
         });
     }
 
-    let mut position: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-        .fetch_one(&mut *conn)
-        .await?;
+    let mut position: i64 = *head;
     let recorded_at = now_text();
     let mut positions = Vec::with_capacity(known.len());
     let mut known = known.into_iter();
     for item in batch {
-        let actual: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1",
-        )
-        .bind(&item.stream_id)
-        .fetch_one(&mut *conn)
-        .await?;
+        let actual: i64 = match (single_stream, versions.get(&item.stream_id)) {
+            (Some(_), Some(v)) => *v,
+            // The stream has no event yet (the lookup found no row for it).
+            (Some(_), None) => 0,
+            (None, _) => {
+                sqlx::query_scalar(
+                    "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1",
+                )
+                .bind(&item.stream_id)
+                .fetch_one(&mut *conn)
+                .await?
+            }
+        };
         let ok = match item.expected {
             ExpectedVersion::Any => true,
             ExpectedVersion::NoStream => actual == 0,
@@ -817,6 +907,7 @@ async fn append_in_tx(
             q.execute(&mut *conn).await?;
         }
     }
+    *head = position;
     Ok(Appended {
         positions,
         duplicate: false,
