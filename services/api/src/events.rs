@@ -41,9 +41,12 @@ pub(crate) async fn stream(
     let last_seen = match headers.get("last-event-id") {
         Some(v) => {
             let text = v.to_str().unwrap_or_default().trim();
-            text.parse::<i64>().ok().filter(|n| *n >= 0).ok_or_else(|| {
-                Problem::bad_request(format!("Last-Event-ID `{text}` is not a log position"))
-            })?
+            text.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    Problem::bad_request(format!("Last-Event-ID `{text}` is not a log position"))
+                })?
         }
         None => match q.from {
             Some(f) if f < 0 => {

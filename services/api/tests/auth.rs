@@ -13,9 +13,14 @@ const CAROL: (&str, &str, &str) = ("carol-token", "carol", "[]");
 
 async fn status_as(app: &TestApp, token: &str) -> u16 {
     let auth = format!("Bearer {token}");
-    app.raw("GET", "/api/v1/pipelines", &[("Authorization", &auth)], None)
-        .await
-        .status
+    app.raw(
+        "GET",
+        "/api/v1/pipelines",
+        &[("Authorization", &auth)],
+        None,
+    )
+    .await
+    .status
 }
 
 /// Polls until `token` gets `want` on `GET /api/v1/pipelines`.
@@ -96,7 +101,10 @@ async fn trigger_as(app: &TestApp, token: &str, commit: &str) -> support::Answer
     app.raw(
         "POST",
         "/api/v1/runs",
-        &[("Authorization", &auth), ("Content-Type", "application/json")],
+        &[
+            ("Authorization", &auth),
+            ("Content-Type", "application/json"),
+        ],
         Some(serde_json::to_vec(&body).unwrap()),
     )
     .await

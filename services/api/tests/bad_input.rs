@@ -13,7 +13,11 @@ use support::{Answer, Options, TestApp};
 const ROUTES: &[(&str, &str, bool)] = &[
     ("GET", "/api/v1/pipelines", false),
     ("GET", "/api/v1/pipelines/{name}", false),
-    ("POST", "/api/v1/pipelines/{name}/stages/{stage}/rollback", true),
+    (
+        "POST",
+        "/api/v1/pipelines/{name}/stages/{stage}/rollback",
+        true,
+    ),
     ("GET", "/api/v1/runs", false),
     ("POST", "/api/v1/runs", true),
     ("GET", "/api/v1/runs/{id}", false),
@@ -82,7 +86,14 @@ struct Sweep<'a> {
 }
 
 impl Sweep<'_> {
-    async fn send(&mut self, method: &str, target: &str, headers: &[(&str, &str)], body: Option<Vec<u8>>, what: &str) {
+    async fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+        what: &str,
+    ) {
         let mut all: Vec<(&str, &str)> = vec![
             ("Content-Type", "application/json"),
             ("X-GitHub-Event", "push"),
@@ -148,7 +159,14 @@ async fn sweep(app: &TestApp) {
             }
         }
         // A huge body, on every route (also those that take none).
-        s.send(method, &real(pattern), &[], Some(huge.clone()), "10 MiB body").await;
+        s.send(
+            method,
+            &real(pattern),
+            &[],
+            Some(huge.clone()),
+            "10 MiB body",
+        )
+        .await;
         // Odd path parameters, one parameter at a time.
         for odd in odd_segments() {
             for param in ["{name}", "{stage}", "{id}", "{provider}"] {
@@ -162,7 +180,8 @@ async fn sweep(app: &TestApp) {
             }
         }
         // A method the route does not take.
-        s.send("DELETE", &real(pattern), &[], None, "wrong method").await;
+        s.send("DELETE", &real(pattern), &[], None, "wrong method")
+            .await;
     }
 
     // Bad query parameters.
@@ -185,7 +204,8 @@ async fn sweep(app: &TestApp) {
         s.send("GET", query, &[], None, "bad query").await;
     }
     let diff = real("/api/v1/runs/{id}/stages/{stage}/diff");
-    s.send("GET", &format!("{diff}?format=%00"), &[], None, "bad query").await;
+    s.send("GET", &format!("{diff}?format=%00"), &[], None, "bad query")
+        .await;
     s.send(
         "GET",
         "/api/v1/events?follow=false",
@@ -211,7 +231,8 @@ async fn sweep(app: &TestApp) {
         "/webhooks/%00",
         "/nope",
     ] {
-        s.send("POST", path, &[], Some(b"{}".to_vec()), "no such route").await;
+        s.send("POST", path, &[], Some(b"{}".to_vec()), "no such route")
+            .await;
     }
 
     assert!(s.count > 300, "the sweep sent only {} requests", s.count);

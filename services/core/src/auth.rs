@@ -190,7 +190,11 @@ impl TokenSource {
     /// last load; `None` when nothing changed.
     pub fn reload_if_changed(&self) -> Option<Result<usize, TokensError>> {
         let now = file_stamp(&self.path);
-        let last = self.stamp.read().map(|g| *g).unwrap_or_else(|p| *p.into_inner());
+        let last = self
+            .stamp
+            .read()
+            .map(|g| *g)
+            .unwrap_or_else(|p| *p.into_inner());
         if now == last {
             return None;
         }
@@ -279,7 +283,11 @@ mod tests {
     fn a_revoked_token_is_refused_after_reload_and_a_bad_file_keeps_the_old_tokens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.yaml");
-        std::fs::write(&path, token_file(&[("a-token", "rita"), ("b-token", "bob")])).unwrap();
+        std::fs::write(
+            &path,
+            token_file(&[("a-token", "rita"), ("b-token", "bob")]),
+        )
+        .unwrap();
         let source = TokenSource::load(&path).unwrap();
         assert_eq!(source.get().authenticate("a-token").unwrap().user, "rita");
         assert!(source.reload_if_changed().is_none(), "nothing changed yet");
@@ -292,6 +300,9 @@ mod tests {
         std::fs::write(&path, "tokens: [ this is not valid").unwrap();
         assert!(source.reload_if_changed().unwrap().is_err());
         assert_eq!(source.get().authenticate("b-token").unwrap().user, "bob");
-        assert!(source.reload_if_changed().is_none(), "a bad file is reported once");
+        assert!(
+            source.reload_if_changed().is_none(),
+            "a bad file is reported once"
+        );
     }
 }

@@ -59,11 +59,7 @@ impl Settings {
     /// for explicitly (DESIGN.md 1.7). Checked by `gantry up` and
     /// `gantry serve api|webhook` before they start anything.
     pub fn check_exposure(&self) -> Result<(), ExposureError> {
-        check_exposure(
-            self.listen,
-            self.api_tokens.is_some(),
-            self.allow_anonymous,
-        )
+        check_exposure(self.listen, self.api_tokens.is_some(), self.allow_anonymous)
     }
 
     pub fn nats(&self) -> Option<NatsSettings> {
@@ -139,8 +135,17 @@ mod tests {
 
     #[test]
     fn loopback_addresses_need_no_tokens() {
-        for listen in ["127.0.0.1:8080", "127.1.2.3:80", "[::1]:8080", "[::ffff:127.0.0.1]:8080"] {
-            assert_eq!(check_exposure(addr(listen), false, false), Ok(()), "{listen}");
+        for listen in [
+            "127.0.0.1:8080",
+            "127.1.2.3:80",
+            "[::1]:8080",
+            "[::ffff:127.0.0.1]:8080",
+        ] {
+            assert_eq!(
+                check_exposure(addr(listen), false, false),
+                Ok(()),
+                "{listen}"
+            );
         }
         assert!(is_loopback_host("localhost"));
         assert!(is_loopback_host("LOCALHOST"));
@@ -151,7 +156,12 @@ mod tests {
 
     #[test]
     fn a_reachable_address_without_tokens_is_refused() {
-        for listen in ["0.0.0.0:8080", "[::]:8080", "10.1.2.3:8080", "192.168.0.5:80"] {
+        for listen in [
+            "0.0.0.0:8080",
+            "[::]:8080",
+            "10.1.2.3:8080",
+            "192.168.0.5:80",
+        ] {
             let err = check_exposure(addr(listen), false, false).unwrap_err();
             let text = err.to_string();
             assert!(text.contains(listen), "{text}");

@@ -130,13 +130,9 @@ impl Masker {
             return false;
         }
         match value {
-            Value::String(s) => {
-                if self.occurs_in(s.as_bytes()) {
-                    *s = self.mask(s);
-                    true
-                } else {
-                    false
-                }
+            Value::String(s) if self.occurs_in(s.as_bytes()) => {
+                *s = self.mask(s);
+                true
             }
             Value::Array(items) => items
                 .iter_mut()

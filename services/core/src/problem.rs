@@ -83,12 +83,7 @@ impl IntoResponse for Problem {
     fn into_response(self) -> Response {
         let status = StatusCode::from_u16(self.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         let body = serde_json::to_vec(&self).unwrap_or_default();
-        (
-            status,
-            [(header::CONTENT_TYPE, CONTENT_TYPE)],
-            body,
-        )
-            .into_response()
+        (status, [(header::CONTENT_TYPE, CONTENT_TYPE)], body).into_response()
     }
 }
 

@@ -67,7 +67,10 @@ pub struct Client {
 
 impl Client {
     pub fn new(global: &Global) -> Self {
-        let explicit = global.server.as_deref().is_some_and(|s| !s.trim().is_empty());
+        let explicit = global
+            .server
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty());
         let base = global
             .server
             .clone()

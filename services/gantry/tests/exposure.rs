@@ -54,7 +54,10 @@ fn assert_refusal(out: &Output, listen: &str) {
         "--allow-anonymous",
         "GANTRY_ALLOW_ANONYMOUS=true",
     ] {
-        assert!(stderr.contains(needle), "`{needle}` missing from:\n{stderr}");
+        assert!(
+            stderr.contains(needle),
+            "`{needle}` missing from:\n{stderr}"
+        );
     }
 }
 

@@ -99,7 +99,9 @@ impl TestApp {
         let http = gantry_core::problem::finish(
             Router::new()
                 .merge(gantry_webhook::router(app.clone()))
-                .merge(gantry_api::router_with_reload(app.clone(), options.reload_interval).unwrap())
+                .merge(
+                    gantry_api::router_with_reload(app.clone(), options.reload_interval).unwrap(),
+                )
                 .merge(app.health_routes()),
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -183,7 +185,9 @@ pub struct Answer {
 
 impl Answer {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.get(&name.to_ascii_lowercase()).map(String::as_str)
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
     }
 
     pub fn text(&self) -> String {
