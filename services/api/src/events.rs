@@ -41,11 +41,22 @@ pub(crate) async fn stream(
     let last_seen = match headers.get("last-event-id") {
         Some(v) => {
             let text = v.to_str().unwrap_or_default().trim();
-            text.parse::<i64>().map_err(|_| {
-                Problem::bad_request(format!("Last-Event-ID `{text}` is not a log position"))
-            })?
+            text.parse::<i64>()
+                .ok()
+                .filter(|n| *n >= 0)
+                .ok_or_else(|| {
+                    Problem::bad_request(format!("Last-Event-ID `{text}` is not a log position"))
+                })?
         }
-        None => q.from.map(|f| f.saturating_sub(1)).unwrap_or(0),
+        None => match q.from {
+            Some(f) if f < 0 => {
+                return Err(Problem::bad_request(format!(
+                    "from={f} is not a log position (positions start at 1)"
+                )))
+            }
+            Some(f) => f.saturating_sub(1),
+            None => 0,
+        },
     };
     let store = api.app.store.clone();
     let shutdown = api.app.shutdown.clone();

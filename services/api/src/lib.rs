@@ -2,8 +2,10 @@
 //! the whole log as Server-Sent Events (DESIGN.md 1.5).
 //!
 //! List routes answer a bare JSON array; single resources an object; errors
-//! `application/problem+json`. When `GANTRY_API_TOKENS` is set, every
-//! `/api/...` call needs `Authorization: Bearer <token>`.
+//! `application/problem+json`, also for a malformed path, query or body
+//! ([`gantry_core::problem::harden`]). When `GANTRY_API_TOKENS` is set, every
+//! `/api/...` call needs `Authorization: Bearer <token>`; the file is read
+//! again when it changes and on SIGHUP.
 
 mod apis_plan;
 mod approvals;
@@ -12,7 +14,7 @@ mod diff;
 mod events;
 mod rollback;
 
-use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, StatusCode};
@@ -20,7 +22,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gantry_core::auth::{ApiTokens, Identity};
+use gantry_core::auth::{Identity, TokenSource};
 use gantry_core::pipeline::Pipeline;
 use gantry_core::projection::RunFilter;
 use gantry_core::trigger::{self, CommitInfo};
@@ -29,21 +31,40 @@ use gantry_proto::events::Person;
 use serde::Deserialize;
 use serde_json::json;
 
+/// Largest request body the API takes: its bodies are small JSON objects.
+pub const MAX_BODY: usize = 64 * 1024;
+
 /// Shared state of the API routes.
 #[derive(Clone)]
 pub struct Api {
     pub app: App,
-    pub tokens: Option<Arc<ApiTokens>>,
+    /// The API tokens in force, when `GANTRY_API_TOKENS` is set.
+    pub tokens: Option<TokenSource>,
     /// Mirrors of the pipelines' branches, to check what a manual trigger names.
     pub sources: gantry_core::git::SourceCache,
 }
 
 /// The API routes (and the dashboard at `/`), ready to merge into a server.
+/// The tokens file is watched ([`gantry_core::auth::RELOAD_INTERVAL`],
+/// SIGHUP) until the app shuts down.
 pub fn router(app: App) -> Result<Router, gantry_core::auth::TokensError> {
+    router_with_reload(app, gantry_core::auth::RELOAD_INTERVAL)
+}
+
+/// [`router`], looking at the tokens file every `reload_interval`.
+pub fn router_with_reload(
+    app: App,
+    reload_interval: Duration,
+) -> Result<Router, gantry_core::auth::TokensError> {
     let tokens = match &app.settings.api_tokens {
-        Some(path) => Some(Arc::new(ApiTokens::load(path)?)),
+        Some(path) => Some(TokenSource::load(path)?),
         None => None,
     };
+    if let Some(tokens) = &tokens {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            tokens.watch(reload_interval, app.shutdown.child_token());
+        }
+    }
     let sources = gantry_core::git::SourceCache::new(app.settings.data_dir.join("git").join("api"));
     let api = Api {
         app,
@@ -72,9 +93,12 @@ pub fn router(app: App) -> Result<Router, gantry_core::auth::TokensError> {
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .with_state(api.clone());
-    Ok(Router::new()
-        .nest("/api/v1", v1)
-        .route("/", get(dashboard::page)))
+    Ok(gantry_core::problem::harden(
+        Router::new()
+            .nest("/api/v1", v1)
+            .route("/", get(dashboard::page)),
+        MAX_BODY,
+    ))
 }
 
 async fn not_found() -> Problem {
@@ -94,10 +118,11 @@ async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> R
             return Problem::unauthorized("this API needs `Authorization: Bearer <token>`")
                 .into_response();
         };
-        let Some(identity) = tokens.authenticate(token) else {
+        let identity = tokens.get().authenticate(token).cloned();
+        let Some(identity) = identity else {
             return Problem::unauthorized("unknown API token").into_response();
         };
-        req.extensions_mut().insert(identity.clone());
+        req.extensions_mut().insert(identity);
     }
     next.run(req).await
 }
@@ -164,6 +189,13 @@ async fn list_runs(
     Query(q): Query<RunsQuery>,
 ) -> Result<Response, Problem> {
     const STATUSES: &[&str] = &["running", "succeeded", "failed", "superseded", "cancelled"];
+    if let Some(limit) = q.limit {
+        if limit < 1 {
+            return Err(Problem::bad_request(format!(
+                "limit {limit} is not a positive number of runs (at most 1000 are answered)"
+            )));
+        }
+    }
     if let Some(s) = q.status.as_deref().filter(|s| !s.is_empty()) {
         if !STATUSES.contains(&s) {
             return Err(Problem::bad_request(format!(
@@ -225,6 +257,10 @@ async fn trigger_run(
         .get(&req.pipeline)
         .ok_or_else(|| Problem::not_found(format!("no pipeline named `{}`", req.pipeline)))?
         .clone();
+    let identity = identity.map(|axum::Extension(i)| i);
+    if let Some(id) = &identity {
+        may_trigger(&pipeline, id)?;
+    }
     let commit = match req.commit.map(|c| c.trim().to_ascii_lowercase()) {
         Some(c) => {
             if !(c.len() == 40 || c.len() == 64) || !c.bytes().all(|b| b.is_ascii_hexdigit()) {
@@ -239,7 +275,7 @@ async fn trigger_run(
     let people = commit_on_branch(&api, &pipeline, &commit).await?;
     // Who triggered counts as an author of the run (separation of duties).
     let triggered_by = match identity {
-        Some(axum::Extension(i)) => Person {
+        Some(i) => Person {
             name: None,
             email: i.email,
             username: Some(i.user),
@@ -317,6 +353,29 @@ async fn commit_on_branch(
     .await
     .map_err(Problem::internal)?
     .map_err(|e| Problem::new(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))
+}
+
+/// `access.trigger` of the pipeline, when set, names the users and groups
+/// that may start runs by hand (DESIGN.md 1.7).
+fn may_trigger(pipeline: &Pipeline, id: &Identity) -> Result<(), Problem> {
+    let Some(allowed) = pipeline.access.as_ref().and_then(|a| a.trigger.as_ref()) else {
+        return Ok(());
+    };
+    let member = allowed.contains(&id.user) || id.groups.iter().any(|g| allowed.contains(g));
+    if member {
+        return Ok(());
+    }
+    Err(Problem::forbidden(format!(
+        "{} may not trigger pipeline `{}`: its access.trigger allows only {}",
+        id.user,
+        pipeline.name,
+        if allowed.is_empty() {
+            "nobody".to_owned()
+        } else {
+            allowed.join(", ")
+        }
+    ))
+    .with_type("access-denied"))
 }
 
 async fn resolve_head(pipeline: &Pipeline) -> Result<String, Problem> {

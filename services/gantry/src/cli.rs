@@ -72,7 +72,17 @@ pub struct Global {
     /// YAML file of API tokens; when set, every /api call needs a bearer token.
     #[arg(long, env = "GANTRY_API_TOKENS", global = true)]
     pub api_tokens: Option<PathBuf>,
-    /// Server URL for client commands [default: http://<listen>].
+    /// Serve without API tokens on a non-loopback --listen address (`up`,
+    /// `serve api|webhook`); without this they refuse to start there.
+    #[arg(
+        long,
+        env = "GANTRY_ALLOW_ANONYMOUS",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub allow_anonymous: bool,
+    /// Server URL for client commands [default: http://<listen>]. When given,
+    /// client commands fail if it does not answer (no local fallback).
     #[arg(long, env = "GANTRY_SERVER", global = true)]
     pub server: Option<String>,
     /// API token for client commands.
@@ -94,6 +104,7 @@ impl Global {
             pipelines: self.pipelines.clone(),
             data_dir: self.data_dir.clone(),
             api_tokens: self.api_tokens.clone(),
+            allow_anonymous: self.allow_anonymous,
         }
     }
 }

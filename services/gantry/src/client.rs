@@ -1,9 +1,12 @@
 //! Client commands (`trigger`, `runs`, `run`, `approve`, `reject`, `events`).
 //!
 //! They speak to the HTTP API at `--server` (default `http://<listen>`). When
-//! nothing listens there, they serve the same request in-process against the
-//! configured store, so `gantry runs` works with or without `gantry up`
-//! running, through exactly the same code.
+//! no server was named and nothing listens at the default address, they
+//! serve the same request in-process against the configured store, so
+//! `gantry runs` works with or without `gantry up` running, through exactly
+//! the same code. A server named with `--server` / `GANTRY_SERVER` that does
+//! not answer is an error: the answer must not silently come from another
+//! (local) log.
 
 use std::pin::Pin;
 
@@ -55,6 +58,8 @@ fn problem_error(status: StatusCode, value: &serde_json::Value) -> anyhow::Error
 
 pub struct Client {
     base: String,
+    /// `--server` / `GANTRY_SERVER` was given: never fall back to the store.
+    explicit: bool,
     token: Option<String>,
     settings: Settings,
     http: reqwest::Client,
@@ -62,14 +67,20 @@ pub struct Client {
 
 impl Client {
     pub fn new(global: &Global) -> Self {
+        let explicit = global
+            .server
+            .as_deref()
+            .is_some_and(|s| !s.trim().is_empty());
         let base = global
             .server
             .clone()
+            .filter(|s| !s.trim().is_empty())
             .unwrap_or_else(|| format!("http://{}", global.listen))
             .trim_end_matches('/')
             .to_owned();
         Self {
             base,
+            explicit,
             token: global.token.clone(),
             settings: global.settings(),
             http: reqwest::Client::new(),
@@ -95,6 +106,11 @@ impl Client {
                 status: resp.status(),
                 body: Box::pin(resp.bytes_stream().map_err(anyhow::Error::from)),
             }),
+            Err(e) if e.is_connect() && self.explicit => Err(anyhow!(e).context(format!(
+                "no Gantry server answered at {} (named by --server / GANTRY_SERVER); \
+                 start it, or correct the URL (unset it to use the local store instead)",
+                self.base
+            ))),
             Err(e) if e.is_connect() => self.send_in_process(method, path, body).await,
             Err(e) => Err(anyhow!(e).context(format!("request to {url} failed"))),
         }
@@ -177,4 +193,84 @@ pub fn sse_messages(body: ByteStream) -> impl Stream<Item = anyhow::Result<(Opti
             }
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::Cli;
+
+    /// A loopback port nothing listens on (bound, then released).
+    fn closed_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_named_server_that_does_not_answer_is_an_error_not_the_local_store() {
+        let data = tempfile::tempdir().unwrap();
+        let server = format!("http://127.0.0.1:{}", closed_port());
+        let cli = Cli::try_parse_from([
+            "gantry",
+            "--server",
+            &server,
+            "--data-dir",
+            &data.path().display().to_string(),
+            "--pipelines",
+            &data.path().join("pipelines").display().to_string(),
+            "runs",
+        ])
+        .unwrap();
+        let err = match Client::new(&cli.global)
+            .send(Method::GET, "/api/v1/runs", None)
+            .await
+        {
+            Ok(resp) => panic!(
+                "expected an error, got {} (answered by the local store?)",
+                resp.status
+            ),
+            Err(e) => format!("{e:#}"),
+        };
+        assert!(err.contains(&server), "{err}");
+        assert!(err.contains("--server"), "{err}");
+        assert!(
+            !data.path().join("gantry.db").exists(),
+            "the local store was opened"
+        );
+    }
+
+    #[tokio::test]
+    async fn without_a_named_server_the_local_store_answers() {
+        let data = tempfile::tempdir().unwrap();
+        let listen = format!("127.0.0.1:{}", closed_port());
+        let cli = Cli::try_parse_from([
+            "gantry",
+            "--listen",
+            &listen,
+            "--data-dir",
+            &data.path().display().to_string(),
+            "--pipelines",
+            &data.path().join("pipelines").display().to_string(),
+            "runs",
+        ])
+        .unwrap();
+        let mut cli = cli;
+        // Whatever the environment says: the local store under `data`.
+        cli.global.server = None;
+        cli.global.database_url = None;
+        cli.global.nats_url = None;
+        cli.global.api_tokens = None;
+        let runs = Client::new(&cli.global)
+            .send(Method::GET, "/api/v1/runs", None)
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(runs, serde_json::json!([]));
+    }
 }

@@ -16,11 +16,9 @@ const DRAIN: Duration = Duration::from_secs(20);
 
 /// Everything in one process.
 pub async fn up(settings: Settings) -> anyhow::Result<()> {
+    settings.check_exposure()?;
     let app = start(settings).await?;
-    let http = Router::new()
-        .merge(gantry_webhook::router(app.clone()))
-        .merge(gantry_api::router(app.clone()).context("loading API tokens")?)
-        .merge(app.health_routes());
+    let http = http_router(&app)?;
     let conductor = conductor(&app);
     let workers = vec![
         Arc::new(conductor.clone()) as Arc<dyn Handler>,
@@ -42,6 +40,9 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
              use `gantry up` to run everything in one process"
         );
     }
+    if matches!(service, Service::Api | Service::Webhook) {
+        settings.check_exposure()?;
+    }
     let app = start(settings).await?;
     let mut timers = None;
     let (http, workers) = match service {
@@ -61,8 +62,19 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
         Service::Deployer => (Router::new(), vec![deployer(&app)]),
         Service::Apim => (Router::new(), vec![apim(&app)]),
     };
-    let http = http.merge(app.health_routes());
+    let http = gantry_core::problem::finish(http.merge(app.health_routes()));
     run(app, http, service.name(), workers, timers).await
+}
+
+/// What `gantry up` serves: webhooks, the API and console, health; every
+/// error answer a problem.
+pub fn http_router(app: &App) -> anyhow::Result<Router> {
+    Ok(gantry_core::problem::finish(
+        Router::new()
+            .merge(gantry_webhook::router(app.clone()))
+            .merge(gantry_api::router(app.clone()).context("loading API tokens")?)
+            .merge(app.health_routes()),
+    ))
 }
 
 /// The environmentalization worker: `run.started` → packages.

@@ -11,7 +11,7 @@ pub mod payload;
 pub mod signature;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -30,10 +30,12 @@ pub const MAX_BODY: usize = 5 * 1024 * 1024;
 
 /// The webhook routes, ready to merge into a server.
 pub fn router(app: App) -> Router {
-    Router::new()
-        .route("/webhooks/{provider}", post(receive))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(app)
+    gantry_core::problem::harden(
+        Router::new()
+            .route("/webhooks/{provider}", post(receive))
+            .with_state(app),
+        MAX_BODY,
+    )
 }
 
 async fn receive(

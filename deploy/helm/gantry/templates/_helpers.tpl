@@ -38,3 +38,18 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- define "gantry.image" -}}
 {{- printf "%s:%s" .Values.image.repository (.Values.image.tag | default .Chart.AppVersion) -}}
 {{- end -}}
+
+{{/*
+Authentication by default (DESIGN.md 1.7): API tokens, or anonymous access
+asked for explicitly.
+*/}}
+{{- define "gantry.requireAuth" -}}
+{{- if not (or .Values.apiTokens.existingSecret .Values.allowAnonymous) -}}
+{{- fail "set apiTokens.existingSecret to a Secret holding the hashed API tokens (key tokens.yaml: `tokens: [{user, email, groups, sha256}]`, sha256 = `printf %s \"$TOKEN\" | sha256sum`; kubectl create secret generic gantry-api-tokens --from-file=tokens.yaml), or set allowAnonymous=true to serve the API and webhooks without authentication" -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Services that serve the API or webhooks and so need API tokens. */}}
+{{- define "gantry.servesHttp" -}}
+{{- if has . (list "api" "webhook") -}}true{{- end -}}
+{{- end -}}

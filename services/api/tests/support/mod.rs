@@ -1,0 +1,346 @@
+//! An in-process Gantry HTTP server for the API's tests: the same router as
+//! `gantry up` serves (webhooks, API, health, problem answers), on a random
+//! loopback port, over a real store in a temporary directory (SQLite) or a
+//! fresh Postgres database.
+
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use axum::Router;
+use gantry_core::{App, Settings};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A pipeline with a stage behind approval and `access.trigger`.
+pub const DEMO_PIPELINE: &str = "\
+name: demo
+source:
+  repo: REPO
+  branch: main
+gateway:
+  format: yaml
+  path: gateway/
+stages:
+  - name: dev
+  - name: prod
+    approval:
+      approvers: [release-managers]
+access:
+  trigger: [deployers, carol]
+";
+
+pub struct TestApp {
+    /// Commits on `main` of the demo pipeline's repository, oldest first:
+    /// what manual triggers may name.
+    pub commits: Vec<String>,
+    pub repo: gantry_tests::GitRepo,
+    pub addr: SocketAddr,
+    pub app: App,
+    pub dir: tempfile::TempDir,
+    _db: Option<gantry_tests::TestDb>,
+}
+
+pub struct Options {
+    /// Hashed tokens written to `<dir>/tokens.yaml` and used as
+    /// `GANTRY_API_TOKENS`: (token, user, groups).
+    pub tokens: Option<Vec<(&'static str, &'static str, &'static str)>>,
+    pub postgres: bool,
+    pub reload_interval: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            tokens: None,
+            postgres: false,
+            reload_interval: gantry_core::auth::RELOAD_INTERVAL,
+        }
+    }
+}
+
+/// The YAML of `GANTRY_API_TOKENS` for (token, user, groups).
+pub fn tokens_yaml(tokens: &[(&str, &str, &str)]) -> String {
+    let mut yaml = String::from("tokens:\n");
+    for (token, user, groups) in tokens {
+        let hash = hex::encode(Sha256::digest(token.as_bytes()));
+        yaml.push_str(&format!(
+            "  - user: {user}\n    email: {user}@example.com\n    groups: {groups}\n    sha256: {hash}\n"
+        ));
+    }
+    yaml
+}
+
+impl TestApp {
+    pub async fn start(options: Options) -> TestApp {
+        let dir = tempfile::tempdir().unwrap();
+        let pipelines = dir.path().join("pipelines");
+        std::fs::create_dir_all(&pipelines).unwrap();
+        let repo = gantry_tests::GitRepo::init().unwrap();
+        let commits = vec![
+            repo.commit_files(&[("f", "1")], "first").unwrap(),
+            repo.commit_files(&[("f", "2")], "second").unwrap(),
+        ];
+        std::fs::write(
+            pipelines.join("demo.yaml"),
+            DEMO_PIPELINE.replace("REPO", &repo.path().display().to_string()),
+        )
+        .unwrap();
+        let api_tokens = options.tokens.as_ref().map(|t| {
+            let path = dir.path().join("tokens.yaml");
+            std::fs::write(&path, tokens_yaml(t)).unwrap();
+            path
+        });
+        let db = if options.postgres {
+            Some(gantry_tests::fresh_postgres().await.unwrap())
+        } else {
+            None
+        };
+        let settings = Settings {
+            database_url: db.as_ref().map(|d| d.url().to_owned()),
+            pipelines,
+            data_dir: dir.path().join("data"),
+            api_tokens,
+            ..Settings::default()
+        };
+        let app = App::start(settings).await.unwrap();
+        assert!(!app.pipelines.get().is_empty(), "the demo pipeline loads");
+        // What `gantry up` serves (services/gantry/src/server.rs).
+        let http = gantry_core::problem::finish(
+            Router::new()
+                .merge(gantry_webhook::router(app.clone()))
+                .merge(
+                    gantry_api::router_with_reload(app.clone(), options.reload_interval).unwrap(),
+                )
+                .merge(app.health_routes()),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = app.shutdown.clone();
+        tokio::spawn(async move {
+            axum::serve(listener, http)
+                .with_graceful_shutdown(async move { token.cancelled().await })
+                .await
+                .unwrap();
+        });
+        TestApp {
+            commits,
+            repo,
+            addr,
+            app,
+            dir,
+            _db: db,
+        }
+    }
+
+    pub fn tokens_path(&self) -> PathBuf {
+        self.dir.path().join("tokens.yaml")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub async fn head(&self) -> i64 {
+        self.app.store.head().await.unwrap()
+    }
+
+    /// Starts a run of `demo` at a commit straight through the store.
+    pub async fn seed_run(&self, commit: &str) -> String {
+        let set = self.app.pipelines.get();
+        let pipeline = set.get("demo").unwrap().clone();
+        gantry_core::trigger::start_run(
+            &self.app.store,
+            "test",
+            &pipeline,
+            gantry_core::trigger::CommitInfo {
+                provider: "manual".into(),
+                delivery_id: None,
+                commit: commit.into(),
+                branch: "main".into(),
+                message: None,
+                author: None,
+                committer: None,
+                pusher: None,
+                triggered_by: Some(gantry_proto::events::Person {
+                    username: Some("seed".into()),
+                    ..Default::default()
+                }),
+            },
+        )
+        .await
+        .unwrap()
+        .run_id
+    }
+
+    /// One request as written, over a fresh connection: `target` goes on the
+    /// request line untouched (no client-side normalization of `..` or
+    /// percent-encoding).
+    pub async fn raw(
+        &self,
+        method: &str,
+        target: &str,
+        headers: &[(&str, &str)],
+        body: Option<Vec<u8>>,
+    ) -> Answer {
+        raw_request(self.addr, method, target, headers, body).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.app.shutdown.cancel();
+    }
+}
+
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(&name.to_ascii_lowercase())
+            .map(String::as_str)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.text()))
+    }
+}
+
+pub async fn raw_request(
+    addr: SocketAddr,
+    method: &str,
+    target: &str,
+    headers: &[(&str, &str)],
+    body: Option<Vec<u8>>,
+) -> Answer {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    let mut head = format!("{method} {target} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    if let Some(b) = &body {
+        head.push_str(&format!("Content-Length: {}\r\n", b.len()));
+    }
+    head.push_str("\r\n");
+    // Write while reading: a server may answer (413) before taking a big body.
+    let writer = tokio::spawn(async move {
+        wr.write_all(head.as_bytes()).await?;
+        if let Some(b) = body {
+            wr.write_all(&b).await?;
+        }
+        wr.flush().await?;
+        Ok::<_, std::io::Error>(wr)
+    });
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        let mut chunk = [0u8; 16 * 1024];
+        loop {
+            match rd.read(&mut chunk).await {
+                Ok(0) => break,
+                Ok(n) => {
+                    buf.extend_from_slice(&chunk[..n]);
+                    if answer_complete(&buf) {
+                        break;
+                    }
+                }
+                Err(_) if !buf.is_empty() => break,
+                Err(e) => panic!("{method} {target}: no answer: {e}"),
+            }
+        }
+    })
+    .await;
+    assert!(
+        read.is_ok() || answer_complete(&buf),
+        "{method} {target}: no complete answer within 10 s"
+    );
+    writer.abort();
+    parse_answer(&buf).unwrap_or_else(|| {
+        panic!(
+            "{method} {target}: not an HTTP answer: {:?}",
+            String::from_utf8_lossy(&buf[..buf.len().min(500)])
+        )
+    })
+}
+
+/// The head and, by `Content-Length` or the last chunk, the whole body; an
+/// event stream's head alone (it does not end).
+fn answer_complete(buf: &[u8]) -> bool {
+    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+    if head.contains("content-type: text/event-stream") {
+        return true;
+    }
+    let body = &buf[end + 4..];
+    if let Some(len) = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse::<usize>().ok())
+    {
+        return body.len() >= len;
+    }
+    if head.contains("transfer-encoding: chunked") {
+        return body.ends_with(b"0\r\n\r\n");
+    }
+    false
+}
+
+fn parse_answer(buf: &[u8]) -> Option<Answer> {
+    let end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&buf[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+    let mut headers = HashMap::new();
+    for line in lines {
+        let (k, v) = line.split_once(':')?;
+        headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_owned());
+    }
+    let raw = &buf[end + 4..];
+    let body = if headers
+        .get("transfer-encoding")
+        .is_some_and(|v| v.contains("chunked"))
+    {
+        dechunk(raw)
+    } else {
+        raw.to_vec()
+    };
+    Some(Answer {
+        status,
+        headers,
+        body,
+    })
+}
+
+fn dechunk(mut raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = raw.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = std::str::from_utf8(&raw[..eol])
+            .ok()
+            .and_then(|s| usize::from_str_radix(s.split(';').next().unwrap_or("").trim(), 16).ok())
+            .unwrap_or(0);
+        if size == 0 || raw.len() < eol + 2 + size {
+            return out;
+        }
+        out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
+        raw = &raw[(eol + 2 + size + 2).min(raw.len())..];
+    }
+}
