@@ -394,18 +394,39 @@ async fn without_tokens_approvals_that_need_identities_are_refused() {
                 .headers()
                 .get("content-type")
                 .map(|v| v.to_str().unwrap_or("").to_owned());
-            (status, ty, resp.json::<Value>().await.unwrap_or(Value::Null))
+            (
+                status,
+                ty,
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
         }
     };
-    wait_stage_status(&base, None, &run, ("test", "awaiting_approval"), Duration::from_secs(30)).await;
+    wait_stage_status(
+        &base,
+        None,
+        &run,
+        ("test", "awaiting_approval"),
+        Duration::from_secs(30),
+    )
+    .await;
     let (status, _, _) = approve("test").await;
     assert_eq!(status, 201, "anyone may approve `test`");
-    wait_stage_status(&base, None, &run, ("prod", "awaiting_approval"), Duration::from_secs(30)).await;
+    wait_stage_status(
+        &base,
+        None,
+        &run,
+        ("prod", "awaiting_approval"),
+        Duration::from_secs(30),
+    )
+    .await;
     let (status, ty, problem) = approve("prod").await;
     assert_eq!(status, 403, "{problem}");
     assert_eq!(ty.as_deref(), Some("application/problem+json"));
     assert!(
-        problem["detail"].as_str().unwrap().contains("GANTRY_API_TOKENS"),
+        problem["detail"]
+            .as_str()
+            .unwrap()
+            .contains("GANTRY_API_TOKENS"),
         "{problem}"
     );
 }

@@ -179,7 +179,13 @@ fn validate_refuses_credentials_and_warns_about_risky_settings() {
         let path = dir.path().join(file);
         std::fs::write(&path, text).unwrap();
         std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-            .args(["pipelines", "validate", path.to_str().unwrap(), "--output", "json"])
+            .args([
+                "pipelines",
+                "validate",
+                path.to_str().unwrap(),
+                "--output",
+                "json",
+            ])
             .env_remove("GANTRY_API_TOKENS")
             .output()
             .unwrap()
@@ -201,7 +207,11 @@ fn validate_refuses_credentials_and_warns_about_risky_settings() {
          image: { base: r.example.com/b:1, repository: r.example.com/x, insecure: true }\n\
          stages:\n  - name: prod\n    approval: { approvers: [rm], allow_self: true }\n",
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let fields: Vec<&str> = report["warnings"]
         .as_array()
@@ -211,7 +221,11 @@ fn validate_refuses_credentials_and_warns_about_risky_settings() {
         .collect();
     assert_eq!(
         fields,
-        ["image.insecure", "stages[0].approval.allow_self", "stages[0].approval"],
+        [
+            "image.insecure",
+            "stages[0].approval.allow_self",
+            "stages[0].approval"
+        ],
         "{report}"
     );
 }

@@ -687,7 +687,11 @@ async fn appends_never_scan_the_whole_log() -> anyhow::Result<()> {
     // often enough for Postgres to settle on a generic plan.
     for i in 0..20 {
         store
-            .append(&format!("run-{i}"), ExpectedVersion::NoStream, vec![cancelled("x")])
+            .append(
+                &format!("run-{i}"),
+                ExpectedVersion::NoStream,
+                vec![cancelled("x")],
+            )
             .await?;
     }
     let before = seq_scans(&store).await?;
@@ -698,7 +702,11 @@ async fn appends_never_scan_the_whole_log() -> anyhow::Result<()> {
             for i in 0..125 {
                 let stream = format!("run-w{w}-{}", i / 5);
                 store
-                    .append(&stream, ExpectedVersion::Any, vec![cancelled("x"), cancelled("x")])
+                    .append(
+                        &stream,
+                        ExpectedVersion::Any,
+                        vec![cancelled("x"), cancelled("x")],
+                    )
                     .await?;
             }
             anyhow::Ok(())

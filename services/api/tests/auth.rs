@@ -171,7 +171,10 @@ async fn a_manual_trigger_of_a_commit_off_the_branch_is_refused() {
     app.repo.checkout_new_branch("unreviewed").unwrap();
     let elsewhere = app.repo.commit_files(&[("f", "x")], "not on main").unwrap();
     let head = app.head().await;
-    for commit in [elsewhere.clone(), "0123456789abcdef0123456789abcdef01234567".to_owned()] {
+    for commit in [
+        elsewhere.clone(),
+        "0123456789abcdef0123456789abcdef01234567".to_owned(),
+    ] {
         let refused = trigger_as(&app, "dave-token", &commit).await;
         assert_eq!(refused.status, 422, "{}", refused.text());
         assert_eq!(

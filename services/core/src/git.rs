@@ -155,16 +155,20 @@ impl SourceCache {
         let lock = self.lock_for(pipeline);
         let _turn = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mirror = self.open_mirror(pipeline)?;
-        if mirror.find_commit(oid).is_err() {
+        // The object alone is not enough (a local transport may bring more
+        // than the branch): the commit must be in the branch's history.
+        if mirror.find_commit(oid).is_err() || !on_branch(&mirror, branch, oid) {
             fetch(&mirror, repo, branch, token)?;
         }
-        let found = mirror
-            .find_commit(oid)
-            .map_err(|_| GitError::MissingCommit {
-                repo: repo.to_owned(),
-                branch: branch.to_owned(),
-                commit: commit.to_owned(),
-            })?;
+        let missing = || GitError::MissingCommit {
+            repo: repo.to_owned(),
+            branch: branch.to_owned(),
+            commit: commit.to_owned(),
+        };
+        let found = mirror.find_commit(oid).map_err(|_| missing())?;
+        if !on_branch(&mirror, branch, oid) {
+            return Err(missing());
+        }
         let tree = found.tree().map_err(|e| cache_err(&mirror, e))?;
         std::fs::create_dir_all(dest).map_err(|source| GitError::Write {
             path: dest.display().to_string(),
@@ -212,14 +216,15 @@ impl SourceCache {
                 repo: repo.to_owned(),
                 branch: branch.to_owned(),
             })?;
-        let on_branch = tip == oid
+        // A commit the fetch did not bring is not on the branch either.
+        let found = mirror.find_commit(oid).map_err(|_| missing())?;
+        let reachable = tip == oid
             || mirror
                 .graph_descendant_of(tip, oid)
                 .map_err(|e| cache_err(&mirror, e))?;
-        if !on_branch {
+        if !reachable {
             return Err(missing());
         }
-        let found = mirror.find_commit(oid).map_err(|_| missing())?;
         let person = |s: git2::Signature<'_>| Signer {
             name: s.name().map(str::to_owned),
             email: s.email().map(str::to_owned),
@@ -246,6 +251,14 @@ impl SourceCache {
                 Repository::init_bare(&path).map_err(err)
             }
         }
+    }
+}
+
+/// Whether `oid` is the tip of `branch` in `mirror` or in its history.
+fn on_branch(mirror: &Repository, branch: &str, oid: Oid) -> bool {
+    match mirror.refname_to_id(&format!("refs/heads/{branch}")) {
+        Ok(tip) => tip == oid || mirror.graph_descendant_of(tip, oid).unwrap_or(false),
+        Err(_) => false,
     }
 }
 
