@@ -78,7 +78,8 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
              gateway:\n  format: yaml\n  path: gateway/\napis:\n  path: apis/\n\
              stages:\n  - name: test\n\
              \x20   apimanager: {{ url: \"{url}\", username: env:APIM_USER, password: env:APIM_PASS }}\n\
-             \x20   approval: {{ required: 1 }}\n",
+             \x20   approval: {{ required: 1 }}\n\
+             \x20   env: {{ AUDIENCE: partners }}\n",
             repo = repo.path().display(),
             url = apim.url(),
         ),
@@ -90,7 +91,6 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
         &[
             ("APIM_USER", "apiadmin"),
             ("APIM_PASS", "changeme"),
-            ("AUDIENCE", "partners"),
         ],
     )
     .await;

@@ -150,19 +150,20 @@ async fn sample_project_is_packaged_per_stage_and_a_broken_reference_is_located(
         );
     }
 
-    // A commit the repository does not have fails every stage clearly.
-    let run = trigger(&base, &"ab".repeat(20)).await;
-    let events = wait_events(&base, &run, "io.gantry.package.failed.v1", 2).await;
-    let reason = events
-        .iter()
-        .find(|e| e["type"] == "io.gantry.package.failed.v1")
-        .unwrap()["data"]["reason"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    // A commit the repository does not have is refused at the trigger,
+    // naming it and the branch (DESIGN.md 1.7: only the branch's commits).
+    let resp = reqwest::Client::new()
+        .post(format!("{base}/api/v1/runs"))
+        .json(&json!({ "pipeline": "sample", "commit": "ab".repeat(20) }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 422);
+    let problem: Value = resp.json().await.unwrap();
+    let detail = problem["detail"].as_str().unwrap_or_default();
     assert!(
-        reason.contains(&"ab".repeat(20)) && reason.contains("not in repository"),
-        "{reason}"
+        detail.contains(&"ab".repeat(20)) && detail.contains("not on branch `main`"),
+        "{problem}"
     );
 }
 
