@@ -771,9 +771,11 @@ async fn append_in_tx(
             placeholders.join(", ")
         );
         if single_stream.is_some() {
+            // A scalar subquery, so MAX is the index's last entry (no GROUP
+            // BY, which would read every event of the stream).
             sql.push_str(&format!(
-                " UNION ALL SELECT NULL, COALESCE(MAX(stream_version), 0), stream_id FROM events \
-                 WHERE stream_id = ${} GROUP BY stream_id",
+                " UNION ALL SELECT NULL, (SELECT COALESCE(MAX(stream_version), 0) FROM events \
+                 WHERE stream_id = ${}), NULL",
                 chunk.len() + 1
             ));
         }
@@ -791,7 +793,9 @@ async fn append_in_tx(
                     recorded.insert(id, (row.try_get(1)?, row.try_get(2)?));
                 }
                 None => {
-                    versions.insert(row.try_get(2)?, row.try_get(1)?);
+                    if let Some(stream) = single_stream {
+                        versions.insert(stream.to_owned(), row.try_get(1)?);
+                    }
                 }
             }
         }
@@ -826,8 +830,12 @@ async fn append_in_tx(
     for item in batch {
         let actual: i64 = match (single_stream, versions.get(&item.stream_id)) {
             (Some(_), Some(v)) => *v,
-            // The stream has no event yet (the lookup found no row for it).
-            (Some(_), None) => 0,
+            (Some(_), None) => {
+                return Err(StoreError::Corrupt {
+                    position: *head,
+                    message: format!("no version row for stream `{}`", item.stream_id),
+                })
+            }
             (None, _) => {
                 sqlx::query_scalar(
                     "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1",
