@@ -38,6 +38,10 @@ pub enum BenchCommand {
         /// Events per append (one transaction).
         #[arg(long, default_value_t = 10)]
         batch: usize,
+        /// Events written straight into the log (Postgres) before measuring,
+        /// to show appends cost the same into a long log.
+        #[arg(long, default_value_t = 0)]
+        preload: u64,
     },
     /// Orchestration overhead: commit received → first stage promoted with
     /// zero-work workers, then many concurrent runs across pipelines.
@@ -76,7 +80,13 @@ pub async fn run(command: BenchCommand, global: &Global) -> anyhow::Result<()> {
             events,
             writers,
             batch,
-        } => throughput(global, events, writers, batch).await,
+            preload,
+        } => {
+            if preload > 0 {
+                preload_log(global, preload).await?;
+            }
+            throughput(global, events, writers, batch).await
+        }
         BenchCommand::Webhooks {
             requests,
             concurrency,
@@ -212,6 +222,43 @@ async fn hop(global: &Global, mode: Mode, n: usize) -> anyhow::Result<()> {
     println!(
         "{}",
         json!({ "bench": "hop", "mode": format!("{mode:?}").to_lowercase(), "latency": percentiles(samples) })
+    );
+    Ok(())
+}
+
+/// Fills the Postgres log with `n` small events in a few large statements
+/// (generate_series), as a long-lived installation's log would be.
+async fn preload_log(global: &Global, n: u64) -> anyhow::Result<()> {
+    let Some(db) = global.settings().database_url.clone() else {
+        bail!("--preload needs --database-url postgres://...");
+    };
+    let store = EventStore::connect(&db).await?;
+    store.migrate().await?;
+    let started = Instant::now();
+    let chunk: u64 = 200_000;
+    let mut done = 0;
+    while done < n {
+        let count = chunk.min(n - done);
+        let head = store.head().await?;
+        let json = serde_json::to_string(&event(0))?;
+        sqlx::query(
+            "INSERT INTO events (position, event_id, stream_id, stream_version, pipeline, run_id, \
+             event_type, event, recorded_at) \
+             SELECT $1 + g, 'preload-' || ($1 + g), 'preload-' || (($1 + g) / 10), (($1 + g) % 10) + 1, \
+             'bench', NULL, 'io.gantry.run.cancelled.v1', $2, $3 FROM generate_series(1, $4) AS g",
+        )
+        .bind(head)
+        .bind(json)
+        .bind(chrono::Utc::now().to_rfc3339())
+        .bind(count as i64)
+        .execute(store.pool())
+        .await?;
+        done += count;
+    }
+    eprintln!(
+        "preloaded {n} events in {:.1} s; log head {}",
+        started.elapsed().as_secs_f64(),
+        store.head().await?
     );
     Ok(())
 }
