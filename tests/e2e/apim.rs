@@ -88,10 +88,7 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
     let gantry = Gantry::start(
         dir.path(),
         &["up"],
-        &[
-            ("APIM_USER", "apiadmin"),
-            ("APIM_PASS", "changeme"),
-        ],
+        &[("APIM_USER", "apiadmin"), ("APIM_PASS", "changeme")],
     )
     .await;
     let base = gantry.url();
@@ -293,4 +290,13 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
         apim.proxies()[0]["securityProfiles"][0]["devices"][0]["properties"]["apiKeyFieldName"],
         "KeyId"
     );
+    // Gantry's own environment reached no request API Manager received.
+    let requests = apim.requests();
+    assert!(!requests.is_empty());
+    for r in &requests {
+        assert!(
+            !format!("{r:?}").contains(&gantry.canary),
+            "the canary reached API Manager: {r:?}"
+        );
+    }
 }

@@ -53,7 +53,8 @@ async fn a_commit_becomes_stage_images_in_a_real_registry() {
         ),
     )
     .unwrap();
-    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let mut gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    gantry.watch(registry.storage_dir());
     let base_url = gantry.url();
 
     // A signed push from the "forge" for this local repository.

@@ -86,7 +86,10 @@ async fn push_promotes_test_then_prod_after_two_approvals_and_a_failing_commit_r
     )
     .unwrap();
     let tokens_path = write_api_tokens(dir.path(), TOKENS);
-    let gantry = Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens_path)]).await;
+    let mut gantry =
+        Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens_path)]).await;
+    gantry.watch(registry.storage_dir());
+    gantry.watch(deploy.path());
     let base = gantry.url();
     let http = reqwest::Client::new();
     let approve = |token: &'static str, run: String| {

@@ -70,7 +70,9 @@ async fn rollback_redeploys_an_earlier_release_through_gitops_and_smoke() {
         ),
     )
     .unwrap();
-    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let mut gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    gantry.watch(registry.storage_dir());
+    gantry.watch(deploy.path());
     let base = gantry.url();
     let cli = |args: &[&str]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))

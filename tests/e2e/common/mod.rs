@@ -26,8 +26,11 @@ pub const CANARY_VAR: &str = "GANTRY_E2E_CANARY";
 /// A `gantry` process with its own working directory and port.
 pub struct Gantry {
     /// A unique value in [`CANARY_VAR`]: after the test it must appear in
-    /// none of the process's logs or files (event log, packages, mirrors).
+    /// none of the process's logs or files (event log, packages, mirrors),
+    /// nor in the directories the test adds with [`Gantry::watch`]
+    /// (registry storage, deploy repositories).
     pub canary: String,
+    watched: Vec<PathBuf>,
     child: Option<Child>,
     args: Vec<String>,
     env: Vec<(String, String)>,
@@ -43,6 +46,7 @@ impl Gantry {
         let log = dir.join(format!("gantry-{port}.log"));
         let mut g = Gantry {
             canary: format!("canary-{}", uuid::Uuid::new_v4().simple()),
+            watched: Vec::new(),
             child: None,
             args: args.iter().map(|s| s.to_string()).collect(),
             env: env
@@ -133,10 +137,17 @@ impl Gantry {
 
 impl Gantry {
     /// Files under the work dir and the process's log that hold the canary.
+    /// Adds a directory the canary must not reach (a registry's storage,
+    /// a deploy repository).
+    pub fn watch(&mut self, dir: impl Into<PathBuf>) {
+        self.watched.push(dir.into());
+    }
+
     pub fn canary_leaks(&self) -> Vec<PathBuf> {
         let mut found = Vec::new();
         let needle = self.canary.as_bytes();
         let mut dirs = vec![self.dir.clone()];
+        dirs.extend(self.watched.iter().cloned());
         while let Some(dir) = dirs.pop() {
             let Ok(entries) = std::fs::read_dir(&dir) else {
                 continue;
