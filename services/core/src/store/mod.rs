@@ -22,6 +22,8 @@ use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use gantry_proto::CloudEvent;
+use std::collections::{HashMap, HashSet};
+
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -583,52 +585,59 @@ async fn writer_loop(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Wri
 }
 
 /// Runs `group` in one transaction; per-request results go to `results`.
-/// An `Err` means the transaction as a whole did not commit.
+/// An `Err` means nothing of the group was written.
 ///
-/// Each round trip to the database is paid while the append lock is held,
-/// so the common case takes as few as it can: a request that fails (a
-/// version conflict, a reused id) writes nothing before it finds out, so
-/// groups run without savepoints first; only when a request of a group of
-/// several fails is the group run again with a savepoint around each
-/// request, so the others still commit.
+/// Every round trip to the database is paid while the append lock is held,
+/// so a group takes a fixed number of them whatever its size: one read of
+/// the log head, one lookup of everything the group's requests depend on
+/// (their event ids, their streams' versions, their handled markers), one
+/// multi-row insert per table, the notification and the commit. Each
+/// request is then decided in memory, in order, exactly as if it ran alone
+/// after the ones before it; a request that fails (a version conflict, a
+/// reused id) writes nothing and does not affect the others. Should the
+/// database refuse the group as a whole, each request is run on its own so
+/// that one bad request fails alone.
 async fn commit_group(
     pool: &AnyPool,
     backend: Backend,
     group: &[WriteRequest],
     results: &mut Vec<Result<(Appended, bool), StoreError>>,
 ) -> Result<(), String> {
-    let isolate = group.len() > 1;
-    match run_group(pool, backend, group, false, results).await {
-        Err(GroupError::RequestFailed) if isolate => {
-            results.clear();
-            match run_group(pool, backend, group, true, results).await {
-                Ok(()) => Ok(()),
-                Err(GroupError::Database(e)) => Err(e),
-                // With savepoints a failed request does not fail the group.
-                Err(GroupError::RequestFailed) => Err("a request failed its savepoint".into()),
-            }
+    match run_group(pool, backend, group).await {
+        Ok(own) => {
+            results.extend(own);
+            Ok(())
         }
-        // One request alone: its own error is the answer, nothing written.
-        Err(GroupError::RequestFailed) => Ok(()),
-        Err(GroupError::Database(e)) => Err(e),
-        Ok(()) => Ok(()),
+        Err(_) if group.len() > 1 => {
+            for request in group {
+                match run_group(pool, backend, std::slice::from_ref(request)).await {
+                    Ok(own) => results.extend(own),
+                    Err(e) => results.push(Err(StoreError::CommitFailed(e))),
+                }
+            }
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 
-enum GroupError {
-    /// A request of the group failed and the transaction was rolled back.
-    RequestFailed,
-    Database(String),
+/// What the log already holds that a group's requests depend on.
+#[derive(Default)]
+struct Known {
+    /// event id → (position, stream)
+    events: HashMap<String, (i64, String)>,
+    /// stream → last version
+    versions: HashMap<String, i64>,
+    /// (event id, handler) already handled
+    handled: HashSet<(String, String)>,
 }
 
 async fn run_group(
     pool: &AnyPool,
     backend: Backend,
     group: &[WriteRequest],
-    savepoints: bool,
-    results: &mut Vec<Result<(Appended, bool), StoreError>>,
-) -> Result<(), GroupError> {
-    let db = |e: sqlx::Error| GroupError::Database(e.to_string());
+) -> Result<Vec<Result<(Appended, bool), StoreError>>, String> {
+    let db = |e: sqlx::Error| e.to_string();
     let mut conn = pool.acquire().await.map_err(db)?;
     let mut tx = match backend {
         // Take SQLite's write lock up front: a deferred transaction that
@@ -644,84 +653,358 @@ async fn run_group(
             .await
             .map_err(db)?;
     }
-    // Read once under the lock, then carried from request to request.
-    let mut head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
+    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
         .fetch_one(&mut *tx)
         .await
         .map_err(db)?;
-    let mut last = None;
+    let mut known = lookup(&mut tx, group).await.map_err(|e| e.to_string())?;
+
+    let mut position = head;
+    let recorded_at = now_text();
+    let mut rows: Vec<NewRow> = Vec::new();
+    let mut handled_rows: Vec<(String, String)> = Vec::new();
+    let mut results = Vec::with_capacity(group.len());
     for request in group {
-        if savepoints {
-            sqlx::query("SAVEPOINT gantry_append")
-                .execute(&mut *tx)
-                .await
-                .map_err(db)?;
+        if let Some((handler, cause)) = &request.handled {
+            if known
+                .handled
+                .contains(&(cause.to_string(), handler.clone()))
+            {
+                results.push(Ok((
+                    Appended {
+                        positions: vec![],
+                        duplicate: true,
+                    },
+                    false,
+                )));
+                continue;
+            }
         }
-        let before = head;
-        let result = write_one(&mut tx, request, &mut head).await;
-        match (&result, savepoints) {
-            (Ok((appended, _)), _) => {
-                last = last.max(appended.last_position());
-                if savepoints {
-                    sqlx::query("RELEASE SAVEPOINT gantry_append")
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(db)?;
+        match decide_append(&request.batch, &known, position, &recorded_at) {
+            Ok((appended, new_rows)) => {
+                for row in &new_rows {
+                    known
+                        .events
+                        .insert(row.event_id.clone(), (row.position, row.stream_id.clone()));
+                    known.versions.insert(row.stream_id.clone(), row.version);
+                    position = position.max(row.position);
                 }
+                rows.extend(new_rows);
+                if let Some((handler, cause)) = &request.handled {
+                    let key = (cause.to_string(), handler.clone());
+                    known.handled.insert(key.clone());
+                    handled_rows.push(key);
+                }
+                results.push(Ok((appended, true)));
             }
-            (Err(_), true) => {
-                head = before;
-                sqlx::query("ROLLBACK TO SAVEPOINT gantry_append")
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(db)?;
-            }
-            (Err(_), false) => {
-                results.push(result);
-                tx.rollback().await.map_err(db)?;
-                return Err(GroupError::RequestFailed);
-            }
+            Err(e) => results.push(Err(e)),
         }
-        results.push(result);
     }
-    if let (Backend::Postgres, Some(last)) = (backend, last) {
+
+    insert_handled(&mut tx, &handled_rows)
+        .await
+        .map_err(|e| e.to_string())?;
+    insert_rows(&mut tx, &rows)
+        .await
+        .map_err(|e| e.to_string())?;
+    if let (Backend::Postgres, Some(last)) = (backend, rows.last()) {
         sqlx::query("SELECT pg_notify($1, $2)")
             .bind(NOTIFY_CHANNEL)
-            .bind(last.to_string())
+            .bind(last.position.to_string())
             .execute(&mut *tx)
             .await
             .map_err(db)?;
     }
-    tx.commit().await.map_err(db)
+    tx.commit().await.map_err(db)?;
+    Ok(results)
 }
 
-async fn write_one(
-    conn: &mut AnyConnection,
-    request: &WriteRequest,
-    head: &mut i64,
-) -> Result<(Appended, bool), StoreError> {
-    if let Some((handler, cause)) = &request.handled {
-        let inserted = sqlx::query(
-            "INSERT INTO handled (event_id, handler, handled_at) VALUES ($1, $2, $3) \
-             ON CONFLICT (event_id, handler) DO NOTHING",
-        )
-        .bind(cause.to_string())
-        .bind(handler)
-        .bind(now_text())
-        .execute(&mut *conn)
-        .await?
-        .rows_affected();
-        if inserted == 0 {
-            return Ok((
-                Appended {
-                    positions: vec![],
-                    duplicate: true,
-                },
-                false,
-            ));
+/// One event row to insert.
+struct NewRow {
+    position: i64,
+    event_id: String,
+    stream_id: String,
+    version: i64,
+    pipeline: String,
+    run_id: Option<String>,
+    ty: String,
+    json: String,
+    recorded_at: String,
+}
+
+/// Reads, in as few queries as the bind-parameter limits allow, the
+/// positions of every event id of the group, the last version of every
+/// stream it appends to, and which of its handled markers exist. Each is an
+/// index lookup (event_id UNIQUE, (stream_id, stream_version) UNIQUE,
+/// handled's primary key).
+async fn lookup(conn: &mut AnyConnection, group: &[WriteRequest]) -> Result<Known, StoreError> {
+    let mut ids: Vec<String> = Vec::new();
+    let mut streams: Vec<String> = Vec::new();
+    let mut handled: Vec<(String, String)> = Vec::new();
+    for request in group {
+        for item in &request.batch {
+            if !streams.contains(&item.stream_id) {
+                streams.push(item.stream_id.clone());
+            }
+            ids.extend(item.events.iter().map(|e| e.id.to_string()));
+        }
+        if let Some((handler, cause)) = &request.handled {
+            handled.push((cause.to_string(), handler.clone()));
         }
     }
-    Ok((append_in_tx(conn, &request.batch, head).await?, true))
+    let mut known = Known::default();
+    // Streams and markers go with the first chunk of ids.
+    let mut extra_streams = streams.as_slice();
+    let mut extra_handled = handled.as_slice();
+    let mut id_chunks: Vec<&[String]> = ids.chunks(ID_CHUNK).collect();
+    if id_chunks.is_empty() {
+        id_chunks.push(&[]);
+    }
+    for chunk in id_chunks {
+        let mut parts: Vec<String> = Vec::new();
+        let mut n = 0usize;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if !chunk.is_empty() {
+            let placeholders: Vec<String> = chunk.iter().map(|_| next()).collect();
+            parts.push(format!(
+                "SELECT 'e', event_id, position, stream_id FROM events WHERE event_id IN ({})",
+                placeholders.join(", ")
+            ));
+        }
+        let streams_here = &extra_streams[..extra_streams.len().min(ID_CHUNK)];
+        for _ in streams_here {
+            let p = next();
+            // A scalar MAX reads the index's last entry for the stream.
+            parts.push(format!(
+                "SELECT 'v', {p}, (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = {p}), NULL"
+            ));
+        }
+        let handled_here = &extra_handled[..extra_handled.len().min(ID_CHUNK / 2)];
+        for _ in handled_here {
+            let (a, b) = (next(), next());
+            parts.push(format!(
+                "SELECT 'h', event_id, NULL, handler FROM handled WHERE event_id = {a} AND handler = {b}"
+            ));
+        }
+        extra_streams = &extra_streams[streams_here.len()..];
+        extra_handled = &extra_handled[handled_here.len()..];
+        if parts.is_empty() {
+            continue;
+        }
+        let sql = parts.join(" UNION ALL ");
+        let mut q = sqlx::query(&sql);
+        for id in chunk {
+            q = q.bind(id.clone());
+        }
+        for stream in streams_here {
+            q = q.bind(stream.clone());
+        }
+        for (event_id, handler) in handled_here {
+            q = q.bind(event_id.clone()).bind(handler.clone());
+        }
+        for row in q.fetch_all(&mut *conn).await? {
+            let kind: String = row.try_get(0)?;
+            let key: String = row.try_get(1)?;
+            match kind.as_str() {
+                "e" => {
+                    known.events.insert(key, (row.try_get(2)?, row.try_get(3)?));
+                }
+                "v" => {
+                    known.versions.insert(key, row.try_get(2)?);
+                }
+                _ => {
+                    known.handled.insert((key, row.try_get(3)?));
+                }
+            }
+        }
+    }
+    // Whatever did not fit with an id chunk.
+    while !extra_streams.is_empty() || !extra_handled.is_empty() {
+        let streams_here = &extra_streams[..extra_streams.len().min(ID_CHUNK)];
+        let handled_here = &extra_handled[..extra_handled.len().min(ID_CHUNK / 2)];
+        for stream in streams_here {
+            let v: i64 = sqlx::query_scalar(
+                "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1",
+            )
+            .bind(stream.clone())
+            .fetch_one(&mut *conn)
+            .await?;
+            known.versions.insert(stream.clone(), v);
+        }
+        for (event_id, handler) in handled_here {
+            let found = sqlx::query("SELECT 1 FROM handled WHERE event_id = $1 AND handler = $2")
+                .bind(event_id.clone())
+                .bind(handler.clone())
+                .fetch_optional(&mut *conn)
+                .await?;
+            if found.is_some() {
+                known.handled.insert((event_id.clone(), handler.clone()));
+            }
+        }
+        extra_streams = &extra_streams[streams_here.len()..];
+        extra_handled = &extra_handled[handled_here.len()..];
+    }
+    Ok(known)
+}
+
+/// Decides one append against what is known (the log, and the requests of
+/// the group before it): its positions, or why it cannot be written.
+/// Nothing is written here.
+fn decide_append(
+    batch: &[NewEvents],
+    known: &Known,
+    head: i64,
+    recorded_at: &str,
+) -> Result<(Appended, Vec<NewRow>), StoreError> {
+    // Idempotency: events already recorded are reported, not written again.
+    let mut existing = Vec::new();
+    for item in batch {
+        for ev in &item.events {
+            match known.events.get(&ev.id.to_string()) {
+                Some((position, stream)) if *stream == item.stream_id => {
+                    existing.push(Some(*position))
+                }
+                Some((_, stream)) => {
+                    return Err(StoreError::IdReused {
+                        event_id: ev.id,
+                        recorded: stream.clone(),
+                        requested: item.stream_id.clone(),
+                    })
+                }
+                None => existing.push(None),
+            }
+        }
+    }
+    if !existing.is_empty() && existing.iter().all(Option::is_some) {
+        return Ok((
+            Appended {
+                positions: existing.into_iter().flatten().collect(),
+                duplicate: true,
+            },
+            Vec::new(),
+        ));
+    }
+    let mut position = head;
+    let mut versions: HashMap<&str, i64> = HashMap::new();
+    let mut positions = Vec::with_capacity(existing.len());
+    let mut rows = Vec::new();
+    let mut existing = existing.into_iter();
+    for item in batch {
+        let actual = match versions.get(item.stream_id.as_str()) {
+            Some(v) => *v,
+            None => known.versions.get(&item.stream_id).copied().unwrap_or(0),
+        };
+        let ok = match item.expected {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => actual == 0,
+            ExpectedVersion::Exact(v) => actual == v,
+        };
+        if !ok {
+            return Err(StoreError::Conflict {
+                stream_id: item.stream_id.clone(),
+                expected: item.expected,
+                actual,
+            });
+        }
+        let mut version = actual;
+        for ev in &item.events {
+            if let Some(Some(recorded)) = existing.next() {
+                positions.push(recorded);
+                continue;
+            }
+            position += 1;
+            version += 1;
+            let mut stored = ev.clone();
+            stored.sequence = None;
+            let json = serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt {
+                position,
+                message: e.to_string(),
+            })?;
+            rows.push(NewRow {
+                position,
+                event_id: ev.id.to_string(),
+                stream_id: item.stream_id.clone(),
+                version,
+                pipeline: ev.pipeline.clone(),
+                run_id: ev.runid.clone(),
+                ty: ev.ty.clone(),
+                json,
+                recorded_at: recorded_at.to_owned(),
+            });
+            positions.push(position);
+        }
+        versions.insert(item.stream_id.as_str(), version);
+    }
+    Ok((
+        Appended {
+            positions,
+            duplicate: false,
+        },
+        rows,
+    ))
+}
+
+/// Multi-row inserts: one round trip per chunk, not per event.
+async fn insert_rows(conn: &mut AnyConnection, rows: &[NewRow]) -> Result<(), StoreError> {
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|r| {
+                let b = r * 9;
+                let p: Vec<String> = (1..=9).map(|i| format!("${}", b + i)).collect();
+                format!("({})", p.join(", "))
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO events (position, event_id, stream_id, stream_version, pipeline, run_id, \
+             event_type, event, recorded_at) VALUES {}",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for row in chunk {
+            q = q
+                .bind(row.position)
+                .bind(row.event_id.clone())
+                .bind(row.stream_id.clone())
+                .bind(row.version)
+                .bind(row.pipeline.clone())
+                .bind(row.run_id.clone())
+                .bind(row.ty.clone())
+                .bind(row.json.clone())
+                .bind(row.recorded_at.clone());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+/// Records handlers' effects: `(event id, handler)` rows.
+async fn insert_handled(
+    conn: &mut AnyConnection,
+    rows: &[(String, String)],
+) -> Result<(), StoreError> {
+    let now = now_text();
+    for chunk in rows.chunks(INSERT_CHUNK) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|r| format!("(${}, ${}, ${})", r * 3 + 1, r * 3 + 2, r * 3 + 3))
+            .collect();
+        let sql = format!(
+            "INSERT INTO handled (event_id, handler, handled_at) VALUES {} \
+             ON CONFLICT (event_id, handler) DO NOTHING",
+            values.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for (event_id, handler) in chunk {
+            q = q
+                .bind(event_id.clone())
+                .bind(handler.clone())
+                .bind(now.clone());
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
 }
 
 pub(crate) async fn save_checkpoint<'e, E>(
@@ -743,183 +1026,6 @@ where
     .execute(executor)
     .await?;
     Ok(())
-}
-
-async fn append_in_tx(
-    conn: &mut AnyConnection,
-    batch: &[NewEvents],
-    head: &mut i64,
-) -> Result<Appended, StoreError> {
-    // Idempotency: events already recorded are reported, not written again.
-    // One query for the whole batch keeps the append's critical section short.
-    let ids: Vec<String> = batch
-        .iter()
-        .flat_map(|item| item.events.iter().map(|ev| ev.id.to_string()))
-        .collect();
-    let mut recorded: std::collections::HashMap<String, (i64, String)> = Default::default();
-    // The version of a batch's only stream comes back with the id lookup:
-    // one round trip for the common append of one stream.
-    let mut versions: std::collections::HashMap<String, i64> = Default::default();
-    let single_stream = match batch {
-        [only] if ids.len() <= ID_CHUNK => Some(only.stream_id.as_str()),
-        _ => None,
-    };
-    for chunk in ids.chunks(ID_CHUNK) {
-        let placeholders: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
-        let mut sql = format!(
-            "SELECT event_id, position, stream_id FROM events WHERE event_id IN ({})",
-            placeholders.join(", ")
-        );
-        if single_stream.is_some() {
-            // A scalar subquery, so MAX is the index's last entry (no GROUP
-            // BY, which would read every event of the stream).
-            sql.push_str(&format!(
-                " UNION ALL SELECT NULL, (SELECT COALESCE(MAX(stream_version), 0) FROM events \
-                 WHERE stream_id = ${}), NULL",
-                chunk.len() + 1
-            ));
-        }
-        let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(id.clone());
-        }
-        if let Some(stream) = single_stream {
-            q = q.bind(stream.to_owned());
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            let id: Option<String> = row.try_get(0)?;
-            match id {
-                Some(id) => {
-                    recorded.insert(id, (row.try_get(1)?, row.try_get(2)?));
-                }
-                None => {
-                    if let Some(stream) = single_stream {
-                        versions.insert(stream.to_owned(), row.try_get(1)?);
-                    }
-                }
-            }
-        }
-    }
-    let mut known = Vec::with_capacity(ids.len());
-    for item in batch {
-        for ev in &item.events {
-            match recorded.remove(&ev.id.to_string()) {
-                Some((position, stream)) if stream == item.stream_id => known.push(Some(position)),
-                Some((_, stream)) => {
-                    return Err(StoreError::IdReused {
-                        event_id: ev.id,
-                        recorded: stream,
-                        requested: item.stream_id.clone(),
-                    })
-                }
-                None => known.push(None),
-            }
-        }
-    }
-    if !known.is_empty() && known.iter().all(Option::is_some) {
-        return Ok(Appended {
-            positions: known.into_iter().flatten().collect(),
-            duplicate: true,
-        });
-    }
-
-    let mut position: i64 = *head;
-    let recorded_at = now_text();
-    let mut positions = Vec::with_capacity(known.len());
-    let mut known = known.into_iter();
-    for item in batch {
-        let actual: i64 = match (single_stream, versions.get(&item.stream_id)) {
-            (Some(_), Some(v)) => *v,
-            (Some(_), None) => {
-                return Err(StoreError::Corrupt {
-                    position: *head,
-                    message: format!("no version row for stream `{}`", item.stream_id),
-                })
-            }
-            (None, _) => {
-                sqlx::query_scalar(
-                    "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1",
-                )
-                .bind(&item.stream_id)
-                .fetch_one(&mut *conn)
-                .await?
-            }
-        };
-        let ok = match item.expected {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => actual == 0,
-            ExpectedVersion::Exact(v) => actual == v,
-        };
-        if !ok {
-            return Err(StoreError::Conflict {
-                stream_id: item.stream_id.clone(),
-                expected: item.expected,
-                actual,
-            });
-        }
-        let mut version = actual;
-        let mut rows = Vec::with_capacity(item.events.len());
-        for ev in &item.events {
-            if let Some(Some(existing)) = known.next() {
-                positions.push(existing);
-                continue;
-            }
-            position += 1;
-            version += 1;
-            let mut stored = ev.clone();
-            stored.sequence = None;
-            let json = serde_json::to_string(&stored).map_err(|e| StoreError::Corrupt {
-                position,
-                message: e.to_string(),
-            })?;
-            rows.push((position, ev, version, json));
-            positions.push(position);
-        }
-        // Multi-row inserts: one round trip per chunk, not per event.
-        for chunk in rows.chunks(INSERT_CHUNK) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|r| {
-                    let b = r * 9;
-                    format!(
-                        "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                        b + 1,
-                        b + 2,
-                        b + 3,
-                        b + 4,
-                        b + 5,
-                        b + 6,
-                        b + 7,
-                        b + 8,
-                        b + 9
-                    )
-                })
-                .collect();
-            let sql = format!(
-                "INSERT INTO events (position, event_id, stream_id, stream_version, pipeline, run_id, \
-                 event_type, event, recorded_at) VALUES {}",
-                values.join(", ")
-            );
-            let mut q = sqlx::query(&sql);
-            for (position, ev, version, json) in chunk {
-                q = q
-                    .bind(*position)
-                    .bind(ev.id.to_string())
-                    .bind(&item.stream_id)
-                    .bind(*version)
-                    .bind(&ev.pipeline)
-                    .bind(ev.runid.clone())
-                    .bind(&ev.ty)
-                    .bind(json.clone())
-                    .bind(&recorded_at);
-            }
-            q.execute(&mut *conn).await?;
-        }
-    }
-    *head = position;
-    Ok(Appended {
-        positions,
-        duplicate: false,
-    })
 }
 
 pub(crate) fn decode_rows(rows: &[sqlx::any::AnyRow]) -> Result<Vec<RecordedEvent>, StoreError> {
