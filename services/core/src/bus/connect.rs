@@ -161,12 +161,15 @@ pub fn url_secrets(url: &str) -> Vec<String> {
 pub(crate) async fn options(
     url: &str,
     connection: &NatsConnection,
+    retry_initial: bool,
 ) -> Result<(async_nats::ConnectOptions, Vec<String>), NatsConfigError> {
     let servers = parse_servers(url)?;
     let mut options = async_nats::ConnectOptions::new()
         .name("gantry")
-        .retry_on_initial_connect()
         .connection_timeout(Duration::from_secs(5));
+    if retry_initial {
+        options = options.retry_on_initial_connect();
+    }
 
     let methods = [
         servers.auth.is_some(),
@@ -287,7 +290,10 @@ mod tests {
             ca: Some("/nonexistent/ca.pem".into()),
             ..Default::default()
         };
-        let e = options("nats://x", &missing).await.unwrap_err().to_string();
+        let e = options("nats://x", &missing, true)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("/nonexistent/ca.pem") && e.contains("GANTRY_NATS_CA"),
             "{e}"
@@ -298,7 +304,7 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            options("nats://x", &half).await,
+            options("nats://x", &half, true).await,
             Err(NatsConfigError::HalfClientCert("GANTRY_NATS_KEY"))
         ));
 
@@ -309,7 +315,10 @@ mod tests {
             nkey: Some(seed.clone()),
             ..Default::default()
         };
-        let e = options("nats://x", &bad).await.unwrap_err().to_string();
+        let e = options("nats://x", &bad, true)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("NKEY"), "{e}");
 
         let creds = dir.path().join("x.creds");
@@ -319,10 +328,13 @@ mod tests {
             ..Default::default()
         };
         assert!(matches!(
-            options("nats://u:p@x", &both).await,
+            options("nats://u:p@x", &both, true).await,
             Err(NatsConfigError::TwoAuthMethods(_))
         ));
-        let e = options("nats://x", &both).await.unwrap_err().to_string();
+        let e = options("nats://x", &both, true)
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("GANTRY_NATS_CREDS"), "{e}");
     }
 }

@@ -73,10 +73,33 @@ impl NatsSettings {
     /// A client for these settings: the one way Gantry connects to NATS
     /// (credentials, TLS; see [`super::connect`]).
     pub async fn client(&self) -> Result<async_nats::Client, BusError> {
-        let (options, servers) = super::connect::options(&self.url, &self.connection)
+        use async_nats::ConnectErrorKind as Kind;
+        // One attempt first: refused credentials and certificates are
+        // configuration errors, reported at start with the server's reason
+        // instead of retried forever in the background.
+        let (once, servers) = super::connect::options(&self.url, &self.connection, false)
             .await
             .map_err(BusError::nats)?;
-        options.connect(servers).await.map_err(BusError::nats)
+        let error = match once.connect(servers).await {
+            Ok(client) => return Ok(client),
+            Err(e) => e,
+        };
+        let tls_refused = std::error::Error::source(&error)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData);
+        if matches!(
+            error.kind(),
+            Kind::AuthorizationViolation | Kind::Authentication | Kind::Tls | Kind::ServerParse
+        ) || tls_refused
+        {
+            return Err(BusError::Nats(error.to_string()));
+        }
+        // Not reachable yet (NATS may start after Gantry): keep trying.
+        tracing::warn!(error = %error, "NATS is not reachable yet; retrying");
+        let (retrying, servers) = super::connect::options(&self.url, &self.connection, true)
+            .await
+            .map_err(BusError::nats)?;
+        retrying.connect(servers).await.map_err(BusError::nats)
     }
 
     pub fn subjects(&self) -> Subjects {
