@@ -60,8 +60,7 @@ async fn nats_user_and_password_in_the_url_authenticate() {
     let wrong = format!("nats://gantry:not-it@127.0.0.1:{}", server.port());
     let e = connect(settings(wrong))
         .await
-        .err()
-        .expect("a wrong password is refused");
+        .expect_err("a wrong password is refused");
     assert!(e.contains("authorization violation"), "said at start: {e}");
     assert!(!e.contains("not-it"), "no password in errors: {e}");
 }
@@ -134,10 +133,7 @@ async fn nats_tls_with_a_private_ca_a_client_certificate_and_a_password() {
         ca: None,
         ..full.clone()
     };
-    let e = connect(no_ca)
-        .await
-        .err()
-        .expect("an unknown CA is refused");
+    let e = connect(no_ca).await.expect_err("an unknown CA is refused");
     assert!(e.contains("certificate"), "said at start: {e}");
     // The server wants a client certificate.
     let mut no_cert = settings(url);
