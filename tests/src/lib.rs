@@ -299,12 +299,147 @@ pub struct NatsServer {
     child: Option<Child>,
     binary: PathBuf,
     dir: TempDir,
+    config: NatsConfig,
+}
+
+/// How a private [`NatsServer`] authenticates clients and whether it speaks
+/// TLS (written to a configuration file; the default is an open server).
+#[derive(Debug, Clone, Default)]
+pub struct NatsConfig {
+    /// `authorization { user, password }`.
+    pub user_password: Option<(String, String)>,
+    /// `authorization { token }`.
+    pub token: Option<String>,
+    /// `authorization { users = [ { nkey } ] }`: the user's public NKEY.
+    pub nkey_user: Option<String>,
+    /// TLS with this PKI's server certificate; client certificates are
+    /// required when `verify_clients` is set.
+    pub tls: Option<TestPki>,
+    pub verify_clients: bool,
+}
+
+impl NatsConfig {
+    fn is_open(&self) -> bool {
+        self.user_password.is_none()
+            && self.token.is_none()
+            && self.nkey_user.is_none()
+            && self.tls.is_none()
+    }
+
+    /// The configuration file's text for a server on `port` storing under `store`.
+    fn render(&self, port: u16, store: &Path) -> String {
+        let q = |s: &str| serde_json::Value::String(s.to_owned()).to_string();
+        let mut text = format!(
+            "listen: {}\njetstream {{ store_dir: {} }}\n",
+            q(&format!("127.0.0.1:{port}")),
+            q(&store.display().to_string())
+        );
+        if let Some((user, password)) = &self.user_password {
+            text.push_str(&format!(
+                "authorization {{ user: {}, password: {} }}\n",
+                q(user),
+                q(password)
+            ));
+        }
+        if let Some(token) = &self.token {
+            text.push_str(&format!("authorization {{ token: {} }}\n", q(token)));
+        }
+        if let Some(nkey) = &self.nkey_user {
+            text.push_str(&format!(
+                "authorization {{ users = [ {{ nkey: {} }} ] }}\n",
+                q(nkey)
+            ));
+        }
+        if let Some(pki) = &self.tls {
+            text.push_str(&format!(
+                "tls {{ cert_file: {}, key_file: {}, ca_file: {}, verify: {}, timeout: 5 }}\n",
+                q(&pki.server_cert.display().to_string()),
+                q(&pki.server_key.display().to_string()),
+                q(&pki.ca.display().to_string()),
+                self.verify_clients
+            ));
+        }
+        text
+    }
+}
+
+/// A private CA with a server certificate for `localhost`/`127.0.0.1` and a
+/// client certificate, as PEM files in a temporary directory (rcgen).
+#[derive(Debug, Clone)]
+pub struct TestPki {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    _dir: std::sync::Arc<TempDir>,
+}
+
+impl TestPki {
+    pub fn generate() -> anyhow::Result<TestPki> {
+        use rcgen::{
+            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
+            IsCa, KeyPair, KeyUsagePurpose,
+        };
+        let dir = tempfile::Builder::new().prefix("gantry-pki-").tempdir()?;
+        let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "Gantry test CA");
+        ca_params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate()?)?;
+        let leaf = |names: Vec<String>, cn: &str, usage: ExtendedKeyUsagePurpose| {
+            let key = KeyPair::generate()?;
+            let mut params = CertificateParams::new(names)?;
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params.extended_key_usages = vec![usage];
+            params.key_usages = vec![
+                KeyUsagePurpose::DigitalSignature,
+                KeyUsagePurpose::KeyEncipherment,
+            ];
+            let cert = params.signed_by(&key, &*ca)?;
+            anyhow::Ok((cert.pem(), key.serialize_pem()))
+        };
+        let (server_cert, server_key) = leaf(
+            vec!["localhost".into(), "127.0.0.1".into()],
+            "localhost",
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )?;
+        let (client_cert, client_key) = leaf(
+            vec!["gantry".into()],
+            "gantry",
+            ExtendedKeyUsagePurpose::ClientAuth,
+        )?;
+        let write = |name: &str, text: &str| -> anyhow::Result<PathBuf> {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text)?;
+            Ok(path)
+        };
+        Ok(TestPki {
+            ca: write("ca.pem", &ca.pem())?,
+            server_cert: write("server.pem", &server_cert)?,
+            server_key: write("server-key.pem", &server_key)?,
+            client_cert: write("client.pem", &client_cert)?,
+            client_key: write("client-key.pem", &client_key)?,
+            _dir: std::sync::Arc::new(dir),
+        })
+    }
 }
 
 impl NatsServer {
     /// Starts a fresh server on a free port and waits until it accepts
     /// connections.
     pub async fn start() -> anyhow::Result<NatsServer> {
+        Self::start_with(NatsConfig::default()).await
+    }
+
+    /// Starts a fresh server with authentication and/or TLS.
+    pub async fn start_with(config: NatsConfig) -> anyhow::Result<NatsServer> {
         let binary = find_binary(
             "nats-server",
             "GANTRY_TEST_NATS_SERVER",
@@ -316,6 +451,7 @@ impl NatsServer {
             child: None,
             binary,
             dir,
+            config,
         };
         // A port can be taken between free_port() and the bind: retry.
         let mut attempt = 1;
@@ -333,24 +469,34 @@ impl NatsServer {
 
     async fn spawn(&mut self) -> anyhow::Result<()> {
         let mut cmd = Command::new(&self.binary);
-        cmd.arg("-a")
-            .arg("127.0.0.1")
-            .arg("-p")
-            .arg(self.port.to_string())
-            .arg("-js")
-            .arg("-sd")
-            .arg(self.store_dir())
-            .arg("-l")
-            .arg(self.log_path());
+        if self.config.is_open() {
+            cmd.arg("-a")
+                .arg("127.0.0.1")
+                .arg("-p")
+                .arg(self.port.to_string())
+                .arg("-js")
+                .arg("-sd")
+                .arg(self.store_dir());
+        } else {
+            let file = self.dir.path().join("nats-server.conf");
+            std::fs::write(&file, self.config.render(self.port, &self.store_dir()))?;
+            cmd.arg("-c").arg(file);
+        }
+        cmd.arg("-l").arg(self.log_path());
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let child = spawn_and_wait(cmd, addr, &self.log_path(), "nats-server").await?;
         self.child = Some(child);
         Ok(())
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://127.0.0.1:<port>` (`tls://` for a TLS server), without credentials.
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        let scheme = if self.config.tls.is_some() {
+            "tls"
+        } else {
+            "nats"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     pub fn port(&self) -> u16 {

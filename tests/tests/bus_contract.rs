@@ -96,9 +96,9 @@ impl Env {
         let store = store_at(db.url()).await?;
         let server = NatsServer::start().await?;
         let settings = NatsSettings {
-            url: server.url(),
             prefix: unique_name("t"),
             stream: unique_name("EVENTS_"),
+            ..NatsSettings::new(server.url())
         };
         let nats = within(WAIT, "connecting to NATS", NatsBus::connect(settings)).await??;
         let cancel = CancellationToken::new();

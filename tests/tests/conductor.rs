@@ -1,12 +1,17 @@
-//! Two conductors on one database never both decide.
+//! Two conductors on one database never both decide; a restarted conductor
+//! re-arms the deadlines of the log (approval expiry, end of a freeze).
 
 use gantry_conductor::Conductor;
 use gantry_core::pipeline::{parse_str, PipelineSet};
 use gantry_core::runtime::Pipelines;
 use gantry_core::trigger::{self, CommitInfo};
 use gantry_core::{EventStore, ExpectedVersion};
-use gantry_proto::events::PackageBuilt;
+use std::time::Duration;
+
+use chrono::{SecondsFormat, Utc};
+use gantry_proto::events::{PackageBuilt, RunFailed};
 use gantry_proto::{CloudEvent, EventName};
+use tokio_util::sync::CancellationToken;
 
 const PIPELINE: &str = "name: p\nsource:\n  repo: https://git.example.com/a/b.git\ngateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n  - name: prod\n";
 
@@ -100,4 +105,166 @@ async fn two_conductors_racing_record_each_decision_once() {
             .count(),
         1
     );
+}
+
+/// A run of pipeline `p` (from `yaml`) whose packages exist for every stage.
+async fn run_with_packages(store: &EventStore, yaml: &str, stages: &[&str]) -> String {
+    let pipeline = parse_str("p.yaml", yaml).unwrap();
+    let run = trigger::start_run(
+        store,
+        "test",
+        &pipeline,
+        CommitInfo {
+            provider: "manual".into(),
+            commit: "b".repeat(40),
+            branch: "main".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    for stage in stages {
+        let built = CloudEvent::new(
+            "envgen",
+            "p",
+            Some(&run.run_id),
+            &PackageBuilt {
+                stage: (*stage).into(),
+                digest: format!("sha256:{}", "0".repeat(64)),
+                size: 1,
+                files: 1,
+                format: "yaml".into(),
+                values_digest: None,
+                location: None,
+                commit: Some("b".repeat(40)),
+                committed_at: None,
+            },
+        );
+        store
+            .append(
+                &trigger::run_stream(&run.run_id),
+                ExpectedVersion::Any,
+                vec![built],
+            )
+            .await
+            .unwrap();
+    }
+    run.run_id
+}
+
+/// The first conductor decides (arming its in-memory timer) and is gone
+/// before the deadline: a restart. Nothing but the conductor writes after.
+async fn decide_then_stop(store: &EventStore, pipelines: &Pipelines) {
+    let first = Conductor::new(store.clone(), pipelines.clone());
+    if let Some(batch) = first.decide_for("p").await.unwrap() {
+        store.append_many(vec![batch]).await.unwrap();
+    }
+}
+
+/// Polls the run's events until `found` returns something, for at most `limit`.
+async fn wait_for<T>(
+    store: &EventStore,
+    run: &str,
+    limit: Duration,
+    found: impl Fn(&[gantry_core::store::RecordedEvent]) -> Option<T>,
+) -> Option<T> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let events = store.read_run(run).await.unwrap();
+        if let Some(t) = found(&events) {
+            return Some(t);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_restarted_conductor_fails_the_run_when_the_approval_expires() {
+    let db = gantry_tests::fresh_postgres().await.unwrap();
+    let yaml = "name: p\nsource:\n  repo: https://git.example.com/a/b.git\ngateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n    approval: { approvers: [rm], expires: 3s }\n";
+    let pipelines = Pipelines::new(
+        [parse_str("p.yaml", yaml).unwrap()]
+            .into_iter()
+            .collect::<PipelineSet>(),
+    );
+    let store = store(db.url()).await;
+    let run = run_with_packages(&store, yaml, &["test"]).await;
+    decide_then_stop(&store, &pipelines).await;
+    let names: Vec<EventName> = store
+        .read_run(&run)
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|e| e.event.name())
+        .collect();
+    assert!(
+        names.contains(&EventName::ApprovalRequested) && !names.contains(&EventName::RunFailed),
+        "the approval is pending: {names:?}"
+    );
+
+    // The conductor starts again (its own connection, nothing in memory)
+    // and no event of the pipeline is recorded from now on.
+    let restarted = Conductor::new(store_with(db.url()).await, pipelines.clone());
+    let shutdown = CancellationToken::new();
+    let timers = tokio::spawn(restarted.run_timers(shutdown.child_token()));
+
+    let failed = wait_for(&store, &run, Duration::from_secs(20), |events| {
+        events
+            .iter()
+            .find(|e| e.event.name() == Some(EventName::RunFailed))
+            .and_then(|e| e.event.decode::<RunFailed>().ok())
+    })
+    .await;
+    shutdown.cancel();
+    let _ = timers.await;
+    let failed = failed.expect("the run fails when the approval expires, with no new event");
+    assert!(failed.reason.contains("expired"), "{}", failed.reason);
+    assert_eq!(failed.stage.as_deref(), Some("test"));
+}
+
+#[tokio::test]
+async fn a_restarted_conductor_starts_the_stage_when_the_freeze_ends() {
+    let db = gantry_tests::fresh_postgres().await.unwrap();
+    let now = Utc::now();
+    let from = (now - chrono::Duration::hours(1)).to_rfc3339_opts(SecondsFormat::Millis, true);
+    let end = now + chrono::Duration::seconds(3);
+    let to = end.to_rfc3339_opts(SecondsFormat::Millis, true);
+    let yaml = format!(
+        "name: p\nsource:\n  repo: https://git.example.com/a/b.git\ngateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n    freeze: [ {{ from: \"{from}\", to: \"{to}\" }} ]\n"
+    );
+    let pipelines = Pipelines::new(
+        [parse_str("p.yaml", &yaml).unwrap()]
+            .into_iter()
+            .collect::<PipelineSet>(),
+    );
+    let store = store(db.url()).await;
+    let run = run_with_packages(&store, &yaml, &["test"]).await;
+    decide_then_stop(&store, &pipelines).await;
+    let started = |events: &[gantry_core::store::RecordedEvent]| {
+        events
+            .iter()
+            .find(|e| e.event.name() == Some(EventName::StageStarted))
+            .map(|e| e.recorded_at)
+    };
+    assert!(
+        started(&store.read_run(&run).await.unwrap()).is_none(),
+        "the stage is frozen"
+    );
+
+    let restarted = Conductor::new(store_with(db.url()).await, pipelines.clone());
+    let shutdown = CancellationToken::new();
+    let timers = tokio::spawn(restarted.run_timers(shutdown.child_token()));
+    let at = wait_for(&store, &run, Duration::from_secs(20), started).await;
+    shutdown.cancel();
+    let _ = timers.await;
+    let at = at.expect("the stage starts when the freeze ends, with no new event");
+    assert!(at >= end, "started at {at}, the freeze ended at {end}");
+}
+
+/// Another connection to the same database, as a restarted process has.
+async fn store_with(url: &str) -> EventStore {
+    EventStore::connect(url).await.unwrap()
 }

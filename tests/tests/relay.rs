@@ -44,9 +44,9 @@ impl Rig {
         let store = store_at(db.url()).await?;
         let nats = NatsServer::start().await?;
         let settings = NatsSettings {
-            url: nats.url(),
             prefix: unique_name("r"),
             stream: unique_name("RELAY_"),
+            ..NatsSettings::new(nats.url())
         };
         Ok(Rig {
             db,

@@ -9,7 +9,11 @@
 //! idempotent, so the second attempt adds only what is still missing.
 //! Time-driven changes (approval expiry, freeze windows) come from the
 //! `next_wakeup` the decision function returns: one timer task sleeps until
-//! the earliest and decides again then, with no polling loop.
+//! the earliest and decides again then, with no polling loop. Timers live in
+//! memory, so the timer task first decides once for every pipeline: that
+//! re-arms every pending deadline from the log after a restart (and records
+//! what fell due while no conductor ran), instead of waiting for the
+//! pipeline's next event.
 //!
 //! Each pipeline's history is folded once and kept ([`Folded`]); for every
 //! event only what was recorded since (log positions commit in order) is
@@ -150,9 +154,31 @@ impl Conductor {
         }
     }
 
-    /// Decides again for pipelines whose wake-up time has come. Runs until
-    /// `shutdown`.
+    /// Decides once for every pipeline in force and records the decisions:
+    /// arms each pipeline's timer from its history. Called at start.
+    pub async fn rearm(&self) {
+        let names: Vec<String> = self
+            .pipelines
+            .get()
+            .iter()
+            .map(|p| p.name.clone())
+            .collect();
+        for name in &names {
+            self.decide_and_record(name).await;
+        }
+        tracing::info!(
+            pipelines = names.len(),
+            "conductor timers armed from the log"
+        );
+    }
+
+    /// Re-arms every timer from the log ([`Conductor::rearm`]), then decides
+    /// again for pipelines whose wake-up time has come. Runs until `shutdown`.
     pub async fn run_timers(self, shutdown: CancellationToken) {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = self.rearm() => {}
+        }
         loop {
             let next = {
                 let timers = self.timers.lock().unwrap_or_else(|p| p.into_inner());
@@ -177,22 +203,27 @@ impl Conductor {
                     timers.remove(&pipeline);
                 }
             }
-            // Conflicts mean another conductor decided meanwhile: decide again.
-            for _ in 0..5 {
-                match self.decide_for(&pipeline).await {
-                    Ok(Some(batch)) => match self.store.append_many(vec![batch]).await {
-                        Ok(_) => break,
-                        Err(e) if e.is_conflict() => continue,
-                        Err(e) => {
-                            tracing::warn!(error = %e, pipeline, "timed decision not recorded");
-                            break;
-                        }
-                    },
-                    Ok(None) => break,
+            self.decide_and_record(&pipeline).await;
+        }
+    }
+
+    /// Decides for `pipeline` outside of any event and appends the result.
+    async fn decide_and_record(&self, pipeline: &str) {
+        // Conflicts mean another conductor decided meanwhile: decide again.
+        for _ in 0..5 {
+            match self.decide_for(pipeline).await {
+                Ok(Some(batch)) => match self.store.append_many(vec![batch]).await {
+                    Ok(_) => break,
+                    Err(e) if e.is_conflict() => continue,
                     Err(e) => {
-                        tracing::warn!(error = %e, pipeline, "timed decision failed");
+                        tracing::warn!(error = %e, pipeline, "timed decision not recorded");
                         break;
                     }
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, pipeline, "timed decision failed");
+                    break;
                 }
             }
         }

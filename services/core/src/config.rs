@@ -6,12 +6,12 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use crate::bus::NatsSettings;
+use crate::bus::{NatsConnection, NatsSettings, StreamLimits};
 
 /// Default HTTP listen address (`GANTRY_LISTEN`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Settings {
     /// `GANTRY_DATABASE_URL`; SQLite under the data dir when unset.
     pub database_url: Option<String>,
@@ -19,6 +19,14 @@ pub struct Settings {
     pub nats_url: Option<String>,
     pub nats_prefix: String,
     pub nats_stream: String,
+    /// `GANTRY_NATS_CREDS`, `GANTRY_NATS_NKEY`, `GANTRY_NATS_CA`,
+    /// `GANTRY_NATS_CERT`, `GANTRY_NATS_KEY`.
+    pub nats_connection: NatsConnection,
+    /// `GANTRY_NATS_REPLICAS`, `GANTRY_NATS_MAX_AGE`, `GANTRY_NATS_MAX_BYTES`.
+    pub nats_limits: StreamLimits,
+    /// `GANTRY_DATABASE_POOL`: connections per process; `None`: the
+    /// backend's default ([`crate::store::default_pool_size`]).
+    pub database_pool: Option<u32>,
     pub listen: SocketAddr,
     pub pipelines: PathBuf,
     pub data_dir: PathBuf,
@@ -36,12 +44,34 @@ impl Default for Settings {
             nats_url: None,
             nats_prefix: "gantry".into(),
             nats_stream: "GANTRY_EVENTS".into(),
+            nats_connection: NatsConnection::default(),
+            nats_limits: StreamLimits::default(),
+            database_pool: None,
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
             pipelines: PathBuf::from("pipelines"),
             data_dir: PathBuf::from(".gantry"),
             api_tokens: None,
             allow_anonymous: false,
         }
+    }
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let redact = |u: &Option<String>| u.as_deref().map(crate::store::redact_url);
+        f.debug_struct("Settings")
+            .field("database_url", &redact(&self.database_url))
+            .field("database_pool", &self.database_pool)
+            .field("nats_url", &redact(&self.nats_url))
+            .field("nats_prefix", &self.nats_prefix)
+            .field("nats_stream", &self.nats_stream)
+            .field("nats_connection", &self.nats_connection)
+            .field("nats_limits", &self.nats_limits)
+            .field("listen", &self.listen)
+            .field("pipelines", &self.pipelines)
+            .field("data_dir", &self.data_dir)
+            .field("api_tokens", &self.api_tokens)
+            .finish()
     }
 }
 
@@ -62,12 +92,36 @@ impl Settings {
         check_exposure(self.listen, self.api_tokens.is_some(), self.allow_anonymous)
     }
 
+    /// Masks the passwords and tokens of the database and NATS URLs in
+    /// every log line and event from now on (the masker's permanent set).
+    pub fn register_secrets(&self) {
+        let mut secrets = Vec::new();
+        if let Some(url) = self.database_url.as_deref() {
+            if let Some(password) = url::Url::parse(url)
+                .ok()
+                .and_then(|u| u.password().map(str::to_owned))
+            {
+                let decoded = percent_encoding::percent_decode_str(&password)
+                    .decode_utf8_lossy()
+                    .into_owned();
+                secrets.push(decoded);
+                secrets.push(password);
+            }
+        }
+        if let Some(url) = self.nats_url.as_deref() {
+            secrets.extend(crate::bus::connect::url_secrets(url));
+        }
+        crate::mask::register_permanent(secrets.iter().map(String::as_str));
+    }
+
     pub fn nats(&self) -> Option<NatsSettings> {
         let url = self.nats_url.as_ref().filter(|u| !u.trim().is_empty())?;
         Some(NatsSettings {
             url: url.clone(),
             prefix: self.nats_prefix.clone(),
             stream: self.nats_stream.clone(),
+            connection: self.nats_connection.clone(),
+            limits: self.nats_limits,
         })
     }
 }
@@ -125,6 +179,37 @@ pub fn is_loopback_host(host: &str) -> bool {
     host.parse::<IpAddr>().is_ok_and(is_loopback)
 }
 
+/// Why a size like `GANTRY_NATS_MAX_BYTES` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a size: write bytes (`1048576`) or a number with a unit (`512MiB`, `10GB`, `1TiB`)")]
+pub struct SizeError(String);
+
+/// Parses a size: plain bytes or a number with `K`/`M`/`G`/`T` units,
+/// decimal (`KB`, `MB`, ...) or binary (`KiB`, `MiB`, ...).
+pub fn parse_size(input: &str) -> Result<i64, SizeError> {
+    let s = input.trim();
+    let err = || SizeError(s.to_owned());
+    let digits = s.bytes().take_while(u8::is_ascii_digit).count();
+    if digits == 0 {
+        return Err(err());
+    }
+    let (number, unit) = s.split_at(digits);
+    let n: i64 = number.parse().map_err(|_| err())?;
+    let factor: i64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1_000,
+        "m" | "mb" => 1_000_000,
+        "g" | "gb" => 1_000_000_000,
+        "t" | "tb" => 1_000_000_000_000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(err()),
+    };
+    n.checked_mul(factor).filter(|v| *v > 0).ok_or_else(err)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -174,6 +259,17 @@ mod tests {
     }
 
     #[test]
+    fn sizes() {
+        assert_eq!(parse_size("1048576"), Ok(1_048_576));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("10GB"), Ok(10_000_000_000));
+        assert_eq!(parse_size(" 2 gib "), Ok(2 << 30));
+        for bad in ["", "0", "MB", "1.5GB", "10XB", "99999999999TB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn tokens_or_an_explicit_allow_anonymous_open_any_address() {
         assert_eq!(check_exposure(addr("0.0.0.0:8080"), true, false), Ok(()));
         assert_eq!(check_exposure(addr("0.0.0.0:8080"), false, true), Ok(()));
@@ -183,5 +279,16 @@ mod tests {
         };
         assert!(settings.check_exposure().is_err());
         assert!(Settings::default().check_exposure().is_ok());
+    }
+
+    #[test]
+    fn debug_hides_connection_passwords() {
+        let s = Settings {
+            database_url: Some("postgres://u:hunter22@h/db".into()),
+            nats_url: Some("nats://n:hunter23@h".into()),
+            ..Settings::default()
+        };
+        let text = format!("{s:?}");
+        assert!(!text.contains("hunter2"), "{text}");
     }
 }

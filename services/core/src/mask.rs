@@ -213,9 +213,34 @@ fn registry() -> &'static RwLock<Arc<Masker>> {
     REGISTRY.get_or_init(|| RwLock::new(Arc::new(Masker::default())))
 }
 
-/// Sets the process's secrets (called whenever pipelines are loaded).
+/// Secrets of the process's own connections (database and NATS passwords,
+/// NKEY seeds): kept when the pipelines' secrets are replaced on reload.
+fn permanent() -> &'static RwLock<Masker> {
+    static PERMANENT: OnceLock<RwLock<Masker>> = OnceLock::new();
+    PERMANENT.get_or_init(|| RwLock::new(Masker::default()))
+}
+
+/// Adds secrets that stay masked for the life of the process, whatever
+/// pipelines are loaded later.
+pub fn register_permanent<'a>(secrets: impl IntoIterator<Item = &'a str> + Clone) {
+    match permanent().write() {
+        Ok(mut g) => g.extend(secrets.clone()),
+        Err(p) => p.into_inner().extend(secrets.clone()),
+    }
+    register_more(secrets);
+}
+
+fn with_permanent(masker: Masker) -> Masker {
+    match permanent().read() {
+        Ok(g) => masker.merge(&g),
+        Err(p) => masker.merge(&p.into_inner()),
+    }
+}
+
+/// Sets the process's secrets (called whenever pipelines are loaded), plus
+/// the [permanent](register_permanent) ones.
 pub fn register(masker: Masker) {
-    let masker = Arc::new(masker);
+    let masker = Arc::new(with_permanent(masker));
     match registry().write() {
         Ok(mut g) => *g = masker,
         Err(p) => *p.into_inner() = masker,
@@ -284,6 +309,19 @@ mod tests {
             json!({"a": "x *** y", "b": [1, "***", {"***": true}], "c": "with *** inside", "n": 42})
         );
         assert!(!m.mask_json(&mut v), "nothing left to mask");
+    }
+
+    #[test]
+    fn permanent_secrets_survive_a_pipeline_reload() {
+        register_permanent(["connection-password"]);
+        assert_eq!(process().mask("connection-password"), "***");
+        // What `register` installs when the pipelines are loaded again
+        // (not installed here: other tests share the process's set).
+        let reloaded = with_permanent(Masker::new(&["pipeline-secret"]));
+        assert_eq!(
+            reloaded.mask("connection-password pipeline-secret"),
+            "*** ***"
+        );
     }
 
     #[test]

@@ -106,6 +106,7 @@ impl App {
     /// Opens the store (migrating it), connects to NATS when configured, and
     /// loads the pipelines.
     pub async fn start(settings: Settings) -> Result<Self, StartError> {
+        settings.register_secrets();
         let url = settings.database_url();
         if settings.database_url.is_none() {
             std::fs::create_dir_all(&settings.data_dir).map_err(|source| StartError::DataDir {
@@ -117,7 +118,9 @@ impl App {
             url: redact_url(&url),
             source,
         };
-        let store = EventStore::connect(&url).await.map_err(store_err)?;
+        let store = EventStore::connect_with_pool(&url, settings.database_pool)
+            .await
+            .map_err(store_err)?;
         store.migrate().await.map_err(store_err)?;
         let (bus, nats): (Arc<dyn EventBus>, _) = match settings.nats() {
             Some(ns) => {

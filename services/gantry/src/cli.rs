@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use gantry_core::bus::{NatsConnection, StreamLimits};
 use gantry_core::Settings;
 
 #[derive(Debug, Parser)]
@@ -34,6 +35,33 @@ pub struct Global {
     /// NATS server for distributed delivery; in-process delivery when unset.
     #[arg(long, env = "GANTRY_NATS_URL", global = true, hide_env_values = true)]
     pub nats_url: Option<String>,
+    /// Connections per process to the event store's database.
+    #[arg(long, env = "GANTRY_DATABASE_POOL", global = true, value_parser = clap::value_parser!(u32).range(i64::from(gantry_core::store::MIN_POOL)..))]
+    pub database_pool: Option<u32>,
+    /// NATS credentials file (.creds: user JWT and NKEY seed).
+    #[arg(long, env = "GANTRY_NATS_CREDS", global = true)]
+    pub nats_creds: Option<PathBuf>,
+    /// File holding the NKEY seed to authenticate to NATS with.
+    #[arg(long, env = "GANTRY_NATS_NKEY", global = true)]
+    pub nats_nkey: Option<PathBuf>,
+    /// PEM CA certificates NATS's certificate must chain to (implies TLS).
+    #[arg(long, env = "GANTRY_NATS_CA", global = true)]
+    pub nats_ca: Option<PathBuf>,
+    /// PEM client certificate for NATS (with --nats-key; implies TLS).
+    #[arg(long, env = "GANTRY_NATS_CERT", global = true)]
+    pub nats_cert: Option<PathBuf>,
+    /// PEM private key of the NATS client certificate.
+    #[arg(long, env = "GANTRY_NATS_KEY", global = true)]
+    pub nats_key: Option<PathBuf>,
+    /// Replicas of the JetStream stream (a NATS cluster of at least as many servers).
+    #[arg(long, env = "GANTRY_NATS_REPLICAS", default_value_t = 1, global = true, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+    /// Events older than this leave the JetStream stream (e.g. 7d); kept when unset.
+    #[arg(long, env = "GANTRY_NATS_MAX_AGE", global = true, value_parser = parse_max_age)]
+    pub nats_max_age: Option<std::time::Duration>,
+    /// The JetStream stream's size limit (e.g. 10GiB); the oldest events leave first.
+    #[arg(long, env = "GANTRY_NATS_MAX_BYTES", global = true, value_parser = parse_max_bytes)]
+    pub nats_max_bytes: Option<i64>,
     /// Subject prefix on NATS, so installations can share a server.
     #[arg(
         long,
@@ -100,6 +128,19 @@ impl Global {
             nats_url: self.nats_url.clone().filter(|s| !s.trim().is_empty()),
             nats_prefix: self.nats_prefix.clone(),
             nats_stream: self.nats_stream.clone(),
+            nats_connection: NatsConnection {
+                creds: self.nats_creds.clone(),
+                nkey: self.nats_nkey.clone(),
+                ca: self.nats_ca.clone(),
+                cert: self.nats_cert.clone(),
+                key: self.nats_key.clone(),
+            },
+            nats_limits: StreamLimits {
+                replicas: usize::from(self.nats_replicas),
+                max_age: self.nats_max_age,
+                max_bytes: self.nats_max_bytes,
+            },
+            database_pool: self.database_pool,
             listen: self.listen,
             pipelines: self.pipelines.clone(),
             data_dir: self.data_dir.clone(),
@@ -107,6 +148,36 @@ impl Global {
             allow_anonymous: self.allow_anonymous,
         }
     }
+}
+
+impl Global {
+    /// `--database-url` and `--nats-url` may be `file:/path`: the URL (with
+    /// its password) is read from that file, e.g. a mounted secret.
+    pub fn resolve_file_refs(&mut self) -> anyhow::Result<()> {
+        for (flag, value) in [
+            ("GANTRY_DATABASE_URL", &mut self.database_url),
+            ("GANTRY_NATS_URL", &mut self.nats_url),
+        ] {
+            let Some(path) = value
+                .as_deref()
+                .and_then(|v| v.trim().strip_prefix("file:"))
+            else {
+                continue;
+            };
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| anyhow::anyhow!("{flag}: cannot read {path}: {e}"))?;
+            *value = Some(text.trim().to_owned());
+        }
+        Ok(())
+    }
+}
+
+fn parse_max_age(s: &str) -> Result<std::time::Duration, String> {
+    gantry_core::pipeline::parse_duration(s).map_err(|e| e.to_string())
+}
+
+fn parse_max_bytes(s: &str) -> Result<i64, String> {
+    gantry_core::config::parse_size(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

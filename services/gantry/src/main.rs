@@ -38,7 +38,8 @@ fn main() -> ExitCode {
     }
 }
 
-async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
+async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
+    cli.global.resolve_file_refs()?;
     let g = &cli.global;
     match cli.command {
         Command::Up => server::up(g.settings()).await?,
@@ -58,7 +59,9 @@ async fn execute(cli: Cli) -> anyhow::Result<ExitCode> {
                 std::fs::create_dir_all(&settings.data_dir)
                     .with_context(|| format!("creating {}", settings.data_dir.display()))?;
             }
-            let store = gantry_core::EventStore::connect(&url).await?;
+            settings.register_secrets();
+            let store =
+                gantry_core::EventStore::connect_with_pool(&url, settings.database_pool).await?;
             store.migrate().await?;
             println!(
                 "database at {} is up to date",

@@ -9,6 +9,7 @@
 //! Both deliver at least once, in log order per consumer; handlers make
 //! effects idempotent with [`EventStore::append_handled`](crate::EventStore::append_handled).
 
+pub mod connect;
 mod nats;
 mod sql;
 
@@ -17,7 +18,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gantry_proto::{CloudEvent, EventName};
 
-pub use nats::{NatsBus, NatsSettings};
+pub use connect::NatsConnection;
+pub use nats::{NatsBus, NatsSettings, StreamLimits};
 pub use sql::SqlBus;
 
 /// How often a consumer still working on an event tells the bus so.

@@ -8,14 +8,55 @@ use futures::stream::BoxStream;
 use futures::StreamExt;
 use gantry_proto::{CloudEvent, EventName, Subjects};
 
+use super::connect::NatsConnection;
 use super::{BusError, Delivery, EventBus, Settle, Subscription, MAX_DELIVER};
 
-/// Where Gantry's events live on NATS (`GANTRY_NATS_PREFIX`, `GANTRY_NATS_STREAM`).
-#[derive(Debug, Clone)]
+/// Where Gantry's events live on NATS (`GANTRY_NATS_PREFIX`, `GANTRY_NATS_STREAM`)
+/// and how to reach it.
+#[derive(Clone)]
 pub struct NatsSettings {
+    /// One server or several separated by commas; may carry credentials.
     pub url: String,
     pub prefix: String,
     pub stream: String,
+    /// Credentials and TLS files besides the URL.
+    pub connection: NatsConnection,
+    /// Replicas and limits of the stream.
+    pub limits: StreamLimits,
+}
+
+/// The JetStream stream's replicas and limits (`GANTRY_NATS_REPLICAS`,
+/// `GANTRY_NATS_MAX_AGE`, `GANTRY_NATS_MAX_BYTES`). The SQL log stays the
+/// record: a limit only bounds what a consumer that was away can catch up on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StreamLimits {
+    pub replicas: usize,
+    /// Messages older than this are removed; `None`: kept.
+    pub max_age: Option<Duration>,
+    /// The oldest messages are removed beyond this size; `None`: no limit.
+    pub max_bytes: Option<i64>,
+}
+
+impl Default for StreamLimits {
+    fn default() -> Self {
+        Self {
+            replicas: 1,
+            max_age: None,
+            max_bytes: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for NatsSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsSettings")
+            .field("url", &crate::store::redact_url(&self.url))
+            .field("prefix", &self.prefix)
+            .field("stream", &self.stream)
+            .field("connection", &self.connection)
+            .field("limits", &self.limits)
+            .finish()
+    }
 }
 
 impl NatsSettings {
@@ -24,7 +65,41 @@ impl NatsSettings {
             url: url.into(),
             prefix: "gantry".into(),
             stream: "GANTRY_EVENTS".into(),
+            connection: NatsConnection::default(),
+            limits: StreamLimits::default(),
         }
+    }
+
+    /// A client for these settings: the one way Gantry connects to NATS
+    /// (credentials, TLS; see [`super::connect`]).
+    pub async fn client(&self) -> Result<async_nats::Client, BusError> {
+        use async_nats::ConnectErrorKind as Kind;
+        // One attempt first: refused credentials and certificates are
+        // configuration errors, reported at start with the server's reason
+        // instead of retried forever in the background.
+        let (once, servers) = super::connect::options(&self.url, &self.connection, false)
+            .await
+            .map_err(BusError::nats)?;
+        let error = match once.connect(servers).await {
+            Ok(client) => return Ok(client),
+            Err(e) => e,
+        };
+        let tls_refused = std::error::Error::source(&error)
+            .and_then(|s| s.downcast_ref::<std::io::Error>())
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::InvalidData);
+        if matches!(
+            error.kind(),
+            Kind::AuthorizationViolation | Kind::Authentication | Kind::Tls | Kind::ServerParse
+        ) || tls_refused
+        {
+            return Err(BusError::Nats(error.to_string()));
+        }
+        // Not reachable yet (NATS may start after Gantry): keep trying.
+        tracing::warn!(error = %error, "NATS is not reachable yet; retrying");
+        let (retrying, servers) = super::connect::options(&self.url, &self.connection, true)
+            .await
+            .map_err(BusError::nats)?;
+        retrying.connect(servers).await.map_err(BusError::nats)
     }
 
     pub fn subjects(&self) -> Subjects {
@@ -65,13 +140,7 @@ impl std::fmt::Debug for NatsBus {
 impl NatsBus {
     /// Connects and makes sure the stream exists (file storage).
     pub async fn connect(settings: NatsSettings) -> Result<Self, BusError> {
-        let client = async_nats::ConnectOptions::new()
-            .name("gantry")
-            .retry_on_initial_connect()
-            .connection_timeout(Duration::from_secs(5))
-            .connect(&settings.url)
-            .await
-            .map_err(BusError::nats)?;
+        let client = settings.client().await?;
         let js = jetstream::new(client.clone());
         let bus = Self {
             client,
@@ -99,18 +168,58 @@ impl NatsBus {
         &self.client
     }
 
+    fn stream_config(&self) -> stream::Config {
+        let limits = &self.settings.limits;
+        stream::Config {
+            name: self.settings.stream.clone(),
+            subjects: vec![self.settings.subjects().all()],
+            storage: stream::StorageType::File,
+            retention: stream::RetentionPolicy::Limits,
+            duplicate_window: DUPLICATE_WINDOW,
+            num_replicas: limits.replicas.max(1),
+            // Zero and -1 are JetStream's "no limit".
+            max_age: limits.max_age.unwrap_or(Duration::ZERO),
+            max_bytes: limits.max_bytes.unwrap_or(-1),
+            ..Default::default()
+        }
+    }
+
     async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
-        self.js
-            .get_or_create_stream(stream::Config {
-                name: self.settings.stream.clone(),
-                subjects: vec![self.settings.subjects().all()],
-                storage: stream::StorageType::File,
-                retention: stream::RetentionPolicy::Limits,
-                duplicate_window: DUPLICATE_WINDOW,
-                ..Default::default()
-            })
+        let config = self.stream_config();
+        let mut stream = self
+            .js
+            .get_or_create_stream(config.clone())
             .await
-            .map_err(BusError::nats)
+            .map_err(BusError::nats)?;
+        // A stream made earlier keeps its settings: bring replicas and
+        // limits to what this process is configured with, so changing
+        // GANTRY_NATS_REPLICAS or a limit takes effect on the next start.
+        let existing = &stream.cached_info().config;
+        if existing.num_replicas != config.num_replicas
+            || existing.max_age != config.max_age
+            || existing.max_bytes != config.max_bytes
+        {
+            tracing::info!(
+                stream = %config.name,
+                replicas = config.num_replicas,
+                max_age = ?config.max_age,
+                max_bytes = config.max_bytes,
+                "updating the JetStream stream's replicas and limits"
+            );
+            let info = self.js.update_stream(config.clone()).await.map_err(|e| {
+                BusError::Nats(format!(
+                    "the JetStream stream {} cannot take {} replica(s), max_age {:?}, \
+                         max_bytes {}: {e}",
+                    config.name, config.num_replicas, config.max_age, config.max_bytes
+                ))
+            })?;
+            stream = self
+                .js
+                .get_stream(&info.config.name)
+                .await
+                .map_err(BusError::nats)?;
+        }
+        Ok(stream)
     }
 
     /// Publishes a recorded event with `Nats-Msg-Id` = event id; the returned

@@ -161,6 +161,20 @@ pub enum Backend {
     Postgres,
 }
 
+/// Connections per process when `GANTRY_DATABASE_POOL` is unset: SQLite has
+/// one writer anyway; 16 leaves room for six Postgres-backed pods under
+/// Postgres' default of 100 connections.
+pub fn default_pool_size(backend: Backend) -> u32 {
+    match backend {
+        Backend::Sqlite => 4,
+        Backend::Postgres => 16,
+    }
+}
+
+/// The fewest connections a process works with: the writer's, a reader's,
+/// and the relay leader's lock, which it holds for as long as it leads.
+pub const MIN_POOL: u32 = 3;
+
 /// Handle to the log; cheap to clone.
 #[derive(Clone)]
 pub struct EventStore {
@@ -198,8 +212,21 @@ impl std::fmt::Debug for EventStore {
 }
 
 impl EventStore {
-    /// Connects to `sqlite://path` (created if missing) or `postgres://...`.
+    /// Connects to `sqlite://path` (created if missing) or `postgres://...`
+    /// with the backend's default pool size ([`default_pool_size`]).
+    ///
+    /// Postgres over TLS takes libpq's parameters in the URL:
+    /// `sslmode=require|verify-ca|verify-full`, `sslrootcert=` (the CA),
+    /// `sslcert=`/`sslkey=` (a client certificate).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::connect_with_pool(url, None).await
+    }
+
+    /// [`EventStore::connect`] with at most `pool` connections
+    /// (`GANTRY_DATABASE_POOL`); `None` for the default. One more
+    /// connection per process listens for new events on Postgres, and the
+    /// relay's leader holds one from the pool.
+    pub async fn connect_with_pool(url: &str, pool: Option<u32>) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
@@ -218,7 +245,10 @@ impl EventStore {
         }
         let options = AnyConnectOptions::from_str(&connect_url)?;
         let pool = AnyPoolOptions::new()
-            .max_connections(if backend == Backend::Sqlite { 4 } else { 16 })
+            .max_connections(
+                pool.unwrap_or_else(|| default_pool_size(backend))
+                    .max(MIN_POOL),
+            )
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
@@ -1054,15 +1084,34 @@ pub(crate) fn now_text() -> String {
     Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
 }
 
-/// A database URL with any password replaced, for logs and errors.
+/// A database or NATS URL with its secrets replaced, for logs and errors:
+/// passwords, and NATS tokens (`nats://TOKEN@host`, where the user part is
+/// the secret). Works on what `url` cannot parse too (several NATS servers
+/// separated by commas), so a typo never prints a password.
 pub fn redact_url(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
+    url.split(',').map(redact_one).collect::<Vec<_>>().join(",")
+}
+
+fn redact_one(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_owned();
+    };
+    let (scheme, rest) = url.split_at(scheme_end + 3);
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    // The last `@` of the authority ends the user information.
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let token_scheme = ["nats://", "tls://", "ws://", "wss://"]
+        .iter()
+        .any(|s| scheme.trim_start().eq_ignore_ascii_case(s));
+    let masked = match userinfo.split_once(':') {
+        Some((user, _)) => format!("{user}:***"),
+        None if token_scheme => "***".to_owned(),
+        None => userinfo.to_owned(),
+    };
+    format!("{scheme}{masked}{}", &rest[at..])
 }
 
 #[cfg(test)]

@@ -181,3 +181,22 @@ fn urls_are_redacted() {
     );
     assert_eq!(redact_url("sqlite://x.db"), "sqlite://x.db");
 }
+
+#[test]
+fn nats_tokens_and_server_lists_are_redacted() {
+    assert_eq!(redact_url("nats://tok3n-value@h:4222"), "nats://***@h:4222");
+    assert_eq!(
+        redact_url("nats://u:p1@a:4222,nats://u:p2@b:4222"),
+        "nats://u:***@a:4222,nats://u:***@b:4222"
+    );
+    // The user alone is no secret in a database URL.
+    assert_eq!(
+        redact_url("postgres://gantry@h/db?sslmode=require"),
+        "postgres://gantry@h/db?sslmode=require"
+    );
+    // `@` in a password written unescaped.
+    assert_eq!(
+        redact_url("postgres://u:p@ss@h/db"),
+        "postgres://u:***@h/db"
+    );
+}
