@@ -24,6 +24,14 @@ pub struct Settings {
     pub data_dir: PathBuf,
     /// `GANTRY_API_TOKENS`: YAML file of hashed API tokens.
     pub api_tokens: Option<PathBuf>,
+    /// `GANTRY_NATS_REPLICAS`: replicas of the JetStream storage Gantry
+    /// creates (the package bucket).
+    pub nats_replicas: usize,
+    /// `GANTRY_PACKAGES_BUCKET`: the object store bucket of packages in
+    /// distributed mode.
+    pub packages_bucket: String,
+    /// `GANTRY_PACKAGES_MAX_BYTES`: the bucket's size limit when it is created.
+    pub packages_max_bytes: Option<u64>,
 }
 
 impl Default for Settings {
@@ -37,6 +45,9 @@ impl Default for Settings {
             pipelines: PathBuf::from("pipelines"),
             data_dir: PathBuf::from(".gantry"),
             api_tokens: None,
+            nats_replicas: 1,
+            packages_bucket: crate::packages::DEFAULT_BUCKET.into(),
+            packages_max_bytes: None,
         }
     }
 }
@@ -47,6 +58,15 @@ impl Settings {
         match &self.database_url {
             Some(url) if !url.trim().is_empty() => url.clone(),
             _ => format!("sqlite://{}", self.data_dir.join("gantry.db").display()),
+        }
+    }
+
+    /// The package bucket's settings (used in distributed mode).
+    pub fn package_bucket(&self) -> crate::packages::BucketSettings {
+        crate::packages::BucketSettings {
+            bucket: self.packages_bucket.clone(),
+            replicas: self.nats_replicas.max(1),
+            max_bytes: self.packages_max_bytes.filter(|b| *b > 0),
         }
     }
 
