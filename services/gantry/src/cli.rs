@@ -69,6 +69,20 @@ pub struct Global {
         global = true
     )]
     pub data_dir: PathBuf,
+    /// JetStream object store bucket of packages (distributed mode).
+    #[arg(
+        long,
+        env = "GANTRY_PACKAGES_BUCKET",
+        default_value = gantry_core::packages::DEFAULT_BUCKET,
+        global = true
+    )]
+    pub packages_bucket: String,
+    /// Size limit of the package bucket in bytes when Gantry creates it [default: unlimited].
+    #[arg(long, env = "GANTRY_PACKAGES_MAX_BYTES", global = true)]
+    pub packages_max_bytes: Option<u64>,
+    /// Replicas of the JetStream storage Gantry creates (the package bucket).
+    #[arg(long, env = "GANTRY_NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5), global = true)]
+    pub nats_replicas: u8,
     /// YAML file of API tokens; when set, every /api call needs a bearer token.
     #[arg(long, env = "GANTRY_API_TOKENS", global = true)]
     pub api_tokens: Option<PathBuf>,
@@ -94,6 +108,9 @@ impl Global {
             pipelines: self.pipelines.clone(),
             data_dir: self.data_dir.clone(),
             api_tokens: self.api_tokens.clone(),
+            nats_replicas: usize::from(self.nats_replicas),
+            packages_bucket: self.packages_bucket.clone(),
+            packages_max_bytes: self.packages_max_bytes,
         }
     }
 }
@@ -202,6 +219,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// The package store (the data dir, or the NATS bucket with --nats-url).
+    Packages {
+        #[command(subcommand)]
+        command: PackagesCommand,
+    },
     /// Measure Gantry on this machine (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -215,6 +237,22 @@ pub enum PipelinesCommand {
     Validate {
         /// Directory or file [default: --pipelines].
         path: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PackagesCommand {
+    /// Remove the packages no run can reach any more: kept are those of a
+    /// stage's current release, of running runs, of runs younger than
+    /// --keep-days, and any written within --grace-minutes.
+    Prune {
+        #[arg(long, default_value_t = 30)]
+        keep_days: u32,
+        #[arg(long, default_value_t = 60)]
+        grace_minutes: u32,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -132,6 +132,38 @@ pub fn plan(
     out
 }
 
+/// Why a prune stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PruneError {
+    #[error("reading the runs: {0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Packages(#[from] super::PackageStoreError),
+}
+
+/// Applies the rule to `packages` with the runs `projections` know;
+/// removes what it may unless `dry_run`. Returns the plan it followed.
+pub async fn prune(
+    packages: &super::PackageStore,
+    projections: &crate::projection::Projections,
+    policy: &RetentionPolicy,
+    dry_run: bool,
+) -> Result<RetentionPlan, PruneError> {
+    // Listing the store before reading the runs: a package written after
+    // the listing is not considered, and one written before it whose run
+    // was recorded since is seen as referenced (or is within the grace).
+    let stored = packages.list().await?;
+    let refs = projections.package_references().await?;
+    let plan = plan(&stored, &refs, policy, Utc::now());
+    if !dry_run {
+        for digest in &plan.remove {
+            packages.delete(digest).await?;
+            tracing::info!(%digest, store = %packages.place(), "package removed by retention");
+        }
+    }
+    Ok(plan)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
