@@ -192,3 +192,135 @@ async fn two_data_dirs_share_packages_through_nats_but_not_through_disk() {
         package(200 * 1024, 7)
     );
 }
+
+/// The retention rule applied to a store and a log: the current release,
+/// a running run's package and a fresh object stay; a finished run's
+/// package and an unreferenced old object go.
+#[tokio::test]
+async fn prune_keeps_what_runs_can_reach_and_removes_the_rest() {
+    use gantry_core::packages::retention::{prune, Keep, RetentionPolicy};
+    use gantry_core::ExpectedVersion;
+    use gantry_proto::events::*;
+    use gantry_proto::{CloudEvent, EventPayload};
+
+    let nats = NatsServer::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let app = gantry_core::App::start(gantry_core::Settings {
+        nats_url: Some(nats.url()),
+        nats_prefix: unique_name("p"),
+        nats_stream: unique_name("S"),
+        packages_bucket: unique_name("PKG"),
+        data_dir: dir.path().to_owned(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let store = &app.packages;
+
+    fn ev<P: EventPayload>(run: &str, p: P) -> CloudEvent {
+        CloudEvent::new("test", "banking", Some(run), &p)
+    }
+    let mut digests = Vec::new();
+    for (run, fate) in [("released", "promoted"), ("failed", "failed"), ("running", "")] {
+        let stored = store.put(run.as_bytes()).await.unwrap();
+        let mut events = vec![
+            ev(
+                run,
+                RunStarted {
+                    run_id: run.into(),
+                    commit: format!("{run}-commit"),
+                    branch: "main".into(),
+                    repository: "repo".into(),
+                    message: None,
+                    author: None,
+                    authors: vec![],
+                    trigger: "manual".into(),
+                    stages: vec![StagePlan {
+                        name: "test".into(),
+                        after: None,
+                        steps: vec!["package".into()],
+                    }],
+                    rollback: None,
+                },
+            ),
+            ev(
+                run,
+                PackageBuilt {
+                    stage: "test".into(),
+                    digest: stored.digest.clone(),
+                    size: stored.size,
+                    files: 1,
+                    format: "yaml".into(),
+                    values_digest: None,
+                    location: Some(stored.location.clone()),
+                    commit: None,
+                    committed_at: None,
+                },
+            ),
+        ];
+        match fate {
+            "promoted" => {
+                events.push(ev(
+                    run,
+                    EnvPromoted {
+                        stage: "test".into(),
+                        commit: format!("{run}-commit"),
+                        image: None,
+                        digest: None,
+                    },
+                ));
+                events.push(ev(run, RunSucceeded {}));
+            }
+            "failed" => events.push(ev(
+                run,
+                RunFailed {
+                    stage: None,
+                    reason: "no".into(),
+                },
+            )),
+            _ => {}
+        }
+        app.store
+            .append(&format!("run-{run}"), ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+        digests.push(stored.digest);
+    }
+    let orphan = store.put(b"orphan").await.unwrap().digest;
+
+    // With the default policy everything is recent: nothing goes.
+    let plan = prune(store, &app.projections, &RetentionPolicy::default(), false)
+        .await
+        .unwrap();
+    assert!(plan.remove.is_empty(), "{plan:?}");
+
+    // A dry run with nothing recent says what would go and removes nothing.
+    let strict = RetentionPolicy {
+        keep_days: 0,
+        grace: chrono::Duration::zero(),
+    };
+    let plan = prune(store, &app.projections, &strict, true).await.unwrap();
+    let mut expected = vec![digests[1].clone(), orphan.clone()];
+    expected.sort();
+    assert_eq!(plan.remove, expected);
+    assert_eq!(store.list().await.unwrap().len(), 4);
+    assert!(matches!(plan.keep[&digests[0]], Keep::Released { .. }));
+    assert!(matches!(plan.keep[&digests[2]], Keep::RunInProgress { .. }));
+
+    prune(store, &app.projections, &strict, false).await.unwrap();
+    let mut left: Vec<_> = store
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|p| p.digest)
+        .collect();
+    left.sort();
+    let mut expected = vec![digests[0].clone(), digests[2].clone()];
+    expected.sort();
+    assert_eq!(left, expected);
+    assert!(matches!(
+        store.get(&digests[1]).await,
+        Err(PackageStoreError::Missing { .. })
+    ));
+}
