@@ -192,7 +192,11 @@ async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
             .map(|e| e["data"].clone())
             .collect()
     };
-    assert!(of("io.gantry.image.failed.v1").is_empty(), "{events}\n{}", logs());
+    assert!(
+        of("io.gantry.image.failed.v1").is_empty(),
+        "{events}\n{}",
+        logs()
+    );
     assert_eq!(view["status"], "succeeded", "{view}\n{}", logs());
     let built = &of("io.gantry.package.built.v1")[0];
     let digest = built["digest"].as_str().unwrap();
@@ -238,16 +242,35 @@ async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
     // Retention on Postgres + NATS: with nothing counted as recent, run 1's
     // package is unreachable (run 2 is the release), run 2's is kept.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
-        .args(["packages", "prune", "--keep-days", "0", "--grace-minutes", "0", "-o", "json"])
+        .args([
+            "packages",
+            "prune",
+            "--keep-days",
+            "0",
+            "--grace-minutes",
+            "0",
+            "-o",
+            "json",
+        ])
         .current_dir(template.path())
         .env_clear()
         .envs(env)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let pruned: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(pruned["removed"], json!([digest]), "{pruned}");
-    assert_eq!(pruned["kept"][0]["why"], "the current release of banking/test", "{pruned}");
+    assert_eq!(
+        pruned["kept"][0]["why"], "the current release of banking/test",
+        "{pruned}"
+    );
     let gone = object.info(digest.replace(':', "-")).await;
-    assert!(gone.map(|i| i.deleted).unwrap_or(true), "removed from the bucket");
+    assert!(
+        gone.map(|i| i.deleted).unwrap_or(true),
+        "removed from the bucket"
+    );
 }

@@ -46,7 +46,10 @@ async fn put_get_and_idempotent_put_on_the_object_store() {
     assert_eq!(stored.size, bytes.len() as u64);
     assert_eq!(
         stored.location,
-        format!("nats-object://{bucket}/{}", object_name(&stored.digest).unwrap()),
+        format!(
+            "nats-object://{bucket}/{}",
+            object_name(&stored.digest).unwrap()
+        ),
         "a store-neutral reference, no host path"
     );
     assert_eq!(store.get(&stored.digest).await.unwrap(), bytes);
@@ -120,7 +123,10 @@ async fn reads_are_verified_and_missing_packages_are_named() {
 
     // A put of the real content repairs it (the size differs, so it is written).
     store.put(b"the real package").await.unwrap();
-    assert_eq!(store.get(&stored.digest).await.unwrap(), b"the real package");
+    assert_eq!(
+        store.get(&stored.digest).await.unwrap(),
+        b"the real package"
+    );
 
     // NATS gone: an error worth retrying, not a missing package.
     let mut nats = nats;
@@ -155,7 +161,10 @@ async fn the_bucket_is_created_with_its_settings_and_refuses_packages_when_full(
     let err = store.put(&package(600 * 1024, 2)).await.unwrap_err();
     assert!(err.to_string().contains(&bucket), "{err}");
     assert_eq!(
-        store.get(&store.list().await.unwrap()[0].digest).await.unwrap(),
+        store
+            .get(&store.list().await.unwrap()[0].digest)
+            .await
+            .unwrap(),
         package(600 * 1024, 1),
         "the first package is intact"
     );
@@ -221,7 +230,11 @@ async fn prune_keeps_what_runs_can_reach_and_removes_the_rest() {
         CloudEvent::new("test", "banking", Some(run), &p)
     }
     let mut digests = Vec::new();
-    for (run, fate) in [("released", "promoted"), ("failed", "failed"), ("running", "")] {
+    for (run, fate) in [
+        ("released", "promoted"),
+        ("failed", "failed"),
+        ("running", ""),
+    ] {
         let stored = store.put(run.as_bytes()).await.unwrap();
         let mut events = vec![
             ev(
@@ -307,7 +320,9 @@ async fn prune_keeps_what_runs_can_reach_and_removes_the_rest() {
     assert!(matches!(plan.keep[&digests[0]], Keep::Released { .. }));
     assert!(matches!(plan.keep[&digests[2]], Keep::RunInProgress { .. }));
 
-    prune(store, &app.projections, &strict, false).await.unwrap();
+    prune(store, &app.projections, &strict, false)
+        .await
+        .unwrap();
     let mut left: Vec<_> = store
         .list()
         .await

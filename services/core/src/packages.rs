@@ -107,7 +107,8 @@ enum Backend {
     Local(PathBuf),
     Nats {
         bucket: String,
-        store: object_store::ObjectStore,
+        // Boxed: the handle carries the bucket stream's cached info (~1 KB).
+        store: Box<object_store::ObjectStore>,
     },
 }
 
@@ -193,7 +194,10 @@ impl PackageStore {
             }
         };
         Ok(Self {
-            backend: Backend::Nats { bucket, store },
+            backend: Backend::Nats {
+                bucket,
+                store: Box::new(store),
+            },
         })
     }
 
@@ -311,7 +315,7 @@ impl PackageStore {
             }
             Backend::Nats { store, .. } => {
                 let name = object_name(digest)?;
-                let store = store.clone();
+                let store = (**store).clone();
                 // async-nats' object reader unwraps a failed consumer
                 // creation inside its poll; a task turns such a panic into
                 // an error instead of taking the service down.
@@ -349,8 +353,9 @@ impl PackageStore {
                     Ok(Ok(Err(ReadFailure::Corrupt))) => {
                         return Err(PackageStoreError::Corrupt {
                             expected: digest.to_owned(),
-                            actual: "something else (its chunks do not match the object's checksum)"
-                                .into(),
+                            actual:
+                                "something else (its chunks do not match the object's checksum)"
+                                    .into(),
                         })
                     }
                     Ok(Ok(Err(ReadFailure::Other(e)))) => return Err(self.nats_error(e)),
@@ -419,10 +424,7 @@ impl PackageStore {
                             digest,
                             size: i.size as u64,
                             modified: i.modified.and_then(|m| {
-                                DateTime::<Utc>::from_timestamp(
-                                    m.unix_timestamp(),
-                                    m.nanosecond(),
-                                )
+                                DateTime::<Utc>::from_timestamp(m.unix_timestamp(), m.nanosecond())
                             }),
                         })
                     })
@@ -520,7 +522,10 @@ mod tests {
     #[test]
     fn object_names_are_the_digest() {
         let d = format!("sha256:{}", "ab".repeat(32));
-        assert_eq!(object_name(&d).unwrap(), format!("sha256-{}", "ab".repeat(32)));
+        assert_eq!(
+            object_name(&d).unwrap(),
+            format!("sha256-{}", "ab".repeat(32))
+        );
         assert!(object_name("sha256:../../x").is_err());
         assert!(object_name(&format!("sha512:{}", "ab".repeat(32))).is_err());
     }

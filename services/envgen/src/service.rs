@@ -185,7 +185,7 @@ impl Envgen {
         };
         let env = match stage_env(pipeline, stage) {
             Ok(env) => env,
-            Err(f) => return f,
+            Err(f) => return Packaged::Failed(f),
         };
         let values_file = pipeline
             .stage(stage)
@@ -317,7 +317,7 @@ impl Envgen {
         };
         let env = match stage_env(pipeline, stage) {
             Ok(env) => env,
-            Err(f) => return f,
+            Err(f) => return Packaged::Failed(f),
         };
         let overlay_path = pipeline
             .stage(stage)
@@ -445,22 +445,20 @@ impl Handler for Envgen {
 
 /// The stage's declared variables, the only ones its configuration sees;
 /// a declared secret that cannot be read fails the stage's package.
-fn stage_env(pipeline: &Pipeline, stage: &str) -> Result<StageEnv, Packaged> {
+fn stage_env(pipeline: &Pipeline, stage: &str) -> Result<StageEnv, PackageFailed> {
     let Some(definition) = pipeline.stage(stage) else {
         return Ok(StageEnv::from_pairs(stage, [], []));
     };
-    StageEnv::resolve(definition).map_err(|e| {
-        Packaged::Failed(PackageFailed {
-            stage: stage.to_owned(),
-            reason: e.to_string(),
-            diagnostics: vec![Diagnostic {
-                file: None,
-                line: None,
-                column: None,
-                field: Some(format!("stages[{stage}].env.{}", e.name)),
-                message: e.source.to_string(),
-            }],
-        })
+    StageEnv::resolve(definition).map_err(|e| PackageFailed {
+        stage: stage.to_owned(),
+        reason: e.to_string(),
+        diagnostics: vec![Diagnostic {
+            file: None,
+            line: None,
+            column: None,
+            field: Some(format!("stages[{stage}].env.{}", e.name)),
+            message: e.source.to_string(),
+        }],
     })
 }
 

@@ -198,12 +198,12 @@ mod tests {
         let old = Duration::days(90);
         let policy = RetentionPolicy::default();
         let store = vec![
-            stored(1, old, now), // current release of an old run
-            stored(2, old, now), // an old, finished run's package: removed
-            stored(3, old, now), // an old run still running
-            stored(4, old, now), // a run from yesterday
+            stored(1, old, now),                  // current release of an old run
+            stored(2, old, now),                  // an old, finished run's package: removed
+            stored(3, old, now),                  // an old run still running
+            stored(4, old, now),                  // a run from yesterday
             stored(5, Duration::minutes(5), now), // written just now, not referenced yet
-            stored(6, old, now), // referenced by nothing: removed
+            stored(6, old, now),                  // referenced by nothing: removed
             stored(7, old, now), // an old run's package that a release shares: kept
         ];
         let mut released = reference(1, "r1", "succeeded", old, now);
@@ -227,8 +227,18 @@ mod tests {
                 stage: "prod".into()
             }
         );
-        assert_eq!(plan.keep[&digest(3)], Keep::RunInProgress { run_id: "r3".into() });
-        assert_eq!(plan.keep[&digest(4)], Keep::RecentRun { run_id: "r4".into() });
+        assert_eq!(
+            plan.keep[&digest(3)],
+            Keep::RunInProgress {
+                run_id: "r3".into()
+            }
+        );
+        assert_eq!(
+            plan.keep[&digest(4)],
+            Keep::RecentRun {
+                run_id: "r4".into()
+            }
+        );
         assert_eq!(plan.keep[&digest(5)], Keep::RecentlyWritten);
         assert!(matches!(plan.keep[&digest(7)], Keep::Released { .. }));
     }
