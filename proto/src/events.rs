@@ -158,7 +158,10 @@ pub struct PackageBuilt {
     /// `sha256:<hex>` of the stage's effective values (secrets excluded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub values_digest: Option<String>,
-    /// Where the archive is stored (content-addressed).
+    /// Where the archive is stored, for people: a path under the data dir
+    /// in embedded mode, `nats-object://<bucket>/sha256-<hex>` in
+    /// distributed mode (never one machine's path). Readers fetch the
+    /// package by `digest` from their own package store.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub location: Option<String>,
     /// The commit the package was built from.

@@ -1,6 +1,9 @@
-//! The services as separate processes over Postgres and NATS: a webhook
-//! accepted by `gantry serve webhook` is visible at `gantry serve api`, and a
-//! plain NATS subscriber receives the CloudEvents.
+//! The services as separate processes over Postgres and NATS, each in its
+//! own working directory and data dir: a webhook accepted by `gantry serve
+//! webhook` is visible at `gantry serve api`, a plain NATS subscriber
+//! receives the CloudEvents, and a package built by `serve envgen` becomes
+//! an image at `serve imagebuild` and a diff at `serve api` through the
+//! NATS object store, with no disk shared.
 
 mod common;
 
@@ -8,8 +11,8 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
-use gantry_tests::{fresh_postgres, NatsServer};
-use serde_json::Value;
+use gantry_tests::{fresh_postgres, GitRepo, NatsServer, Registry};
+use serde_json::{json, Value};
 
 #[tokio::test]
 async fn webhook_and_api_as_separate_processes() {
@@ -33,8 +36,8 @@ async fn webhook_and_api_as_separate_processes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GANTRY_DATABASE_URL"));
 
-    let webhook = Gantry::start(dir.path(), &["serve", "webhook"], &env).await;
-    let api = Gantry::start(dir.path(), &["serve", "api"], &env).await;
+    let webhook = Gantry::start_alone(dir.path(), &["serve", "webhook"], &env).await;
+    let api = Gantry::start_alone(dir.path(), &["serve", "api"], &env).await;
 
     let client = async_nats::connect(nats.url()).await.unwrap();
     let mut sub = client
@@ -115,4 +118,159 @@ async fn webhook_and_api_as_separate_processes() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The package → image path across machines: envgen, imagebuild and the api
+/// each have their own data dir, so the package reaches imagebuild and the
+/// api's diff only through the NATS object store. Before the shared store,
+/// imagebuild looked in its own data dir and recorded `image.failed`
+/// ("package sha256:… is not in the package store").
+#[tokio::test]
+async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
+    let db = fresh_postgres().await.unwrap();
+    let nats = NatsServer::start().await.unwrap();
+    let registry = Registry::start().await.unwrap();
+    let base = push_parent(&registry, "axway/apigw-emt").await;
+
+    let repo = GitRepo::init().unwrap();
+    write_minimal_project(&repo);
+    repo.write("gateway/values.yaml", "---\ngreeting: hello\n")
+        .unwrap();
+    let first = repo.commit("config").unwrap();
+
+    let template = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(template.path().join("pipelines")).unwrap();
+    std::fs::write(
+        template.path().join("pipelines/banking.yaml"),
+        format!(
+            "name: banking\nsource:\n  repo: {}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
+             gateway:\n  format: yaml\n  path: gateway/\nimage:\n  base: {base}\n  repository: {}/apim/banking-gateway\n\
+             stages:\n  - name: test\n",
+            repo.path().display(),
+            registry.host_port()
+        ),
+    )
+    .unwrap();
+
+    let prefix = gantry_tests::unique_name("pkg");
+    let bucket = gantry_tests::unique_name("PACKAGES");
+    let env = [
+        ("GANTRY_DATABASE_URL", db.url()),
+        ("GANTRY_NATS_URL", &nats.url()),
+        ("GANTRY_NATS_PREFIX", &prefix),
+        ("GANTRY_PACKAGES_BUCKET", &bucket),
+    ];
+    let webhook = Gantry::start_alone(template.path(), &["serve", "webhook"], &env).await;
+    let api = Gantry::start_alone(template.path(), &["serve", "api"], &env).await;
+    let _conductor = Gantry::start_alone(template.path(), &["serve", "conductor"], &env).await;
+    let envgen = Gantry::start_alone(template.path(), &["serve", "envgen"], &env).await;
+    let imagebuild = Gantry::start_alone(template.path(), &["serve", "imagebuild"], &env).await;
+    let dirs = [&webhook, &api, &envgen, &imagebuild].map(|g| g.dir.clone());
+    assert_eq!(
+        dirs.iter().collect::<std::collections::HashSet<_>>().len(),
+        4,
+        "every process has its own directory"
+    );
+
+    let author = json!({ "name": "Dev", "email": "dev@example.com" });
+    let run = push_local_commit(&webhook.url(), &repo, &first, author.clone()).await;
+    let logs = || {
+        format!(
+            "envgen:\n{}\nimagebuild:\n{}",
+            envgen.log_text(),
+            imagebuild.log_text()
+        )
+    };
+    let view = wait_run_ended(&api.url(), &run, Duration::from_secs(90), logs).await;
+    let events = get_json(&api.url(), &format!("/api/v1/runs/{run}/events")).await;
+    let of = |ty: &str| -> Vec<Value> {
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["type"] == ty)
+            .map(|e| e["data"].clone())
+            .collect()
+    };
+    assert!(
+        of("io.gantry.image.failed.v1").is_empty(),
+        "{events}\n{}",
+        logs()
+    );
+    assert_eq!(view["status"], "succeeded", "{view}\n{}", logs());
+    let built = &of("io.gantry.package.built.v1")[0];
+    let digest = built["digest"].as_str().unwrap();
+    assert_eq!(
+        built["location"],
+        format!("nats-object://{bucket}/{}", digest.replace(':', "-")),
+        "no host path in the event"
+    );
+    let pushed = &of("io.gantry.image.pushed.v1")[0];
+    assert_eq!(pushed["stage"], "test");
+
+    // The package is in the bucket, and on nobody's disk.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let object = js.get_object_store(&bucket).await.unwrap();
+    let info = object.info(digest.replace(':', "-")).await.unwrap();
+    assert_eq!(info.size as u64, built["size"].as_u64().unwrap());
+    for dir in &dirs {
+        assert!(
+            !dir.join(".gantry/packages").exists(),
+            "a package was written to {}",
+            dir.display()
+        );
+    }
+
+    // A second commit, promoted too; the api's diff compares the two
+    // packages, read from the bucket by the api process.
+    repo.write("gateway/values.yaml", "---\ngreeting: hello again\n")
+        .unwrap();
+    let second = repo.commit("greeting").unwrap();
+    let run2 = push_local_commit(&webhook.url(), &repo, &second, author).await;
+    let view = wait_run_ended(&api.url(), &run2, Duration::from_secs(90), logs).await;
+    assert_eq!(view["status"], "succeeded", "{view}\n{}", logs());
+    let resp = reqwest::get(format!("{}/api/v1/runs/{run}/stages/test/diff", api.url()))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    let diff: Value = resp.json().await.unwrap();
+    assert_eq!(diff["candidate"]["digest"], digest);
+    assert_eq!(diff["current"]["run_id"], run2.as_str(), "{diff}");
+    let text = diff["diff"].to_string();
+    assert!(text.contains("hello again"), "{diff}");
+
+    // Retention on Postgres + NATS: with nothing counted as recent, run 1's
+    // package is unreachable (run 2 is the release), run 2's is kept.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "packages",
+            "prune",
+            "--keep-days",
+            "0",
+            "--grace-minutes",
+            "0",
+            "-o",
+            "json",
+        ])
+        .current_dir(template.path())
+        .env_clear()
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pruned: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(pruned["removed"], json!([digest]), "{pruned}");
+    assert_eq!(
+        pruned["kept"][0]["why"], "the current release of banking/test",
+        "{pruned}"
+    );
+    let gone = object.info(digest.replace(':', "-")).await;
+    assert!(
+        gone.map(|i| i.deleted).unwrap_or(true),
+        "removed from the bucket"
+    );
 }

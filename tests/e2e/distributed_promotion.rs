@@ -1,7 +1,9 @@
-//! Every service as its own process over Postgres and NATS: a push goes all
-//! the way to `env.promoted` while the deployer and the conductor are killed
-//! and restarted mid-run; the run still finishes, nothing is deployed twice,
-//! and the `apim` service promotes the API into API Manager exactly once.
+//! Every service as its own process over Postgres and NATS, each in its own
+//! working directory and data dir (as on separate machines: packages reach
+//! imagebuild through NATS only): a push goes all the way to `env.promoted`
+//! while the deployer and the conductor are killed and restarted mid-run;
+//! the run still finishes, nothing is deployed twice, and the `apim`
+//! service promotes the API into API Manager exactly once.
 
 mod common;
 
@@ -104,14 +106,14 @@ async fn separate_processes_finish_the_run_through_kills_without_deploying_twice
         ("APIM_USER", "apiadmin"),
         ("APIM_PASS", "changeme"),
     ];
-    let webhook = Gantry::start(dir.path(), &["serve", "webhook"], &env).await;
-    let api = Gantry::start(dir.path(), &["serve", "api"], &env).await;
-    let mut conductor = Gantry::start(dir.path(), &["serve", "conductor"], &env).await;
-    let _envgen = Gantry::start(dir.path(), &["serve", "envgen"], &env).await;
-    let _imagebuild = Gantry::start(dir.path(), &["serve", "imagebuild"], &env).await;
-    let mut deployer = Gantry::start(dir.path(), &["serve", "deployer"], &env).await;
-    let _smoke = Gantry::start(dir.path(), &["serve", "smoke"], &env).await;
-    let _apim = Gantry::start(dir.path(), &["serve", "apim"], &env).await;
+    let webhook = Gantry::start_alone(dir.path(), &["serve", "webhook"], &env).await;
+    let api = Gantry::start_alone(dir.path(), &["serve", "api"], &env).await;
+    let mut conductor = Gantry::start_alone(dir.path(), &["serve", "conductor"], &env).await;
+    let _envgen = Gantry::start_alone(dir.path(), &["serve", "envgen"], &env).await;
+    let _imagebuild = Gantry::start_alone(dir.path(), &["serve", "imagebuild"], &env).await;
+    let mut deployer = Gantry::start_alone(dir.path(), &["serve", "deployer"], &env).await;
+    let _smoke = Gantry::start_alone(dir.path(), &["serve", "smoke"], &env).await;
+    let _apim = Gantry::start_alone(dir.path(), &["serve", "apim"], &env).await;
 
     let run = push_local_commit(
         &webhook.url(),

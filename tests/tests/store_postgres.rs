@@ -661,31 +661,48 @@ async fn concurrent_writers_never_make_a_tailing_reader_skip() -> anyhow::Result
     Ok(())
 }
 
-/// Sequential scans of `events` so far (the statistics collector's count).
-async fn seq_scans(store: &EventStore) -> anyhow::Result<i64> {
-    // Backends report their counters at most once a second once idle, and a
-    // read sees a snapshot: wait for the reports, then clear the snapshot.
-    tokio::time::sleep(Duration::from_millis(2_500)).await;
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(store.pool())
-        .await?;
-    Ok(sqlx::query_scalar(
-        "SELECT COALESCE(seq_scan, 0)::BIGINT FROM pg_stat_user_tables WHERE relname = 'events'",
-    )
-    .fetch_one(store.pool())
-    .await?)
+/// A statistic of `events` once every backend has reported: backends report
+/// their counters about once a second when idle, so read until two reads a
+/// second apart agree (10 s at most).
+async fn settled_stat(store: &EventStore, sql: &str) -> anyhow::Result<i64> {
+    let read = || async {
+        sqlx::query("SELECT pg_stat_clear_snapshot()")
+            .execute(store.pool())
+            .await?;
+        anyhow::Ok(
+            sqlx::query_scalar::<_, i64>(sql)
+                .fetch_one(store.pool())
+                .await?,
+        )
+    };
+    let mut last = read().await?;
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(1_100)).await;
+        let now = read().await?;
+        if now == last {
+            return Ok(now);
+        }
+        last = now;
+    }
+    Ok(last)
 }
 
-/// Index entries read from `events`' indexes so far (same caveats).
+/// Sequential scans of `events` so far.
+async fn seq_scans(store: &EventStore) -> anyhow::Result<i64> {
+    settled_stat(
+        store,
+        "SELECT COALESCE(seq_scan, 0)::BIGINT FROM pg_stat_user_tables WHERE relname = 'events'",
+    )
+    .await
+}
+
+/// Index entries read from `events`' indexes so far.
 async fn index_tuples_read(store: &EventStore) -> anyhow::Result<i64> {
-    sqlx::query("SELECT pg_stat_clear_snapshot()")
-        .execute(store.pool())
-        .await?;
-    Ok(sqlx::query_scalar(
+    settled_stat(
+        store,
         "SELECT COALESCE(SUM(idx_tup_read), 0)::BIGINT FROM pg_stat_user_indexes WHERE relname = 'events'",
     )
-    .fetch_one(store.pool())
-    .await?)
+    .await
 }
 
 /// An append costs the same into a log of any length: every query of the

@@ -49,11 +49,12 @@ pub(crate) async fn stage_diff(
         }
         None => None,
     };
-    let packages = PackageStore::new(&api.app.settings.data_dir);
-    let read = |digest: &str| packages.get(digest).map_err(Problem::internal);
-    let candidate_bytes = read(&candidate.digest)?;
+    // The process's store: in distributed mode the NATS bucket envgen
+    // wrote to, so the api needs no disk of its own.
+    let packages = &api.app.packages;
+    let candidate_bytes = read_package(packages, &candidate.digest).await?;
     let current_bytes = match &current {
-        Some(p) => Some(read(&p.digest)?),
+        Some(p) => Some(read_package(packages, &p.digest).await?),
         None => None,
     };
     // The packages hold the stage's secrets resolved (the gateway needs
@@ -89,6 +90,18 @@ pub(crate) async fn stage_diff(
         "diff": diff,
     }))
     .into_response())
+}
+
+/// A package by digest: unreachable store → 503 (try again), a missing or
+/// corrupt package → 500 naming it.
+async fn read_package(packages: &PackageStore, digest: &str) -> Result<Vec<u8>, Problem> {
+    packages.get(digest).await.map_err(|e| {
+        if e.is_transient() {
+            Problem::unavailable(e.to_string())
+        } else {
+            Problem::internal(e)
+        }
+    })
 }
 
 /// Every secret of the pipeline, of the stage's declared variables, and

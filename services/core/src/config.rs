@@ -35,6 +35,14 @@ pub struct Settings {
     /// `GANTRY_ALLOW_ANONYMOUS` / `--allow-anonymous`: serve without API
     /// tokens on a non-loopback address (DESIGN.md 1.7).
     pub allow_anonymous: bool,
+    /// `GANTRY_NATS_REPLICAS`: replicas of the JetStream storage Gantry
+    /// creates (the package bucket).
+    pub nats_replicas: usize,
+    /// `GANTRY_PACKAGES_BUCKET`: the object store bucket of packages in
+    /// distributed mode.
+    pub packages_bucket: String,
+    /// `GANTRY_PACKAGES_MAX_BYTES`: the bucket's size limit when it is created.
+    pub packages_max_bytes: Option<u64>,
 }
 
 impl Default for Settings {
@@ -52,6 +60,9 @@ impl Default for Settings {
             data_dir: PathBuf::from(".gantry"),
             api_tokens: None,
             allow_anonymous: false,
+            nats_replicas: 1,
+            packages_bucket: crate::packages::DEFAULT_BUCKET.into(),
+            packages_max_bytes: None,
         }
     }
 }
@@ -112,6 +123,15 @@ impl Settings {
             secrets.extend(crate::bus::connect::url_secrets(url));
         }
         crate::mask::register_permanent(secrets.iter().map(String::as_str));
+    }
+
+    /// The package bucket's settings (used in distributed mode).
+    pub fn package_bucket(&self) -> crate::packages::BucketSettings {
+        crate::packages::BucketSettings {
+            bucket: self.packages_bucket.clone(),
+            replicas: self.nats_replicas.max(1),
+            max_bytes: self.packages_max_bytes.filter(|b| *b > 0),
+        }
     }
 
     pub fn nats(&self) -> Option<NatsSettings> {

@@ -281,6 +281,40 @@ impl Projections {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+
+    /// Every package a run built, with what the retention rule needs
+    /// ([`crate::packages::retention`]).
+    pub async fn package_references(
+        &self,
+    ) -> Result<Vec<crate::packages::retention::PackageRef>, StoreError> {
+        self.catch_up().await?;
+        let rows = sqlx::query(
+            "SELECT s.package_digest, r.pipeline, s.run_id, s.stage, r.status, r.created_at, \
+             CASE WHEN EXISTS (SELECT 1 FROM releases l WHERE l.pipeline = r.pipeline \
+             AND l.stage = s.stage AND l.run_id = s.run_id) THEN 1 ELSE 0 END \
+             FROM stages s JOIN runs r ON r.run_id = s.run_id \
+             WHERE s.package_digest IS NOT NULL",
+        )
+        .fetch_all(self.store.pool())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let created: String = r.try_get(5)?;
+                Ok(crate::packages::retention::PackageRef {
+                    digest: r.try_get(0)?,
+                    pipeline: r.try_get(1)?,
+                    run_id: r.try_get(2)?,
+                    stage: r.try_get(3)?,
+                    run_status: r.try_get(4)?,
+                    run_created_at: chrono::DateTime::parse_from_rfc3339(&created)
+                        .ok()
+                        .map(|t| t.with_timezone(&chrono::Utc)),
+                    released: r.try_get::<i64, _>(6)? != 0,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
 }
 
 const RUN_COLUMNS: &str = "run_id, pipeline, commit_sha, branch, repository, trigger_kind, \

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bus::{EventBus, NatsBus, SqlBus};
 use crate::config::Settings;
 use crate::consumer::{self, Handler};
+use crate::packages::{PackageStore, PackageStoreError};
 use crate::pipeline::{self, PipelineErrors, PipelineSet};
 use crate::problem::Problem;
 use crate::projection::Projections;
@@ -70,6 +71,9 @@ pub struct App {
     pub nats: Option<NatsBus>,
     pub pipelines: Pipelines,
     pub projections: Projections,
+    /// Where packages live: the data dir (embedded) or the NATS object
+    /// store (distributed); one per process, shared by every service in it.
+    pub packages: PackageStore,
     /// Cancelled when the process shuts down; long-lived responses (SSE) end on it.
     pub shutdown: CancellationToken,
 }
@@ -79,6 +83,7 @@ impl std::fmt::Debug for App {
         f.debug_struct("App")
             .field("store", &self.store)
             .field("bus", &self.bus.kind())
+            .field("packages", &self.packages)
             .finish_non_exhaustive()
     }
 }
@@ -100,6 +105,8 @@ pub enum StartError {
         url: String,
         source: crate::bus::BusError,
     },
+    #[error("cannot open the package store: {0}")]
+    Packages(#[from] PackageStoreError),
 }
 
 impl App {
@@ -132,6 +139,12 @@ impl App {
             }
             None => (Arc::new(SqlBus::new(store.clone())), None),
         };
+        // Distributed services share no disk: packages go where every
+        // process reaches them, the NATS they already need.
+        let packages = match &nats {
+            Some(nats) => PackageStore::nats(nats.jetstream(), &settings.package_bucket()).await?,
+            None => PackageStore::local(&settings.data_dir),
+        };
         let pipelines = Pipelines::default();
         pipelines.reload(&settings.pipelines);
         Ok(Self {
@@ -141,6 +154,7 @@ impl App {
             bus,
             nats,
             pipelines,
+            packages,
             shutdown: CancellationToken::new(),
         })
     }

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gantry_core::consumer::{Handler, HandlerError};
 use gantry_core::git::SourceCache;
-use gantry_core::packages::PackageStore;
+use gantry_core::packages::{PackageStore, PackageStoreError};
 use gantry_core::pipeline::{GatewayFormat, Pipeline};
 use gantry_core::runtime::Pipelines;
 use gantry_core::trigger::run_stream;
@@ -34,6 +34,14 @@ pub enum StageOutcome {
     Failed(PackageFailed),
 }
 
+/// A stage packaged in memory, before it is stored: `built` lacks the
+/// digest and location the store gives it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Packaged {
+    Built { built: PackageBuilt, bytes: Vec<u8> },
+    Failed(PackageFailed),
+}
+
 /// Builds the packages of runs.
 #[derive(Debug, Clone)]
 pub struct Envgen {
@@ -44,24 +52,72 @@ pub struct Envgen {
 }
 
 impl Envgen {
-    /// `data_dir` holds the source cache (`git/`), the package store
-    /// (`packages/`) and scratch checkouts (`work/`).
-    pub fn new(pipelines: Pipelines, data_dir: &Path) -> Self {
+    /// `data_dir` holds this process's source cache (`git/`) and scratch
+    /// checkouts (`work/`); packages go to `packages`, the process's store
+    /// (local or NATS), so other services read them wherever they run.
+    pub fn new(pipelines: Pipelines, data_dir: &Path, packages: PackageStore) -> Self {
         Self {
             pipelines,
             sources: SourceCache::new(data_dir.join("git")),
-            packages: PackageStore::new(data_dir),
+            packages,
             work: data_dir.join("work"),
         }
     }
 
-    /// Checks out `commit` and packages every stage in `stages` (blocking).
-    pub fn build(&self, pipeline: &Pipeline, commit: &str, stages: &[String]) -> Vec<StageOutcome> {
+    /// Packages every stage in `stages` at `commit` and stores the packages.
+    /// An error is a store that cannot be reached (worth a retry); whatever
+    /// is wrong with the configuration is a `Failed` outcome.
+    pub async fn package(
+        &self,
+        pipeline: Pipeline,
+        commit: String,
+        stages: Vec<String>,
+    ) -> Result<Vec<StageOutcome>, PackageStoreError> {
+        let this = self.clone();
+        let packaged = match tokio::task::spawn_blocking(move || {
+            this.build(&pipeline, &commit, &stages)
+        })
+        .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                return Err(PackageStoreError::Io {
+                    path: self.work.display().to_string(),
+                    source: std::io::Error::other(format!("packaging task failed: {e}")),
+                })
+            }
+        };
+        let mut outcomes = Vec::with_capacity(packaged.len());
+        for p in packaged {
+            outcomes.push(match p {
+                Packaged::Failed(f) => StageOutcome::Failed(f),
+                Packaged::Built { mut built, bytes } => match self.packages.put(&bytes).await {
+                    Ok(stored) => {
+                        built.digest = stored.digest;
+                        built.size = stored.size;
+                        built.location = Some(stored.location);
+                        StageOutcome::Built(built)
+                    }
+                    Err(e) if e.is_transient() => return Err(e),
+                    Err(e) => StageOutcome::Failed(PackageFailed {
+                        stage: built.stage,
+                        reason: e.to_string(),
+                        diagnostics: vec![],
+                    }),
+                },
+            });
+        }
+        Ok(outcomes)
+    }
+
+    /// Checks out `commit` and packages every stage in `stages` in memory
+    /// (blocking).
+    pub fn build(&self, pipeline: &Pipeline, commit: &str, stages: &[String]) -> Vec<Packaged> {
         let fail_all = |reason: String, diagnostics: Vec<Diagnostic>| {
             stages
                 .iter()
                 .map(|s| {
-                    StageOutcome::Failed(PackageFailed {
+                    Packaged::Failed(PackageFailed {
                         stage: s.clone(),
                         reason: reason.clone(),
                         diagnostics: diagnostics.clone(),
@@ -109,7 +165,7 @@ impl Envgen {
                 .collect(),
         };
         for o in &mut outcomes {
-            if let StageOutcome::Built(b) = o {
+            if let Packaged::Built { built: b, .. } = o {
                 b.commit = Some(checkout.commit.clone());
                 b.committed_at = Some(checkout.time);
             }
@@ -119,9 +175,9 @@ impl Envgen {
 
     /// `fed` and `pol-env`: the archives checked, the stage's values as
     /// `envSettings.props` in the merge directory.
-    fn build_archive_stage(&self, pipeline: &Pipeline, root: &Path, stage: &str) -> StageOutcome {
+    fn build_archive_stage(&self, pipeline: &Pipeline, root: &Path, stage: &str) -> Packaged {
         let failed = |reason: String, diagnostics: Vec<Diagnostic>| {
-            StageOutcome::Failed(PackageFailed {
+            Packaged::Failed(PackageFailed {
                 stage: stage.to_owned(),
                 reason,
                 diagnostics,
@@ -129,7 +185,7 @@ impl Envgen {
         };
         let env = match stage_env(pipeline, stage) {
             Ok(env) => env,
-            Err(f) => return f,
+            Err(f) => return Packaged::Failed(f),
         };
         let values_file = pipeline
             .stage(stage)
@@ -184,19 +240,19 @@ impl Envgen {
             },
         );
         match built {
-            Ok(pkg) => match self.packages.put(&pkg.bytes) {
-                Ok((digest, path)) => StageOutcome::Built(PackageBuilt {
+            Ok(pkg) => Packaged::Built {
+                built: PackageBuilt {
                     stage: stage.to_owned(),
-                    digest,
+                    digest: String::new(),
                     size: pkg.bytes.len() as u64,
                     files: pkg.files,
                     format: format.to_owned(),
                     values_digest: Some(pkg.values_digest),
-                    location: Some(path.display().to_string()),
+                    location: None,
                     commit: None,
                     committed_at: None,
-                }),
-                Err(e) => failed(e.to_string(), vec![]),
+                },
+                bytes: pkg.bytes,
             },
             Err(diagnostics) => failed(
                 format!(
@@ -208,7 +264,7 @@ impl Envgen {
         }
     }
 
-    fn build_yaml(&self, pipeline: &Pipeline, root: &Path, stages: &[String]) -> Vec<StageOutcome> {
+    fn build_yaml(&self, pipeline: &Pipeline, root: &Path, stages: &[String]) -> Vec<Packaged> {
         let gateway_path = pipeline.gateway.path.display().to_string();
         let project_dir = in_repo(root, &pipeline.gateway.path);
         let project = match Project::load(&project_dir) {
@@ -218,7 +274,7 @@ impl Envgen {
                 return stages
                     .iter()
                     .map(|s| {
-                        StageOutcome::Failed(PackageFailed {
+                        Packaged::Failed(PackageFailed {
                             stage: s.clone(),
                             reason: reason.clone(),
                             diagnostics: vec![Diagnostic {
@@ -251,9 +307,9 @@ impl Envgen {
         project: &Project,
         stage: &str,
         mode: RenderMode,
-    ) -> StageOutcome {
+    ) -> Packaged {
         let failed = |reason: String, diagnostics: Vec<Diagnostic>| {
-            StageOutcome::Failed(PackageFailed {
+            Packaged::Failed(PackageFailed {
                 stage: stage.to_owned(),
                 reason,
                 diagnostics,
@@ -261,7 +317,7 @@ impl Envgen {
         };
         let env = match stage_env(pipeline, stage) {
             Ok(env) => env,
-            Err(f) => return f,
+            Err(f) => return Packaged::Failed(f),
         };
         let overlay_path = pipeline
             .stage(stage)
@@ -300,19 +356,19 @@ impl Envgen {
             );
         }
         match package_yaml(project, &values, &env, mode, &ValidateOptions::default()) {
-            Ok(pkg) => match self.packages.put(&pkg.bytes) {
-                Ok((digest, path)) => StageOutcome::Built(PackageBuilt {
+            Ok(pkg) => Packaged::Built {
+                built: PackageBuilt {
                     stage: stage.to_owned(),
-                    digest,
+                    digest: String::new(),
                     size: pkg.size(),
                     files: pkg.files,
                     format: "yaml".into(),
                     values_digest: Some(pkg.values_digest),
-                    location: Some(path.display().to_string()),
+                    location: None,
                     commit: None,
                     committed_at: None,
-                }),
-                Err(e) => failed(e.to_string(), vec![]),
+                },
+                bytes: pkg.bytes,
             },
             Err(crate::PackageError::Invalid(report)) => failed(
                 format!(
@@ -346,14 +402,10 @@ impl Handler for Envgen {
         }
         let stages: Vec<String> = started.stages.iter().map(|s| s.name.clone()).collect();
         let outcomes = match self.pipelines.get().get(&event.pipeline).cloned() {
-            Some(pipeline) => {
-                let this = self.clone();
-                let commit = started.commit.clone();
-                let stages = stages.clone();
-                tokio::task::spawn_blocking(move || this.build(&pipeline, &commit, &stages))
-                    .await
-                    .map_err(|e| HandlerError::Transient(format!("packaging task failed: {e}")))?
-            }
+            Some(pipeline) => self
+                .package(pipeline, started.commit.clone(), stages.clone())
+                .await
+                .map_err(|e| HandlerError::Transient(e.to_string()))?,
             None => stages
                 .iter()
                 .map(|s| {
@@ -393,22 +445,20 @@ impl Handler for Envgen {
 
 /// The stage's declared variables, the only ones its configuration sees;
 /// a declared secret that cannot be read fails the stage's package.
-fn stage_env(pipeline: &Pipeline, stage: &str) -> Result<StageEnv, StageOutcome> {
+fn stage_env(pipeline: &Pipeline, stage: &str) -> Result<StageEnv, PackageFailed> {
     let Some(definition) = pipeline.stage(stage) else {
         return Ok(StageEnv::from_pairs(stage, [], []));
     };
-    StageEnv::resolve(definition).map_err(|e| {
-        StageOutcome::Failed(PackageFailed {
-            stage: stage.to_owned(),
-            reason: e.to_string(),
-            diagnostics: vec![Diagnostic {
-                file: None,
-                line: None,
-                column: None,
-                field: Some(format!("stages[{stage}].env.{}", e.name)),
-                message: e.source.to_string(),
-            }],
-        })
+    StageEnv::resolve(definition).map_err(|e| PackageFailed {
+        stage: stage.to_owned(),
+        reason: e.to_string(),
+        diagnostics: vec![Diagnostic {
+            file: None,
+            line: None,
+            column: None,
+            field: Some(format!("stages[{stage}].env.{}", e.name)),
+            message: e.source.to_string(),
+        }],
     })
 }
 
@@ -426,6 +476,6 @@ fn in_repo(root: &Path, rel: &Path) -> PathBuf {
 }
 
 /// Shared handle for registering the service with a runtime.
-pub fn handler(pipelines: Pipelines, data_dir: &Path) -> Arc<dyn Handler> {
-    Arc::new(Envgen::new(pipelines, data_dir))
+pub fn handler(pipelines: Pipelines, data_dir: &Path, packages: PackageStore) -> Arc<dyn Handler> {
+    Arc::new(Envgen::new(pipelines, data_dir, packages))
 }

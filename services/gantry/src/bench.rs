@@ -56,6 +56,17 @@ pub enum BenchCommand {
         #[arg(long = "pipeline-count", default_value_t = 10)]
         pipeline_count: usize,
     },
+    /// Package write and read throughput through the package store: the NATS
+    /// object store with --nats-url (a fresh bucket, removed afterwards),
+    /// else the local directory store in a temp dir.
+    Packages {
+        /// Package size in MB (10^6 bytes).
+        #[arg(long, default_value_t = 10)]
+        size_mb: usize,
+        /// Packages written and read.
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// Verified webhooks/s and latency against an in-process server.
     Webhooks {
         #[arg(long, default_value_t = 10_000)]
@@ -91,6 +102,7 @@ pub async fn run(command: BenchCommand, global: &Global) -> anyhow::Result<()> {
             requests,
             concurrency,
         } => webhooks(global, requests, concurrency).await,
+        BenchCommand::Packages { size_mb, rounds } => packages(global, size_mb, rounds).await,
         BenchCommand::Orchestration {
             runs,
             concurrent,
@@ -179,6 +191,82 @@ async fn setup(global: &Global, mode: Mode) -> anyhow::Result<Setup> {
             })
         }
     }
+}
+
+/// Writes `rounds` distinct packages of `size_mb` MB (incompressible
+/// bytes, like a gzipped archive), reads each back (verified against its
+/// digest), and puts one again (the idempotent no-op).
+async fn packages(global: &Global, size_mb: usize, rounds: usize) -> anyhow::Result<()> {
+    use gantry_core::packages::{BucketSettings, PackageStore};
+    let size = size_mb * 1_000_000;
+    let settings = global.settings();
+    let dir = tempfile::tempdir()?;
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let bucket = format!("BENCH_PACKAGES_{}", &tag[..8]).to_uppercase();
+    let (store, js) = match settings.nats() {
+        Some(nats) => {
+            let client = async_nats::connect(&nats.url).await?;
+            let js = async_nats::jetstream::new(client);
+            let store = PackageStore::nats(
+                &js,
+                &BucketSettings {
+                    bucket: bucket.clone(),
+                    ..BucketSettings::default()
+                },
+            )
+            .await?;
+            (store, Some(js))
+        }
+        None => (PackageStore::local(dir.path()), None),
+    };
+    // xorshift: fast, incompressible enough, different per round.
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    let mut package = vec![0u8; size];
+    let (mut writes, mut reads, mut digests) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        for chunk in package.chunks_mut(8) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let n = chunk.len();
+            chunk.copy_from_slice(&x.to_le_bytes()[..n]);
+        }
+        let t0 = Instant::now();
+        let stored = store.put(&package).await?;
+        writes.push(t0.elapsed().as_micros() as u64);
+        digests.push(stored.digest);
+    }
+    for digest in &digests {
+        let t0 = Instant::now();
+        let bytes = store.get(digest).await?;
+        reads.push(t0.elapsed().as_micros() as u64);
+        anyhow::ensure!(bytes.len() == size, "read {} bytes of {size}", bytes.len());
+    }
+    let t0 = Instant::now();
+    store.put(&package).await?;
+    let again_ms = t0.elapsed().as_secs_f64() * 1000.0;
+    if let Some(js) = js {
+        js.delete_object_store(&bucket).await?;
+    }
+    let mb_per_s = |samples: &[u64]| {
+        let mut s = samples.to_vec();
+        s.sort_unstable();
+        let median = s.get(s.len() / 2).copied().unwrap_or(1).max(1) as f64 / 1e6;
+        (size as f64 / 1e6) / median
+    };
+    println!(
+        "{}",
+        json!({
+            "bench": "packages",
+            "store": store.kind(),
+            "package_mb": size_mb,
+            "rounds": rounds,
+            "write": { "mb_per_s_median": mb_per_s(&writes), "latency": percentiles(writes) },
+            "read_verified": { "mb_per_s_median": mb_per_s(&reads), "latency": percentiles(reads) },
+            "idempotent_put_ms": again_ms,
+        })
+    );
+    Ok(())
 }
 
 fn relay_checkpoint(bus: &NatsBus) -> String {

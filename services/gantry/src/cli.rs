@@ -53,7 +53,8 @@ pub struct Global {
     /// PEM private key of the NATS client certificate.
     #[arg(long, env = "GANTRY_NATS_KEY", global = true)]
     pub nats_key: Option<PathBuf>,
-    /// Replicas of the JetStream stream (a NATS cluster of at least as many servers).
+    /// Replicas of the JetStream stream and the package bucket (a NATS
+    /// cluster of at least as many servers).
     #[arg(long, env = "GANTRY_NATS_REPLICAS", default_value_t = 1, global = true, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub nats_replicas: u8,
     /// Events older than this leave the JetStream stream (e.g. 7d); kept when unset.
@@ -97,6 +98,17 @@ pub struct Global {
         global = true
     )]
     pub data_dir: PathBuf,
+    /// JetStream object store bucket of packages (distributed mode).
+    #[arg(
+        long,
+        env = "GANTRY_PACKAGES_BUCKET",
+        default_value = gantry_core::packages::DEFAULT_BUCKET,
+        global = true
+    )]
+    pub packages_bucket: String,
+    /// Size limit of the package bucket in bytes when Gantry creates it [default: unlimited].
+    #[arg(long, env = "GANTRY_PACKAGES_MAX_BYTES", global = true)]
+    pub packages_max_bytes: Option<u64>,
     /// YAML file of API tokens; when set, every /api call needs a bearer token.
     #[arg(long, env = "GANTRY_API_TOKENS", global = true)]
     pub api_tokens: Option<PathBuf>,
@@ -146,6 +158,9 @@ impl Global {
             data_dir: self.data_dir.clone(),
             api_tokens: self.api_tokens.clone(),
             allow_anonymous: self.allow_anonymous,
+            nats_replicas: usize::from(self.nats_replicas),
+            packages_bucket: self.packages_bucket.clone(),
+            packages_max_bytes: self.packages_max_bytes,
         }
     }
 }
@@ -284,6 +299,11 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// The package store (the data dir, or the NATS bucket with --nats-url).
+    Packages {
+        #[command(subcommand)]
+        command: PackagesCommand,
+    },
     /// Measure Gantry on this machine (see BENCHMARKS.md).
     Bench {
         #[command(subcommand)]
@@ -297,6 +317,22 @@ pub enum PipelinesCommand {
     Validate {
         /// Directory or file [default: --pipelines].
         path: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PackagesCommand {
+    /// Remove the packages no run can reach any more: kept are those of a
+    /// stage's current release, of running runs, of runs younger than
+    /// --keep-days, and any written within --grace-minutes.
+    Prune {
+        #[arg(long, default_value_t = 30)]
+        keep_days: u32,
+        #[arg(long, default_value_t = 60)]
+        grace_minutes: u32,
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 

@@ -13,7 +13,9 @@ use futures::StreamExt;
 use http::Method;
 use serde_json::{json, Value};
 
-use cli::{ApisCommand, Cli, Command, Output, PipelinesCommand, ProjectionsCommand};
+use cli::{
+    ApisCommand, Cli, Command, Output, PackagesCommand, PipelinesCommand, ProjectionsCommand,
+};
 use client::Client;
 
 fn main() -> ExitCode {
@@ -313,6 +315,50 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
                 match g.output {
                     Output::Json => println!("{data}"),
                     Output::Text => print_event(id, &data),
+                }
+            }
+        }
+        Command::Packages {
+            command:
+                PackagesCommand::Prune {
+                    keep_days,
+                    grace_minutes,
+                    dry_run,
+                },
+        } => {
+            let app = gantry_core::App::start(g.settings()).await?;
+            let policy = gantry_core::packages::retention::RetentionPolicy {
+                keep_days,
+                grace: chrono::Duration::minutes(i64::from(grace_minutes)),
+            };
+            let plan = gantry_core::packages::retention::prune(
+                &app.packages,
+                &app.projections,
+                &policy,
+                dry_run,
+            )
+            .await?;
+            match g.output {
+                Output::Json => println!(
+                    "{}",
+                    json!({
+                        "store": app.packages.place(),
+                        "dry_run": dry_run,
+                        "removed": plan.remove,
+                        "kept": plan.keep.iter().map(|(d, why)| json!({ "digest": d, "why": why.to_string() })).collect::<Vec<_>>(),
+                    })
+                ),
+                Output::Text => {
+                    let verb = if dry_run { "would remove" } else { "removed" };
+                    for d in &plan.remove {
+                        println!("{verb} {d}");
+                    }
+                    println!(
+                        "{}: {verb} {} package(s), kept {}",
+                        app.packages.place(),
+                        plan.remove.len(),
+                        plan.keep.len()
+                    );
                 }
             }
         }

@@ -79,7 +79,11 @@ pub fn http_router(app: &App) -> anyhow::Result<Router> {
 
 /// The environmentalization worker: `run.started` → packages.
 fn envgen(app: &App) -> Arc<dyn Handler> {
-    gantry_envgen::service::handler(app.pipelines.clone(), &app.settings.data_dir)
+    gantry_envgen::service::handler(
+        app.pipelines.clone(),
+        &app.settings.data_dir,
+        app.packages.clone(),
+    )
 }
 
 /// The conductor: decisions from the pipeline's history.
@@ -108,7 +112,7 @@ fn smoke(app: &App) -> Arc<dyn Handler> {
 
 /// The image worker: `package.built` → images.
 fn imagebuild(app: &App) -> Arc<dyn Handler> {
-    gantry_imagebuild::service::handler(app.pipelines.clone(), &app.settings.data_dir)
+    gantry_imagebuild::service::handler(app.pipelines.clone(), app.packages.clone())
 }
 
 async fn start(settings: Settings) -> anyhow::Result<App> {

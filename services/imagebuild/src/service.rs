@@ -8,7 +8,6 @@
 //! the same parent would give the same digest and upload nothing anyway.
 
 use std::io::Read;
-use std::path::Path;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -42,29 +41,28 @@ impl std::fmt::Debug for ImageBuild {
 }
 
 impl ImageBuild {
-    pub fn new(pipelines: Pipelines, data_dir: &Path) -> Self {
+    /// `packages` is the process's package store: the same NATS bucket
+    /// envgen wrote to in distributed mode, whichever machine that ran on.
+    pub fn new(pipelines: Pipelines, packages: PackageStore) -> Self {
         Self {
             pipelines,
-            packages: PackageStore::new(data_dir),
+            packages,
         }
     }
 
-    /// Builds and pushes the image of one stage; the error is the reason
-    /// recorded in `image.failed`.
+    /// Builds and pushes the image of one stage from its package's bytes;
+    /// the error is the reason recorded in `image.failed`.
     pub async fn push(
         &self,
         pipeline: &Pipeline,
         commit: &str,
         built: &PackageBuilt,
+        bytes: Vec<u8>,
     ) -> Result<ImagePushed, String> {
         let image = pipeline
             .image
             .as_ref()
             .ok_or_else(|| "the pipeline has no image section".to_owned())?;
-        let bytes = self
-            .packages
-            .get(&built.digest)
-            .map_err(|e| e.to_string())?;
         let package = stage_package(pipeline, built, bytes)?;
         let mut credentials = docker_config_credentials()?;
         if let Some(auth) = &image.auth {
@@ -240,7 +238,17 @@ impl Handler for ImageBuild {
                 "package.built names no commit".into(),
             )]);
         };
-        let result = match self.push(&pipeline, &commit, &built).await {
+        // A store that cannot be reached now is retried; a package that is
+        // not there, or not what its digest says, fails the image.
+        let bytes = match self.packages.get(&built.digest).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.is_transient() => return Err(HandlerError::Transient(e.to_string())),
+            Err(e) => {
+                tracing::warn!(run, stage = %built.stage, error = %e, "package unavailable");
+                return Ok(vec![self.failed(event, &run, &built, e.to_string())]);
+            }
+        };
+        let result = match self.push(&pipeline, &commit, &built, bytes).await {
             Ok(pushed) => {
                 tracing::info!(run, stage = %built.stage, digest = %pushed.digest, uploaded = pushed.bytes_uploaded, "image pushed");
                 CloudEvent::new(SERVICE, &event.pipeline, Some(&run), &pushed).caused_by(event)
@@ -278,6 +286,6 @@ impl ImageBuild {
     }
 }
 
-pub fn handler(pipelines: Pipelines, data_dir: &Path) -> Arc<dyn Handler> {
-    Arc::new(ImageBuild::new(pipelines, data_dir))
+pub fn handler(pipelines: Pipelines, packages: PackageStore) -> Arc<dyn Handler> {
+    Arc::new(ImageBuild::new(pipelines, packages))
 }

@@ -37,6 +37,9 @@ pub struct Gantry {
     pub dir: PathBuf,
     pub port: u16,
     log: PathBuf,
+    /// The process's own working directory, when it has one
+    /// ([`Gantry::start_alone`]); removed after the leak check.
+    _own_dir: Option<tempfile::TempDir>,
 }
 
 impl Gantry {
@@ -56,8 +59,24 @@ impl Gantry {
             dir: dir.to_owned(),
             port,
             log,
+            _own_dir: None,
         };
         g.spawn().await;
+        g
+    }
+
+    /// Starts `gantry <args>` as a separate machine would run it: in a
+    /// working directory of its own holding a copy of `template/pipelines`,
+    /// so its data dir (`.gantry`: mirrors, checkouts, local packages) is
+    /// its own and no other process can read it.
+    pub async fn start_alone(template: &Path, args: &[&str], env: &[(&str, &str)]) -> Gantry {
+        let own = tempfile::Builder::new()
+            .prefix(&format!("gantry-{}-", args.join("-")))
+            .tempdir()
+            .expect("tempdir");
+        copy_dir(&template.join("pipelines"), &own.path().join("pipelines"));
+        let mut g = Gantry::start(own.path(), args, env).await;
+        g._own_dir = Some(own);
         g
     }
 
@@ -167,6 +186,18 @@ impl Gantry {
             }
         }
         found
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create dir");
+    for entry in std::fs::read_dir(from).expect("read dir").flatten() {
+        let target = to.join(entry.file_name());
+        if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).expect("copy file");
+        }
     }
 }
 
