@@ -331,15 +331,7 @@ async fn commit_on_branch(
     pipeline: &Pipeline,
     commit: &str,
 ) -> Result<gantry_core::git::CommitPeople, Problem> {
-    let token = match &pipeline.source.token {
-        Some(r) => Some(
-            r.resolve()
-                .map_err(|e| Problem::bad_request(format!("source.token: {e}")))?
-                .expose()
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let token = source_token(pipeline)?;
     let (sources, name, repo, branch, commit) = (
         api.sources.clone(),
         pipeline.name.clone(),
@@ -378,18 +370,24 @@ fn may_trigger(pipeline: &Pipeline, id: &Identity) -> Result<(), Problem> {
     .with_type("access-denied"))
 }
 
+/// The pipeline's git token, read now.
+fn source_token(pipeline: &Pipeline) -> Result<Option<String>, Problem> {
+    pipeline
+        .source
+        .token
+        .as_ref()
+        .map(|r| {
+            r.resolve()
+                .map(|t| t.expose().to_owned())
+                .map_err(|e| Problem::bad_request(format!("source.token: {e}")))
+        })
+        .transpose()
+}
+
 async fn resolve_head(pipeline: &Pipeline) -> Result<String, Problem> {
     let repo = pipeline.source.repo.clone();
     let branch = pipeline.source.branch.clone();
-    let token = match &pipeline.source.token {
-        Some(r) => Some(
-            r.resolve()
-                .map_err(|e| Problem::bad_request(format!("source.token: {e}")))?
-                .expose()
-                .to_owned(),
-        ),
-        None => None,
-    };
+    let token = source_token(pipeline)?;
     tokio::task::spawn_blocking(move || {
         gantry_core::git::branch_head(&repo, &branch, token.as_deref())
     })

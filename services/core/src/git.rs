@@ -101,6 +101,13 @@ pub struct Checkout {
     pub files: usize,
 }
 
+/// Where a pipeline's commits come from.
+struct BranchSource<'a> {
+    repo: &'a str,
+    branch: &'a str,
+    token: Option<&'a str>,
+}
+
 /// A commit's author or committer as the commit records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Signer {
@@ -151,41 +158,30 @@ impl SourceCache {
         commit: &str,
         dest: &Path,
     ) -> Result<Checkout, GitError> {
-        let oid = parse_commit(commit)?;
-        let lock = self.lock_for(pipeline);
-        let _turn = lock.lock().unwrap_or_else(|p| p.into_inner());
-        let mirror = self.open_mirror(pipeline)?;
-        // The object alone is not enough (a local transport may bring more
-        // than the branch): the commit must be in the branch's history.
-        if mirror.find_commit(oid).is_err() || !on_branch(&mirror, branch, oid) {
-            fetch(&mirror, repo, branch, token)?;
-        }
-        let missing = || GitError::MissingCommit {
-            repo: repo.to_owned(),
-            branch: branch.to_owned(),
-            commit: commit.to_owned(),
+        let source = BranchSource {
+            repo,
+            branch,
+            token,
         };
-        let found = mirror.find_commit(oid).map_err(|_| missing())?;
-        if !on_branch(&mirror, branch, oid) {
-            return Err(missing());
-        }
-        let tree = found.tree().map_err(|e| cache_err(&mirror, e))?;
-        std::fs::create_dir_all(dest).map_err(|source| GitError::Write {
-            path: dest.display().to_string(),
-            source,
-        })?;
-        let files = write_tree(&mirror, &tree, dest)?;
-        let time = Utc
-            .timestamp_opt(found.committer().when().seconds(), 0)
-            .single()
-            .unwrap_or_default();
-        let author = found.author();
-        Ok(Checkout {
-            commit: oid.to_string(),
-            time,
-            author_name: author.name().map(str::to_owned),
-            author_email: author.email().map(str::to_owned),
-            files,
+        self.with_commit(pipeline, &source, commit, false, |mirror, found| {
+            let tree = found.tree().map_err(|e| cache_err(mirror, e))?;
+            std::fs::create_dir_all(dest).map_err(|source| GitError::Write {
+                path: dest.display().to_string(),
+                source,
+            })?;
+            let files = write_tree(mirror, &tree, dest)?;
+            let time = Utc
+                .timestamp_opt(found.committer().when().seconds(), 0)
+                .single()
+                .unwrap_or_default();
+            let author = found.author();
+            Ok(Checkout {
+                commit: found.id().to_string(),
+                time,
+                author_name: author.name().map(str::to_owned),
+                author_email: author.email().map(str::to_owned),
+                files,
+            })
         })
     }
 
@@ -200,39 +196,63 @@ impl SourceCache {
         token: Option<&str>,
         commit: &str,
     ) -> Result<CommitPeople, GitError> {
+        let source = BranchSource {
+            repo,
+            branch,
+            token,
+        };
+        self.with_commit(pipeline, &source, commit, true, |_, found| {
+            let person = |s: git2::Signature<'_>| Signer {
+                name: s.name().map(str::to_owned),
+                email: s.email().map(str::to_owned),
+            };
+            Ok(CommitPeople {
+                author: person(found.author()),
+                committer: person(found.committer()),
+            })
+        })
+    }
+
+    /// Runs `f` on `commit` in the pipeline's mirror, on its turn, once the
+    /// commit is known to be in the history of the branch: fetched first
+    /// when the mirror lacks it (or always, with `refresh`). The object
+    /// alone is not enough, since a local transport may bring more than the
+    /// branch.
+    fn with_commit<T>(
+        &self,
+        pipeline: &str,
+        source: &BranchSource<'_>,
+        commit: &str,
+        refresh: bool,
+        f: impl FnOnce(&Repository, &git2::Commit<'_>) -> Result<T, GitError>,
+    ) -> Result<T, GitError> {
         let oid = parse_commit(commit)?;
         let lock = self.lock_for(pipeline);
         let _turn = lock.lock().unwrap_or_else(|p| p.into_inner());
         let mirror = self.open_mirror(pipeline)?;
-        fetch(&mirror, repo, branch, token)?;
+        let branch = source.branch;
+        if refresh || mirror.find_commit(oid).is_err() || !on_branch(&mirror, branch, oid) {
+            fetch(&mirror, source.repo, branch, source.token)?;
+        }
         let missing = || GitError::MissingCommit {
-            repo: repo.to_owned(),
+            repo: source.repo.to_owned(),
             branch: branch.to_owned(),
             commit: commit.to_owned(),
         };
-        let tip = mirror
+        if mirror
             .refname_to_id(&format!("refs/heads/{branch}"))
-            .map_err(|_| GitError::NoBranch {
-                repo: repo.to_owned(),
+            .is_err()
+        {
+            return Err(GitError::NoBranch {
+                repo: source.repo.to_owned(),
                 branch: branch.to_owned(),
-            })?;
-        // A commit the fetch did not bring is not on the branch either.
+            });
+        }
         let found = mirror.find_commit(oid).map_err(|_| missing())?;
-        let reachable = tip == oid
-            || mirror
-                .graph_descendant_of(tip, oid)
-                .map_err(|e| cache_err(&mirror, e))?;
-        if !reachable {
+        if !on_branch(&mirror, branch, oid) {
             return Err(missing());
         }
-        let person = |s: git2::Signature<'_>| Signer {
-            name: s.name().map(str::to_owned),
-            email: s.email().map(str::to_owned),
-        };
-        Ok(CommitPeople {
-            author: person(found.author()),
-            committer: person(found.committer()),
-        })
+        f(&mirror, &found)
     }
 
     fn open_mirror(&self, pipeline: &str) -> Result<Repository, GitError> {
