@@ -113,15 +113,10 @@ pub async fn start_run(
     pipeline: &Pipeline,
     info: CommitInfo,
 ) -> Result<RunRef, StoreError> {
+    // No read first: the append expecting no commit stream is the check,
+    // and a redelivery (the rarer case) looks the run up after its conflict.
+    // That keeps a new commit to one trip to the log.
     let commit_stream = commit_stream(&pipeline.name, &info.commit);
-    if let Some(existing) = existing_run(store, &commit_stream).await? {
-        return Ok(RunRef {
-            pipeline: pipeline.name.clone(),
-            run_id: existing,
-            commit: info.commit,
-            created: false,
-        });
-    }
     let run_id = Uuid::now_v7().to_string();
     let received = CloudEvent::new(
         service,
@@ -186,7 +181,7 @@ pub async fn start_run(
                 created: true,
             })
         }
-        // Someone else started it between our check and our append.
+        // The commit has a run already (a redelivery, or a race).
         Err(e) if e.is_conflict() => match existing_run(store, &commit_stream).await? {
             Some(existing) => Ok(RunRef {
                 pipeline: pipeline.name.clone(),
