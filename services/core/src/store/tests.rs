@@ -200,3 +200,28 @@ fn nats_tokens_and_server_lists_are_redacted() {
         "postgres://u:***@h/db"
     );
 }
+
+/// Whatever code put a secret into an event, the log never holds it: the
+/// store masks every appended event's data with the process's secrets.
+#[tokio::test]
+async fn appended_events_are_masked_with_the_process_secrets() {
+    let (store, _dir) = sqlite_store().await;
+    crate::mask::register_more(["store-test-secret-7731"]);
+    let leaky = CloudEvent::new(
+        "test",
+        "p",
+        Some("r-mask"),
+        &RunCancelled {
+            user: "u".into(),
+            reason: Some("the password is store-test-secret-7731, oops".into()),
+        },
+    );
+    store
+        .append("run-r-mask", ExpectedVersion::Any, vec![leaky])
+        .await
+        .unwrap();
+    let recorded = store.read_stream("run-r-mask").await.unwrap();
+    let text = recorded[0].event.data.to_string();
+    assert!(!text.contains("store-test-secret-7731"), "{text}");
+    assert!(text.contains("the password is ***, oops"), "{text}");
+}
