@@ -70,11 +70,28 @@ impl Gantry {
     /// so its data dir (`.gantry`: mirrors, checkouts, local packages) is
     /// its own and no other process can read it.
     pub async fn start_alone(template: &Path, args: &[&str], env: &[(&str, &str)]) -> Gantry {
+        Gantry::start_alone_with(template, &[], args, env).await
+    }
+
+    /// [`Gantry::start_alone`], with copies of `files` (certificates, keys)
+    /// at the root of the process's own directory, under their file names:
+    /// a relative path in `env` (`GANTRY_NATS_CA=ca.pem`) names the
+    /// process's own copy, as each machine would hold its own.
+    pub async fn start_alone_with(
+        template: &Path,
+        files: &[&Path],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gantry {
         let own = tempfile::Builder::new()
             .prefix(&format!("gantry-{}-", args.join("-")))
             .tempdir()
             .expect("tempdir");
         copy_dir(&template.join("pipelines"), &own.path().join("pipelines"));
+        for file in files {
+            let name = file.file_name().expect("a file name");
+            std::fs::copy(file, own.path().join(name)).expect("copy file");
+        }
         let mut g = Gantry::start(own.path(), args, env).await;
         g._own_dir = Some(own);
         g
