@@ -3,7 +3,10 @@
 //! webhook` is visible at `gantry serve api`, a plain NATS subscriber
 //! receives the CloudEvents, and a package built by `serve envgen` becomes
 //! an image at `serve imagebuild` and a diff at `serve api` through the
-//! NATS object store, with no disk shared.
+//! NATS object store, with no disk shared. As in production, over TLS:
+//! Postgres with `sslmode=require`, and a private NATS requiring TLS, a
+//! client certificate and a password (each process reads its own copy of
+//! the certificates).
 
 mod common;
 
@@ -11,20 +14,19 @@ use std::time::Duration;
 
 use common::*;
 use futures::StreamExt;
-use gantry_tests::{fresh_postgres, GitRepo, NatsServer, Registry};
+use gantry_tests::{fresh_postgres, GitRepo, Registry};
 use serde_json::{json, Value};
 
 #[tokio::test]
 async fn webhook_and_api_as_separate_processes() {
     let db = fresh_postgres().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
+    let mut nats = SecureNats::start().await;
     let dir = workdir();
     let prefix = gantry_tests::unique_name("e2e");
-    let env = [
-        ("GANTRY_DATABASE_URL", db.url()),
-        ("GANTRY_NATS_URL", &nats.url()),
-        ("GANTRY_NATS_PREFIX", &prefix),
-    ];
+    let mut owned = nats.env();
+    owned.push(("GANTRY_DATABASE_URL", require_tls(db.url())));
+    owned.push(("GANTRY_NATS_PREFIX", prefix.clone()));
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
     // `serve` refuses to run without both URLs.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args(["serve", "webhook"])
@@ -36,10 +38,11 @@ async fn webhook_and_api_as_separate_processes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("GANTRY_DATABASE_URL"));
 
-    let webhook = Gantry::start_alone(dir.path(), &["serve", "webhook"], &env).await;
-    let api = Gantry::start_alone(dir.path(), &["serve", "api"], &env).await;
+    let files = nats.files();
+    let webhook = Gantry::start_alone_with(dir.path(), &files, &["serve", "webhook"], &env).await;
+    let api = Gantry::start_alone_with(dir.path(), &files, &["serve", "api"], &env).await;
 
-    let client = async_nats::connect(nats.url()).await.unwrap();
+    let client = nats.client().await;
     let mut sub = client
         .subscribe(format!("{prefix}.events.>"))
         .await
@@ -85,8 +88,7 @@ async fn webhook_and_api_as_separate_processes() {
     assert_eq!(ready["bus"], "nats", "{ready}");
 
     // Readiness follows NATS: not ready while it is down, ready once it is back.
-    let mut nats = nats;
-    nats.kill();
+    nats.server.kill();
     let readyz = format!("{}/readyz", api.url());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -109,7 +111,7 @@ async fn webhook_and_api_as_separate_processes() {
         200,
         "alive all the same"
     );
-    nats.restart().await.unwrap();
+    nats.server.restart().await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while reqwest::get(&readyz).await.unwrap().status() != 200 {
         assert!(
@@ -128,7 +130,7 @@ async fn webhook_and_api_as_separate_processes() {
 #[tokio::test]
 async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
     let db = fresh_postgres().await.unwrap();
-    let nats = NatsServer::start().await.unwrap();
+    let nats = SecureNats::start().await;
     let registry = Registry::start().await.unwrap();
     let base = push_parent(&registry, "axway/apigw-emt").await;
 
@@ -154,17 +156,21 @@ async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
 
     let prefix = gantry_tests::unique_name("pkg");
     let bucket = gantry_tests::unique_name("PACKAGES");
-    let env = [
-        ("GANTRY_DATABASE_URL", db.url()),
-        ("GANTRY_NATS_URL", &nats.url()),
-        ("GANTRY_NATS_PREFIX", &prefix),
-        ("GANTRY_PACKAGES_BUCKET", &bucket),
-    ];
-    let webhook = Gantry::start_alone(template.path(), &["serve", "webhook"], &env).await;
-    let api = Gantry::start_alone(template.path(), &["serve", "api"], &env).await;
-    let _conductor = Gantry::start_alone(template.path(), &["serve", "conductor"], &env).await;
-    let envgen = Gantry::start_alone(template.path(), &["serve", "envgen"], &env).await;
-    let imagebuild = Gantry::start_alone(template.path(), &["serve", "imagebuild"], &env).await;
+    let mut owned = nats.env();
+    owned.push(("GANTRY_DATABASE_URL", require_tls(db.url())));
+    owned.push(("GANTRY_NATS_PREFIX", prefix.clone()));
+    owned.push(("GANTRY_PACKAGES_BUCKET", bucket.clone()));
+    let env: Vec<(&str, &str)> = owned.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let files = nats.files();
+    let (files, env, dir) = (&files, &env, template.path());
+    let start = |service: &'static str| async move {
+        Gantry::start_alone_with(dir, files, &["serve", service], env).await
+    };
+    let webhook = start("webhook").await;
+    let api = start("api").await;
+    let _conductor = start("conductor").await;
+    let envgen = start("envgen").await;
+    let imagebuild = start("imagebuild").await;
     let dirs = [&webhook, &api, &envgen, &imagebuild].map(|g| g.dir.clone());
     assert_eq!(
         dirs.iter().collect::<std::collections::HashSet<_>>().len(),
@@ -209,7 +215,7 @@ async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
     assert_eq!(pushed["stage"], "test");
 
     // The package is in the bucket, and on nobody's disk.
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    let js = async_nats::jetstream::new(nats.client().await);
     let object = js.get_object_store(&bucket).await.unwrap();
     let info = object.info(digest.replace(':', "-")).await.unwrap();
     assert_eq!(info.size as u64, built["size"].as_u64().unwrap());
@@ -240,7 +246,11 @@ async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
     assert!(text.contains("hello again"), "{diff}");
 
     // Retention on Postgres + NATS: with nothing counted as recent, run 1's
-    // package is unreachable (run 2 is the release), run 2's is kept.
+    // package is unreachable (run 2 is the release), run 2's is kept. The
+    // command runs in the template directory, with its own certificates.
+    for file in files {
+        std::fs::copy(file, template.path().join(file.file_name().unwrap())).unwrap();
+    }
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
         .args([
             "packages",
@@ -254,7 +264,7 @@ async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
         ])
         .current_dir(template.path())
         .env_clear()
-        .envs(env)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     assert!(

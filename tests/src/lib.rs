@@ -258,6 +258,47 @@ impl TestDb {
     }
 }
 
+/// Another session on a [`TestDb`], as the server sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbSession {
+    /// `application_name` (`?application_name=` in the client's URL).
+    pub application_name: String,
+    /// Whether the session is encrypted (`pg_stat_ssl.ssl`).
+    pub ssl: bool,
+}
+
+impl TestDb {
+    /// Whether the server serves TLS at all (`SHOW ssl`).
+    pub async fn server_ssl(&self) -> anyhow::Result<bool> {
+        let mut conn = self.connect().await?;
+        let ssl: String = sqlx::query_scalar("SHOW ssl").fetch_one(&mut conn).await?;
+        let _ = conn.close().await;
+        Ok(ssl == "on")
+    }
+
+    /// Every session on this database but the one asking: its application
+    /// name and whether it is encrypted (`pg_stat_activity` joined with
+    /// `pg_stat_ssl`).
+    pub async fn sessions(&self) -> anyhow::Result<Vec<DbSession>> {
+        let mut conn = self.connect().await?;
+        let rows: Vec<(Option<String>, bool)> = sqlx::query_as(
+            "SELECT a.application_name, s.ssl FROM pg_stat_activity a \
+             JOIN pg_stat_ssl s USING (pid) \
+             WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+        )
+        .fetch_all(&mut conn)
+        .await?;
+        let _ = conn.close().await;
+        Ok(rows
+            .into_iter()
+            .map(|(application_name, ssl)| DbSession {
+                application_name: application_name.unwrap_or_default(),
+                ssl,
+            })
+            .collect())
+    }
+}
+
 /// Drops database `name` through `admin_url`, on its own runtime.
 fn drop_database(admin_url: &str, name: &str) -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()

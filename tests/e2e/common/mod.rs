@@ -70,11 +70,28 @@ impl Gantry {
     /// so its data dir (`.gantry`: mirrors, checkouts, local packages) is
     /// its own and no other process can read it.
     pub async fn start_alone(template: &Path, args: &[&str], env: &[(&str, &str)]) -> Gantry {
+        Gantry::start_alone_with(template, &[], args, env).await
+    }
+
+    /// [`Gantry::start_alone`], with copies of `files` (certificates, keys)
+    /// at the root of the process's own directory, under their file names:
+    /// a relative path in `env` (`GANTRY_NATS_CA=ca.pem`) names the
+    /// process's own copy, as each machine would hold its own.
+    pub async fn start_alone_with(
+        template: &Path,
+        files: &[&Path],
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gantry {
         let own = tempfile::Builder::new()
             .prefix(&format!("gantry-{}-", args.join("-")))
             .tempdir()
             .expect("tempdir");
         copy_dir(&template.join("pipelines"), &own.path().join("pipelines"));
+        for file in files {
+            let name = file.file_name().expect("a file name");
+            std::fs::copy(file, own.path().join(name)).expect("copy file");
+        }
         let mut g = Gantry::start(own.path(), args, env).await;
         g._own_dir = Some(own);
         g
@@ -570,4 +587,82 @@ pub async fn wait_stage_status(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// What distributed e2e tests run on, as production would: a private NATS
+/// requiring TLS (a private CA, a client certificate) and a password, and
+/// Postgres with `sslmode=require`. A Gantry that cannot speak TLS cannot
+/// connect to it.
+pub struct SecureNats {
+    pub server: gantry_tests::NatsServer,
+    pub pki: gantry_tests::TestPki,
+    pub password: String,
+}
+
+impl SecureNats {
+    pub async fn start() -> SecureNats {
+        let pki = gantry_tests::TestPki::generate().expect("test PKI");
+        let password = format!("pw-{}", uuid::Uuid::new_v4().simple());
+        let server = gantry_tests::NatsServer::start_with(gantry_tests::NatsConfig {
+            user_password: Some(("gantry".into(), password.clone())),
+            tls: Some(pki.clone()),
+            verify_clients: true,
+            ..Default::default()
+        })
+        .await
+        .expect("private NATS with TLS");
+        SecureNats {
+            server,
+            pki,
+            password,
+        }
+    }
+
+    /// `tls://gantry:<password>@127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!(
+            "tls://gantry:{}@127.0.0.1:{}",
+            self.password,
+            self.server.port()
+        )
+    }
+
+    /// The CA, client certificate and key each process gets a copy of
+    /// ([`Gantry::start_alone_with`]).
+    pub fn files(&self) -> [&Path; 3] {
+        [
+            self.pki.ca.as_path(),
+            self.pki.client_cert.as_path(),
+            self.pki.client_key.as_path(),
+        ]
+    }
+
+    /// `GANTRY_NATS_URL`, `_CA`, `_CERT` and `_KEY`, the files named
+    /// relative to the process's directory (its own copies).
+    pub fn env(&self) -> Vec<(&'static str, String)> {
+        let name = |p: &Path| p.file_name().unwrap().to_string_lossy().into_owned();
+        vec![
+            ("GANTRY_NATS_URL", self.url()),
+            ("GANTRY_NATS_CA", name(&self.pki.ca)),
+            ("GANTRY_NATS_CERT", name(&self.pki.client_cert)),
+            ("GANTRY_NATS_KEY", name(&self.pki.client_key)),
+        ]
+    }
+
+    /// The test's own client, over TLS with the password.
+    pub async fn client(&self) -> async_nats::Client {
+        async_nats::ConnectOptions::with_user_and_password("gantry".into(), self.password.clone())
+            .add_root_certificates(self.pki.ca.clone())
+            .add_client_certificate(self.pki.client_cert.clone(), self.pki.client_key.clone())
+            .require_tls(true)
+            .connect(format!("127.0.0.1:{}", self.server.port()))
+            .await
+            .expect("TLS client of the private NATS")
+    }
+}
+
+/// `url` with `?sslmode=require` (Postgres over TLS).
+pub fn require_tls(url: &str) -> String {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{sep}sslmode=require")
 }
