@@ -654,6 +654,8 @@ async fn commit_group(
 /// What the log already holds that a group's requests depend on.
 #[derive(Default)]
 struct Known {
+    /// The log's last position.
+    head: i64,
     /// event id → (position, stream)
     events: HashMap<String, (i64, String)>,
     /// stream → last version
@@ -673,21 +675,20 @@ async fn run_group(
         // Take SQLite's write lock up front: a deferred transaction that
         // reads and then writes can deadlock with another process.
         Backend::Sqlite => conn.begin_with("BEGIN IMMEDIATE").await,
-        Backend::Postgres => conn.begin().await,
+        // The append lock in the same round trip as BEGIN (a simple query
+        // of two statements); the lookup that follows is a later statement,
+        // so under READ COMMITTED it sees every append committed before
+        // the lock was granted.
+        Backend::Postgres => {
+            conn.begin_with(format!(
+                "BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
+            ))
+            .await
+        }
     }
     .map_err(db)?;
-    if backend == Backend::Postgres {
-        sqlx::query("SELECT pg_advisory_xact_lock($1)")
-            .bind(APPEND_LOCK_KEY)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-    }
-    let head: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(position), 0) FROM events")
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db)?;
     let mut known = lookup(&mut tx, group).await.map_err(|e| e.to_string())?;
+    let head = known.head;
 
     let mut position = head;
     let recorded_at = now_text();
@@ -734,17 +735,12 @@ async fn run_group(
     insert_handled(&mut tx, &handled_rows)
         .await
         .map_err(|e| e.to_string())?;
-    insert_rows(&mut tx, &rows)
+    // On Postgres the last insert also notifies other processes (NOTIFY is
+    // delivered at commit): one round trip fewer under the lock.
+    let notify = backend == Backend::Postgres;
+    insert_rows(&mut tx, &rows, notify)
         .await
         .map_err(|e| e.to_string())?;
-    if let (Backend::Postgres, Some(last)) = (backend, rows.last()) {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(NOTIFY_CHANNEL)
-            .bind(last.position.to_string())
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
-    }
     tx.commit().await.map_err(db)?;
     Ok(results)
 }
@@ -790,8 +786,17 @@ async fn lookup(conn: &mut AnyConnection, group: &[WriteRequest]) -> Result<Know
     if id_chunks.is_empty() {
         id_chunks.push(&[]);
     }
+    let mut first = true;
     for chunk in id_chunks {
         let mut parts: Vec<String> = Vec::new();
+        if first {
+            // The log head rides along with the first lookup.
+            parts.push(
+                "SELECT CAST('p' AS TEXT), CAST(NULL AS TEXT), \
+                 (SELECT COALESCE(MAX(position), 0) FROM events), CAST(NULL AS TEXT)"
+                    .to_owned(),
+            );
+        }
         let mut n = 0usize;
         let mut next = || {
             n += 1;
@@ -821,9 +826,7 @@ async fn lookup(conn: &mut AnyConnection, group: &[WriteRequest]) -> Result<Know
         }
         extra_streams = &extra_streams[streams_here.len()..];
         extra_handled = &extra_handled[handled_here.len()..];
-        if parts.is_empty() {
-            continue;
-        }
+        first = false;
         let sql = parts.join(" UNION ALL ");
         let mut q = sqlx::query(&sql);
         for id in chunk {
@@ -837,6 +840,10 @@ async fn lookup(conn: &mut AnyConnection, group: &[WriteRequest]) -> Result<Know
         }
         for row in q.fetch_all(&mut *conn).await? {
             let kind: String = row.try_get(0)?;
+            if kind == "p" {
+                known.head = row.try_get(2)?;
+                continue;
+            }
             let key: String = row.try_get(1)?;
             match kind.as_str() {
                 "e" => {
@@ -977,9 +984,16 @@ fn decide_append(
     ))
 }
 
-/// Multi-row inserts: one round trip per chunk, not per event.
-async fn insert_rows(conn: &mut AnyConnection, rows: &[NewRow]) -> Result<(), StoreError> {
-    for chunk in rows.chunks(INSERT_CHUNK) {
+/// Multi-row inserts: one round trip per chunk, not per event. With
+/// `notify`, the last chunk also sends the new head on [`NOTIFY_CHANNEL`]
+/// (Postgres).
+async fn insert_rows(
+    conn: &mut AnyConnection,
+    rows: &[NewRow],
+    notify: bool,
+) -> Result<(), StoreError> {
+    let chunks = rows.chunks(INSERT_CHUNK).count();
+    for (c, chunk) in rows.chunks(INSERT_CHUNK).enumerate() {
         let values: Vec<String> = (0..chunk.len())
             .map(|r| {
                 let b = r * 9;
@@ -987,11 +1001,20 @@ async fn insert_rows(conn: &mut AnyConnection, rows: &[NewRow]) -> Result<(), St
                 format!("({})", p.join(", "))
             })
             .collect();
-        let sql = format!(
+        let insert = format!(
             "INSERT INTO events (position, event_id, stream_id, stream_version, pipeline, run_id, \
              event_type, event, recorded_at) VALUES {}",
             values.join(", ")
         );
+        let last = notify && c + 1 == chunks;
+        let sql = if last {
+            format!(
+                "WITH ins AS ({insert} RETURNING position) \
+                 SELECT pg_notify('{NOTIFY_CHANNEL}', CAST(MAX(position) AS TEXT)) FROM ins"
+            )
+        } else {
+            insert
+        };
         let mut q = sqlx::query(&sql);
         for row in chunk {
             q = q
