@@ -16,14 +16,13 @@
 
 mod wake;
 
+use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use gantry_proto::CloudEvent;
-use std::collections::{HashMap, HashSet};
-
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyConnection, AnyPool, Connection, Row};
 use tokio::sync::{mpsc, oneshot, watch};
@@ -618,10 +617,11 @@ async fn writer_loop(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Wri
 /// An `Err` means nothing of the group was written.
 ///
 /// Every round trip to the database is paid while the append lock is held,
-/// so a group takes a fixed number of them whatever its size: one read of
-/// the log head, one lookup of everything the group's requests depend on
-/// (their event ids, their streams' versions, their handled markers), one
-/// multi-row insert per table, the notification and the commit. Each
+/// so a group takes a fixed number of them whatever its size: `BEGIN` with
+/// the lock, one lookup of everything the group's requests depend on (the
+/// log head, their event ids, their streams' versions, their handled
+/// markers), one multi-row insert per table (the last one also notifying
+/// other processes on Postgres) and the commit. Each
 /// request is then decided in memory, in order, exactly as if it ran alone
 /// after the ones before it; a request that fails (a version conflict, a
 /// reused id) writes nothing and does not affect the others. Should the
