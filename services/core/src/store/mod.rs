@@ -36,8 +36,8 @@ const APPEND_LOCK_KEY: i64 = 0x6761_6e74_7279; // "gantry"
 pub const NOTIFY_CHANNEL: &str = "gantry_events";
 /// Rows per multi-row INSERT, well under both backends' bind-parameter limits.
 const INSERT_CHUNK: usize = 200;
-/// Ids per idempotency lookup.
-const ID_CHUNK: usize = 1000;
+/// Bind parameters per lookup query (well under both backends' limits).
+const LOOKUP_BINDS: usize = 1000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -758,133 +758,139 @@ struct NewRow {
     recorded_at: String,
 }
 
-/// Reads, in as few queries as the bind-parameter limits allow, the
-/// positions of every event id of the group, the last version of every
-/// stream it appends to, and which of its handled markers exist. Each is an
-/// index lookup (event_id UNIQUE, (stream_id, stream_version) UNIQUE,
-/// handled's primary key).
+/// One thing a group's appends depend on, as one branch of the lookup's
+/// `UNION ALL`. Each is an index lookup (the primary key, event_id UNIQUE,
+/// (stream_id, stream_version) UNIQUE, handled's primary key). Rows come
+/// back as (kind, key, number, text).
+enum Probe {
+    /// The log's last position.
+    Head,
+    /// The positions and streams of these event ids.
+    Ids(Vec<String>),
+    /// A stream's last version (a scalar MAX: the index's last entry).
+    Version(String),
+    /// Whether (event id, handler) is already handled.
+    Handled(String, String),
+}
+
+impl Probe {
+    fn binds(&self) -> Vec<&str> {
+        match self {
+            Probe::Head => vec![],
+            Probe::Ids(ids) => ids.iter().map(String::as_str).collect(),
+            Probe::Version(stream) => vec![stream],
+            Probe::Handled(event_id, handler) => vec![event_id, handler],
+        }
+    }
+
+    /// The branch, its placeholders numbered from `first`.
+    fn sql(&self, first: usize) -> String {
+        match self {
+            Probe::Head => "SELECT CAST('p' AS TEXT), CAST(NULL AS TEXT), \
+                 (SELECT COALESCE(MAX(position), 0) FROM events), CAST(NULL AS TEXT)"
+                .to_owned(),
+            Probe::Ids(ids) => {
+                let placeholders: Vec<String> = (first..first + ids.len())
+                    .map(|i| format!("${i}"))
+                    .collect();
+                format!(
+                    "SELECT 'e', event_id, position, stream_id FROM events WHERE event_id IN ({})",
+                    placeholders.join(", ")
+                )
+            }
+            Probe::Version(_) => format!(
+                "SELECT 'v', ${first}, (SELECT COALESCE(MAX(stream_version), 0) FROM events \
+                 WHERE stream_id = ${first}), NULL"
+            ),
+            Probe::Handled(..) => format!(
+                "SELECT 'h', event_id, NULL, handler FROM handled \
+                 WHERE event_id = ${first} AND handler = ${}",
+                first + 1
+            ),
+        }
+    }
+}
+
+/// Reads everything a group's appends depend on: the log head, the
+/// positions of its event ids, the last version of each stream it appends
+/// to, and which of its handled markers exist. One query for a group of
+/// ordinary size; more only past the bind-parameter budget.
 async fn lookup(conn: &mut AnyConnection, group: &[WriteRequest]) -> Result<Known, StoreError> {
     let mut ids: Vec<String> = Vec::new();
-    let mut streams: Vec<String> = Vec::new();
-    let mut handled: Vec<(String, String)> = Vec::new();
+    let mut probes = vec![Probe::Head];
     for request in group {
         for item in &request.batch {
-            if !streams.contains(&item.stream_id) {
-                streams.push(item.stream_id.clone());
+            let stream = &item.stream_id;
+            if !probes
+                .iter()
+                .any(|p| matches!(p, Probe::Version(s) if s == stream))
+            {
+                probes.push(Probe::Version(stream.clone()));
             }
             ids.extend(item.events.iter().map(|e| e.id.to_string()));
         }
         if let Some((handler, cause)) = &request.handled {
-            handled.push((cause.to_string(), handler.clone()));
+            probes.push(Probe::Handled(cause.to_string(), handler.clone()));
         }
     }
+    probes.extend(ids.chunks(LOOKUP_BINDS).map(|c| Probe::Ids(c.to_vec())));
+
     let mut known = Known::default();
-    // Streams and markers go with the first chunk of ids.
-    let mut extra_streams = streams.as_slice();
-    let mut extra_handled = handled.as_slice();
-    let mut id_chunks: Vec<&[String]> = ids.chunks(ID_CHUNK).collect();
-    if id_chunks.is_empty() {
-        id_chunks.push(&[]);
-    }
-    let mut first = true;
-    for chunk in id_chunks {
-        let mut parts: Vec<String> = Vec::new();
-        if first {
-            // The log head rides along with the first lookup.
-            parts.push(
-                "SELECT CAST('p' AS TEXT), CAST(NULL AS TEXT), \
-                 (SELECT COALESCE(MAX(position), 0) FROM events), CAST(NULL AS TEXT)"
-                    .to_owned(),
-            );
+    let mut batch: Vec<Probe> = Vec::new();
+    let mut binds = 0;
+    let mut probes = probes.into_iter().peekable();
+    while let Some(probe) = probes.next() {
+        binds += probe.binds().len();
+        batch.push(probe);
+        let full = probes
+            .peek()
+            .is_none_or(|next| binds + next.binds().len() > LOOKUP_BINDS);
+        if full {
+            run_probes(conn, &batch, &mut known).await?;
+            batch.clear();
+            binds = 0;
         }
-        let mut n = 0usize;
-        let mut next = || {
-            n += 1;
-            format!("${n}")
-        };
-        if !chunk.is_empty() {
-            let placeholders: Vec<String> = chunk.iter().map(|_| next()).collect();
-            parts.push(format!(
-                "SELECT 'e', event_id, position, stream_id FROM events WHERE event_id IN ({})",
-                placeholders.join(", ")
-            ));
-        }
-        let streams_here = &extra_streams[..extra_streams.len().min(ID_CHUNK)];
-        for _ in streams_here {
-            let p = next();
-            // A scalar MAX reads the index's last entry for the stream.
-            parts.push(format!(
-                "SELECT 'v', {p}, (SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = {p}), NULL"
-            ));
-        }
-        let handled_here = &extra_handled[..extra_handled.len().min(ID_CHUNK / 2)];
-        for _ in handled_here {
-            let (a, b) = (next(), next());
-            parts.push(format!(
-                "SELECT 'h', event_id, NULL, handler FROM handled WHERE event_id = {a} AND handler = {b}"
-            ));
-        }
-        extra_streams = &extra_streams[streams_here.len()..];
-        extra_handled = &extra_handled[handled_here.len()..];
-        first = false;
-        let sql = parts.join(" UNION ALL ");
-        let mut q = sqlx::query(&sql);
-        for id in chunk {
-            q = q.bind(id.clone());
-        }
-        for stream in streams_here {
-            q = q.bind(stream.clone());
-        }
-        for (event_id, handler) in handled_here {
-            q = q.bind(event_id.clone()).bind(handler.clone());
-        }
-        for row in q.fetch_all(&mut *conn).await? {
-            let kind: String = row.try_get(0)?;
-            if kind == "p" {
-                known.head = row.try_get(2)?;
-                continue;
-            }
-            let key: String = row.try_get(1)?;
-            match kind.as_str() {
-                "e" => {
-                    known.events.insert(key, (row.try_get(2)?, row.try_get(3)?));
-                }
-                "v" => {
-                    known.versions.insert(key, row.try_get(2)?);
-                }
-                _ => {
-                    known.handled.insert((key, row.try_get(3)?));
-                }
-            }
-        }
-    }
-    // Whatever did not fit with an id chunk.
-    while !extra_streams.is_empty() || !extra_handled.is_empty() {
-        let streams_here = &extra_streams[..extra_streams.len().min(ID_CHUNK)];
-        let handled_here = &extra_handled[..extra_handled.len().min(ID_CHUNK / 2)];
-        for stream in streams_here {
-            let v: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(stream_version), 0) FROM events WHERE stream_id = $1",
-            )
-            .bind(stream.clone())
-            .fetch_one(&mut *conn)
-            .await?;
-            known.versions.insert(stream.clone(), v);
-        }
-        for (event_id, handler) in handled_here {
-            let found = sqlx::query("SELECT 1 FROM handled WHERE event_id = $1 AND handler = $2")
-                .bind(event_id.clone())
-                .bind(handler.clone())
-                .fetch_optional(&mut *conn)
-                .await?;
-            if found.is_some() {
-                known.handled.insert((event_id.clone(), handler.clone()));
-            }
-        }
-        extra_streams = &extra_streams[streams_here.len()..];
-        extra_handled = &extra_handled[handled_here.len()..];
     }
     Ok(known)
+}
+
+/// One `UNION ALL` query of `probes`, its rows folded into `known`.
+async fn run_probes(
+    conn: &mut AnyConnection,
+    probes: &[Probe],
+    known: &mut Known,
+) -> Result<(), StoreError> {
+    let mut parts = Vec::with_capacity(probes.len());
+    let mut next = 1;
+    for probe in probes {
+        parts.push(probe.sql(next));
+        next += probe.binds().len();
+    }
+    let sql = parts.join(" UNION ALL ");
+    let mut q = sqlx::query(&sql);
+    for bind in probes.iter().flat_map(Probe::binds) {
+        q = q.bind(bind.to_owned());
+    }
+    for row in q.fetch_all(&mut *conn).await? {
+        let kind: String = row.try_get(0)?;
+        if kind == "p" {
+            known.head = row.try_get(2)?;
+            continue;
+        }
+        let key: String = row.try_get(1)?;
+        match kind.as_str() {
+            "e" => {
+                known.events.insert(key, (row.try_get(2)?, row.try_get(3)?));
+            }
+            "v" => {
+                known.versions.insert(key, row.try_get(2)?);
+            }
+            _ => {
+                known.handled.insert((key, row.try_get(3)?));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Decides one append against what is known (the log, and the requests of

@@ -225,3 +225,24 @@ async fn appended_events_are_masked_with_the_process_secrets() {
     assert!(!text.contains("store-test-secret-7731"), "{text}");
     assert!(text.contains("the password is ***, oops"), "{text}");
 }
+
+/// An append larger than one lookup query's bind budget is looked up in
+/// several queries, and its repetition is still recognised as a duplicate.
+#[tokio::test]
+async fn an_append_past_the_lookup_budget_is_written_once() {
+    let (store, _dir) = sqlite_store().await;
+    let events: Vec<CloudEvent> = (0..2_500).map(|_| event("r-big")).collect();
+    let first = store
+        .append("run-r-big", ExpectedVersion::NoStream, events.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.positions, (1..=2_500).collect::<Vec<i64>>());
+    assert!(!first.duplicate);
+    let again = store
+        .append("run-r-big", ExpectedVersion::Any, events)
+        .await
+        .unwrap();
+    assert!(again.duplicate);
+    assert_eq!(again.positions, first.positions);
+    assert_eq!(store.head().await.unwrap(), 2_500);
+}
