@@ -107,14 +107,12 @@ async fn read_package(packages: &PackageStore, digest: &str) -> Result<Vec<u8>, 
 /// Every secret of the pipeline, of the stage's declared variables, and
 /// every secret this process knows.
 fn stage_masker(api: &Api, pipeline: &str, stage: &str) -> gantry_core::mask::Masker {
-    let process = gantry_core::mask::process();
     let set = api.app.pipelines.get();
     let Some(p) = set.get(pipeline) else {
-        return (*process).clone();
+        return (*gantry_core::mask::process()).clone();
     };
     let env = p
         .stage(stage)
-        .and_then(|s| gantry_core::pipeline::StageEnv::resolve(s).ok())
-        .unwrap_or_default();
-    gantry_core::mask::Masker::for_stage(p, &env).merge(&process)
+        .and_then(|s| gantry_core::pipeline::StageEnv::resolve(s).ok());
+    gantry_core::mask::Masker::for_stage(p, env.as_ref())
 }

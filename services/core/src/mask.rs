@@ -78,11 +78,16 @@ impl Masker {
         m
     }
 
-    /// The pipeline's secrets plus those of a stage's declared `env`.
-    pub fn for_stage(pipeline: &Pipeline, env: &StageEnv) -> Self {
+    /// What a stage's output (command output, smoke results, diffs) is
+    /// masked with: the pipeline's secrets, those of the stage's declared
+    /// `env` when it could be resolved (a secret that cannot be read cannot
+    /// leak), and every secret this process knows ([`process`]).
+    pub fn for_stage(pipeline: &Pipeline, env: Option<&StageEnv>) -> Self {
         let mut m = Masker::for_pipeline(pipeline);
-        m.extend(env.secret_values());
-        m
+        if let Some(env) = env {
+            m.extend(env.secret_values());
+        }
+        m.merge(&process())
     }
 
     /// Every secret of every pipeline in the set.

@@ -106,11 +106,10 @@ impl Deployer {
         let stage_env = match StageEnv::resolve(stage) {
             Ok(env) => env,
             Err(e) => {
-                let masker = Masker::for_pipeline(pipeline).merge(&gantry_core::mask::process());
-                return failed(masker.mask(&e.to_string()), None);
+                return failed(Masker::for_stage(pipeline, None).mask(&e.to_string()), None);
             }
         };
-        let masker = Masker::for_stage(pipeline, &stage_env).merge(&gantry_core::mask::process());
+        let masker = Masker::for_stage(pipeline, Some(&stage_env));
         let image = image_reference(pipeline, started);
         let begun = Instant::now();
         let timeout = deploy.timeout_or_default();
