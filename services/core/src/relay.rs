@@ -17,6 +17,9 @@ use crate::store::{Backend, EventStore};
 /// Events published before their acks are awaited together.
 const BATCH: i64 = 512;
 
+/// How often the relay writes its checkpoint while it publishes.
+const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(250);
+
 pub struct Relay {
     store: EventStore,
     bus: NatsBus,
@@ -97,10 +100,12 @@ impl Relay {
     ) -> Result<(), BusError> {
         let mut wake = self.store.wakeups();
         let mut position = self.store.checkpoint(&self.checkpoint).await?;
+        let mut saved = position;
+        let mut saved_at = tokio::time::Instant::now();
         let mut last_liveness = tokio::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
-                return Ok(());
+                return self.save(saved, position).await;
             }
             if let Some(conn) = leader.as_mut() {
                 // A dead lock connection means another relay may lead now.
@@ -112,11 +117,23 @@ impl Relay {
                     last_liveness = tokio::time::Instant::now();
                 }
             }
-            let events = self.store.read_all(position, BATCH).await?;
+            // The leader reads on its lock's connection: no pool round trips.
+            let events = match leader.as_mut() {
+                Some(conn) => EventStore::read_all_on(conn, position, BATCH).await?,
+                None => self.store.read_all(position, BATCH).await?,
+            };
             if events.is_empty() {
+                // Caught up: write the checkpoint when the interval is over,
+                // unless more events come first.
+                let due = saved_at + CHECKPOINT_INTERVAL;
                 tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = shutdown.cancelled() => return self.save(saved, position).await,
                     _ = wake.wait_beyond(position) => {}
+                    _ = tokio::time::sleep_until(due), if saved != position => {
+                        self.save(saved, position).await?;
+                        saved = position;
+                        saved_at = tokio::time::Instant::now();
+                    }
                 }
                 continue;
             }
@@ -130,10 +147,24 @@ impl Relay {
                 ack.await.map_err(BusError::nats)?;
             }
             position = events.last().map(|e| e.position).unwrap_or(position);
+            // Under load, at most one checkpoint write per interval instead
+            // of one per batch: what a crash loses is published again, and
+            // JetStream drops it by `Nats-Msg-Id`.
+            if saved_at.elapsed() >= CHECKPOINT_INTERVAL {
+                self.save(saved, position).await?;
+                saved = position;
+                saved_at = tokio::time::Instant::now();
+            }
+        }
+    }
+
+    async fn save(&self, saved: i64, position: i64) -> Result<(), BusError> {
+        if position != saved {
             self.store
                 .save_checkpoint_relaxed(&self.checkpoint, position)
                 .await?;
         }
+        Ok(())
     }
 }
 

@@ -160,15 +160,12 @@ impl App {
     }
 
     /// Starts what every process runs in the background: the relay candidate
-    /// (with NATS), the projector, and pipeline reload on SIGHUP.
+    /// (with NATS) and pipeline reload on SIGHUP.
     pub fn spawn_background(&self, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
         if let Some(nats) = &self.nats {
             let relay = Relay::new(self.store.clone(), nats.clone());
             tasks.spawn(relay.run(shutdown.child_token()));
         }
-        let projections = self.projections.clone();
-        let token = shutdown.child_token();
-        tasks.spawn(async move { projections.run(token).await });
         #[cfg(unix)]
         {
             let pipelines = self.pipelines.clone();
@@ -187,6 +184,16 @@ impl App {
                 }
             });
         }
+    }
+
+    /// Keeps the projections folded as events arrive, so reads find them
+    /// ready. Only processes that read them run it (the API's): every read
+    /// catches up first anyway, and an ingress process (webhooks) then
+    /// spends its time on appends alone.
+    pub fn spawn_projector(&self, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
+        let projections = self.projections.clone();
+        let token = shutdown.child_token();
+        tasks.spawn(async move { projections.run(token).await });
     }
 
     /// Runs `handler` as a consumer until shutdown, restarting it after bus errors.

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use axum::Router;
 use clap::{Subcommand, ValueEnum};
 use gantry_core::bus::{EventBus, NatsBus, SqlBus};
 use gantry_core::relay::Relay;
@@ -18,6 +17,9 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::Global;
+
+mod webhooks;
+use webhooks::{webhooks, Load};
 
 #[derive(Debug, Subcommand)]
 pub enum BenchCommand {
@@ -67,13 +69,36 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
-    /// Verified webhooks/s and latency against an in-process server.
+    /// Verified webhooks/s and latency: distinct signed GitHub pushes of
+    /// distinct commits over open keep-alive connections (like `wrk`), then
+    /// a check that every accepted webhook made exactly one run.
     Webhooks {
+        /// Requests to send (ignored with --duration).
         #[arg(long, default_value_t = 10_000)]
         requests: usize,
-        #[arg(long, default_value_t = 16)]
+        /// Open connections, each sending its next request when the last
+        /// one is answered.
+        #[arg(long, alias = "connections", default_value_t = 16)]
         concurrency: usize,
+        /// Send for this long instead of a number of requests (e.g. 5s).
+        #[arg(long, value_parser = parse_duration)]
+        duration: Option<Duration>,
+        /// Serve from this many separate `gantry serve webhook` processes
+        /// (started from this binary with the same --database-url and
+        /// --nats-url), the connections spread over them as a Kubernetes
+        /// Service spreads connections; 0 serves in this process.
+        #[arg(long, default_value_t = 0)]
+        replicas: usize,
+        /// Then measure Postgres's own commit rate with `pgbench` (one-row
+        /// inserts, as many clients as connections, as long as the load ran)
+        /// and report the ratio.
+        #[arg(long)]
+        pgbench: bool,
     },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    gantry_core::pipeline::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -101,7 +126,17 @@ pub async fn run(command: BenchCommand, global: &Global) -> anyhow::Result<()> {
         BenchCommand::Webhooks {
             requests,
             concurrency,
-        } => webhooks(global, requests, concurrency).await,
+            duration,
+            replicas,
+            pgbench,
+        } => {
+            let load = Load {
+                requests,
+                connections: concurrency,
+                duration,
+            };
+            webhooks(global, load, replicas, pgbench).await
+        }
         BenchCommand::Packages { size_mb, rounds } => packages(global, size_mb, rounds).await,
         BenchCommand::Orchestration {
             runs,
@@ -407,95 +442,6 @@ async fn throughput(global: &Global, n: usize, writers: usize, batch: usize) -> 
     Ok(())
 }
 
-async fn webhooks(global: &Global, n: usize, concurrency: usize) -> anyhow::Result<()> {
-    use hmac::{Hmac, Mac};
-    use sha2::Sha256;
-
-    const SECRET: &str = "bench-secret";
-    let dir = tempfile::tempdir()?;
-    let pipelines = dir.path().join("pipelines");
-    std::fs::create_dir_all(&pipelines)?;
-    std::fs::write(
-        pipelines.join("bench.yaml"),
-        "name: bench\nsource:\n  repo: https://git.example.com/bench/config.git\n  branch: main\n  \
-         webhook_secret: env:GANTRY_BENCH_WEBHOOK_SECRET\ngateway:\n  format: yaml\n  path: gateway/\n\
-         stages:\n  - name: test\n  - name: prod\n",
-    )?;
-    std::env::set_var("GANTRY_BENCH_WEBHOOK_SECRET", SECRET);
-    let mut settings: Settings = global.settings();
-    settings.pipelines = pipelines;
-    settings.data_dir = dir.path().join("data");
-    settings.nats_url = None;
-    let app = App::start(settings).await?;
-    let http: Router = gantry_webhook::router(app.clone());
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, http).await });
-
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(concurrency)
-        .build()?;
-    let next = Arc::new(AtomicUsize::new(0));
-    let start = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..concurrency {
-        let (client, next) = (client.clone(), next.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut samples = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return anyhow::Ok(samples);
-                }
-                let body = serde_json::to_vec(&json!({
-                    "ref": "refs/heads/main",
-                    "after": format!("{:040x}", i + 1),
-                    "repository": { "clone_url": "https://git.example.com/bench/config.git" },
-                    "head_commit": { "message": "bench", "author": { "name": "b", "email": "b@example.com" } }
-                }))?;
-                let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes())?;
-                mac.update(&body);
-                let sig = format!("sha256={}", hex::encode(mac.finalize().into_bytes()));
-                let t0 = Instant::now();
-                let resp = client
-                    .post(format!("http://{addr}/webhooks/github"))
-                    .header("X-GitHub-Event", "push")
-                    .header("X-GitHub-Delivery", format!("bench-{i}"))
-                    .header("X-Hub-Signature-256", sig)
-                    .body(body)
-                    .send()
-                    .await?;
-                let status = resp.status();
-                let _ = resp.bytes().await?;
-                if status != 202 {
-                    bail!("webhook answered {status}");
-                }
-                samples.push(t0.elapsed().as_micros() as u64);
-            }
-        }));
-    }
-    let mut samples = Vec::with_capacity(n);
-    for t in tasks {
-        samples.extend(t.await??);
-    }
-    let elapsed = start.elapsed();
-    let runs = app.store.head().await? / 2;
-    println!(
-        "{}",
-        json!({
-            "bench": "webhooks",
-            "store": format!("{:?}", app.store.backend()).to_lowercase(),
-            "requests": n,
-            "concurrency": concurrency,
-            "runs_recorded": runs,
-            "seconds": elapsed.as_secs_f64(),
-            "webhooks_per_second": n as f64 / elapsed.as_secs_f64(),
-            "latency": percentiles(samples),
-        })
-    );
-    Ok(())
-}
-
 /// Stands in for envgen: answers `run.started` with one `package.built` per
 /// stage at once, so what is measured is Gantry's own orchestration.
 struct InstantPackages;
@@ -575,6 +521,7 @@ async fn orchestration(
     let _stop = shutdown.clone().drop_guard();
     let mut tasks = tokio::task::JoinSet::new();
     app.spawn_background(&mut tasks, &shutdown);
+    app.spawn_projector(&mut tasks, &shutdown);
     let conductor = gantry_conductor::Conductor::new(app.store.clone(), app.pipelines.clone());
     app.spawn_consumer(&mut tasks, &shutdown, Arc::new(conductor));
     app.spawn_consumer(&mut tasks, &shutdown, Arc::new(InstantPackages));

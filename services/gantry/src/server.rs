@@ -135,6 +135,10 @@ async fn run(
     });
     let mut tasks = JoinSet::new();
     app.spawn_background(&mut tasks, &shutdown);
+    // Projections are read by the API only (`up`, `serve api`).
+    if matches!(role, "up" | "api") {
+        app.spawn_projector(&mut tasks, &shutdown);
+    }
     for worker in workers {
         app.spawn_consumer(&mut tasks, &shutdown, worker);
     }

@@ -250,6 +250,10 @@ impl EventStore {
             )
             .min_connections(1)
             .acquire_timeout(Duration::from_secs(10))
+            // sqlx pings every connection given back to the pool and drops
+            // it if the ping fails; a second ping on taking it out again
+            // would cost every query a round trip more.
+            .test_before_acquire(false)
             .after_connect(move |conn, _| {
                 Box::pin(async move {
                     if backend == Backend::Postgres {
@@ -410,13 +414,24 @@ impl EventStore {
 
     /// Up to `limit` events after `position`, in position order.
     pub async fn read_all(&self, after: i64, limit: i64) -> Result<Vec<RecordedEvent>, StoreError> {
+        let mut conn = self.inner.pool.acquire().await?;
+        Self::read_all_on(&mut conn, after, limit).await
+    }
+
+    /// [`EventStore::read_all`] on a connection the caller holds (the
+    /// relay reads on the connection that holds its leadership).
+    pub async fn read_all_on(
+        conn: &mut AnyConnection,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<RecordedEvent>, StoreError> {
         let rows = sqlx::query(
             "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
              WHERE position > $1 ORDER BY position LIMIT $2",
         )
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.inner.pool)
+        .fetch_all(&mut *conn)
         .await?;
         rows.iter().map(decode_row).collect()
     }
@@ -530,9 +545,9 @@ impl EventStore {
         if self.inner.backend != Backend::Postgres {
             return self.save_checkpoint(name, position).await;
         }
-        let mut tx = self.inner.pool.begin().await?;
-        sqlx::query("SET LOCAL synchronous_commit = off")
-            .execute(&mut *tx)
+        let mut conn = self.inner.pool.acquire().await?;
+        let mut tx = conn
+            .begin_with("BEGIN; SET LOCAL synchronous_commit = off")
             .await?;
         save_checkpoint(&mut *tx, name, position).await?;
         tx.commit().await?;
@@ -575,13 +590,31 @@ struct WriteRequest {
 /// Appends waiting at once are committed together.
 const MAX_GROUP: usize = 128;
 
+/// Groups in flight at once on Postgres. While one group commits (its
+/// disk sync, its replies), the next is already formed and waiting for the
+/// append lock, so the round trips of two groups overlap instead of adding
+/// up. The next group asks for the lock only once the one before holds it:
+/// they take it, and so commit, in the order they were formed.
+const IN_FLIGHT: usize = 2;
+
 /// The one writer of this process: takes every append waiting at the moment
-/// and commits them in one transaction, each in its own savepoint so that a
-/// conflict fails only its own request. Appends stay serialized (positions
-/// commit in order), but concurrent appends share one disk sync instead of
+/// and commits them in one transaction, each request decided on its own so
+/// that a conflict fails only that request. Positions commit in order (the
+/// append lock), but concurrent appends share one disk sync instead of
 /// queueing for one each.
 async fn writer_loop(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<WriteRequest>) {
+    // SQLite has one write lock and a busy handler that polls for it: a
+    // second transaction waiting on it would only add sleeps.
+    let slots = Arc::new(tokio::sync::Semaphore::new(match backend {
+        Backend::Sqlite => 1,
+        Backend::Postgres => IN_FLIGHT,
+    }));
+    let connections = Connections::default();
     while let Some(first) = rx.recv().await {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        // Appends that arrived while waiting for a slot join this group.
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -589,27 +622,72 @@ async fn writer_loop(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Wri
                 Err(_) => break,
             }
         }
-        let mut results = Vec::with_capacity(group.len());
-        let outcome = commit_group(&pool, backend, &group, &mut results).await;
-        let mut results = results.into_iter();
-        for request in group {
-            let result = match (&outcome, results.next()) {
-                (Ok(()), Some(own)) => own,
-                // A request that failed on its own would have failed anyway.
-                (Err(_), Some(Err(own)))
-                    if matches!(
-                        own,
-                        StoreError::Conflict { .. } | StoreError::IdReused { .. }
-                    ) =>
-                {
-                    Err(own)
-                }
-                (Err(e), _) => Err(StoreError::CommitFailed(e.clone())),
-                (Ok(()), None) => Err(StoreError::CommitFailed("request was not run".into())),
-            };
-            // The caller may have gone away; the append stands regardless.
-            let _ = request.reply.send(result);
+        let (locked, lock_taken) = oneshot::channel();
+        let (pool, connections) = (pool.clone(), connections.clone());
+        tokio::spawn(async move {
+            commit_and_reply(&pool, &connections, backend, group, locked).await;
+            drop(slot);
+        });
+        // Sent once the group holds the append lock, or dropped when it
+        // failed before: either way the next group may ask for it now.
+        let _ = lock_taken.await;
+    }
+}
+
+/// The writer's connections, kept between groups: taking one from the pool
+/// and giving it back costs a round trip each (sqlx pings a connection when
+/// it is returned), paid for every group otherwise. One that failed is not
+/// kept.
+#[derive(Clone, Default)]
+struct Connections(Arc<std::sync::Mutex<Vec<sqlx::pool::PoolConnection<sqlx::Any>>>>);
+
+impl Connections {
+    async fn take(
+        &self,
+        pool: &AnyPool,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Any>, sqlx::Error> {
+        let kept = self.0.lock().ok().and_then(|mut kept| kept.pop());
+        match kept {
+            Some(conn) => Ok(conn),
+            None => pool.acquire().await,
         }
+    }
+
+    fn keep(&self, conn: sqlx::pool::PoolConnection<sqlx::Any>) {
+        if let Ok(mut kept) = self.0.lock() {
+            kept.push(conn);
+        }
+    }
+}
+
+/// Commits `group` and answers each of its requests.
+async fn commit_and_reply(
+    pool: &AnyPool,
+    connections: &Connections,
+    backend: Backend,
+    group: Vec<WriteRequest>,
+    locked: oneshot::Sender<()>,
+) {
+    let mut results = Vec::with_capacity(group.len());
+    let outcome = commit_group(pool, connections, backend, &group, &mut results, locked).await;
+    let mut results = results.into_iter();
+    for request in group {
+        let result = match (&outcome, results.next()) {
+            (Ok(()), Some(own)) => own,
+            // A request that failed on its own would have failed anyway.
+            (Err(_), Some(Err(own)))
+                if matches!(
+                    own,
+                    StoreError::Conflict { .. } | StoreError::IdReused { .. }
+                ) =>
+            {
+                Err(own)
+            }
+            (Err(e), _) => Err(StoreError::CommitFailed(e.clone())),
+            (Ok(()), None) => Err(StoreError::CommitFailed("request was not run".into())),
+        };
+        // The caller may have gone away; the append stands regardless.
+        let _ = request.reply.send(result);
     }
 }
 
@@ -629,18 +707,21 @@ async fn writer_loop(pool: AnyPool, backend: Backend, mut rx: mpsc::Receiver<Wri
 /// that one bad request fails alone.
 async fn commit_group(
     pool: &AnyPool,
+    connections: &Connections,
     backend: Backend,
     group: &[WriteRequest],
     results: &mut Vec<Result<(Appended, bool), StoreError>>,
+    locked: oneshot::Sender<()>,
 ) -> Result<(), String> {
-    match run_group(pool, backend, group).await {
+    match run_group(pool, connections, backend, group, Some(locked)).await {
         Ok(own) => {
             results.extend(own);
             Ok(())
         }
         Err(_) if group.len() > 1 => {
             for request in group {
-                match run_group(pool, backend, std::slice::from_ref(request)).await {
+                let alone = std::slice::from_ref(request);
+                match run_group(pool, connections, backend, alone, None).await {
                     Ok(own) => results.extend(own),
                     Err(e) => results.push(Err(StoreError::CommitFailed(e))),
                 }
@@ -666,11 +747,24 @@ struct Known {
 
 async fn run_group(
     pool: &AnyPool,
+    connections: &Connections,
     backend: Backend,
     group: &[WriteRequest],
+    locked: Option<oneshot::Sender<()>>,
+) -> Result<Vec<Result<(Appended, bool), StoreError>>, String> {
+    let mut conn = connections.take(pool).await.map_err(|e| e.to_string())?;
+    let results = run_group_on(&mut conn, backend, group, locked).await?;
+    connections.keep(conn);
+    Ok(results)
+}
+
+async fn run_group_on(
+    conn: &mut AnyConnection,
+    backend: Backend,
+    group: &[WriteRequest],
+    locked: Option<oneshot::Sender<()>>,
 ) -> Result<Vec<Result<(Appended, bool), StoreError>>, String> {
     let db = |e: sqlx::Error| e.to_string();
-    let mut conn = pool.acquire().await.map_err(db)?;
     let mut tx = match backend {
         // Take SQLite's write lock up front: a deferred transaction that
         // reads and then writes can deadlock with another process.
@@ -680,13 +774,20 @@ async fn run_group(
         // so under READ COMMITTED it sees every append committed before
         // the lock was granted.
         Backend::Postgres => {
+            // A generic plan for the group's statements: their shapes
+            // repeat and each is an index lookup or an insert, so planning
+            // them anew on every execution is wasted under the lock.
             conn.begin_with(format!(
-                "BEGIN; SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
+                "BEGIN; SET LOCAL plan_cache_mode = force_generic_plan; \
+                 SELECT pg_advisory_xact_lock({APPEND_LOCK_KEY})"
             ))
             .await
         }
     }
     .map_err(db)?;
+    if let Some(locked) = locked {
+        let _ = locked.send(());
+    }
     let mut known = lookup(&mut tx, group).await.map_err(|e| e.to_string())?;
     let head = known.head;
 
