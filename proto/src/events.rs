@@ -7,6 +7,8 @@ use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use crate::plan::StagePlan;
+use crate::plan::Trigger;
 use crate::{EventName, EventPayload};
 
 macro_rules! payload {
@@ -75,17 +77,6 @@ pub struct CommitReceived {
 }
 payload!(CommitReceived => CommitReceived);
 
-/// One stage of a run's plan, frozen from the pipeline definition when the run started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-pub struct StagePlan {
-    pub name: String,
-    /// The stage that must have promoted this run first; none for the first stage.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub after: Option<String>,
-    /// Which steps this stage has: `package`, `image`, `deploy`, `apimanager`, `smoke`, `approval`.
-    pub steps: Vec<String>,
-}
-
 /// A run exists for (pipeline, commit), with its stage plan.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct RunStarted {
@@ -102,8 +93,7 @@ pub struct RunStarted {
     /// webhook's pusher/sender, whoever triggered the run by hand.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authors: Vec<Person>,
-    /// `webhook`, `manual` or `rollback`.
-    pub trigger: String,
+    pub trigger: Trigger,
     pub stages: Vec<StagePlan>,
     /// Set on a manual rollback: this run re-promotes an earlier release.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -2,15 +2,27 @@
 //!
 //! Every fact Gantry records is a [`CloudEvent`] whose `data` is one of the
 //! payload structs in [`events`]. [`EventName`] lists them all, with the
-//! CloudEvents `type` and the NATS subject each travels on.
+//! CloudEvents `type` and the NATS subject each travels on. [`plan`] holds
+//! a run's stage plan and the order of a stage's steps ([`Step::ORDER`]),
+//! [`status`] the statuses of runs and stages.
+
+#[macro_use]
+mod wire_enum;
 
 pub mod envelope;
 pub mod events;
+pub mod plan;
+#[cfg(test)]
+mod readme;
 pub mod schema;
+pub mod status;
 pub mod subject;
 
 pub use envelope::{CloudEvent, DecodeError};
+pub use plan::{StagePlan, Step, Trigger};
+pub use status::{RunStatus, StageStatus};
 pub use subject::Subjects;
+pub use wire_enum::UnknownValue;
 
 use serde::{de::DeserializeOwned, Serialize};
 

@@ -210,7 +210,7 @@ async fn prune_keeps_what_runs_can_reach_and_removes_the_rest() {
     use gantry_core::packages::retention::{prune, Keep, RetentionPolicy};
     use gantry_core::ExpectedVersion;
     use gantry_proto::events::*;
-    use gantry_proto::{CloudEvent, EventPayload};
+    use gantry_proto::{CloudEvent, EventPayload, Step, Trigger};
 
     let nats = NatsServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -247,11 +247,11 @@ async fn prune_keeps_what_runs_can_reach_and_removes_the_rest() {
                     message: None,
                     author: None,
                     authors: vec![],
-                    trigger: "manual".into(),
+                    trigger: Trigger::Manual,
                     stages: vec![StagePlan {
                         name: "test".into(),
                         after: None,
-                        steps: vec!["package".into()],
+                        steps: vec![Step::Package],
                     }],
                     rollback: None,
                 },

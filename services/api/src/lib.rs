@@ -28,6 +28,7 @@ use gantry_core::projection::RunFilter;
 use gantry_core::trigger::{self, CommitInfo};
 use gantry_core::{App, Problem};
 use gantry_proto::events::Person;
+use gantry_proto::RunStatus;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -188,7 +189,6 @@ async fn list_runs(
     State(api): State<Api>,
     Query(q): Query<RunsQuery>,
 ) -> Result<Response, Problem> {
-    const STATUSES: &[&str] = &["running", "succeeded", "failed", "superseded", "cancelled"];
     if let Some(limit) = q.limit {
         if limit < 1 {
             return Err(Problem::bad_request(format!(
@@ -196,20 +196,21 @@ async fn list_runs(
             )));
         }
     }
-    if let Some(s) = q.status.as_deref().filter(|s| !s.is_empty()) {
-        if !STATUSES.contains(&s) {
-            return Err(Problem::bad_request(format!(
-                "status `{s}` is not one of {}",
-                STATUSES.join(", ")
-            )));
-        }
-    }
+    let status = q
+        .status
+        .as_deref()
+        .filter(|s| !s.is_empty())
+        .map(str::parse::<RunStatus>)
+        .transpose()
+        .map_err(|e| {
+            Problem::bad_request(format!("status `{}` is not one of {}", e.value, e.expected))
+        })?;
     let runs = api
         .app
         .projections
         .list_runs(&RunFilter {
             pipeline: q.pipeline.filter(|p| !p.is_empty()),
-            status: q.status.filter(|s| !s.is_empty()),
+            status,
             limit: q.limit,
         })
         .await?;

@@ -1,5 +1,6 @@
 //! The `apim` service: after a stage is deployed (or at `stage.started` for
-//! a stage without `deploy`), the API Manager configuration of the commit
+//! a stage without `deploy`: the step before `apimanager` in
+//! [`Step::ORDER`]), the API Manager configuration of the commit
 //! being promoted is reconciled into the stage's API Manager, and
 //! `apis.promoted` (every change: target, action, field names) or
 //! `apis.failed` (the reason, and the breaking fields when that is why) is
@@ -35,7 +36,7 @@ use gantry_core::store::latest_for_stage;
 use gantry_core::trigger::run_stream;
 use gantry_core::{EventStore, ExpectedVersion, NewEvents};
 use gantry_proto::events::{ApiChange, ApisFailed, ApisPromoted, StageStarted};
-use gantry_proto::{CloudEvent, EventName};
+use gantry_proto::{CloudEvent, EventName, Step};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -447,13 +448,9 @@ impl Handler for Apim {
         let Some(stage) = pipeline.stage(stage_name) else {
             return Ok(vec![]);
         };
-        // After the deploy when the stage has one, else when it starts.
-        let trigger = match name {
-            EventName::DeployCompleted => stage.deploy.is_some(),
-            EventName::StageStarted => stage.deploy.is_none(),
-            _ => false,
-        };
-        if stage.apimanager.is_none() || !trigger {
+        // After the step before this one: the deploy when the stage has
+        // one, else when it starts.
+        if !Step::ApiManager.begins_at(name, &pipeline.steps(stage)) {
             return Ok(vec![]);
         }
         let commit = match name {

@@ -12,7 +12,10 @@
 //! # What a run's stage goes through
 //!
 //! Each run follows the stage plan frozen in its `run.started` (order,
-//! `after`, steps). Stage *settings* that are operational — approval policy,
+//! `after`, steps). A stage's steps run in the order of
+//! [`Step::ORDER`](gantry_proto::Step::ORDER): the gates `package`, `image`
+//! and `approval` (rules 2 and 5 below), then, after `stage.started`, the
+//! promotion's steps (*In the stage*). Stage *settings* that are operational — approval policy,
 //! freeze windows, queue policy — are read from the current [`Pipeline`]
 //! definition by stage name (a stage no longer defined gets the defaults: no
 //! freeze, `latest`, and, if its plan has an `approval` step, one approval).
@@ -78,7 +81,9 @@
 //! `deploy.failed` (a readiness failure is a `deploy.failed`; the plan's
 //! `ready` step has no event of its own), `apis.promoted` / `apis.failed`,
 //! `smoke.passed` / `smoke.failed`, for the steps `deploy`, `apimanager`,
-//! `smoke` present in the plan. When every present step succeeded:
+//! `smoke` present in the plan, each after the one before it
+//! ([`Step::starts_after`](gantry_proto::Step::starts_after)). When every
+//! present step succeeded:
 //! `env.promoted`. The first failure ends the attempt (later results of that
 //! attempt are ignored); it is rolled back:
 //!

@@ -8,7 +8,7 @@
 //! that created it has returned.
 
 use gantry_proto::events as ev;
-use gantry_proto::{CloudEvent, EventName};
+use gantry_proto::{CloudEvent, EventName, RunStatus, StageStatus, Step, Trigger, UnknownValue};
 use serde::Serialize;
 use sqlx::{AnyConnection, Connection, Row};
 use tokio_util::sync::CancellationToken;
@@ -27,13 +27,12 @@ pub struct RunSummary {
     pub commit: String,
     pub branch: String,
     pub repository: String,
-    pub trigger: String,
+    pub trigger: Trigger,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub author: Option<String>,
-    /// `running`, `succeeded`, `failed`, `superseded` or `cancelled`.
-    pub status: String,
+    pub status: RunStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub created_at: String,
@@ -44,10 +43,10 @@ pub struct RunSummary {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct StageView {
     pub name: String,
-    pub status: String,
+    pub status: StageStatus,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub after: Option<String>,
-    pub steps: Vec<String>,
+    pub steps: Vec<Step>,
     /// For a waiting stage: why it waits (`stage.queued` / `approval.requested` data).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub waiting: Option<serde_json::Value>,
@@ -88,7 +87,7 @@ pub struct Release {
 #[derive(Debug, Clone, Default)]
 pub struct RunFilter {
     pub pipeline: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<RunStatus>,
     pub limit: Option<i64>,
 }
 
@@ -212,7 +211,7 @@ impl Projections {
              ORDER BY created_at DESC, run_id DESC LIMIT $3"
         ))
         .bind(filter.pipeline.clone().unwrap_or_default())
-        .bind(filter.status.clone().unwrap_or_default())
+        .bind(filter.status.map_or("", RunStatus::as_str))
         .bind(filter.limit.unwrap_or(100).clamp(1, 1000))
         .fetch_all(self.store.pool())
         .await?;
@@ -239,7 +238,7 @@ impl Projections {
             .map(|r| {
                 Ok(StageView {
                     name: r.try_get(0)?,
-                    status: r.try_get(1)?,
+                    status: parsed(r, 1)?,
                     after: r.try_get(2)?,
                     steps: json_or_default(r.try_get::<String, _>(3)?),
                     waiting: r
@@ -305,7 +304,7 @@ impl Projections {
                     pipeline: r.try_get(1)?,
                     run_id: r.try_get(2)?,
                     stage: r.try_get(3)?,
-                    run_status: r.try_get(4)?,
+                    run_status: parsed(r, 4)?,
                     run_created_at: chrono::DateTime::parse_from_rfc3339(&created)
                         .ok()
                         .map(|t| t.with_timezone(&chrono::Utc)),
@@ -327,14 +326,28 @@ fn run_from_row(r: &sqlx::any::AnyRow) -> Result<RunSummary, StoreError> {
         commit: r.try_get(2)?,
         branch: r.try_get(3)?,
         repository: r.try_get(4)?,
-        trigger: r.try_get(5)?,
+        trigger: parsed(r, 5)?,
         message: r.try_get(6)?,
         author: r.try_get(7)?,
-        status: r.try_get(8)?,
+        status: parsed(r, 8)?,
         reason: r.try_get(9)?,
         created_at: r.try_get(10)?,
         updated_at: r.try_get(11)?,
     })
+}
+
+/// A column holding one of a closed set of words; the projector writes
+/// only known ones, so another is a decode error naming the column.
+fn parsed<T: std::str::FromStr<Err = UnknownValue>>(
+    r: &sqlx::any::AnyRow,
+    index: usize,
+) -> Result<T, sqlx::Error> {
+    let s: String = r.try_get(index)?;
+    s.parse()
+        .map_err(|e: UnknownValue| sqlx::Error::ColumnDecode {
+            index: index.to_string(),
+            source: Box::new(e),
+        })
 }
 
 fn json_or_default<T: serde::de::DeserializeOwned + Default>(s: String) -> T {
@@ -369,95 +382,91 @@ async fn apply(
             }
         };
     }
-    match name {
-        EventName::RunStarted => {
-            let d = data!(ev::RunStarted);
-            let author = d.author.as_ref().and_then(|a| {
-                a.name
-                    .clone()
-                    .or_else(|| a.username.clone())
-                    .or_else(|| a.email.clone())
-            });
+    if name == EventName::RunStarted {
+        let d = data!(ev::RunStarted);
+        let author = d.author.as_ref().and_then(|a| {
+            a.name
+                .clone()
+                .or_else(|| a.username.clone())
+                .or_else(|| a.email.clone())
+        });
+        sqlx::query(
+            "INSERT INTO runs (run_id, pipeline, commit_sha, branch, repository, trigger_kind, \
+             message, author, status, created_at, updated_at, last_position) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) \
+             ON CONFLICT (run_id) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(&event.pipeline)
+        .bind(&d.commit)
+        .bind(&d.branch)
+        .bind(&d.repository)
+        .bind(d.trigger.as_str())
+        .bind(d.message.clone())
+        .bind(author)
+        .bind(RunStatus::Running.as_str())
+        .bind(&at)
+        .bind(position)
+        .execute(&mut *conn)
+        .await?;
+        for (i, s) in d.stages.iter().enumerate() {
             sqlx::query(
-                "INSERT INTO runs (run_id, pipeline, commit_sha, branch, repository, trigger_kind, \
-                 message, author, status, created_at, updated_at, last_position) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, 'running', $9, $9, $10) \
-                 ON CONFLICT (run_id) DO NOTHING",
+                "INSERT INTO stages (run_id, stage, ordinal, after_stage, steps, status, approvals, updated_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, '[]', $7) ON CONFLICT (run_id, stage) DO NOTHING",
             )
             .bind(run_id)
-            .bind(&event.pipeline)
-            .bind(&d.commit)
-            .bind(&d.branch)
-            .bind(&d.repository)
-            .bind(&d.trigger)
-            .bind(d.message.clone())
-            .bind(author)
+            .bind(&s.name)
+            .bind(i as i64)
+            .bind(s.after.clone())
+            .bind(serde_json::to_string(&s.steps).unwrap_or_else(|_| "[]".into()))
+            .bind(StageStatus::Pending.as_str())
             .bind(&at)
-            .bind(position)
             .execute(&mut *conn)
             .await?;
-            for (i, s) in d.stages.iter().enumerate() {
-                sqlx::query(
-                    "INSERT INTO stages (run_id, stage, ordinal, after_stage, steps, status, approvals, updated_at) \
-                     VALUES ($1, $2, $3, $4, $5, 'pending', '[]', $6) ON CONFLICT (run_id, stage) DO NOTHING",
-                )
-                .bind(run_id)
-                .bind(&s.name)
-                .bind(i as i64)
-                .bind(s.after.clone())
-                .bind(serde_json::to_string(&s.steps).unwrap_or_else(|_| "[]".into()))
-                .bind(&at)
-                .execute(&mut *conn)
-                .await?;
+        }
+        return Ok(());
+    }
+    if let Some(status) = RunStatus::after(name) {
+        let reason = match name {
+            EventName::RunFailed => Some(data!(ev::RunFailed).reason),
+            EventName::RunSuperseded => {
+                let d = data!(ev::RunSuperseded);
+                Some(format!(
+                    "superseded by run {} in stage {}",
+                    d.by_run, d.stage
+                ))
             }
-            return Ok(());
-        }
-        EventName::RunSucceeded => set_run(conn, run_id, "succeeded", None, &at, position).await?,
-        EventName::RunFailed => {
-            let d = data!(ev::RunFailed);
-            set_run(conn, run_id, "failed", Some(d.reason), &at, position).await?
-        }
-        EventName::RunSuperseded => {
-            let d = data!(ev::RunSuperseded);
-            let reason = format!("superseded by run {} in stage {}", d.by_run, d.stage);
-            set_run(conn, run_id, "superseded", Some(reason), &at, position).await?
-        }
-        EventName::RunCancelled => {
-            let d = data!(ev::RunCancelled);
-            let reason = format!(
-                "cancelled by {}{}",
-                d.user,
-                d.reason.map(|r| format!(": {r}")).unwrap_or_default()
-            );
-            set_run(conn, run_id, "cancelled", Some(reason), &at, position).await?
-        }
-        _ => {}
+            EventName::RunCancelled => {
+                let d = data!(ev::RunCancelled);
+                Some(format!(
+                    "cancelled by {}{}",
+                    d.user,
+                    d.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                ))
+            }
+            _ => None,
+        };
+        set_run(conn, run_id, status, reason, &at, position).await?;
     }
     let Some(stage) = stage else {
         return Ok(());
     };
-    let update = StageUpdate::new(conn, run_id, &stage, &at);
+    let mut update = StageUpdate::new(conn, run_id, &stage, &at);
+    if let Some(status) = StageStatus::after(name) {
+        update = update.status(status);
+    }
     match name {
         EventName::PackageBuilt => {
             let d = data!(ev::PackageBuilt);
-            update
-                .status("packaged")
-                .set("package_digest", d.digest)
-                .run()
-                .await?
+            update.set("package_digest", d.digest).run().await?
         }
         EventName::PackageFailed => {
             let d = data!(ev::PackageFailed);
-            update
-                .status("failed")
-                .set("reason", d.reason)
-                .run()
-                .await?
+            update.set("reason", d.reason).run().await?
         }
         EventName::ImagePushed => {
             let d = data!(ev::ImagePushed);
             update
-                .status("image_ready")
                 .set("image", format!("{}:{}", d.repository, d.tag))
                 .set("image_digest", d.digest)
                 .run()
@@ -465,26 +474,10 @@ async fn apply(
         }
         EventName::ImageFailed => {
             let d = data!(ev::ImageFailed);
-            update
-                .status("failed")
-                .set("reason", d.reason)
-                .run()
-                .await?
+            update.set("reason", d.reason).run().await?
         }
-        EventName::StageQueued => {
-            update
-                .status("queued")
-                .set("waiting", event.data.to_string())
-                .run()
-                .await?
-        }
-        EventName::ApprovalRequested => {
-            update
-                .status("awaiting_approval")
-                .set("waiting", event.data.to_string())
-                .run()
-                .await?
-        }
+        EventName::StageQueued => update.set("waiting", event.data.to_string()).run().await?,
+        EventName::ApprovalRequested => update.set("waiting", event.data.to_string()).run().await?,
         EventName::ApprovalGranted | EventName::ApprovalRejected => {
             let current: Option<String> =
                 sqlx::query_scalar("SELECT approvals FROM stages WHERE run_id = $1 AND stage = $2")
@@ -511,45 +504,32 @@ async fn apply(
             let update = update.set("approvals", approvals);
             if name == EventName::ApprovalRejected {
                 let d = data!(ev::ApprovalRejected);
-                update
-                    .status("rejected")
-                    .set("reason", d.reason)
-                    .run()
-                    .await?
+                update.set("reason", d.reason).run().await?
             } else {
                 update.run().await?
             }
         }
-        EventName::StageStarted => update.status("deploying").clear_waiting().run().await?,
-        EventName::DeployCompleted => update.status("deployed").run().await?,
+        EventName::StageStarted => update.clear_waiting().run().await?,
+        EventName::DeployCompleted => update.run().await?,
         EventName::DeployFailed => {
             let d = data!(ev::DeployFailed);
-            update
-                .status("failed")
-                .set("reason", d.reason)
-                .run()
-                .await?
+            update.set("reason", d.reason).run().await?
         }
-        EventName::ApisPromoted => update.status("apis_promoted").run().await?,
+        EventName::ApisPromoted => update.run().await?,
         EventName::ApisFailed => {
             let d = data!(ev::ApisFailed);
-            update
-                .status("failed")
-                .set("reason", d.reason)
-                .run()
-                .await?
+            update.set("reason", d.reason).run().await?
         }
-        EventName::SmokePassed => update.status("verified").run().await?,
+        EventName::SmokePassed => update.run().await?,
         EventName::SmokeFailed => {
             update
-                .status("failed")
                 .set("reason", "smoke checks failed".to_owned())
                 .run()
                 .await?
         }
         EventName::EnvPromoted => {
             let d = data!(ev::EnvPromoted);
-            update.status("promoted").clear_waiting().run().await?;
+            update.clear_waiting().run().await?;
             let release = Release {
                 stage: stage.clone(),
                 run_id: run_id.to_owned(),
@@ -562,11 +542,7 @@ async fn apply(
         }
         EventName::StageRolledBack => {
             let d = data!(ev::StageRolledBack);
-            update
-                .status("rolled_back")
-                .set("reason", d.reason.clone())
-                .run()
-                .await?;
+            update.set("reason", d.reason.clone()).run().await?;
             match (&d.to_run, &d.to_commit) {
                 (Some(to_run), Some(to_commit)) => {
                     let prior = sqlx::query(
@@ -640,7 +616,7 @@ async fn upsert_release(
 async fn set_run(
     conn: &mut AnyConnection,
     run_id: &str,
-    status: &str,
+    status: RunStatus,
     reason: Option<String>,
     at: &str,
     position: i64,
@@ -649,7 +625,7 @@ async fn set_run(
         "UPDATE runs SET status = $2, reason = $3, updated_at = $4, last_position = $5 WHERE run_id = $1",
     )
     .bind(run_id)
-    .bind(status)
+    .bind(status.as_str())
     .bind(reason)
     .bind(at)
     .bind(position)
@@ -678,8 +654,8 @@ impl<'a> StageUpdate<'a> {
         }
     }
 
-    fn status(mut self, status: &str) -> Self {
-        self.sets.push(("status", Some(status.to_owned())));
+    fn status(mut self, status: StageStatus) -> Self {
+        self.sets.push(("status", Some(status.as_str().to_owned())));
         self
     }
 
@@ -736,17 +712,17 @@ mod tests {
                     ..Default::default()
                 }),
                 authors: Vec::new(),
-                trigger: "webhook".into(),
+                trigger: Trigger::Webhook,
                 stages: vec![
                     StagePlan {
                         name: "test".into(),
                         after: None,
-                        steps: vec!["package".into()],
+                        steps: vec![Step::Package],
                     },
                     StagePlan {
                         name: "prod".into(),
                         after: Some("test".into()),
-                        steps: vec!["package".into(), "approval".into()],
+                        steps: vec![Step::Package, Step::Approval],
                     },
                 ],
                 rollback: None,
@@ -921,17 +897,17 @@ mod tests {
         let (runs, views, releases) = &before;
         assert_eq!(runs.len(), 2);
         let view_a = views.iter().flatten().find(|v| v.run.run_id == a).unwrap();
-        assert_eq!(view_a.run.status, "failed");
-        assert_eq!(view_a.stages[0].status, "promoted");
+        assert_eq!(view_a.run.status, RunStatus::Failed);
+        assert_eq!(view_a.stages[0].status, StageStatus::Promoted);
         assert_eq!(
             view_a.stages[0].package_digest.as_deref(),
             Some("sha256:p1")
         );
         assert_eq!(view_a.stages[0].image.as_deref(), Some("reg/app:test-aaaa"));
-        assert_eq!(view_a.stages[1].status, "rejected");
+        assert_eq!(view_a.stages[1].status, StageStatus::Rejected);
         assert_eq!(view_a.stages[1].approvals.len(), 2);
         let view_b = views.iter().flatten().find(|v| v.run.run_id == b).unwrap();
-        assert_eq!(view_b.stages[0].status, "rolled_back");
+        assert_eq!(view_b.stages[0].status, StageStatus::RolledBack);
         assert_eq!(
             view_b.stages[0].waiting, None,
             "a started stage no longer waits"

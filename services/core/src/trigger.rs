@@ -6,7 +6,7 @@
 //! commit loses that race and gets the existing run back.
 
 use gantry_proto::events::{CommitReceived, Person, RollbackOf, RunStarted, StagePlan};
-use gantry_proto::CloudEvent;
+use gantry_proto::{CloudEvent, Step, Trigger};
 use serde::Serialize;
 use uuid::Uuid;
 
@@ -76,32 +76,10 @@ pub fn stage_plan(pipeline: &Pipeline) -> Vec<StagePlan> {
     pipeline
         .stage_plan()
         .into_iter()
-        .map(|p| {
-            let s = p.stage;
-            let mut steps = vec!["package".to_owned()];
-            if pipeline.image.is_some() {
-                steps.push("image".into());
-            }
-            if s.approval.is_some() {
-                steps.push("approval".into());
-            }
-            if s.deploy.is_some() {
-                steps.push("deploy".into());
-            }
-            if s.ready.is_some() {
-                steps.push("ready".into());
-            }
-            if s.apimanager.is_some() {
-                steps.push("apimanager".into());
-            }
-            if !s.smoke.is_empty() {
-                steps.push("smoke".into());
-            }
-            StagePlan {
-                name: s.name.clone(),
-                after: p.after.map(str::to_owned),
-                steps,
-            }
+        .map(|p| StagePlan {
+            name: p.stage.name.clone(),
+            after: p.after.map(str::to_owned),
+            steps: pipeline.steps(p.stage),
         })
         .collect()
 }
@@ -152,9 +130,9 @@ pub async fn start_run(
             author: info.author.clone(),
             authors: info.authors(),
             trigger: if info.provider == "manual" {
-                "manual".into()
+                Trigger::Manual
             } else {
-                "webhook".into()
+                Trigger::Webhook
             },
             stages: stage_plan(pipeline),
             rollback: None,
@@ -225,16 +203,15 @@ pub enum RollbackStartError {
     Store(#[from] StoreError),
 }
 
-/// The steps of a rollback run of `stage`: the stage's own, less building
-/// (the release exists already) and approval (asking was the decision).
-pub fn rollback_steps(pipeline: &Pipeline, stage: &str) -> Vec<String> {
-    stage_plan(pipeline)
-        .into_iter()
-        .find(|p| p.name == stage)
-        .map(|p| p.steps)
+/// The steps of a rollback run of `stage`: the stage's own, less the gates
+/// (the release exists already, and asking was the decision).
+pub fn rollback_steps(pipeline: &Pipeline, stage: &str) -> Vec<Step> {
+    pipeline
+        .stage(stage)
+        .map(|s| pipeline.steps(s))
         .unwrap_or_default()
         .into_iter()
-        .filter(|s| !matches!(s.as_str(), "package" | "image" | "approval"))
+        .filter(|s| !s.is_gate())
         .collect()
 }
 
@@ -302,7 +279,7 @@ pub async fn start_rollback(
                 )),
                 author: None,
                 authors: Vec::new(),
-                trigger: "rollback".into(),
+                trigger: Trigger::Rollback,
                 stages: vec![StagePlan {
                     name: request.stage.clone(),
                     after: None,

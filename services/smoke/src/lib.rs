@@ -1,10 +1,11 @@
 //! The `smoke` service: runs a stage's checks against the deployed gateway
 //! and records `smoke.passed` or `smoke.failed` with per-check results.
 //!
-//! Checks run after the stage's last preceding step: `deploy.completed`
-//! when the stage has no API Manager step, `apis.promoted` when it has one,
-//! or `stage.started` when it has neither. A rollback re-deploy is not
-//! smoke-tested (the conductor does not wait for it). Each check is retried
+//! Checks run after the step before `smoke` in [`Step::ORDER`] that the
+//! stage has ([`Step::starts_after`]): `apis.promoted` when it has an API
+//! Manager step, else `deploy.completed` when it has `deploy`, else
+//! `stage.started`. A rollback re-deploy is not smoke-tested (the
+//! conductor does not wait for it). Each check is retried
 //! until its timeout while the gateway rolls out; the last attempt's outcome
 //! is what counts. Redirects are followed only for checks that say
 //! `follow_redirects: true`, never with the check's headers to another
@@ -18,13 +19,13 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gantry_core::consumer::{Handler, HandlerError};
 use gantry_core::mask::Masker;
-use gantry_core::pipeline::{Stage, StageEnv};
+use gantry_core::pipeline::StageEnv;
 use gantry_core::runtime::Pipelines;
 use gantry_core::store::latest_for_stage;
 use gantry_core::trigger::run_stream;
 use gantry_core::{EventStore, ExpectedVersion, NewEvents};
 use gantry_proto::events::{SmokeFailed, SmokePassed, StageStarted};
-use gantry_proto::{CloudEvent, EventName};
+use gantry_proto::{CloudEvent, EventName, Step};
 
 pub use check::{run_check, RetryPolicy, SmokeClient, CONNECT_TIMEOUT, MAX_BODY, MAX_REDIRECTS};
 
@@ -53,16 +54,6 @@ impl Smoke {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
-    }
-
-    /// Whether `event` is the step after which `stage`'s checks run.
-    fn is_trigger(stage: &Stage, event: EventName) -> bool {
-        match event {
-            EventName::ApisPromoted => stage.apimanager.is_some(),
-            EventName::DeployCompleted => stage.apimanager.is_none(),
-            EventName::StageStarted => stage.apimanager.is_none() && stage.deploy.is_none(),
-            _ => false,
-        }
     }
 
     /// Whether the stage's current promotion in `run` is a rollback.
@@ -100,8 +91,7 @@ impl Handler for Smoke {
         else {
             return Ok(vec![]);
         };
-        if stage.smoke.is_empty()
-            || !Self::is_trigger(&stage, name)
+        if !Step::Smoke.begins_at(name, &pipeline.steps(&stage))
             || self.is_rollback(run, stage_name).await?
         {
             return Ok(vec![]);

@@ -4,9 +4,9 @@
 use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use gantry_proto::CloudEvent;
+use gantry_proto::{CloudEvent, Step};
 
-use super::state::{Attempt, Progress, Release, Run, State, Step, Wait};
+use super::state::{Attempt, Progress, Release, Run, State, Wait};
 use super::{Decision, Outcome, RollbackError, RollbackTarget, WaitReason};
 use crate::pipeline::{Approval, Pipeline, QueuePolicy};
 
@@ -72,7 +72,7 @@ impl Ctx<'_> {
             .and_then(|s| s.approval.clone());
         let approval = match configured {
             Some(a) => a,
-            None if run.has_step(i, "approval") => Approval {
+            None if run.has_step(i, Step::Approval) => Approval {
                 required: 1,
                 approvers: Vec::new(),
                 allow_self: false,
@@ -112,7 +112,7 @@ fn after_ok(run: &Run, i: usize) -> bool {
 
 fn deps_met(run: &Run, i: usize) -> bool {
     let p = &run.progress[i];
-    p.package.is_some() && (!run.has_step(i, "image") || p.image.is_some())
+    p.package.is_some() && (!run.has_step(i, Step::Image) || p.image.is_some())
 }
 
 /// Ready for stage `i`: may be promoted into it once the gates open.
@@ -368,10 +368,15 @@ fn with_rollback_failures(run: &Run, reason: &str) -> String {
     reason
 }
 
+/// Whether every step of the stage's plan that records results has
+/// succeeded in attempt `a`; smoke only when `smoke` (a rollback restores
+/// what ran before and is not smoke-tested).
 fn steps_done(run: &Run, i: usize, a: &Attempt, smoke: bool) -> bool {
-    (!run.has_step(i, "deploy") || a.deploy == Step::Done)
-        && (!run.has_step(i, "apimanager") || a.apis == Step::Done)
-        && (!smoke || !run.has_step(i, "smoke") || a.smoke == Step::Done)
+    run.plan[i]
+        .steps
+        .iter()
+        .filter(|s| s.results().is_some() && (smoke || **s != Step::Smoke))
+        .all(|s| a.succeeded(*s))
 }
 
 /// Promotion or rollback of a stage the run is in.
@@ -393,7 +398,7 @@ fn in_stage(state: &State, run: &Run, i: usize) -> Option<Decision> {
         });
     }
     if let Some(failure) = &p.failure {
-        let changes_stage = run.has_step(i, "deploy") || run.has_step(i, "apimanager");
+        let changes_stage = run.has_step(i, Step::Deploy) || run.has_step(i, Step::ApiManager);
         return Some(match current {
             Some(target) if changes_stage => Decision::Start {
                 run: run.id.clone(),

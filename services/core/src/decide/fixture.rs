@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Duration, Utc};
 use gantry_proto::events::{self as ev, Person};
-use gantry_proto::{CloudEvent, EventPayload};
+use gantry_proto::{CloudEvent, EventPayload, Trigger};
 
 use super::{decide, rollback_target, Decision, Outcome};
 use crate::pipeline::{parse_str, Pipeline};
@@ -115,7 +115,7 @@ impl Log {
                 message: None,
                 author: Some(person(author)),
                 authors: others.iter().map(|o| person(o)).collect(),
-                trigger: "manual".into(),
+                trigger: Trigger::Manual,
                 stages,
                 rollback: None,
             },
@@ -137,7 +137,7 @@ impl Log {
                 message: None,
                 author: None,
                 authors: Vec::new(),
-                trigger: "rollback".into(),
+                trigger: Trigger::Rollback,
                 stages: vec![ev::StagePlan {
                     name: stage.into(),
                     after: None,

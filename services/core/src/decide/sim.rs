@@ -21,7 +21,7 @@ use std::collections::{HashMap, HashSet};
 
 use chrono::{DateTime, Duration, Utc};
 use gantry_proto::events as ev;
-use gantry_proto::{CloudEvent, EventName};
+use gantry_proto::{CloudEvent, EventName, Step};
 use proptest::prelude::*;
 
 use super::decide;
@@ -172,13 +172,13 @@ enum Task {
     Package(String, String),
     Image(String, String),
     /// A step of the latest promotion (or rollback) into a stage.
-    Step(String, String, &'static str),
+    Step(String, String, Step),
 }
 
 /// (run, stage)
 type Key = (String, String);
 /// Step results in order: (step, succeeded).
-type Results = Vec<(&'static str, bool)>;
+type Results = Vec<(Step, bool)>;
 
 /// What workers and people can see in the log (independent of `decide`).
 #[derive(Default)]
@@ -248,9 +248,9 @@ impl Model {
                 | EventName::SmokePassed
                 | EventName::SmokeFailed => {
                     let step = match name {
-                        EventName::DeployCompleted | EventName::DeployFailed => "deploy",
-                        EventName::ApisPromoted | EventName::ApisFailed => "apimanager",
-                        _ => "smoke",
+                        EventName::DeployCompleted | EventName::DeployFailed => Step::Deploy,
+                        EventName::ApisPromoted | EventName::ApisFailed => Step::ApiManager,
+                        _ => Step::Smoke,
                     };
                     let ok = matches!(
                         name,
@@ -299,10 +299,10 @@ impl Model {
                     if results.iter().any(|(_, ok)| !ok) {
                         continue;
                     }
-                    let chain = ["deploy", "apimanager", "smoke"]
+                    let chain = [Step::Deploy, Step::ApiManager, Step::Smoke]
                         .into_iter()
-                        .filter(|s| stage.steps.iter().any(|p| p == s))
-                        .filter(|s| !(*rollback && *s == "smoke"));
+                        .filter(|s| stage.has(*s))
+                        .filter(|s| !(*rollback && *s == Step::Smoke));
                     let next = chain
                         .into_iter()
                         .find(|s| !results.iter().any(|(done, _)| done == s));
@@ -366,10 +366,10 @@ fn work(log: &mut Log, task: &Task, ok: bool) {
             }
         }
         Task::Step(run, stage, step) => match (*step, ok) {
-            ("deploy", true) => log.deployed(run, stage),
-            ("deploy", false) => log.deploy_failed(run, stage, "not ready"),
-            ("apimanager", true) => log.apis_promoted(run, stage),
-            ("apimanager", false) => log.apis_failed(run, stage, "conflict"),
+            (Step::Deploy, true) => log.deployed(run, stage),
+            (Step::Deploy, false) => log.deploy_failed(run, stage, "not ready"),
+            (Step::ApiManager, true) => log.apis_promoted(run, stage),
+            (Step::ApiManager, false) => log.apis_failed(run, stage, "conflict"),
             (_, passed) => log.smoke(run, stage, passed),
         },
     }
@@ -517,7 +517,7 @@ fn check(log: &Log, spec: &Spec) {
     let mut current: HashMap<String, String> = HashMap::new();
     let mut newest_promoted: HashMap<String, String> = HashMap::new();
     let mut before: HashMap<(String, String), Option<String>> = HashMap::new();
-    let mut built: HashSet<(String, String, &str)> = HashSet::new();
+    let mut built: HashSet<(String, String, Step)> = HashSet::new();
     let mut requested: HashMap<(String, String), DateTime<Utc>> = HashMap::new();
     let mut grants: HashMap<Key, Vec<(String, DateTime<Utc>)>> = HashMap::new();
     let mut rejected: HashSet<(String, String)> = HashSet::new();
@@ -527,13 +527,13 @@ fn check(log: &Log, spec: &Spec) {
     let mut release_commit: HashMap<(String, String), String> = HashMap::new();
     // Step results since the latest start (promotion or rollback).
     let mut results: HashMap<Key, Results> = HashMap::new();
-    let steps_ok = |results: &HashMap<Key, Results>, k: &Key, steps: &[&str]| {
+    let steps_ok = |results: &HashMap<Key, Results>, k: &Key, steps: &[Step]| {
         let r = results.get(k).map(Vec::as_slice).unwrap_or_default();
         let i = plan.iter().position(|p| p.name == k.1).unwrap();
         r.iter().all(|(_, ok)| *ok)
             && steps
                 .iter()
-                .filter(|s| plan[i].steps.iter().any(|p| p == *s))
+                .filter(|s| plan[i].has(**s))
                 .all(|s| r.iter().any(|(done, _)| done == s))
     };
     let ctx = |e: &CloudEvent| format!("at #{:?} {} {}", e.sequence, e.ty, e.data);
@@ -556,9 +556,9 @@ fn check(log: &Log, spec: &Spec) {
             }
         };
         let step = match name {
-            EventName::DeployCompleted | EventName::DeployFailed => Some("deploy"),
-            EventName::ApisPromoted | EventName::ApisFailed => Some("apimanager"),
-            EventName::SmokePassed | EventName::SmokeFailed => Some("smoke"),
+            EventName::DeployCompleted | EventName::DeployFailed => Some(Step::Deploy),
+            EventName::ApisPromoted | EventName::ApisFailed => Some(Step::ApiManager),
+            EventName::SmokePassed | EventName::SmokeFailed => Some(Step::Smoke),
             _ => None,
         };
         if let Some(step) = step {
@@ -585,10 +585,10 @@ fn check(log: &Log, spec: &Spec) {
                 plans.insert(run.clone(), d.stages);
             }
             EventName::PackageBuilt => {
-                built.insert((k.0, k.1, "package"));
+                built.insert((k.0, k.1, Step::Package));
             }
             EventName::ImagePushed => {
-                built.insert((k.0, k.1, "image"));
+                built.insert((k.0, k.1, Step::Image));
             }
             EventName::ApprovalRequested => {
                 requested.entry(k).or_insert(e.time);
@@ -646,13 +646,13 @@ fn check(log: &Log, spec: &Spec) {
                     );
                 }
                 assert!(
-                    built.contains(&(run.clone(), stage.clone(), "package")),
+                    built.contains(&(run.clone(), stage.clone(), Step::Package)),
                     "no package {}",
                     ctx(e)
                 );
                 if spec.image {
                     assert!(
-                        built.contains(&(run.clone(), stage.clone(), "image")),
+                        built.contains(&(run.clone(), stage.clone(), Step::Image)),
                         "no image {}",
                         ctx(e)
                     );
@@ -720,7 +720,7 @@ fn check(log: &Log, spec: &Spec) {
                     ctx(e)
                 );
                 assert!(
-                    steps_ok(&results, &k, &["deploy", "apimanager", "smoke"]),
+                    steps_ok(&results, &k, &[Step::Deploy, Step::ApiManager, Step::Smoke]),
                     "promoted with steps {:?} {}",
                     results.get(&k),
                     ctx(e)
@@ -763,7 +763,7 @@ fn check(log: &Log, spec: &Spec) {
                 );
                 if rolling.contains(&k) {
                     assert!(
-                        steps_ok(&results, &k, &["deploy", "apimanager"]),
+                        steps_ok(&results, &k, &[Step::Deploy, Step::ApiManager]),
                         "rolled back with steps {:?} {}",
                         results.get(&k),
                         ctx(e)

@@ -5,36 +5,29 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use gantry_proto::events as ev;
 use gantry_proto::events::{Person, StagePlan};
-use gantry_proto::{CloudEvent, EventName};
+use gantry_proto::{CloudEvent, EventName, RunStatus, Step};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use super::WaitReason;
 
-/// Where a run is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Status {
-    Running,
-    Succeeded,
-    Failed,
-    Superseded,
-    Cancelled,
-}
-
-/// The outcome of one worker step of an attempt.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) enum Step {
-    #[default]
-    Pending,
-    Done,
-}
-
-/// One promotion (or rollback) into a stage: the steps' results so far.
+/// One promotion (or rollback) into a stage: the steps that have succeeded
+/// so far (those with results of their own, [`Step::results`]).
 #[derive(Debug, Clone, Default)]
 pub(super) struct Attempt {
-    pub deploy: Step,
-    pub apis: Step,
-    pub smoke: Step,
+    pub done: Vec<Step>,
+}
+
+impl Attempt {
+    pub fn succeeded(&self, step: Step) -> bool {
+        self.done.contains(&step)
+    }
+
+    fn mark(&mut self, step: Step) {
+        if !self.succeeded(step) {
+            self.done.push(step);
+        }
+    }
 }
 
 /// What a stage runs: the release a run promoted.
@@ -125,7 +118,7 @@ pub(super) struct Run {
     pub authors: Vec<Person>,
     pub plan: Vec<StagePlan>,
     pub progress: Vec<Progress>,
-    pub status: Status,
+    pub status: RunStatus,
     pub causes: Vec<Cause>,
     /// A manual rollback: the earlier release this run re-promotes.
     pub rollback: Option<ev::RollbackOf>,
@@ -133,15 +126,15 @@ pub(super) struct Run {
 
 impl Run {
     pub fn running(&self) -> bool {
-        self.status == Status::Running
+        self.status == RunStatus::Running
     }
 
     pub fn stage_index(&self, stage: &str) -> Option<usize> {
         self.plan.iter().position(|s| s.name == stage)
     }
 
-    pub fn has_step(&self, i: usize, step: &str) -> bool {
-        self.plan[i].steps.iter().any(|s| s == step)
+    pub fn has_step(&self, i: usize, step: Step) -> bool {
+        self.plan[i].has(step)
     }
 
     /// Whether the run is promoting into or rolling back some stage.
@@ -249,7 +242,7 @@ impl State {
                     authors,
                     progress,
                     plan: d.stages,
-                    status: Status::Running,
+                    status: RunStatus::Running,
                     causes: Vec::new(),
                     rollback: d.rollback,
                 });
@@ -260,14 +253,7 @@ impl State {
         let Some(&idx) = self.index.get(run_id) else {
             return;
         };
-        let status = match name {
-            EventName::RunSucceeded => Some(Status::Succeeded),
-            EventName::RunFailed => Some(Status::Failed),
-            EventName::RunSuperseded => Some(Status::Superseded),
-            EventName::RunCancelled => Some(Status::Cancelled),
-            _ => None,
-        };
-        if let Some(status) = status {
+        if let Some(status) = RunStatus::after(name) {
             let run = &mut self.runs[idx];
             if run.running() {
                 run.status = status;
@@ -377,6 +363,9 @@ impl State {
             | EventName::ApisFailed
             | EventName::SmokePassed
             | EventName::SmokeFailed => {
+                let Some((step, succeeded)) = Step::of_result(name) else {
+                    return;
+                };
                 let failure = match name {
                     EventName::DeployFailed => decode::<ev::DeployFailed>(data)
                         .map(|d| format!("deploy to {stage} failed: {}", d.reason)),
@@ -393,32 +382,28 @@ impl State {
                     }),
                     _ => None,
                 };
-                let failed = matches!(
-                    name,
-                    EventName::DeployFailed | EventName::ApisFailed | EventName::SmokeFailed
-                );
                 let failure = failure.unwrap_or_else(|| format!("{name} in {stage}"));
                 if let Some(attempt) = p.rollback.as_mut() {
                     if p.rolled_back || p.rollback_failure.is_some() {
                         return;
                     }
-                    if failed {
-                        p.rollback_failure = Some(failure);
+                    if succeeded {
+                        attempt.mark(step);
                     } else {
-                        mark(attempt, name);
+                        p.rollback_failure = Some(failure);
                     }
                 } else if let Some(attempt) = p.forward.as_mut() {
                     if p.failure.is_some() || p.promoted {
                         return;
                     }
-                    if failed {
+                    if succeeded {
+                        attempt.mark(step);
+                    } else {
                         p.failure = Some(failure.clone());
                         run.causes.push(Cause {
                             stage: Some(stage),
                             reason: failure,
                         });
-                    } else {
-                        mark(attempt, name);
                     }
                 }
             }
@@ -466,14 +451,5 @@ impl State {
             }
             _ => {}
         }
-    }
-}
-
-fn mark(attempt: &mut Attempt, name: EventName) {
-    match name {
-        EventName::DeployCompleted => attempt.deploy = Step::Done,
-        EventName::ApisPromoted => attempt.apis = Step::Done,
-        EventName::SmokePassed => attempt.smoke = Step::Done,
-        _ => {}
     }
 }

@@ -2,7 +2,7 @@
 
 use chrono::Duration;
 use gantry_proto::events as ev;
-use gantry_proto::EventName;
+use gantry_proto::{EventName, Step, Trigger};
 
 use super::fixture::*;
 use super::*;
@@ -788,11 +788,11 @@ fn unknown_after_in_a_plan_fails_the_run() {
             message: None,
             author: None,
             authors: Vec::new(),
-            trigger: "manual".into(),
+            trigger: Trigger::Manual,
             stages: vec![ev::StagePlan {
                 name: "prod".into(),
                 after: Some("gone".into()),
-                steps: vec!["package".into()],
+                steps: vec![Step::Package],
             }],
             rollback: None,
         },

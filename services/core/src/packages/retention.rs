@@ -19,6 +19,7 @@
 use std::collections::BTreeMap;
 
 use chrono::{DateTime, Duration, Utc};
+use gantry_proto::RunStatus;
 
 use super::ListedPackage;
 
@@ -29,8 +30,7 @@ pub struct PackageRef {
     pub pipeline: String,
     pub run_id: String,
     pub stage: String,
-    /// The run's status (`running`, `succeeded`, ...).
-    pub run_status: String,
+    pub run_status: RunStatus,
     /// When the run was created; `None` when unreadable (kept, to be safe).
     pub run_created_at: Option<DateTime<Utc>>,
     /// Whether this (run, stage) is what the stage runs now.
@@ -101,7 +101,7 @@ pub fn plan(
             stage: r.stage.clone(),
         });
     }
-    for r in refs.iter().filter(|r| r.run_status == "running") {
+    for r in refs.iter().filter(|r| r.run_status == RunStatus::Running) {
         reasons.entry(&r.digest).or_insert(Keep::RunInProgress {
             run_id: r.run_id.clone(),
         });
@@ -180,13 +180,19 @@ mod tests {
         }
     }
 
-    fn reference(n: u8, run: &str, status: &str, age: Duration, now: DateTime<Utc>) -> PackageRef {
+    fn reference(
+        n: u8,
+        run: &str,
+        status: RunStatus,
+        age: Duration,
+        now: DateTime<Utc>,
+    ) -> PackageRef {
         PackageRef {
             digest: digest(n),
             pipeline: "banking".into(),
             run_id: run.into(),
             stage: "prod".into(),
-            run_status: status.into(),
+            run_status: status,
             run_created_at: Some(now - age),
             released: false,
         }
@@ -206,16 +212,16 @@ mod tests {
             stored(6, old, now),                  // referenced by nothing: removed
             stored(7, old, now), // an old run's package that a release shares: kept
         ];
-        let mut released = reference(1, "r1", "succeeded", old, now);
+        let mut released = reference(1, "r1", RunStatus::Succeeded, old, now);
         released.released = true;
-        let mut shared = reference(7, "r7", "succeeded", old, now);
+        let mut shared = reference(7, "r7", RunStatus::Succeeded, old, now);
         shared.released = true;
         let refs = vec![
             released,
-            reference(2, "r2", "succeeded", old, now),
-            reference(3, "r3", "running", old, now),
-            reference(4, "r4", "failed", Duration::days(1), now),
-            reference(7, "r7b", "superseded", old, now),
+            reference(2, "r2", RunStatus::Succeeded, old, now),
+            reference(3, "r3", RunStatus::Running, old, now),
+            reference(4, "r4", RunStatus::Failed, Duration::days(1), now),
+            reference(7, "r7b", RunStatus::Superseded, old, now),
             shared,
         ];
         let plan = plan(&store, &refs, &policy, now);
@@ -251,7 +257,7 @@ mod tests {
             size: 1,
             modified: None,
         };
-        let mut r = reference(2, "r", "succeeded", Duration::zero(), now);
+        let mut r = reference(2, "r", RunStatus::Succeeded, Duration::zero(), now);
         r.run_created_at = None;
         let plan = plan(
             &[p, stored(2, Duration::days(400), now)],
@@ -271,7 +277,13 @@ mod tests {
         };
         let plan = plan(
             &[stored(1, Duration::hours(2), now)],
-            &[reference(1, "r", "succeeded", Duration::hours(2), now)],
+            &[reference(
+                1,
+                "r",
+                RunStatus::Succeeded,
+                Duration::hours(2),
+                now,
+            )],
             &policy,
             now,
         );

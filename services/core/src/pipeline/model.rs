@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use gantry_proto::Step;
 use serde::{Deserialize, Serialize};
 
 use super::duration::{serde_duration, serde_opt_duration};
@@ -456,6 +457,23 @@ impl Pipeline {
 
     pub fn stage(&self, name: &str) -> Option<&Stage> {
         self.stages.iter().find(|s| s.name == name)
+    }
+
+    /// The steps `stage` has under this definition, in [`Step::ORDER`].
+    pub fn steps(&self, stage: &Stage) -> Vec<Step> {
+        Step::ORDER
+            .iter()
+            .copied()
+            .filter(|step| match step {
+                Step::Package => true,
+                Step::Image => self.image.is_some(),
+                Step::Approval => stage.approval.is_some(),
+                Step::Deploy => stage.deploy.is_some(),
+                Step::Ready => stage.ready.is_some(),
+                Step::ApiManager => stage.apimanager.is_some(),
+                Step::Smoke => !stage.smoke.is_empty(),
+            })
+            .collect()
     }
 
     /// Every secret reference of the pipeline: source and registry
