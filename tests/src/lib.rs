@@ -62,12 +62,45 @@ pub fn unique_name(prefix: &str) -> String {
 
 /// A loopback TCP port that was free a moment ago (bound to `127.0.0.1:0`,
 /// then released). Another process may take it before you do; servers spawned
-/// here retry on a new port when that happens.
+/// here retry on a new port when that happens. For a server of our own, bind
+/// `127.0.0.1:0` and keep the listener instead ([`pass_listener`] hands it to
+/// a `gantry` process); this is for ports where nothing should listen, and
+/// for servers that cannot take a socket.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("bind 127.0.0.1:0 to find a free port")
+}
+
+/// Hands `listener` to the process `cmd` starts as its fd 3, the way
+/// socket activation passes it (`gantry up|serve` serve on it when
+/// `LISTEN_FDS=1` is in their environment, which this sets: call it after
+/// any `env_clear`). A test that
+/// binds `127.0.0.1:0` and passes the listener knows the port without the
+/// race of [`free_port`], and can start a process again on the same port.
+#[cfg(unix)]
+pub fn pass_listener(cmd: &mut Command, listener: &TcpListener) {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let fd = listener.as_raw_fd();
+    cmd.env("LISTEN_FDS", "1").env_remove("LISTEN_PID");
+    // SAFETY: between fork and exec only async-signal-safe calls (dup2,
+    // fcntl) on descriptors of this process.
+    unsafe {
+        cmd.pre_exec(move || {
+            let rc = if fd == 3 {
+                // dup2 onto itself would keep close-on-exec: clear it.
+                libc::fcntl(3, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(fd, 3)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Waits until `addr` accepts TCP connections, polling every 50 ms.

@@ -9,6 +9,7 @@
 //! needs more than one; otherwise the body's `user` (default `anonymous`)
 //! is recorded. An approval counts only while the stage waits for one
 //! (`approval.requested`): earlier, nobody could see what they approve.
+//! Once the stage has started, neither decision is taken (409).
 //! Every decision is an event; the conductor counts them.
 
 use axum::extract::{Path, State};
@@ -162,14 +163,19 @@ async fn decide(
             _ => {}
         }
     }
-    if approve && (!requested || started_stage) {
-        return Err(Problem::conflict(if started_stage {
-            format!("stage `{stage}` of run `{run_id}` has already started; nothing to approve")
-        } else {
-            format!(
-                "stage `{stage}` of run `{run_id}` is not waiting for approval yet; approve once it asks (approval.requested)"
-            )
-        }));
+    // Once the stage has started, a decision changes nothing (the conductor
+    // no longer counts one), so neither is recorded: a rejection would
+    // otherwise show the promoted stage as rejected.
+    if started_stage {
+        return Err(Problem::conflict(format!(
+            "stage `{stage}` of run `{run_id}` has already started; nothing to {}",
+            if approve { "approve" } else { "reject" }
+        )));
+    }
+    if approve && !requested {
+        return Err(Problem::conflict(format!(
+            "stage `{stage}` of run `{run_id}` is not waiting for approval yet; approve once it asks (approval.requested)"
+        )));
     }
     if approve && !policy.allow_self {
         let mut authors = started.authors.clone();

@@ -1,4 +1,10 @@
 //! `gantry up` and `gantry serve <service>`.
+//!
+//! The HTTP listener is bound before anything else starts and handed to
+//! [`run`]: either `--listen` / `GANTRY_LISTEN`, or a socket a supervisor
+//! already bound and passed (systemd socket activation: `LISTEN_FDS=1`,
+//! fd 3), which is also how tests give a `gantry` process a port-0
+//! listener without a window in which another process could take the port.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +13,7 @@ use anyhow::{bail, Context};
 use axum::Router;
 use gantry_core::consumer::Handler;
 use gantry_core::{App, Settings};
+use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::cli::Service;
@@ -16,7 +23,7 @@ const DRAIN: Duration = Duration::from_secs(20);
 
 /// Everything in one process.
 pub async fn up(settings: Settings) -> anyhow::Result<()> {
-    settings.check_exposure()?;
+    let listener = listen(&settings, true).await?;
     let app = start(settings).await?;
     let http = http_router(&app)?;
     let conductor = conductor(&app);
@@ -28,7 +35,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
         apim(&app),
         smoke(&app),
     ];
-    run(app, http, "up", workers, Some(conductor)).await
+    run(app, listener, http, "up", workers, Some(conductor)).await
 }
 
 /// One microservice, over Postgres and NATS.
@@ -40,9 +47,8 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
              use `gantry up` to run everything in one process"
         );
     }
-    if matches!(service, Service::Api | Service::Webhook) {
-        settings.check_exposure()?;
-    }
+    let exposed = matches!(service, Service::Api | Service::Webhook);
+    let listener = listen(&settings, exposed).await?;
     let app = start(settings).await?;
     let mut timers = None;
     let (http, workers) = match service {
@@ -63,7 +69,7 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
         Service::Apim => (Router::new(), vec![apim(&app)]),
     };
     let http = gantry_core::problem::finish(http.merge(app.health_routes()));
-    run(app, http, service.name(), workers, timers).await
+    run(app, listener, http, service.name(), workers, timers).await
 }
 
 /// What `gantry up` serves: webhooks, the API and console, health; every
@@ -119,8 +125,44 @@ async fn start(settings: Settings) -> anyhow::Result<App> {
     App::start(settings).await.map_err(anyhow::Error::from)
 }
 
+/// The listener to serve on: the one a supervisor passed, else
+/// `settings.listen` bound now. With `exposed` (the API or webhooks are
+/// served), an address other machines can reach needs API tokens or
+/// `--allow-anonymous`, whichever way the socket came (DESIGN.md 1.7).
+async fn listen(settings: &Settings, exposed: bool) -> anyhow::Result<TcpListener> {
+    let check = |addr| {
+        if exposed {
+            gantry_core::config::check_exposure(
+                addr,
+                settings.api_tokens.is_some(),
+                settings.allow_anonymous,
+            )
+        } else {
+            Ok(())
+        }
+    };
+    if let Some(inherited) = activation::take_listener()? {
+        let addr = inherited
+            .local_addr()
+            .context("the socket passed in LISTEN_FDS has no TCP address")?;
+        check(addr)?;
+        return TcpListener::from_std(inherited)
+            .context("cannot serve on the socket passed in LISTEN_FDS");
+    }
+    // Before binding: a refused address is never opened.
+    check(settings.listen)?;
+    let addr = settings.listen;
+    TcpListener::bind(addr).await.with_context(|| {
+        format!("cannot listen on {addr}; set --listen or GANTRY_LISTEN to a free address")
+    })
+}
+
+/// Runs the background tasks and `workers`, and serves `http` on
+/// `listener` (bound by the caller, so its port is known before anything
+/// runs) until a shutdown signal; then drains.
 async fn run(
     app: App,
+    listener: TcpListener,
     http: Router,
     role: &str,
     workers: Vec<Arc<dyn Handler>>,
@@ -146,10 +188,6 @@ async fn run(
         tasks.spawn(c.run_timers(shutdown.child_token()));
     }
 
-    let addr = app.settings.listen;
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
-        format!("cannot listen on {addr}; set --listen or GANTRY_LISTEN to a free address")
-    })?;
     let local = listener.local_addr()?;
     tracing::info!(
         role,
@@ -174,4 +212,82 @@ async fn run(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Sockets passed by a supervisor, as systemd does it (`sd_listen_fds(3)`):
+/// `LISTEN_FDS` says how many, starting at fd 3; `LISTEN_PID`, when set,
+/// names the process they are meant for.
+mod activation {
+    /// The one listening TCP socket passed to this process, if any.
+    #[cfg(unix)]
+    pub fn take_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
+        use std::os::fd::{FromRawFd, RawFd};
+
+        use anyhow::{bail, Context};
+
+        const FIRST: RawFd = 3;
+        let Ok(count) = std::env::var("LISTEN_FDS") else {
+            return Ok(None);
+        };
+        if let Ok(pid) = std::env::var("LISTEN_PID") {
+            if pid.trim() != std::process::id().to_string() {
+                return Ok(None); // passed to the process that started us
+            }
+        }
+        let count: u32 = count
+            .trim()
+            .parse()
+            .with_context(|| format!("LISTEN_FDS={count:?} is not a number of sockets"))?;
+        match count {
+            0 => return Ok(None),
+            1 => {}
+            n => bail!("LISTEN_FDS={n}: gantry serves one socket; pass exactly one"),
+        }
+        // Take fd 3 only once the kernel says it is a listening socket: if
+        // LISTEN_FDS is set by mistake, fd 3 may be something of our own.
+        let mut listening: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `listening`.
+        let rc = unsafe {
+            libc::getsockopt(
+                FIRST,
+                libc::SOL_SOCKET,
+                libc::SO_ACCEPTCONN,
+                (&mut listening as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 || listening == 0 {
+            bail!(
+                "LISTEN_FDS=1, but fd {FIRST} is not a listening socket ({}); \
+                 unset LISTEN_FDS to listen on --listen / GANTRY_LISTEN",
+                if rc != 0 {
+                    std::io::Error::last_os_error().to_string()
+                } else {
+                    "not listening".to_owned()
+                }
+            );
+        }
+        // Commands gantry runs (deploys) must not inherit the socket.
+        // SAFETY: fcntl on an fd just checked to be open.
+        if unsafe { libc::fcntl(FIRST, libc::F_SETFD, libc::FD_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error())
+                .context("cannot mark the socket passed in LISTEN_FDS close-on-exec");
+        }
+        // SAFETY: fd 3 is an open listening socket passed to this process
+        // for it to serve, and nothing else here owns it.
+        let listener = unsafe { std::net::TcpListener::from_raw_fd(FIRST) };
+        listener
+            .set_nonblocking(true)
+            .context("cannot make the socket passed in LISTEN_FDS non-blocking")?;
+        Ok(Some(listener))
+    }
+
+    #[cfg(not(unix))]
+    pub fn take_listener() -> anyhow::Result<Option<std::net::TcpListener>> {
+        if std::env::var_os("LISTEN_FDS").is_some() {
+            anyhow::bail!("LISTEN_FDS (socket activation) is supported on Unix only");
+        }
+        Ok(None)
+    }
 }

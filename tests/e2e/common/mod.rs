@@ -23,7 +23,10 @@ pub const REPO: &str = "https://git.example.com/apim/banking-config.git";
 /// pipeline declares it, so its value must never leave the process.
 pub const CANARY_VAR: &str = "GANTRY_E2E_CANARY";
 
-/// A `gantry` process with its own working directory and port.
+/// A `gantry` process with its own working directory and port: the test
+/// binds `127.0.0.1:0` and the process inherits that listener
+/// (`LISTEN_FDS`), so no other process can take the port between choosing
+/// and binding it, and a restarted process serves the same port.
 pub struct Gantry {
     /// A unique value in [`CANARY_VAR`]: after the test it must appear in
     /// none of the process's logs or files (event log, packages, mirrors),
@@ -36,6 +39,8 @@ pub struct Gantry {
     env: Vec<(String, String)>,
     pub dir: PathBuf,
     pub port: u16,
+    /// Kept open across restarts; each process gets it as fd 3.
+    listener: std::net::TcpListener,
     log: PathBuf,
     /// The process's own working directory, when it has one
     /// ([`Gantry::start_alone`]); removed after the leak check.
@@ -43,9 +48,11 @@ pub struct Gantry {
 }
 
 impl Gantry {
-    /// Starts `gantry <args>` in `dir` (which holds `pipelines/`), listening on a free port.
+    /// Starts `gantry <args>` in `dir` (which holds `pipelines/`), serving
+    /// a listener on a port the kernel picked.
     pub async fn start(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Gantry {
-        let port = gantry_tests::free_port();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let port = listener.local_addr().expect("bound address").port();
         let log = dir.join(format!("gantry-{port}.log"));
         let mut g = Gantry {
             canary: format!("canary-{}", uuid::Uuid::new_v4().simple()),
@@ -58,6 +65,7 @@ impl Gantry {
                 .collect(),
             dir: dir.to_owned(),
             port,
+            listener,
             log,
             _own_dir: None,
         };
@@ -103,8 +111,8 @@ impl Gantry {
             .append(true)
             .open(&self.log)
             .expect("open log");
-        let child = Command::new(env!("CARGO_BIN_EXE_gantry"))
-            .args(&self.args)
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gantry"));
+        cmd.args(&self.args)
             .current_dir(&self.dir)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -114,14 +122,20 @@ impl Gantry {
             .env(CANARY_VAR, &self.canary)
             .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn gantry");
+            .stderr(Stdio::from(log));
+        gantry_tests::pass_listener(&mut cmd, &self.listener);
+        let child = cmd.spawn().expect("spawn gantry");
         self.child = Some(child);
         let url = format!("{}/healthz", self.url());
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        // The listener accepts connections before the process serves them
+        // (and while it is down): ask again rather than wait forever.
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_secs(2))
+            .build()
+            .expect("HTTP client");
         loop {
-            if let Ok(r) = reqwest::get(&url).await {
+            if let Ok(r) = client.get(&url).send().await {
                 if r.status().is_success() {
                     return;
                 }

@@ -1,15 +1,9 @@
 //! API tokens: reloaded when the file changes and on SIGHUP; `access.trigger`
 //! decides who may start runs by hand.
 
-mod support;
-
 use std::time::{Duration, Instant};
 
-use support::{tokens_yaml, Options, TestApp};
-
-const RITA: (&str, &str, &str) = ("rita-token", "rita", "[release-managers]");
-const DAVE: (&str, &str, &str) = ("dave-token", "dave", "[deployers]");
-const CAROL: (&str, &str, &str) = ("carol-token", "carol", "[]");
+use crate::support::{self, tokens_yaml, Options, TestApp, CAROL, DAVE, RITA};
 
 async fn status_as(app: &TestApp, token: &str) -> u16 {
     let auth = format!("Bearer {token}");

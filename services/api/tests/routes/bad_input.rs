@@ -4,9 +4,7 @@
 //! (`application/problem+json`): never a 5xx, an empty body or axum's plain
 //! text; and nothing is recorded.
 
-mod support;
-
-use support::{Answer, Options, TestApp};
+use crate::support::{Answer, Options, TestApp};
 
 /// Every route of the router (`services/api/src/lib.rs`,
 /// `services/webhook/src/lib.rs`), as (method, pattern, takes a JSON body).

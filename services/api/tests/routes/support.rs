@@ -1,19 +1,24 @@
-//! An in-process Gantry HTTP server for the API's tests: the same router as
-//! `gantry up` serves (webhooks, API, health, problem answers), on a random
-//! loopback port, over a real store in a temporary directory (SQLite) or a
-//! fresh Postgres database.
-
-#![allow(dead_code)]
+//! The Gantry HTTP router as `gantry up` serves it (webhooks, API, health,
+//! problem answers) over a real store in a temporary directory (SQLite) or
+//! a fresh Postgres database, with a real git repository for the pipelines
+//! to follow. Requests go in-process ([`TestApp::send`], `oneshot` on the
+//! router) or, where the bytes on the wire matter, over TCP to the same
+//! router served on a port-0 listener ([`TestApp::raw`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use axum::body::Body;
+use axum::http::{Method, Request};
 use axum::Router;
-use gantry_core::{App, Settings};
+use gantry_core::trigger::{run_stream, CommitInfo};
+use gantry_core::{App, ExpectedVersion, Settings};
+use gantry_proto::{CloudEvent, EventPayload};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tower::ServiceExt;
 
 /// A pipeline with a stage behind approval and `access.trigger`.
 pub const DEMO_PIPELINE: &str = "\
@@ -33,23 +38,36 @@ access:
   trigger: [deployers, carol]
 ";
 
+/// (token, user, groups as YAML) of a `GANTRY_API_TOKENS` entry.
+pub type Token = (&'static str, &'static str, &'static str);
+
+pub const RITA: Token = ("rita-token", "rita", "[release-managers]");
+pub const DAVE: Token = ("dave-token", "dave", "[deployers]");
+pub const CAROL: Token = ("carol-token", "carol", "[]");
+
 pub struct TestApp {
-    /// Commits on `main` of the demo pipeline's repository, oldest first:
-    /// what manual triggers may name.
+    /// Commits on `main` of the pipelines' repository, oldest first: what
+    /// manual triggers may name.
     pub commits: Vec<String>,
     pub repo: gantry_tests::GitRepo,
     pub addr: SocketAddr,
     pub app: App,
+    /// What `gantry up` serves (services/gantry/src/server.rs).
+    pub router: Router,
     pub dir: tempfile::TempDir,
     _db: Option<gantry_tests::TestDb>,
 }
 
 pub struct Options {
     /// Hashed tokens written to `<dir>/tokens.yaml` and used as
-    /// `GANTRY_API_TOKENS`: (token, user, groups).
-    pub tokens: Option<Vec<(&'static str, &'static str, &'static str)>>,
+    /// `GANTRY_API_TOKENS`.
+    pub tokens: Option<Vec<Token>>,
     pub postgres: bool,
     pub reload_interval: Duration,
+    /// More pipelines beside `demo`, as YAML: `REPO` stands for the
+    /// repository's path, `SECRET(value)` for a `file:` reference to a file
+    /// holding `value`.
+    pub pipelines: Vec<String>,
 }
 
 impl Default for Options {
@@ -58,7 +76,22 @@ impl Default for Options {
             tokens: None,
             postgres: false,
             reload_interval: gantry_core::auth::RELOAD_INTERVAL,
+            pipelines: Vec::new(),
         }
+    }
+}
+
+impl Options {
+    pub fn with_tokens(tokens: &[Token]) -> Self {
+        Self {
+            tokens: Some(tokens.to_vec()),
+            ..Self::default()
+        }
+    }
+
+    pub fn pipeline(mut self, yaml: &str) -> Self {
+        self.pipelines.push(yaml.to_owned());
+        self
     }
 }
 
@@ -84,11 +117,14 @@ impl TestApp {
             repo.commit_files(&[("f", "1")], "first").unwrap(),
             repo.commit_files(&[("f", "2")], "second").unwrap(),
         ];
-        std::fs::write(
-            pipelines.join("demo.yaml"),
-            DEMO_PIPELINE.replace("REPO", &repo.path().display().to_string()),
-        )
-        .unwrap();
+        let secrets = dir.path().join("secrets");
+        std::fs::create_dir_all(&secrets).unwrap();
+        let yamls = std::iter::once(DEMO_PIPELINE.to_owned()).chain(options.pipelines);
+        for (i, yaml) in yamls.enumerate() {
+            let yaml = with_secret_files(&yaml, &secrets)
+                .replace("REPO", &repo.path().display().to_string());
+            std::fs::write(pipelines.join(format!("p{i}.yaml")), yaml).unwrap();
+        }
         let api_tokens = options.tokens.as_ref().map(|t| {
             let path = dir.path().join("tokens.yaml");
             std::fs::write(&path, tokens_yaml(t)).unwrap();
@@ -101,15 +137,15 @@ impl TestApp {
         };
         let settings = Settings {
             database_url: db.as_ref().map(|d| d.url().to_owned()),
-            pipelines,
+            pipelines: pipelines.clone(),
             data_dir: dir.path().join("data"),
             api_tokens,
             ..Settings::default()
         };
         let app = App::start(settings).await.unwrap();
-        assert!(!app.pipelines.get().is_empty(), "the demo pipeline loads");
-        // What `gantry up` serves (services/gantry/src/server.rs).
-        let http = gantry_core::problem::finish(
+        let errors = gantry_core::pipeline::load_dir_partial(&pipelines).1;
+        assert!(errors.is_empty(), "the test pipelines load: {errors}");
+        let router = gantry_core::problem::finish(
             Router::new()
                 .merge(gantry_webhook::router(app.clone()))
                 .merge(
@@ -117,9 +153,11 @@ impl TestApp {
                 )
                 .merge(app.health_routes()),
         );
+        // Bound before it is served: no window for another process to take it.
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = app.shutdown.clone();
+        let http = router.clone();
         tokio::spawn(async move {
             axum::serve(listener, http)
                 .with_graceful_shutdown(async move { token.cancelled().await })
@@ -131,6 +169,7 @@ impl TestApp {
             repo,
             addr,
             app,
+            router,
             dir,
             _db: db,
         }
@@ -140,23 +179,25 @@ impl TestApp {
         self.dir.path().join("tokens.yaml")
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
     pub async fn head(&self) -> i64 {
         self.app.store.head().await.unwrap()
     }
 
     /// Starts a run of `demo` at a commit straight through the store.
     pub async fn seed_run(&self, commit: &str) -> String {
+        self.seed_run_of("demo", commit).await
+    }
+
+    /// Starts a run of `pipeline` at `commit` straight through the store,
+    /// triggered by hand by `seed`.
+    pub async fn seed_run_of(&self, pipeline: &str, commit: &str) -> String {
         let set = self.app.pipelines.get();
-        let pipeline = set.get("demo").unwrap().clone();
+        let pipeline = set.get(pipeline).unwrap().clone();
         gantry_core::trigger::start_run(
             &self.app.store,
             "test",
             &pipeline,
-            gantry_core::trigger::CommitInfo {
+            CommitInfo {
                 provider: "manual".into(),
                 delivery_id: None,
                 commit: commit.into(),
@@ -176,6 +217,73 @@ impl TestApp {
         .run_id
     }
 
+    /// Appends what another service would have recorded about `run`.
+    pub async fn record<P: EventPayload>(&self, run: &str, payload: &P) {
+        let events = self.app.store.read_run(run).await.unwrap();
+        let pipeline = events[0].event.pipeline.clone();
+        let event = CloudEvent::new("test", &pipeline, Some(run), payload);
+        self.app
+            .store
+            .append(&run_stream(run), ExpectedVersion::Any, vec![event])
+            .await
+            .unwrap();
+    }
+
+    /// The types of `run`'s events, short names (`approval.granted`).
+    pub async fn event_names(&self, run: &str) -> Vec<String> {
+        self.app
+            .store
+            .read_run(run)
+            .await
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e.event
+                    .name()
+                    .map_or_else(|| e.event.ty.clone(), |n| n.as_str().to_owned())
+            })
+            .collect()
+    }
+
+    /// One request through the router in-process, as `token`'s holder
+    /// when given; a JSON body when given.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> Answer {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(serde_json::to_vec(&b).unwrap())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        oneshot(&self.router, req).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        self.send(Method::GET, path, None, None).await
+    }
+
+    pub async fn get_as(&self, token: &str, path: &str) -> Answer {
+        self.send(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> Answer {
+        self.send(Method::POST, path, None, Some(body)).await
+    }
+
+    pub async fn post_as(&self, token: &str, path: &str, body: serde_json::Value) -> Answer {
+        self.send(Method::POST, path, Some(token), Some(body)).await
+    }
+
     /// One request as written, over a fresh connection: `target` goes on the
     /// request line untouched (no client-side normalization of `..` or
     /// percent-encoding).
@@ -188,6 +296,70 @@ impl TestApp {
     ) -> Answer {
         raw_request(self.addr, method, target, headers, body).await
     }
+}
+
+/// `SECRET(value)` in `yaml` → `file:<dir>/<n>` holding `value`.
+fn with_secret_files(yaml: &str, dir: &std::path::Path) -> String {
+    let mut out = String::new();
+    let mut rest = yaml;
+    while let Some(at) = rest.find("SECRET(") {
+        out.push_str(&rest[..at]);
+        let after = &rest[at + "SECRET(".len()..];
+        let end = after.find(')').expect("SECRET( is closed");
+        let path = dir.join(uuid::Uuid::new_v4().simple().to_string());
+        std::fs::write(&path, &after[..end]).unwrap();
+        out.push_str(&format!("file:{}", path.display()));
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    out
+}
+
+/// `req` through a clone of `router`, the whole answer read (an event
+/// stream: see [`first_sse_message`]).
+pub async fn oneshot(router: &Router, req: Request<Body>) -> Answer {
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp
+        .headers()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.as_str().to_ascii_lowercase(),
+                v.to_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    let body = axum::body::to_bytes(resp.into_body(), 64 * 1024 * 1024)
+        .await
+        .unwrap()
+        .to_vec();
+    Answer {
+        status,
+        headers,
+        body,
+    }
+}
+
+/// Asserts `a` is a problem (RFC 9457) with `status`, whose `detail`
+/// contains every one of `needles`; returns the problem.
+#[track_caller]
+pub fn assert_problem(a: &Answer, status: u16, needles: &[&str]) -> serde_json::Value {
+    assert_eq!(a.status, status, "{}", a.text());
+    assert_eq!(
+        a.header("content-type"),
+        Some("application/problem+json"),
+        "{}",
+        a.text()
+    );
+    let p = a.json();
+    assert_eq!(p["status"], status, "{p}");
+    assert!(p["title"].as_str().is_some_and(|t| !t.is_empty()), "{p}");
+    let detail = p["detail"].as_str().unwrap_or_default();
+    for needle in needles {
+        assert!(detail.contains(needle), "`{needle}` not in: {detail}");
+    }
+    p
 }
 
 impl Drop for TestApp {
