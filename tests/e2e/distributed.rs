@@ -284,3 +284,42 @@ async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
         "removed from the bucket"
     );
 }
+
+/// `gantry bench webhooks --replicas 2`, the command behind BENCHMARKS.md's
+/// webhook figures: two `serve webhook` processes take signed pushes of
+/// distinct commits concurrently, and the bench itself reads the log and
+/// fails unless every accepted webhook made exactly one run.
+#[tokio::test]
+async fn two_webhook_replicas_record_every_accepted_push_once() {
+    let db = fresh_postgres().await.unwrap();
+    let nats_url = gantry_tests::shared_nats_url();
+    let dir = workdir();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_gantry"))
+        .args([
+            "bench",
+            "webhooks",
+            "--duration",
+            "1s",
+            "--connections",
+            "8",
+        ])
+        .args(["--replicas", "2", "--database-url", db.url(), "--nats-url"])
+        .arg(&nats_url)
+        .current_dir(dir.path())
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let report: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["servers"], "2 × gantry serve webhook");
+    assert!(report["accepted"].as_u64().unwrap() > 0, "{report}");
+    assert_eq!(report["refused"], 0, "{report}");
+    assert_eq!(report["runs_recorded"], report["accepted"], "{report}");
+    assert_eq!(report["runs_lost"], 0, "{report}");
+    assert_eq!(report["runs_twice"], 0, "{report}");
+}
