@@ -1,7 +1,7 @@
 //! A run's plan: its stages, the steps each has, and what triggered it.
 //!
 //! [`Step`] is the one definition of the order in which a stage's steps run
-//! ([`Step::ORDER`]). The conductor (`gantry_core::decide`) waits for the
+//! ([`Step::ORDER`]). The decision engine (`gantry_decide`) waits for the
 //! gates and the promotion's results in this order, the `apim` and `smoke`
 //! services start after the step before theirs ([`Step::starts_after`]),
 //! and the README's step table is checked against it (`readme.rs`).

@@ -17,7 +17,7 @@ use gantry_apim::desired::{
     ApiSpecification, ApiState, DesiredApi, DesiredState, GrantMode, SpecKind, SpecSource,
 };
 use gantry_apim::reconcile::{self, ReconcileOptions};
-use gantry_core::pipeline::ApimVersion;
+use gantry_pipeline::ApimVersion;
 use gantry_tests::apimanager::{ApiManagerDouble, DEFAULT_PASSWORD, DEFAULT_USER};
 use serde_json::{json, Map};
 

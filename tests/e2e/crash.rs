@@ -125,7 +125,7 @@ async fn sigkill_of_gantry_up_loses_and_duplicates_nothing() {
         "sqlite://{}",
         dir.path().join(".gantry/gantry.db").display()
     );
-    let store = gantry_core::EventStore::connect(&url).await.unwrap();
+    let store = gantry_store::EventStore::connect(&url).await.unwrap();
     // `gantry up` also runs envgen, which answers every run with one package
     // result per stage (here `package.failed`: the repository is not
     // reachable). Wait for all of them: the worker was killed too.

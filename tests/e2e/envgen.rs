@@ -306,7 +306,7 @@ async fn diff_shows_what_an_approval_lets_through_with_secrets_masked() {
 
     // The stage now runs run A (recorded here as the conductor would on
     // promotion, since nobody approves in this test).
-    let store = gantry_core::EventStore::connect(&format!(
+    let store = gantry_store::EventStore::connect(&format!(
         "sqlite://{}",
         dir.path().join(".gantry/gantry.db").display()
     ))
@@ -326,7 +326,7 @@ async fn diff_shows_what_an_approval_lets_through_with_secrets_masked() {
     store
         .append(
             &format!("run-{run_a}"),
-            gantry_core::ExpectedVersion::Any,
+            gantry_store::ExpectedVersion::Any,
             vec![promoted],
         )
         .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use gantry_apim::client::{ApiManagerClient, ClientConfig, Error, ObjectExt};
 use gantry_apim::desired::{ApiSpecification, SpecKind, SpecSource};
-use gantry_core::pipeline::ApimVersion;
+use gantry_pipeline::ApimVersion;
 use gantry_tests::wiremock::WireMockStubs;
 use serde_json::json;
 

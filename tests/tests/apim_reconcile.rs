@@ -12,7 +12,7 @@ use gantry_apim::desired::{
     GrantMode, SpecKind, SpecSource,
 };
 use gantry_apim::reconcile::{self, ApiAction, Error, ReconcileOptions, ReplacedApi};
-use gantry_core::pipeline::ApimVersion;
+use gantry_pipeline::ApimVersion;
 use gantry_proto::events::ApiChange;
 use gantry_tests::apimanager::{ApiManagerDouble, DEFAULT_PASSWORD, DEFAULT_USER};
 use serde_json::{json, Map, Value};

@@ -6,12 +6,12 @@
 mod support;
 
 use gantry_apim::Apim;
-use gantry_core::consumer::Handler;
-use gantry_core::pipeline::{parse_str, PipelineSet};
-use gantry_core::runtime::Pipelines;
-use gantry_core::{EventStore, ExpectedVersion};
+use gantry_pipeline::{parse_str, PipelineSet};
 use gantry_proto::events::{ApisFailed, ApisPromoted, DeployCompleted, StageStarted};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_runtime::runtime::Pipelines;
+use gantry_store::consumer::Handler;
+use gantry_store::{EventStore, ExpectedVersion};
 use gantry_tests::apimanager::ApiManagerDouble;
 use gantry_tests::{free_port, GitRepo};
 use serde_json::json;

@@ -10,11 +10,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use gantry_core::bus::{Delivery, EventBus, NatsBus, NatsSettings, SqlBus, Subscription};
-use gantry_core::consumer::{self, Handler, HandlerError};
-use gantry_core::relay::Relay;
-use gantry_core::{EventStore, ExpectedVersion, NewEvents};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_store::bus::{Delivery, EventBus, NatsBus, NatsSettings, SqlBus, Subscription};
+use gantry_store::consumer::{self, Handler, HandlerError};
+use gantry_store::relay::Relay;
+use gantry_store::{EventStore, ExpectedVersion, NewEvents};
 use gantry_tests::{fresh_postgres, unique_name, NatsServer, TestDb};
 use support::{event, store_at, wait_for, within, WAIT};
 use tempfile::TempDir;
@@ -563,7 +563,7 @@ fn spawn_consumer(
     env: &Env,
     handler: Arc<Recorder>,
     stop: &CancellationToken,
-) -> JoinHandle<Result<(), gantry_core::bus::BusError>> {
+) -> JoinHandle<Result<(), gantry_store::bus::BusError>> {
     tokio::spawn(consumer::run(
         env.store.clone(),
         env.bus.clone(),
@@ -595,7 +595,7 @@ async fn wait_results(store: &EventStore, n: usize) -> anyhow::Result<BTreeMap<U
 
 async fn stop_consumers(
     stop: CancellationToken,
-    tasks: Vec<JoinHandle<Result<(), gantry_core::bus::BusError>>>,
+    tasks: Vec<JoinHandle<Result<(), gantry_store::bus::BusError>>>,
 ) -> anyhow::Result<()> {
     stop.cancel();
     for t in tasks {

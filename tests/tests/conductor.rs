@@ -2,10 +2,10 @@
 //! re-arms the deadlines of the log (approval expiry, end of a freeze).
 
 use gantry_conductor::Conductor;
-use gantry_core::pipeline::{parse_str, PipelineSet};
-use gantry_core::runtime::Pipelines;
-use gantry_core::trigger::{self, CommitInfo};
-use gantry_core::{EventStore, ExpectedVersion};
+use gantry_pipeline::{parse_str, PipelineSet};
+use gantry_runtime::runtime::Pipelines;
+use gantry_runtime::trigger::{self, CommitInfo};
+use gantry_store::{EventStore, ExpectedVersion};
 use std::time::Duration;
 
 use chrono::{SecondsFormat, Utc};
@@ -166,7 +166,7 @@ async fn wait_for<T>(
     store: &EventStore,
     run: &str,
     limit: Duration,
-    found: impl Fn(&[gantry_core::store::RecordedEvent]) -> Option<T>,
+    found: impl Fn(&[gantry_store::store::RecordedEvent]) -> Option<T>,
 ) -> Option<T> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
@@ -243,7 +243,7 @@ async fn a_restarted_conductor_starts_the_stage_when_the_freeze_ends() {
     let store = store(db.url()).await;
     let run = run_with_packages(&store, &yaml, &["test"]).await;
     decide_then_stop(&store, &pipelines).await;
-    let started = |events: &[gantry_core::store::RecordedEvent]| {
+    let started = |events: &[gantry_store::store::RecordedEvent]| {
         events
             .iter()
             .find(|e| e.event.name() == Some(EventName::StageStarted))

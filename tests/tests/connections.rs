@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use gantry_core::bus::{NatsBus, NatsConnection, NatsSettings, StreamLimits};
-use gantry_core::{EventStore, ExpectedVersion};
 use gantry_proto::events::RunCancelled;
 use gantry_proto::CloudEvent;
+use gantry_store::bus::{NatsBus, NatsConnection, NatsSettings, StreamLimits};
+use gantry_store::{EventStore, ExpectedVersion};
 use gantry_tests::{fresh_postgres, unique_name, NatsConfig, NatsServer, TestPki};
 use sqlx::Row;
 

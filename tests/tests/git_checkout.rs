@@ -1,6 +1,6 @@
 //! Checking out exact commits from real repositories through the source cache.
 
-use gantry_core::git::{branch_head, GitError, SourceCache};
+use gantry_runtime::git::{branch_head, GitError, SourceCache};
 use gantry_tests::GitRepo;
 
 #[test]

@@ -1,11 +1,11 @@
-//! The package store on a JetStream object store (services/core/src/packages.rs),
+//! The package store on a JetStream object store (services/store/src/packages.rs),
 //! against a private `nats-server` (Debian's 2.9 here): put/get, idempotent
 //! put, the digest verified on every read, a missing package, the bucket
 //! created with its settings, a full bucket, and two processes with
 //! different data dirs sharing packages through NATS.
 
 use async_nats::jetstream;
-use gantry_core::packages::{object_name, BucketSettings, PackageStore, PackageStoreError};
+use gantry_store::packages::{object_name, BucketSettings, PackageStore, PackageStoreError};
 use gantry_tests::{unique_name, NatsServer};
 
 async fn js(nats: &NatsServer) -> jetstream::Context {
@@ -184,7 +184,7 @@ async fn two_data_dirs_share_packages_through_nats_but_not_through_disk() {
     ));
 
     // Two App processes over the same NATS with their own data dirs do.
-    let app = |dir: &std::path::Path| gantry_core::Settings {
+    let app = |dir: &std::path::Path| gantry_runtime::Settings {
         nats_url: Some(nats.url()),
         nats_prefix: unique_name("p"),
         nats_stream: unique_name("S"),
@@ -192,8 +192,8 @@ async fn two_data_dirs_share_packages_through_nats_but_not_through_disk() {
         data_dir: dir.to_owned(),
         ..Default::default()
     };
-    let a = gantry_core::App::start(app(dir_a.path())).await.unwrap();
-    let b = gantry_core::App::start(app(dir_b.path())).await.unwrap();
+    let a = gantry_runtime::App::start(app(dir_a.path())).await.unwrap();
+    let b = gantry_runtime::App::start(app(dir_b.path())).await.unwrap();
     assert_eq!(a.packages.kind(), "nats");
     let stored = a.packages.put(&package(200 * 1024, 7)).await.unwrap();
     assert_eq!(
@@ -207,14 +207,14 @@ async fn two_data_dirs_share_packages_through_nats_but_not_through_disk() {
 /// package and an unreferenced old object go.
 #[tokio::test]
 async fn prune_keeps_what_runs_can_reach_and_removes_the_rest() {
-    use gantry_core::packages::retention::{prune, Keep, RetentionPolicy};
-    use gantry_core::ExpectedVersion;
     use gantry_proto::events::*;
     use gantry_proto::{CloudEvent, EventPayload, Step, Trigger};
+    use gantry_store::packages::retention::{prune, Keep, RetentionPolicy};
+    use gantry_store::ExpectedVersion;
 
     let nats = NatsServer::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let app = gantry_core::App::start(gantry_core::Settings {
+    let app = gantry_runtime::App::start(gantry_runtime::Settings {
         nats_url: Some(nats.url()),
         nats_prefix: unique_name("p"),
         nats_stream: unique_name("S"),

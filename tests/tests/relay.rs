@@ -1,4 +1,4 @@
-//! The relay (services/core/src/relay.rs): the Postgres log published to
+//! The relay (services/store/src/relay.rs): the Postgres log published to
 //! JetStream exactly once, in position order, `Nats-Msg-Id` = event id;
 //! resuming from its checkpoint; surviving a NATS crash; one leader among
 //! several relays. Every test has its own database, NATS server, prefix and
@@ -12,10 +12,10 @@ use std::time::Duration;
 
 use async_nats::jetstream;
 use futures::StreamExt;
-use gantry_core::bus::{NatsBus, NatsSettings};
-use gantry_core::relay::Relay;
-use gantry_core::{EventStore, ExpectedVersion, RecordedEvent};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_store::bus::{NatsBus, NatsSettings};
+use gantry_store::relay::Relay;
+use gantry_store::{EventStore, ExpectedVersion, RecordedEvent};
 use gantry_tests::{fresh_postgres, unique_name, NatsServer, TestDb};
 use support::{event, store_at, wait_for, within, WAIT};
 use tokio::task::JoinHandle;

@@ -10,9 +10,9 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use gantry_core::store::Backend;
-use gantry_core::{EventStore, ExpectedVersion, NewEvents, StoreError};
 use gantry_proto::CloudEvent;
+use gantry_store::store::Backend;
+use gantry_store::{EventStore, ExpectedVersion, NewEvents, StoreError};
 use gantry_tests::fresh_postgres;
 use support::{cancelled, store_at, within};
 use uuid::Uuid;
@@ -23,7 +23,7 @@ async fn count_rows(store: &EventStore) -> anyhow::Result<i64> {
         .await?)
 }
 
-fn ids(events: &[gantry_core::RecordedEvent]) -> Vec<Uuid> {
+fn ids(events: &[gantry_store::RecordedEvent]) -> Vec<Uuid> {
     events.iter().map(|e| e.event.id).collect()
 }
 

@@ -8,9 +8,9 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gantry_core::store::latest_for_stage;
-use gantry_core::Problem;
 use gantry_proto::events::{RunStarted, StageStarted};
+use gantry_runtime::Problem;
+use gantry_store::store::latest_for_stage;
 
 use crate::Api;
 

@@ -16,11 +16,12 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use gantry_core::auth::Identity;
-use gantry_core::trigger::run_stream;
-use gantry_core::{ExpectedVersion, Problem};
 use gantry_proto::events::{ApprovalGranted, ApprovalRejected, CommitReceived, RunStarted};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_runtime::auth::Identity;
+use gantry_runtime::trigger::run_stream;
+use gantry_runtime::Problem;
+use gantry_store::ExpectedVersion;
 use serde::Deserialize;
 
 use crate::Api;

@@ -6,10 +6,10 @@
 use axum::extract::{Path, Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gantry_core::packages::PackageStore;
-use gantry_core::store::latest_for_stage;
-use gantry_core::Problem;
 use gantry_proto::events::PackageBuilt;
+use gantry_runtime::Problem;
+use gantry_store::packages::PackageStore;
+use gantry_store::store::latest_for_stage;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -106,13 +106,13 @@ async fn read_package(packages: &PackageStore, digest: &str) -> Result<Vec<u8>, 
 
 /// Every secret of the pipeline, of the stage's declared variables, and
 /// every secret this process knows.
-fn stage_masker(api: &Api, pipeline: &str, stage: &str) -> gantry_core::mask::Masker {
+fn stage_masker(api: &Api, pipeline: &str, stage: &str) -> gantry_pipeline::mask::Masker {
     let set = api.app.pipelines.get();
     let Some(p) = set.get(pipeline) else {
-        return (*gantry_core::mask::process()).clone();
+        return (*gantry_pipeline::mask::process()).clone();
     };
     let env = p
         .stage(stage)
-        .and_then(|s| gantry_core::pipeline::StageEnv::resolve(s).ok());
-    gantry_core::mask::Masker::for_stage(p, env.as_ref())
+        .and_then(|s| gantry_pipeline::StageEnv::resolve(s).ok());
+    gantry_pipeline::mask::Masker::for_stage(p, env.as_ref())
 }

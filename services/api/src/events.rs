@@ -17,7 +17,7 @@ use axum::extract::{Query, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
-use gantry_core::Problem;
+use gantry_runtime::Problem;
 use serde::Deserialize;
 
 use crate::Api;

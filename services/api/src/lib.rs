@@ -3,7 +3,7 @@
 //!
 //! List routes answer a bare JSON array; single resources an object; errors
 //! `application/problem+json`, also for a malformed path, query or body
-//! ([`gantry_core::problem::harden`]). When `GANTRY_API_TOKENS` is set, every
+//! ([`gantry_runtime::problem::harden`]). When `GANTRY_API_TOKENS` is set, every
 //! `/api/...` call needs `Authorization: Bearer <token>`; the file is read
 //! again when it changes and on SIGHUP.
 
@@ -22,13 +22,13 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use gantry_core::auth::{Identity, TokenSource};
-use gantry_core::pipeline::Pipeline;
-use gantry_core::projection::RunFilter;
-use gantry_core::trigger::{self, CommitInfo};
-use gantry_core::{App, Problem};
+use gantry_pipeline::Pipeline;
 use gantry_proto::events::Person;
 use gantry_proto::RunStatus;
+use gantry_runtime::auth::{Identity, TokenSource};
+use gantry_runtime::trigger::{self, CommitInfo};
+use gantry_runtime::{App, Problem};
+use gantry_store::projection::RunFilter;
 use serde::Deserialize;
 use serde_json::json;
 
@@ -42,21 +42,21 @@ pub struct Api {
     /// The API tokens in force, when `GANTRY_API_TOKENS` is set.
     pub tokens: Option<TokenSource>,
     /// Mirrors of the pipelines' branches, to check what a manual trigger names.
-    pub sources: gantry_core::git::SourceCache,
+    pub sources: gantry_runtime::git::SourceCache,
 }
 
 /// The API routes (and the dashboard at `/`), ready to merge into a server.
-/// The tokens file is watched ([`gantry_core::auth::RELOAD_INTERVAL`],
+/// The tokens file is watched ([`gantry_runtime::auth::RELOAD_INTERVAL`],
 /// SIGHUP) until the app shuts down.
-pub fn router(app: App) -> Result<Router, gantry_core::auth::TokensError> {
-    router_with_reload(app, gantry_core::auth::RELOAD_INTERVAL)
+pub fn router(app: App) -> Result<Router, gantry_runtime::auth::TokensError> {
+    router_with_reload(app, gantry_runtime::auth::RELOAD_INTERVAL)
 }
 
 /// [`router`], looking at the tokens file every `reload_interval`.
 pub fn router_with_reload(
     app: App,
     reload_interval: Duration,
-) -> Result<Router, gantry_core::auth::TokensError> {
+) -> Result<Router, gantry_runtime::auth::TokensError> {
     let tokens = match &app.settings.api_tokens {
         Some(path) => Some(TokenSource::load(path)?),
         None => None,
@@ -66,7 +66,8 @@ pub fn router_with_reload(
             tokens.watch(reload_interval, app.shutdown.child_token());
         }
     }
-    let sources = gantry_core::git::SourceCache::new(app.settings.data_dir.join("git").join("api"));
+    let sources =
+        gantry_runtime::git::SourceCache::new(app.settings.data_dir.join("git").join("api"));
     let api = Api {
         app,
         tokens,
@@ -94,7 +95,7 @@ pub fn router_with_reload(
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .with_state(api.clone());
-    Ok(gantry_core::problem::harden(
+    Ok(gantry_runtime::problem::harden(
         Router::new()
             .nest("/api/v1", v1)
             .route("/", get(dashboard::page)),
@@ -128,7 +129,10 @@ async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> R
     next.run(req).await
 }
 
-fn pipeline_json(p: &Pipeline, releases: &[gantry_core::projection::Release]) -> serde_json::Value {
+fn pipeline_json(
+    p: &Pipeline,
+    releases: &[gantry_store::projection::Release],
+) -> serde_json::Value {
     let stages: Vec<_> = p
         .stage_plan()
         .into_iter()
@@ -292,7 +296,7 @@ async fn trigger_run(
             ),
         },
     };
-    let signer = |s: gantry_core::git::Signer| {
+    let signer = |s: gantry_runtime::git::Signer| {
         let p = Person {
             name: s.name,
             email: s.email,
@@ -331,7 +335,7 @@ async fn commit_on_branch(
     api: &Api,
     pipeline: &Pipeline,
     commit: &str,
-) -> Result<gantry_core::git::CommitPeople, Problem> {
+) -> Result<gantry_runtime::git::CommitPeople, Problem> {
     let token = source_token(pipeline)?;
     let (sources, name, repo, branch, commit) = (
         api.sources.clone(),
@@ -390,7 +394,7 @@ async fn resolve_head(pipeline: &Pipeline) -> Result<String, Problem> {
     let branch = pipeline.source.branch.clone();
     let token = source_token(pipeline)?;
     tokio::task::spawn_blocking(move || {
-        gantry_core::git::branch_head(&repo, &branch, token.as_deref())
+        gantry_runtime::git::branch_head(&repo, &branch, token.as_deref())
     })
     .await
     .map_err(Problem::internal)?

@@ -13,10 +13,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use gantry_core::auth::Identity;
-use gantry_core::decide::RollbackError;
-use gantry_core::trigger::{self, RollbackRequest, RollbackStartError};
-use gantry_core::Problem;
+use gantry_decide::RollbackError;
+use gantry_runtime::auth::Identity;
+use gantry_runtime::trigger::{self, RollbackRequest, RollbackStartError};
+use gantry_runtime::Problem;
 use serde::Deserialize;
 
 use crate::approvals::caller;

@@ -63,7 +63,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use gantry_core::pipeline::{ApiManager, ApimVersion, Secret};
+use gantry_pipeline::{ApiManager, ApimVersion, Secret};
 use reqwest::header::HeaderMap;
 use reqwest::{Method, StatusCode};
 use serde::{Deserialize, Serialize};

@@ -115,7 +115,7 @@ pub mod rules;
 use std::fmt;
 use std::time::Duration;
 
-use gantry_core::pipeline::ApiManager;
+use gantry_pipeline::ApiManager;
 use gantry_proto::events::ApiChange;
 use serde_json::{Map, Value};
 

@@ -27,16 +27,16 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use gantry_core::consumer::{Handler, HandlerError};
-use gantry_core::git::SourceCache;
-use gantry_core::mask::Masker;
-use gantry_core::pipeline::{Pipeline, SecretRef, StageEnv};
-use gantry_core::runtime::Pipelines;
-use gantry_core::store::latest_for_stage;
-use gantry_core::trigger::run_stream;
-use gantry_core::{EventStore, ExpectedVersion, NewEvents};
+use gantry_pipeline::mask::Masker;
+use gantry_pipeline::{Pipeline, SecretRef, StageEnv};
 use gantry_proto::events::{ApiChange, ApisFailed, ApisPromoted, StageStarted};
 use gantry_proto::{CloudEvent, EventName, Step};
+use gantry_runtime::git::SourceCache;
+use gantry_runtime::runtime::Pipelines;
+use gantry_runtime::trigger::run_stream;
+use gantry_store::consumer::{Handler, HandlerError};
+use gantry_store::store::latest_for_stage;
+use gantry_store::{EventStore, ExpectedVersion, NewEvents};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -536,7 +536,7 @@ mod tests {
     fn substituted_values_are_masked() {
         let m = Substituted::default();
         m.add("s3cr3t-password");
-        // Too short to be a credential (gantry_core::mask::MIN_SECRET_LEN).
+        // Too short to be a credential (gantry_pipeline::mask::MIN_SECRET_LEN).
         m.add("yes");
         assert_eq!(
             m.masker().mask("login with s3cr3t-password failed: yes"),

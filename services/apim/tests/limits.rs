@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use gantry_apim::client::{ApiManagerClient, ClientConfig, Error};
-use gantry_core::pipeline::ApimVersion;
+use gantry_pipeline::ApimVersion;
 
 const BASE: &str = "/api/portal/v1.4";
 

@@ -1,5 +1,5 @@
 //! The conductor: for every event that can change what happens next, fold
-//! the pipeline's history, call [`gantry_core::decide::decide`], and append
+//! the pipeline's history, call [`gantry_decide::decide`], and append
 //! its decisions.
 //!
 //! Two conductors must not both decide: decisions go to the stream
@@ -26,11 +26,11 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use gantry_core::consumer::{Handler, HandlerError};
-use gantry_core::decide::{decide_folded, Folded};
-use gantry_core::runtime::Pipelines;
-use gantry_core::{EventStore, ExpectedVersion, NewEvents};
+use gantry_decide::{decide_folded, Folded};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_runtime::runtime::Pipelines;
+use gantry_store::consumer::{Handler, HandlerError};
+use gantry_store::{EventStore, ExpectedVersion, NewEvents};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 

@@ -18,8 +18,8 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use gantry_core::mask::Masker;
-use gantry_core::pipeline::format_duration;
+use gantry_pipeline::format_duration;
+use gantry_pipeline::mask::Masker;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// What a deploy command is told about the release.

@@ -17,7 +17,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use gantry_core::pipeline::GitOpsDeploy;
+use gantry_pipeline::GitOpsDeploy;
 use git2::{build::TreeUpdateBuilder, ErrorCode, FetchOptions, Oid, PushOptions, Repository};
 use sha2::{Digest, Sha256};
 

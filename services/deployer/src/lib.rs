@@ -21,7 +21,7 @@ pub mod service;
 pub mod yaml_edit;
 
 pub use command::{run_command, CommandError, CommandOptions, CommandOutcome, DeployEnv};
-pub use gantry_core::mask::Masker;
+pub use gantry_pipeline::mask::Masker;
 pub use gitops::{
     deploy_gitops, deploy_gitops_with, BeforePush, CommitMessage, DeployError, GitOpsOptions,
     GitOpsOutcome,

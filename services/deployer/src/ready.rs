@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use gantry_core::pipeline::{format_duration, Ready};
+use gantry_pipeline::{format_duration, Ready};
 
 /// Longest TCP (and TLS) connect of one readiness request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

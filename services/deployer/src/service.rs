@@ -23,18 +23,18 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use gantry_core::consumer::{Handler, HandlerError};
-use gantry_core::pipeline::{format_duration, DeployMethod, Pipeline, SecretRef, StageEnv};
-use gantry_core::runtime::Pipelines;
-use gantry_core::trigger::run_stream;
-use gantry_core::{ExpectedVersion, NewEvents};
+use gantry_pipeline::{format_duration, DeployMethod, Pipeline, SecretRef, StageEnv};
 use gantry_proto::events::{DeployCompleted, DeployFailed, StageStarted};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_runtime::runtime::Pipelines;
+use gantry_runtime::trigger::run_stream;
+use gantry_store::consumer::{Handler, HandlerError};
+use gantry_store::{ExpectedVersion, NewEvents};
 
 use crate::command::{run_command, CommandOptions, DeployEnv};
 use crate::gitops::{deploy_gitops_with, CommitMessage, GitOpsOptions};
 use crate::ready::{wait_ready, ReadyOptions};
-use gantry_core::mask::Masker;
+use gantry_pipeline::mask::Masker;
 
 const SERVICE: &str = "deployer";
 

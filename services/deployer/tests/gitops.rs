@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{values_with, DeployRepo, VALUES, VALUES_PATH};
-use gantry_core::pipeline::GitOpsDeploy;
 use gantry_deployer::{
     deploy_gitops, deploy_gitops_with, CommitMessage, DeployError, EditError, GitOpsOptions,
 };
+use gantry_pipeline::GitOpsDeploy;
 
 const REPO: &str = "registry.example.com/apim/banking-gateway";
 const DIGEST: &str = "sha256:1111111111111111111111111111111111111111111111111111111111111111";

@@ -6,8 +6,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use common::health_server;
-use gantry_core::pipeline::Ready;
 use gantry_deployer::{wait_ready, ReadyError, ReadyOptions};
+use gantry_pipeline::Ready;
 
 fn fast() -> ReadyOptions {
     ReadyOptions {

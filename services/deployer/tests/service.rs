@@ -6,14 +6,14 @@ use std::path::Path;
 use std::time::Duration;
 
 use common::{health_server, values_with, DeployRepo, VALUES_PATH};
-use gantry_core::consumer::Handler;
-use gantry_core::pipeline::{parse_str, PipelineSet};
-use gantry_core::runtime::Pipelines;
-use gantry_core::trigger::run_stream;
-use gantry_core::NewEvents;
 use gantry_deployer::{Deployer, DeployerOptions, GitOpsOptions, ReadyOptions};
+use gantry_pipeline::{parse_str, PipelineSet};
 use gantry_proto::events::{DeployCompleted, DeployFailed, StageStarted};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_runtime::runtime::Pipelines;
+use gantry_runtime::trigger::run_stream;
+use gantry_store::consumer::Handler;
+use gantry_store::NewEvents;
 
 const REPOSITORY: &str = "registry.example.com/apim/banking-gateway";
 const DIGEST: &str = "sha256:3333333333333333333333333333333333333333333333333333333333333333";
@@ -275,7 +275,7 @@ async fn other_events_and_missing_run_ids_are_permanent_errors() {
     cause.runid = None;
     assert!(matches!(
         f.deployer.handle(&cause).await,
-        Err(gantry_core::consumer::HandlerError::Permanent(_))
+        Err(gantry_store::consumer::HandlerError::Permanent(_))
     ));
     let other = CloudEvent::new(
         "deployer",

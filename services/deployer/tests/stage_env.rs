@@ -3,12 +3,12 @@
 //! those of every loaded pipeline. Alone in its test binary: the process's
 //! set of secrets is global, and other tests loading pipelines replace it.
 
-use gantry_core::consumer::Handler;
-use gantry_core::pipeline::{parse_str, PipelineSet};
-use gantry_core::runtime::Pipelines;
 use gantry_deployer::Deployer;
+use gantry_pipeline::{parse_str, PipelineSet};
 use gantry_proto::events::{DeployCompleted, StageStarted};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_runtime::runtime::Pipelines;
+use gantry_store::consumer::Handler;
 
 const RUN: &str = "0192f0c4-7d2e-7c4e-9f00-000000000002";
 

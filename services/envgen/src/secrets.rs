@@ -5,11 +5,11 @@
 //! a credential-like key (`password`, `token`, ...) or looks like a
 //! credential (a PEM block, a JWT, a cloud access key, a long random string)
 //! is replaced by `***` wherever it would appear, by Gantry's one masker
-//! ([`gantry_core::mask::Masker`]).
+//! ([`gantry_pipeline::mask::Masker`]).
 
 use serde_json::Value;
 
-pub use gantry_core::mask::{Masker, MASK};
+pub use gantry_pipeline::mask::{Masker, MASK};
 
 /// Does this key name a credential?
 pub fn credential_key(key: &str) -> bool {

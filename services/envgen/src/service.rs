@@ -10,15 +10,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gantry_core::consumer::{Handler, HandlerError};
-use gantry_core::git::SourceCache;
-use gantry_core::packages::{PackageStore, PackageStoreError};
-use gantry_core::pipeline::{GatewayFormat, Pipeline};
-use gantry_core::runtime::Pipelines;
-use gantry_core::trigger::run_stream;
-use gantry_core::{ExpectedVersion, NewEvents};
+use gantry_pipeline::{GatewayFormat, Pipeline};
 use gantry_proto::events::{Diagnostic, PackageBuilt, PackageFailed, RunStarted};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_runtime::git::SourceCache;
+use gantry_runtime::runtime::Pipelines;
+use gantry_runtime::trigger::run_stream;
+use gantry_store::consumer::{Handler, HandlerError};
+use gantry_store::packages::{PackageStore, PackageStoreError};
+use gantry_store::{ExpectedVersion, NewEvents};
 
 use crate::package::{package_yaml, RenderMode};
 use crate::template::StageEnv;

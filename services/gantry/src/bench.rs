@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Subcommand, ValueEnum};
-use gantry_core::bus::{EventBus, NatsBus, SqlBus};
-use gantry_core::relay::Relay;
-use gantry_core::{App, EventStore, ExpectedVersion, NewEvents, Settings};
 use gantry_proto::events::RunCancelled;
 use gantry_proto::{CloudEvent, EventName};
+use gantry_runtime::{App, Settings};
+use gantry_store::bus::{EventBus, NatsBus, SqlBus};
+use gantry_store::relay::Relay;
+use gantry_store::{EventStore, ExpectedVersion, NewEvents};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -98,7 +99,7 @@ pub enum BenchCommand {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    gantry_core::pipeline::parse_duration(s).map_err(|e| e.to_string())
+    gantry_pipeline::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -232,7 +233,7 @@ async fn setup(global: &Global, mode: Mode) -> anyhow::Result<Setup> {
 /// bytes, like a gzipped archive), reads each back (verified against its
 /// digest), and puts one again (the idempotent no-op).
 async fn packages(global: &Global, size_mb: usize, rounds: usize) -> anyhow::Result<()> {
-    use gantry_core::packages::{BucketSettings, PackageStore};
+    use gantry_store::packages::{BucketSettings, PackageStore};
     let size = size_mb * 1_000_000;
     let settings = global.settings();
     let dir = tempfile::tempdir()?;
@@ -447,7 +448,7 @@ async fn throughput(global: &Global, n: usize, writers: usize, batch: usize) -> 
 struct InstantPackages;
 
 #[async_trait::async_trait]
-impl gantry_core::consumer::Handler for InstantPackages {
+impl gantry_store::consumer::Handler for InstantPackages {
     fn name(&self) -> &'static str {
         "bench-packages"
     }
@@ -459,10 +460,10 @@ impl gantry_core::consumer::Handler for InstantPackages {
     async fn handle(
         &self,
         event: &CloudEvent,
-    ) -> Result<Vec<NewEvents>, gantry_core::consumer::HandlerError> {
+    ) -> Result<Vec<NewEvents>, gantry_store::consumer::HandlerError> {
         let started: gantry_proto::events::RunStarted = event
             .decode()
-            .map_err(|e| gantry_core::consumer::HandlerError::Permanent(e.to_string()))?;
+            .map_err(|e| gantry_store::consumer::HandlerError::Permanent(e.to_string()))?;
         let events = started
             .stages
             .iter()
@@ -487,7 +488,7 @@ impl gantry_core::consumer::Handler for InstantPackages {
             })
             .collect();
         Ok(vec![NewEvents::new(
-            gantry_core::trigger::run_stream(&started.run_id),
+            gantry_runtime::trigger::run_stream(&started.run_id),
             ExpectedVersion::Any,
             events,
         )])
@@ -532,11 +533,11 @@ async fn orchestration(
         let store = app.store.clone();
         async move {
             let pipeline = pipeline.context("bench pipeline")?;
-            let run = gantry_core::trigger::start_run(
+            let run = gantry_runtime::trigger::start_run(
                 &store,
                 "bench",
                 &pipeline,
-                gantry_core::trigger::CommitInfo {
+                gantry_runtime::trigger::CommitInfo {
                     provider: "manual".into(),
                     commit: format!("{n:040x}"),
                     branch: "main".into(),
@@ -547,7 +548,7 @@ async fn orchestration(
             anyhow::Ok(run.run_id)
         }
     };
-    let terminal = |events: &[gantry_core::RecordedEvent]| {
+    let terminal = |events: &[gantry_store::RecordedEvent]| {
         events
             .iter()
             .any(|e| e.event.name().is_some_and(EventName::is_terminal))

@@ -5,8 +5,8 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gantry_core::bus::{NatsConnection, StreamLimits};
-use gantry_core::Settings;
+use gantry_runtime::Settings;
+use gantry_store::bus::{NatsConnection, StreamLimits};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -36,7 +36,7 @@ pub struct Global {
     #[arg(long, env = "GANTRY_NATS_URL", global = true, hide_env_values = true)]
     pub nats_url: Option<String>,
     /// Connections per process to the event store's database.
-    #[arg(long, env = "GANTRY_DATABASE_POOL", global = true, value_parser = clap::value_parser!(u32).range(i64::from(gantry_core::store::MIN_POOL)..))]
+    #[arg(long, env = "GANTRY_DATABASE_POOL", global = true, value_parser = clap::value_parser!(u32).range(i64::from(gantry_store::store::MIN_POOL)..))]
     pub database_pool: Option<u32>,
     /// NATS credentials file (.creds: user JWT and NKEY seed).
     #[arg(long, env = "GANTRY_NATS_CREDS", global = true)]
@@ -80,7 +80,7 @@ pub struct Global {
     )]
     pub nats_stream: String,
     /// HTTP listen address; client commands talk to the server here.
-    #[arg(long, env = "GANTRY_LISTEN", default_value = gantry_core::config::DEFAULT_LISTEN, global = true)]
+    #[arg(long, env = "GANTRY_LISTEN", default_value = gantry_runtime::config::DEFAULT_LISTEN, global = true)]
     pub listen: SocketAddr,
     /// Directory of pipeline definitions.
     #[arg(
@@ -102,7 +102,7 @@ pub struct Global {
     #[arg(
         long,
         env = "GANTRY_PACKAGES_BUCKET",
-        default_value = gantry_core::packages::DEFAULT_BUCKET,
+        default_value = gantry_store::packages::DEFAULT_BUCKET,
         global = true
     )]
     pub packages_bucket: String,
@@ -188,11 +188,11 @@ impl Global {
 }
 
 fn parse_max_age(s: &str) -> Result<std::time::Duration, String> {
-    gantry_core::pipeline::parse_duration(s).map_err(|e| e.to_string())
+    gantry_pipeline::parse_duration(s).map_err(|e| e.to_string())
 }
 
 fn parse_max_bytes(s: &str) -> Result<i64, String> {
-    gantry_core::config::parse_size(s).map_err(|e| e.to_string())
+    gantry_runtime::config::parse_size(s).map_err(|e| e.to_string())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

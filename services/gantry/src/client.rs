@@ -14,7 +14,7 @@ use anyhow::{anyhow, Context};
 use axum::body::Body;
 use bytes::Bytes;
 use futures::{Stream, StreamExt, TryStreamExt};
-use gantry_core::{App, Settings};
+use gantry_runtime::{App, Settings};
 use http::{Method, Request, StatusCode};
 use tower::ServiceExt;
 

@@ -26,7 +26,7 @@ use client::Client;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    gantry_core::telemetry::init();
+    gantry_runtime::telemetry::init();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -69,17 +69,17 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
             }
             settings.register_secrets();
             let store =
-                gantry_core::EventStore::connect_with_pool(&url, settings.database_pool).await?;
+                gantry_store::EventStore::connect_with_pool(&url, settings.database_pool).await?;
             store.migrate().await?;
             println!(
                 "database at {} is up to date",
-                gantry_core::store::redact_url(&url)
+                gantry_store::store::redact_url(&url)
             );
         }
         Command::Projections {
             command: ProjectionsCommand::Rebuild,
         } => {
-            let app = gantry_core::App::start(gantry_core::Settings {
+            let app = gantry_runtime::App::start(gantry_runtime::Settings {
                 nats_url: None,
                 ..g.settings()
             })
@@ -332,12 +332,12 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
                     dry_run,
                 },
         } => {
-            let app = gantry_core::App::start(g.settings()).await?;
-            let policy = gantry_core::packages::retention::RetentionPolicy {
+            let app = gantry_runtime::App::start(g.settings()).await?;
+            let policy = gantry_store::packages::retention::RetentionPolicy {
                 keep_days,
                 grace: chrono::Duration::minutes(i64::from(grace_minutes)),
             };
-            let plan = gantry_core::packages::retention::prune(
+            let plan = gantry_store::packages::retention::prune(
                 &app.packages,
                 &app.projections,
                 &policy,
@@ -380,13 +380,13 @@ fn client_error(status: http::StatusCode, value: &Value) -> String {
 
 fn validate(path: std::path::PathBuf, output: Output) -> ExitCode {
     let result = if path.is_file() {
-        gantry_core::pipeline::load_file(&path).map(|p| {
-            let mut set = gantry_core::pipeline::PipelineSet::new();
+        gantry_pipeline::load_file(&path).map(|p| {
+            let mut set = gantry_pipeline::PipelineSet::new();
             set.insert(p, Some(path.clone()));
             set
         })
     } else {
-        gantry_core::pipeline::load_dir(&path)
+        gantry_pipeline::load_dir(&path)
     };
     match (result, output) {
         (Ok(set), output) => {
@@ -443,7 +443,7 @@ fn validate(path: std::path::PathBuf, output: Output) -> ExitCode {
 
 /// Risky settings of valid pipelines, and approvals that cannot be given
 /// because this environment has no API tokens (everyone would be anonymous).
-fn validation_warnings(set: &gantry_core::pipeline::PipelineSet) -> Vec<Value> {
+fn validation_warnings(set: &gantry_pipeline::PipelineSet) -> Vec<Value> {
     let tokens = std::env::var_os("GANTRY_API_TOKENS").is_some_and(|v| !v.is_empty());
     let mut out = Vec::new();
     for p in set.iter() {
@@ -451,7 +451,7 @@ fn validation_warnings(set: &gantry_core::pipeline::PipelineSet) -> Vec<Value> {
             .file_of(&p.name)
             .map(|f| f.display().to_string())
             .unwrap_or_else(|| p.name.clone());
-        for w in gantry_core::pipeline::warnings(p) {
+        for w in gantry_pipeline::warnings(p) {
             out.push(
                 json!({ "file": file, "pipeline": p.name, "field": w.path, "message": w.message }),
             );

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::Router;
-use gantry_core::consumer::Handler;
-use gantry_core::{App, Settings};
+use gantry_runtime::{App, Settings};
+use gantry_store::consumer::Handler;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
@@ -68,14 +68,14 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
         Service::Deployer => (Router::new(), vec![deployer(&app)]),
         Service::Apim => (Router::new(), vec![apim(&app)]),
     };
-    let http = gantry_core::problem::finish(http.merge(app.health_routes()));
+    let http = gantry_runtime::problem::finish(http.merge(app.health_routes()));
     run(app, listener, http, service.name(), workers, timers).await
 }
 
 /// What `gantry up` serves: webhooks, the API and console, health; every
 /// error answer a problem.
 pub fn http_router(app: &App) -> anyhow::Result<Router> {
-    Ok(gantry_core::problem::finish(
+    Ok(gantry_runtime::problem::finish(
         Router::new()
             .merge(gantry_webhook::router(app.clone()))
             .merge(gantry_api::router(app.clone()).context("loading API tokens")?)
@@ -132,7 +132,7 @@ async fn start(settings: Settings) -> anyhow::Result<App> {
 async fn listen(settings: &Settings, exposed: bool) -> anyhow::Result<TcpListener> {
     let check = |addr| {
         if exposed {
-            gantry_core::config::check_exposure(
+            gantry_runtime::config::check_exposure(
                 addr,
                 settings.api_tokens.is_some(),
                 settings.allow_anonymous,
@@ -169,7 +169,7 @@ async fn run(
     conductor_timers: Option<gantry_conductor::Conductor>,
 ) -> anyhow::Result<()> {
     let shutdown = app.shutdown.clone();
-    let signal = gantry_core::shutdown::on_signal();
+    let signal = gantry_runtime::shutdown::on_signal();
     let linked = shutdown.clone();
     tokio::spawn(async move {
         signal.cancelled().await;

@@ -11,14 +11,14 @@ use std::io::Read;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gantry_core::consumer::{Handler, HandlerError};
-use gantry_core::packages::PackageStore;
-use gantry_core::pipeline::{GatewayFormat, Pipeline};
-use gantry_core::runtime::Pipelines;
-use gantry_core::trigger::run_stream;
-use gantry_core::{ExpectedVersion, NewEvents};
+use gantry_pipeline::{GatewayFormat, Pipeline};
 use gantry_proto::events::{ImageFailed, ImagePushed, PackageBuilt};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_runtime::runtime::Pipelines;
+use gantry_runtime::trigger::run_stream;
+use gantry_store::consumer::{Handler, HandlerError};
+use gantry_store::packages::PackageStore;
+use gantry_store::{ExpectedVersion, NewEvents};
 
 use crate::{
     ClientOptions, CredentialStore, Credentials, ImageClient, ImageRef, Platform,

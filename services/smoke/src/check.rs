@@ -10,8 +10,8 @@
 
 use std::time::{Duration, Instant};
 
-use gantry_core::mask::Masker;
-use gantry_core::pipeline::SmokeCheck;
+use gantry_pipeline::mask::Masker;
+use gantry_pipeline::SmokeCheck;
 use gantry_proto::events::CheckResult;
 use reqwest::header::LOCATION;
 use reqwest::{Method, StatusCode, Url};

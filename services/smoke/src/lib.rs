@@ -17,15 +17,15 @@ mod check;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gantry_core::consumer::{Handler, HandlerError};
-use gantry_core::mask::Masker;
-use gantry_core::pipeline::StageEnv;
-use gantry_core::runtime::Pipelines;
-use gantry_core::store::latest_for_stage;
-use gantry_core::trigger::run_stream;
-use gantry_core::{EventStore, ExpectedVersion, NewEvents};
+use gantry_pipeline::mask::Masker;
+use gantry_pipeline::StageEnv;
 use gantry_proto::events::{SmokeFailed, SmokePassed, StageStarted};
 use gantry_proto::{CloudEvent, EventName, Step};
+use gantry_runtime::runtime::Pipelines;
+use gantry_runtime::trigger::run_stream;
+use gantry_store::consumer::{Handler, HandlerError};
+use gantry_store::store::latest_for_stage;
+use gantry_store::{EventStore, ExpectedVersion, NewEvents};
 
 pub use check::{run_check, RetryPolicy, SmokeClient, CONNECT_TIMEOUT, MAX_BODY, MAX_REDIRECTS};
 

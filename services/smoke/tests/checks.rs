@@ -7,8 +7,8 @@ use std::time::Duration;
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::get;
 use axum::{Json, Router};
-use gantry_core::mask::Masker;
-use gantry_core::pipeline::{parse_str, SmokeCheck};
+use gantry_pipeline::mask::Masker;
+use gantry_pipeline::{parse_str, SmokeCheck};
 use gantry_smoke::{run_check, RetryPolicy, SmokeClient};
 
 fn client() -> SmokeClient {

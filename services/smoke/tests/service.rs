@@ -3,13 +3,13 @@
 
 use axum::routing::get;
 use axum::{Json, Router};
-use gantry_core::consumer::Handler;
-use gantry_core::pipeline::{parse_str, PipelineSet};
-use gantry_core::runtime::Pipelines;
-use gantry_core::EventStore;
+use gantry_pipeline::{parse_str, PipelineSet};
 use gantry_proto::events::{SmokeFailed, StageStarted};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_runtime::runtime::Pipelines;
 use gantry_smoke::{RetryPolicy, Smoke};
+use gantry_store::consumer::Handler;
+use gantry_store::EventStore;
 
 const RUN: &str = "0192f0c4-7d2e-7c4e-9f00-000000000003";
 

@@ -16,9 +16,9 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
-use gantry_core::pipeline::Pipeline;
-use gantry_core::trigger::{self, CommitInfo};
-use gantry_core::{App, Problem};
+use gantry_pipeline::Pipeline;
+use gantry_runtime::trigger::{self, CommitInfo};
+use gantry_runtime::{App, Problem};
 use serde_json::json;
 
 use crate::payload::WebhookEvent;
@@ -30,7 +30,7 @@ pub const MAX_BODY: usize = 5 * 1024 * 1024;
 
 /// The webhook routes, ready to merge into a server.
 pub fn router(app: App) -> Router {
-    gantry_core::problem::harden(
+    gantry_runtime::problem::harden(
         Router::new()
             .route("/webhooks/{provider}", post(receive))
             .with_state(app),
@@ -48,14 +48,14 @@ async fn receive(
         Ok(p) => p,
         Err(e) => return Problem::not_found(e.to_string()).into_response(),
     };
-    gantry_core::metrics::inc(
+    gantry_runtime::metrics::inc(
         "gantry_webhooks_received_total",
         &[("provider", provider.as_str())],
     );
     match handle(&app, provider, &headers, &body).await {
         Ok(r) => r,
         Err(p) => {
-            gantry_core::metrics::inc(
+            gantry_runtime::metrics::inc(
                 "gantry_webhooks_rejected_total",
                 &[
                     ("provider", provider.as_str()),

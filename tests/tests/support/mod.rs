@@ -6,9 +6,9 @@ use std::future::Future;
 use std::time::Duration;
 
 use anyhow::{anyhow, Context};
-use gantry_core::EventStore;
 use gantry_proto::events::{RunCancelled, RunFailed, RunSucceeded, RunSuperseded};
 use gantry_proto::{CloudEvent, EventName};
+use gantry_store::EventStore;
 use tempfile::TempDir;
 
 /// The bound on every single wait in these tests.

@@ -13,9 +13,10 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Method, Request};
 use axum::Router;
-use gantry_core::trigger::{run_stream, CommitInfo};
-use gantry_core::{App, ExpectedVersion, Settings};
 use gantry_proto::{CloudEvent, EventPayload};
+use gantry_runtime::trigger::{run_stream, CommitInfo};
+use gantry_runtime::{App, Settings};
+use gantry_store::ExpectedVersion;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tower::ServiceExt;
@@ -75,7 +76,7 @@ impl Default for Options {
         Self {
             tokens: None,
             postgres: false,
-            reload_interval: gantry_core::auth::RELOAD_INTERVAL,
+            reload_interval: gantry_runtime::auth::RELOAD_INTERVAL,
             pipelines: Vec::new(),
         }
     }
@@ -143,9 +144,9 @@ impl TestApp {
             ..Settings::default()
         };
         let app = App::start(settings).await.unwrap();
-        let errors = gantry_core::pipeline::load_dir_partial(&pipelines).1;
+        let errors = gantry_pipeline::load_dir_partial(&pipelines).1;
         assert!(errors.is_empty(), "the test pipelines load: {errors}");
-        let router = gantry_core::problem::finish(
+        let router = gantry_runtime::problem::finish(
             Router::new()
                 .merge(gantry_webhook::router(app.clone()))
                 .merge(
@@ -193,7 +194,7 @@ impl TestApp {
     pub async fn seed_run_of(&self, pipeline: &str, commit: &str) -> String {
         let set = self.app.pipelines.get();
         let pipeline = set.get(pipeline).unwrap().clone();
-        gantry_core::trigger::start_run(
+        gantry_runtime::trigger::start_run(
             &self.app.store,
             "test",
             &pipeline,

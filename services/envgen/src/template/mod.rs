@@ -28,7 +28,7 @@ mod yamlctx;
 
 use std::collections::BTreeMap;
 
-pub use gantry_core::pipeline::StageEnv;
+pub use gantry_pipeline::StageEnv;
 use std::fmt;
 use std::path::{Component, Path, PathBuf};
 

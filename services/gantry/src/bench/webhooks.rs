@@ -14,9 +14,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use gantry_core::bus::NatsBus;
-use gantry_core::{App, EventStore, Settings};
 use gantry_proto::EventName;
+use gantry_runtime::{App, Settings};
+use gantry_store::bus::NatsBus;
+use gantry_store::EventStore;
 use hmac::{Hmac, Mac};
 use serde_json::json;
 use sha2::Sha256;

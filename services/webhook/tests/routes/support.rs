@@ -5,7 +5,7 @@
 use axum::body::Body;
 use axum::http::Request;
 use axum::Router;
-use gantry_core::{App, Settings};
+use gantry_runtime::{App, Settings};
 use hmac::{Hmac, Mac};
 use serde_json::Value;
 use sha2::Sha256;
@@ -155,7 +155,7 @@ impl TestApp {
             std::fs::write(pipelines.join(format!("{name}.yaml")), yaml).unwrap();
         }
         std::fs::write(pipelines.join("unsigned.yaml"), UNSIGNED).unwrap();
-        let errors = gantry_core::pipeline::load_dir_partial(&pipelines).1;
+        let errors = gantry_pipeline::load_dir_partial(&pipelines).1;
         assert!(errors.is_empty(), "the test pipelines load: {errors}");
         let app = App::start(Settings {
             pipelines,
@@ -165,7 +165,7 @@ impl TestApp {
         .await
         .unwrap();
         // As `gantry up` merges it (services/gantry/src/server.rs).
-        let router = gantry_core::problem::finish(gantry_webhook::router(app.clone()));
+        let router = gantry_runtime::problem::finish(gantry_webhook::router(app.clone()));
         TestApp {
             app,
             router,

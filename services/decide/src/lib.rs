@@ -130,7 +130,7 @@ use chrono::{DateTime, Utc};
 use gantry_proto::events as ev;
 use gantry_proto::{CloudEvent, EventName, EventPayload};
 
-use crate::pipeline::Pipeline;
+use gantry_pipeline::Pipeline;
 
 mod engine;
 mod state;

@@ -6,12 +6,14 @@
 //! problems of all files are reported together ([`PipelineErrors`]).
 //! Secrets are only ever references ([`SecretRef`]); webhook pushes are
 //! matched to pipelines by [`PipelineSet::matching_push`] using
-//! [`normalize_repo_url`] (DESIGN.md 1.5).
+//! [`normalize_repo_url`] (DESIGN.md 1.5). The [`mask`] is fed by those
+//! references: every resolved secret is kept out of logs and events.
 
 mod duration;
 mod error;
 mod load;
 mod locate;
+pub mod mask;
 mod model;
 mod repo_url;
 mod secret;

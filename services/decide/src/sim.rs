@@ -507,7 +507,7 @@ fn drain(log: &mut Log) {
 
 /// Walks the whole log and checks the invariants.
 fn check(log: &Log, spec: &Spec) {
-    let plan = crate::trigger::stage_plan(&log.pipeline);
+    let plan = log.pipeline.run_plan();
     let mut order: HashMap<String, usize> = HashMap::new();
     let mut authors: HashMap<String, ev::Person> = HashMap::new();
     let mut terminal: HashMap<String, EventName> = HashMap::new();
@@ -692,7 +692,7 @@ fn check(log: &Log, spec: &Spec) {
                     );
                 }
                 // `latest` never puts an older commit over a newer one.
-                if !s.queue.eq(&crate::pipeline::QueuePolicy::Fifo) {
+                if !s.queue.eq(&gantry_pipeline::QueuePolicy::Fifo) {
                     if let Some(newest) = newest_promoted.get(stage) {
                         assert!(
                             order[&run] > order[newest],

@@ -16,7 +16,7 @@ use std::sync::{Arc, OnceLock, RwLock};
 
 use serde_json::Value;
 
-use crate::pipeline::{Pipeline, PipelineSet, StageEnv};
+use crate::{Pipeline, PipelineSet, StageEnv};
 
 /// What a secret becomes.
 pub const MASK: &str = "***";
@@ -99,7 +99,7 @@ impl Masker {
         m
     }
 
-    fn add_refs<'a>(&mut self, refs: impl IntoIterator<Item = &'a crate::pipeline::SecretRef>) {
+    fn add_refs<'a>(&mut self, refs: impl IntoIterator<Item = &'a crate::SecretRef>) {
         let values: Vec<_> = refs.into_iter().filter_map(|r| r.resolve().ok()).collect();
         self.extend(values.iter().map(|s| s.expose()));
     }

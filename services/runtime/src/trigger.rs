@@ -6,13 +6,13 @@
 //! commit loses that race and gets the existing run back.
 
 use gantry_proto::events::{CommitReceived, Person, RollbackOf, RunStarted, StagePlan};
-use gantry_proto::{CloudEvent, Step, Trigger};
+use gantry_proto::{CloudEvent, Trigger};
 use serde::Serialize;
 use uuid::Uuid;
 
-use crate::decide::{rollback_target, RollbackError};
-use crate::pipeline::Pipeline;
-use crate::store::{EventStore, ExpectedVersion, NewEvents, StoreError};
+use gantry_decide::{rollback_target, RollbackError};
+use gantry_pipeline::Pipeline;
+use gantry_store::store::{EventStore, ExpectedVersion, NewEvents, StoreError};
 
 /// What a commit is known by when it arrives.
 #[derive(Debug, Clone, Default)]
@@ -71,19 +71,6 @@ pub fn run_stream(run_id: &str) -> String {
     format!("run-{run_id}")
 }
 
-/// The stage plan a run of `pipeline` follows, frozen when the run starts.
-pub fn stage_plan(pipeline: &Pipeline) -> Vec<StagePlan> {
-    pipeline
-        .stage_plan()
-        .into_iter()
-        .map(|p| StagePlan {
-            name: p.stage.name.clone(),
-            after: p.after.map(str::to_owned),
-            steps: pipeline.steps(p.stage),
-        })
-        .collect()
-}
-
 /// Starts the run of `pipeline` for `info.commit`, or returns the one that exists.
 pub async fn start_run(
     store: &EventStore,
@@ -134,7 +121,7 @@ pub async fn start_run(
             } else {
                 Trigger::Webhook
             },
-            stages: stage_plan(pipeline),
+            stages: pipeline.run_plan(),
             rollback: None,
         },
     )
@@ -203,18 +190,6 @@ pub enum RollbackStartError {
     Store(#[from] StoreError),
 }
 
-/// The steps of a rollback run of `stage`: the stage's own, less the gates
-/// (the release exists already, and asking was the decision).
-pub fn rollback_steps(pipeline: &Pipeline, stage: &str) -> Vec<Step> {
-    pipeline
-        .stage(stage)
-        .map(|s| pipeline.steps(s))
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|s| !s.is_gate())
-        .collect()
-}
-
 /// The stream that serializes rollback requests of one stage, so that two
 /// concurrent requests do not start two rollback runs.
 pub fn rollback_stream(pipeline: &str, stage: &str) -> String {
@@ -262,7 +237,7 @@ pub async fn start_rollback(
                 created: false,
             });
         }
-        let steps = rollback_steps(pipeline, &request.stage);
+        let steps = pipeline.rollback_steps(&request.stage);
         let run_id = Uuid::now_v7().to_string();
         let started = CloudEvent::new(
             service,

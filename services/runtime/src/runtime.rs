@@ -11,15 +11,15 @@ use axum::{Json, Router};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::bus::{EventBus, NatsBus, SqlBus};
 use crate::config::Settings;
-use crate::consumer::{self, Handler};
-use crate::packages::{PackageStore, PackageStoreError};
-use crate::pipeline::{self, PipelineErrors, PipelineSet};
 use crate::problem::Problem;
-use crate::projection::Projections;
-use crate::relay::Relay;
-use crate::store::{redact_url, EventStore};
+use gantry_pipeline::{PipelineErrors, PipelineSet};
+use gantry_store::bus::{EventBus, NatsBus, SqlBus};
+use gantry_store::consumer::{self, Handler};
+use gantry_store::packages::{PackageStore, PackageStoreError};
+use gantry_store::projection::Projections;
+use gantry_store::relay::Relay;
+use gantry_store::store::{redact_url, EventStore};
 
 /// The pipelines in force; replaced whole on reload.
 #[derive(Debug, Clone, Default)]
@@ -29,9 +29,9 @@ pub struct Pipelines {
 
 impl Pipelines {
     /// The pipelines in force. Their secrets become the process's masked
-    /// secrets ([`crate::mask::register`]).
+    /// secrets ([`gantry_pipeline::mask::register`]).
     pub fn new(set: PipelineSet) -> Self {
-        crate::mask::register(crate::mask::Masker::for_pipelines(&set));
+        gantry_pipeline::mask::register(gantry_pipeline::mask::Masker::for_pipelines(&set));
         Self {
             current: Arc::new(RwLock::new(Arc::new(set))),
         }
@@ -48,12 +48,12 @@ impl Pipelines {
     /// Loads `dir` again. Valid files replace the set; invalid ones are
     /// reported and left out, so one bad edit does not stop the others.
     pub fn reload(&self, dir: &std::path::Path) -> PipelineErrors {
-        let (set, errors) = pipeline::load_dir_partial(dir);
+        let (set, errors) = gantry_pipeline::load_dir_partial(dir);
         for e in errors.iter() {
             tracing::error!(error = %e, "pipeline rejected");
         }
         tracing::info!(pipelines = set.len(), dir = %dir.display(), "pipelines loaded");
-        crate::mask::register(crate::mask::Masker::for_pipelines(&set));
+        gantry_pipeline::mask::register(gantry_pipeline::mask::Masker::for_pipelines(&set));
         match self.current.write() {
             Ok(mut g) => *g = Arc::new(set),
             Err(p) => *p.into_inner() = Arc::new(set),
@@ -98,12 +98,12 @@ pub enum StartError {
     #[error("cannot open the event store at {url}: {source}")]
     Store {
         url: String,
-        source: crate::StoreError,
+        source: gantry_store::StoreError,
     },
     #[error("cannot connect to NATS at {url}: {source}")]
     Nats {
         url: String,
-        source: crate::bus::BusError,
+        source: gantry_store::bus::BusError,
     },
     #[error("cannot open the package store: {0}")]
     Packages(#[from] PackageStoreError),

@@ -216,7 +216,7 @@ pub(crate) async fn options(
                 path: path.clone(),
                 message: "expected one NKEY seed (a line starting with `S`)".into(),
             })?;
-        crate::mask::register_permanent([seed.as_str()]);
+        gantry_pipeline::mask::register_permanent([seed.as_str()]);
         options = options.nkey(seed);
     }
     let mut tls = servers.tls;

@@ -1,6 +1,6 @@
 //! Logging: `GANTRY_LOG` is the tracing filter, `GANTRY_LOG_FORMAT=json` for JSON lines.
 //!
-//! Every line goes through the process's masker ([`crate::mask::process`])
+//! Every line goes through the process's masker ([`gantry_pipeline::mask::process`])
 //! on its way to stderr, so no code path can log a secret a pipeline names.
 
 use std::io::Write;
@@ -65,7 +65,7 @@ impl<W: Write> Write for MaskedLine<W> {
 
 impl<W: Write> Drop for MaskedLine<W> {
     fn drop(&mut self) {
-        let masker = crate::mask::process();
+        let masker = gantry_pipeline::mask::process();
         let line = if masker.is_empty() {
             std::mem::take(&mut self.buf)
         } else {
@@ -82,7 +82,7 @@ mod tests {
 
     #[test]
     fn a_line_is_masked_even_when_written_in_pieces() {
-        crate::mask::register_more(["line-secret-4242"]);
+        gantry_pipeline::mask::register_more(["line-secret-4242"]);
         let mut sink = Vec::new();
         {
             let mut line = MaskedLine::new(&mut sink);

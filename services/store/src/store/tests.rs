@@ -206,7 +206,7 @@ fn nats_tokens_and_server_lists_are_redacted() {
 #[tokio::test]
 async fn appended_events_are_masked_with_the_process_secrets() {
     let (store, _dir) = sqlite_store().await;
-    crate::mask::register_more(["store-test-secret-7731"]);
+    gantry_pipeline::mask::register_more(["store-test-secret-7731"]);
     let leaky = CloudEvent::new(
         "test",
         "p",

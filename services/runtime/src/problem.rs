@@ -238,8 +238,8 @@ async fn as_problem(resp: Response) -> Response {
     out
 }
 
-impl From<crate::StoreError> for Problem {
-    fn from(e: crate::StoreError) -> Self {
+impl From<gantry_store::StoreError> for Problem {
+    fn from(e: gantry_store::StoreError) -> Self {
         Problem::internal(e)
     }
 }

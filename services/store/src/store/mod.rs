@@ -384,7 +384,7 @@ impl EventStore {
     ) -> Result<(Appended, bool), StoreError> {
         // The log is read by dashboards and exported to auditors: no secret
         // this process knows goes into it, whichever code put it in an event.
-        let masker = crate::mask::process();
+        let masker = gantry_pipeline::mask::process();
         if !masker.is_empty() {
             for event in batch.iter_mut().flat_map(|b| b.events.iter_mut()) {
                 if masker.mask_json(&mut event.data) {

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use gantry_proto::events::StagePlan;
 use gantry_proto::Step;
 use serde::{Deserialize, Serialize};
 
@@ -473,6 +474,31 @@ impl Pipeline {
                 Step::ApiManager => stage.apimanager.is_some(),
                 Step::Smoke => !stage.smoke.is_empty(),
             })
+            .collect()
+    }
+
+    /// The stage plan a run of this pipeline follows, frozen in its
+    /// `run.started` when the run starts: each stage's name, the stage it
+    /// follows and its [`steps`](Self::steps).
+    pub fn run_plan(&self) -> Vec<StagePlan> {
+        self.stage_plan()
+            .into_iter()
+            .map(|p| StagePlan {
+                name: p.stage.name.clone(),
+                after: p.after.map(str::to_owned),
+                steps: self.steps(p.stage),
+            })
+            .collect()
+    }
+
+    /// The steps of a rollback run of `stage`: the stage's own, less the
+    /// gates (the release exists already, and asking was the decision).
+    pub fn rollback_steps(&self, stage: &str) -> Vec<Step> {
+        self.stage(stage)
+            .map(|s| self.steps(s))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| !s.is_gate())
             .collect()
     }
 

@@ -620,7 +620,7 @@ fn source_and_gateway_rules() {
     expect_error(&text, "gateway.render", "only to `format: yaml`", 7);
     expect_error(&text, "gateway.yaml_path", "only to `format: yaml`", 8);
     // Stage values are the settings of `fed` and `pol-env` packages too.
-    let errors = crate::pipeline::parse_str("p.yaml", &text).unwrap_err();
+    let errors = crate::parse_str("p.yaml", &text).unwrap_err();
     assert!(
         !errors.iter().any(|e| e.field == "stages[0].values"),
         "{errors:?}"
@@ -969,9 +969,6 @@ fn access_groups_and_warnings() {
     expect_error(&text, "access.operate", "at least one", 13);
     let fixed = text.replace("operate: []", "operate: [ops]");
     let p = parse(&fixed).expect("valid");
-    let warned: Vec<String> = crate::pipeline::warnings(&p)
-        .into_iter()
-        .map(|w| w.path)
-        .collect();
+    let warned: Vec<String> = crate::warnings(&p).into_iter().map(|w| w.path).collect();
     assert_eq!(warned, ["image.insecure", "stages[0].approval.allow_self"]);
 }

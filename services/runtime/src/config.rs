@@ -6,7 +6,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
-use crate::bus::{NatsConnection, NatsSettings, StreamLimits};
+use gantry_store::bus::{NatsConnection, NatsSettings, StreamLimits};
 
 /// Default HTTP listen address (`GANTRY_LISTEN`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -25,7 +25,7 @@ pub struct Settings {
     /// `GANTRY_NATS_REPLICAS`, `GANTRY_NATS_MAX_AGE`, `GANTRY_NATS_MAX_BYTES`.
     pub nats_limits: StreamLimits,
     /// `GANTRY_DATABASE_POOL`: connections per process; `None`: the
-    /// backend's default ([`crate::store::default_pool_size`]).
+    /// backend's default ([`gantry_store::store::default_pool_size`]).
     pub database_pool: Option<u32>,
     pub listen: SocketAddr,
     pub pipelines: PathBuf,
@@ -61,7 +61,7 @@ impl Default for Settings {
             api_tokens: None,
             allow_anonymous: false,
             nats_replicas: 1,
-            packages_bucket: crate::packages::DEFAULT_BUCKET.into(),
+            packages_bucket: gantry_store::packages::DEFAULT_BUCKET.into(),
             packages_max_bytes: None,
         }
     }
@@ -69,7 +69,7 @@ impl Default for Settings {
 
 impl std::fmt::Debug for Settings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let redact = |u: &Option<String>| u.as_deref().map(crate::store::redact_url);
+        let redact = |u: &Option<String>| u.as_deref().map(gantry_store::store::redact_url);
         f.debug_struct("Settings")
             .field("database_url", &redact(&self.database_url))
             .field("database_pool", &self.database_pool)
@@ -120,14 +120,14 @@ impl Settings {
             }
         }
         if let Some(url) = self.nats_url.as_deref() {
-            secrets.extend(crate::bus::connect::url_secrets(url));
+            secrets.extend(gantry_store::bus::connect::url_secrets(url));
         }
-        crate::mask::register_permanent(secrets.iter().map(String::as_str));
+        gantry_pipeline::mask::register_permanent(secrets.iter().map(String::as_str));
     }
 
     /// The package bucket's settings (used in distributed mode).
-    pub fn package_bucket(&self) -> crate::packages::BucketSettings {
-        crate::packages::BucketSettings {
+    pub fn package_bucket(&self) -> gantry_store::packages::BucketSettings {
+        gantry_store::packages::BucketSettings {
             bucket: self.packages_bucket.clone(),
             replicas: self.nats_replicas.max(1),
             max_bytes: self.packages_max_bytes.filter(|b| *b > 0),

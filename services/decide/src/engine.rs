@@ -8,7 +8,7 @@ use gantry_proto::{CloudEvent, Step};
 
 use super::state::{Attempt, Progress, Release, Run, State, Wait};
 use super::{Decision, Outcome, RollbackError, RollbackTarget, WaitReason};
-use crate::pipeline::{Approval, Pipeline, QueuePolicy};
+use gantry_pipeline::{Approval, Pipeline, QueuePolicy};
 
 pub(super) fn decide(pipeline: &Pipeline, now: DateTime<Utc>, history: &[CloudEvent]) -> Outcome {
     decide_state(pipeline, now, State::fold(&pipeline.name, history))

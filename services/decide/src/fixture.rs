@@ -6,7 +6,7 @@ use gantry_proto::events::{self as ev, Person};
 use gantry_proto::{CloudEvent, EventPayload, Trigger};
 
 use super::{decide, rollback_target, Decision, Outcome};
-use crate::pipeline::{parse_str, Pipeline};
+use gantry_pipeline::{parse_str, Pipeline};
 
 pub fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
@@ -104,7 +104,7 @@ impl Log {
                 run_id: run.into(),
             },
         );
-        let stages = crate::trigger::stage_plan(&self.pipeline);
+        let stages = self.pipeline.run_plan();
         self.push(
             run,
             ev::RunStarted {
@@ -122,11 +122,11 @@ impl Log {
         );
     }
 
-    /// A manual rollback run of `stage`, as `trigger::start_rollback`
+    /// A manual rollback run of `stage`, as `gantry_runtime::trigger::start_rollback`
     /// records it.
     pub fn start_rollback(&mut self, run: &str, stage: &str, to: Option<&str>) {
         let target = rollback_target(&self.pipeline, &self.events, stage, to).expect("target");
-        let steps = crate::trigger::rollback_steps(&self.pipeline, stage);
+        let steps = self.pipeline.rollback_steps(stage);
         self.push(
             run,
             ev::RunStarted {
