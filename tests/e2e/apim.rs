@@ -5,11 +5,9 @@
 //! nothing, and a breaking change the stage does not allow fails the run and
 //! leaves API Manager as it was.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gantry_tests::apimanager::ApiManagerDouble;
 use gantry_tests::GitRepo;
 use serde_json::{json, Value};

@@ -2,11 +2,9 @@
 //! the approver groups count, the commit's author cannot approve their own
 //! change, two distinct approvals promote, a rejection stops the run.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 const TOKENS: &[(&str, &str, &str, &str)] = &[

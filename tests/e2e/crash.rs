@@ -1,14 +1,12 @@
 //! SIGKILL while webhooks flow: no accepted event is lost, none duplicated,
 //! in the log of record and on NATS.
 
-mod common;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gantry_tests::{fresh_postgres, NatsServer};
 use serde_json::Value;
 use sqlx::Row;

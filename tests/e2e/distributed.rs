@@ -8,11 +8,9 @@
 //! client certificate and a password (each process reads its own copy of
 //! the certificates).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::StreamExt;
 use gantry_tests::{fresh_postgres, GitRepo, Registry};
 use serde_json::{json, Value};

@@ -15,12 +15,10 @@
 //! password, and a Postgres session that is not encrypted is caught in
 //! `pg_stat_ssl`.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use axum::routing::get;
-use common::*;
 use gantry_tests::apimanager::ApiManagerDouble;
 use gantry_tests::{fresh_postgres, GitRepo, NatsConfig, NatsServer, Registry, TestPki};
 use serde_json::{json, Value};

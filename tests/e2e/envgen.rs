@@ -2,12 +2,10 @@
 //! repository holding Axway's sample YAML Entity Store project, checked out
 //! at the run's commit, validated and packaged for each stage.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gantry_tests::GitRepo;
 use serde_json::{json, Value};
 use sha2::Digest;

@@ -2,12 +2,10 @@
 //! the YAML project and pushes `<stage>-<short sha>` on top of a parent image,
 //! checked with `skopeo`, the real client.
 
-mod common;
-
 use std::process::Command;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gantry_imagebuild::layer::list_layer;
 use gantry_tests::{GitRepo, Registry};
 use serde_json::{json, Value};

@@ -5,14 +5,12 @@
 //! later commit whose smoke check fails on `test` is rolled back, and the
 //! deploy repository's history shows every step.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use axum::routing::get;
-use common::*;
 use gantry_tests::{GitRepo, Registry};
 use serde_json::{json, Value};
 

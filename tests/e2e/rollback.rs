@@ -1,12 +1,10 @@
 //! `gantry rollback`: a stage goes back to an earlier release through the
 //! same gitops deploy, readiness and smoke steps, as a run of its own.
 
-mod common;
-
 use std::time::Duration;
 
+use crate::common::*;
 use axum::routing::get;
-use common::*;
 use gantry_tests::{GitRepo, Registry};
 use serde_json::{json, Value};
 

@@ -1,15 +1,13 @@
 //! Smoke checks decide promotion: a passing stage promotes, a failing one is
 //! rolled back to what it ran before and fails the run.
 
-mod common;
-
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::common::*;
 use axum::http::StatusCode;
 use axum::routing::get;
-use common::*;
 use serde_json::{json, Value};
 
 async fn wait_run(base: &str, run: &str, status: &str) -> Value {

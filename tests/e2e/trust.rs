@@ -3,15 +3,13 @@
 //! to read Gantry's own environment and files into a package, an event or a
 //! command's output. Only what the stage declares under `env` is reachable,
 //! declared secrets are masked everywhere but in the package itself, and the
-//! canary variable every e2e process carries ([`common::CANARY_VAR`]) shows
+//! canary variable every e2e process carries ([`crate::common::CANARY_VAR`]) shows
 //! up nowhere.
-
-mod common;
 
 use std::io::Read;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use gantry_tests::GitRepo;
 use serde_json::{json, Value};
 

@@ -2,9 +2,7 @@
 //! one run, visible in the API and on the event stream; rejected deliveries
 //! record nothing.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 
 #[tokio::test]

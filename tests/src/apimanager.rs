@@ -20,7 +20,7 @@
 //!   real API Manager answers.
 //!
 //! Every JSON object is built in API Manager's own shape: the key sets equal
-//! those of the fixture bodies (`tests/tests/apimanager_double.rs` checks it).
+//! those of the fixture bodies (`tests/tests/it/apimanager_double.rs` checks it).
 //!
 //! # Session and CSRF
 //! - `POST /login`, form `username`, `password` (apim-cli

@@ -1,5 +1,4 @@
 //! Driving the real `gantry` binary: spawn it, sign webhooks, read the API.
-#![allow(dead_code)] // each e2e test binary uses a different part of this
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -76,14 +75,9 @@ impl Gantry {
     /// Starts `gantry <args>` as a separate machine would run it: in a
     /// working directory of its own holding a copy of `template/pipelines`,
     /// so its data dir (`.gantry`: mirrors, checkouts, local packages) is
-    /// its own and no other process can read it.
-    pub async fn start_alone(template: &Path, args: &[&str], env: &[(&str, &str)]) -> Gantry {
-        Gantry::start_alone_with(template, &[], args, env).await
-    }
-
-    /// [`Gantry::start_alone`], with copies of `files` (certificates, keys)
-    /// at the root of the process's own directory, under their file names:
-    /// a relative path in `env` (`GANTRY_NATS_CA=ca.pem`) names the
+    /// its own and no other process can read it; with copies of `files`
+    /// (certificates, keys) at the root of that directory, under their file
+    /// names: a relative path in `env` (`GANTRY_NATS_CA=ca.pem`) names the
     /// process's own copy, as each machine would hold its own.
     pub async fn start_alone_with(
         template: &Path,

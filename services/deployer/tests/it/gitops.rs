@@ -1,12 +1,10 @@
 //! The gitops target against real git repositories (a bare remote).
 
-mod common;
-
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{values_with, DeployRepo, VALUES, VALUES_PATH};
+use crate::common::{values_with, DeployRepo, VALUES, VALUES_PATH};
 use gantry_deployer::{
     deploy_gitops, deploy_gitops_with, CommitMessage, DeployError, EditError, GitOpsOptions,
 };

@@ -3,12 +3,11 @@
 //! server + a running relay). DESIGN.md 2.2: "One `EventBus` trait, two
 //! implementations, the same consumer code and the same tests."
 
-mod support;
-
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{event, store_at, wait_for, within, WAIT};
 use async_trait::async_trait;
 use gantry_proto::{CloudEvent, EventName};
 use gantry_store::bus::{Delivery, EventBus, NatsBus, NatsSettings, SqlBus, Subscription};
@@ -16,7 +15,6 @@ use gantry_store::consumer::{self, Handler, HandlerError};
 use gantry_store::relay::Relay;
 use gantry_store::{EventStore, ExpectedVersion, NewEvents};
 use gantry_tests::{fresh_postgres, unique_name, NatsServer, TestDb};
-use support::{event, store_at, wait_for, within, WAIT};
 use tempfile::TempDir;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -61,7 +59,7 @@ impl Drop for Env {
 
 impl Env {
     async fn sql_on_sqlite() -> anyhow::Result<Env> {
-        let (store, dir) = support::sqlite_store().await?;
+        let (store, dir) = crate::support::sqlite_store().await?;
         Ok(Env {
             kind: Kind::SqlOnSqlite,
             bus: Arc::new(SqlBus::new(store.clone())),
@@ -550,7 +548,7 @@ impl Handler for Recorder {
             Behaviour::Permanent => return Err(HandlerError::Permanent("never works".into())),
             _ => {}
         }
-        let result = support::event(RESULT, "results", "results").caused_by(event);
+        let result = crate::support::event(RESULT, "results", "results").caused_by(event);
         Ok(vec![NewEvents::new(
             "results",
             ExpectedVersion::Any,

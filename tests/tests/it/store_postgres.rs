@@ -3,18 +3,16 @@
 //! atomicity, handled-once, and the proof that a concurrent reader tailing the
 //! log never skips an event that commits late.
 
-mod support;
-
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::support::{cancelled, store_at, within};
 use gantry_proto::CloudEvent;
 use gantry_store::store::Backend;
 use gantry_store::{EventStore, ExpectedVersion, NewEvents, StoreError};
 use gantry_tests::fresh_postgres;
-use support::{cancelled, store_at, within};
 use uuid::Uuid;
 
 async fn count_rows(store: &EventStore) -> anyhow::Result<i64> {
@@ -438,7 +436,7 @@ async fn wakeups_see_appends_from_other_connections() -> anyhow::Result<()> {
             vec![cancelled("1"), cancelled("1")],
         )
         .await?;
-    let head = within(support::WAIT, "a wakeup", async {
+    let head = within(crate::support::WAIT, "a wakeup", async {
         loop {
             let h = wake.wait_beyond(0).await;
             if h > 0 {

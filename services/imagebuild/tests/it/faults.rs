@@ -2,10 +2,8 @@
 //! retried 5xx and dropped connections, persistent failures, missing
 //! parents, corrupted content. Nothing half-pushed is ever reported.
 
-mod common;
-
-use common::proxy::{Fault, Proxy, Rule};
-use common::*;
+use crate::common::proxy::{Fault, Proxy, Rule};
+use crate::common::*;
 use gantry_imagebuild::manifest::ManifestFormat;
 use gantry_imagebuild::{ImageClient, ImageError, ImageSource, Target};
 use gantry_tests::Registry;

@@ -1,11 +1,9 @@
 //! The deployer as a consumer handler: `stage.started` in, `deploy.*` out.
 
-mod common;
-
 use std::path::Path;
 use std::time::Duration;
 
-use common::{health_server, values_with, DeployRepo, VALUES_PATH};
+use crate::common::{health_server, values_with, DeployRepo, VALUES_PATH};
 use gantry_deployer::{Deployer, DeployerOptions, GitOpsOptions, ReadyOptions};
 use gantry_pipeline::{parse_str, PipelineSet};
 use gantry_proto::events::{DeployCompleted, DeployFailed, StageStarted};

@@ -1,5 +1,4 @@
 //! Shared helpers: parent images built in the test, stage inputs, skopeo.
-#![allow(dead_code)]
 
 pub mod proxy;
 

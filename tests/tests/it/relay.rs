@@ -4,12 +4,11 @@
 //! several relays. Every test has its own database, NATS server, prefix and
 //! stream.
 
-mod support;
-
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use crate::support::{event, store_at, wait_for, within, WAIT};
 use async_nats::jetstream;
 use futures::StreamExt;
 use gantry_proto::{CloudEvent, EventName};
@@ -17,7 +16,6 @@ use gantry_store::bus::{NatsBus, NatsSettings};
 use gantry_store::relay::Relay;
 use gantry_store::{EventStore, ExpectedVersion, RecordedEvent};
 use gantry_tests::{fresh_postgres, unique_name, NatsServer, TestDb};
-use support::{event, store_at, wait_for, within, WAIT};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 

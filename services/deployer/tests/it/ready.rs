@@ -1,11 +1,9 @@
 //! Readiness polling against a local HTTP endpoint.
 
-mod common;
-
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use common::health_server;
+use crate::common::health_server;
 use gantry_deployer::{wait_ready, ReadyError, ReadyOptions};
 use gantry_pipeline::Ready;
 

@@ -447,7 +447,7 @@ async fn connection_refused_is_a_transport_error_after_retries() {
 /// (`shared/fixtures/apim-cli/WIREMOCK.md`: HTTPS with WireMock's
 /// self-signed certificate, as apim-cli runs it). Opt-in, because WireMock
 /// needs Java: start it as WIREMOCK.md says, then
-/// `GANTRY_TEST_WIREMOCK_URL=https://127.0.0.1:18075 cargo test -p gantry-tests --test apim_client -- --ignored`.
+/// `GANTRY_TEST_WIREMOCK_URL=https://127.0.0.1:18075 cargo test -p gantry-tests --test it apim_client -- --ignored`.
 /// WireMock's request journal must then hold no unmatched request.
 #[tokio::test]
 #[ignore = "needs a WireMock server: set GANTRY_TEST_WIREMOCK_URL"]

@@ -1,5 +1,4 @@
 //! Shared helpers: a seeded deploy repository and a tiny health endpoint.
-#![allow(dead_code)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;

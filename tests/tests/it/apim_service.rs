@@ -3,8 +3,7 @@
 //! end up as `apis.failed` with a reason that names the file and field (and
 //! never a secret), without writing anything to API Manager.
 
-mod support;
-
+use crate::support::sqlite_store;
 use gantry_apim::Apim;
 use gantry_pipeline::{parse_str, PipelineSet};
 use gantry_proto::events::{ApisFailed, ApisPromoted, DeployCompleted, StageStarted};
@@ -15,7 +14,6 @@ use gantry_store::{EventStore, ExpectedVersion};
 use gantry_tests::apimanager::ApiManagerDouble;
 use gantry_tests::{free_port, GitRepo};
 use serde_json::json;
-use support::sqlite_store;
 
 const RUN: &str = "0192f0c4-7d2e-7c4e-9f00-00000000a001";
 const SECRET: &str = "s3cret-backend-password-value";

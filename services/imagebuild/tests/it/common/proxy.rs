@@ -21,7 +21,6 @@ use tokio::net::{TcpListener, TcpStream};
 pub struct Logged {
     pub method: String,
     pub path: String,
-    pub query: String,
     pub content_range: Option<String>,
     pub status: u16,
 }
@@ -234,18 +233,10 @@ impl Drop for Proxy {
     }
 }
 
-fn record(
-    inner: &Inner,
-    method: &str,
-    path: &str,
-    query: &str,
-    range: Option<String>,
-    status: u16,
-) {
+fn record(inner: &Inner, method: &str, path: &str, range: Option<String>, status: u16) {
     inner.log.lock().unwrap().push(Logged {
         method: method.to_owned(),
         path: path.to_owned(),
-        query: query.to_owned(),
         content_range: range,
         status,
     });
@@ -329,12 +320,12 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             });
             let ok = user.as_deref() == Some(&format!("{}:{}", b.user, b.pass));
             if !ok {
-                record(&inner, &method, &path, &query, range, 401);
+                record(&inner, &method, &path, range, 401);
                 return error_response(401, "UNAUTHORIZED", None);
             }
             let token = format!("tok-{}", uuid_like());
             b.issued.lock().unwrap().insert(token.clone(), scopes);
-            record(&inner, &method, &path, &query, range, 200);
+            record(&inner, &method, &path, range, 200);
             let mut resp = Response::new(Body::from(format!(
                 r#"{{"token":"{token}","expires_in":300}}"#
             )));
@@ -381,7 +372,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
                 r#"Bearer realm="{}/token",service="gantry-fake"{scope}"#,
                 inner.self_base
             );
-            record(&inner, &method, &path, &query, range, 401);
+            record(&inner, &method, &path, range, 401);
             return error_response(401, "UNAUTHORIZED", Some(("www-authenticate", challenge)));
         }
     }
@@ -401,7 +392,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
             match rule.fault {
                 Fault::Status(s) => {
                     drop(rules);
-                    record(&inner, &method, &path, &query, range, s);
+                    record(&inner, &method, &path, range, s);
                     return error_response(s, "UNAVAILABLE", None);
                 }
                 Fault::Corrupt => corrupt = true,
@@ -433,7 +424,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     let upstream = match rb.body(body).send().await {
         Ok(r) => r,
         Err(e) => {
-            record(&inner, &method, &path, &query, range, 502);
+            record(&inner, &method, &path, range, 502);
             return error_response(502, &format!("PROXY: {e}"), None);
         }
     };
@@ -443,7 +434,7 @@ async fn handle(State(inner): State<Arc<Inner>>, req: Request) -> Response {
     if corrupt && !bytes.is_empty() {
         bytes[0] ^= 0xff;
     }
-    record(&inner, &method, &path, &query, range, status);
+    record(&inner, &method, &path, range, status);
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
     for (k, v) in up_headers.iter() {

@@ -1,6 +1,5 @@
 //! Shared helpers for the event-log, bus and relay tests (`mod support;`).
 //! Not every test file uses every helper.
-#![allow(dead_code)]
 
 use std::future::Future;
 use std::time::Duration;

@@ -2,11 +2,9 @@
 //! credentials, and the Bearer token flow (a fake token service in front of
 //! the real registry).
 
-mod common;
-
+use crate::common::proxy::Proxy;
+use crate::common::*;
 use base64::Engine as _;
-use common::proxy::Proxy;
-use common::*;
 use gantry_imagebuild::manifest::ManifestFormat;
 use gantry_imagebuild::{
     ClientOptions, CredentialStore, Credentials, ImageClient, ImageError, ImageSource, Target,

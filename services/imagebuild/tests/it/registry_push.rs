@@ -1,10 +1,8 @@
 //! Stage images on the real registry (Debian's docker-registry), checked
 //! with skopeo.
 
-mod common;
-
-use common::proxy::Proxy;
-use common::*;
+use crate::common::proxy::Proxy;
+use crate::common::*;
 use gantry_imagebuild::assemble::{LABEL_PACKAGE_DIGEST, LABEL_REVISION, LABEL_SOURCE};
 use gantry_imagebuild::manifest::{
     ManifestFormat, DOCKER_LAYER_GZIP, DOCKER_MANIFEST, OCI_MANIFEST,

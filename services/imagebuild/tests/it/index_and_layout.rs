@@ -1,9 +1,7 @@
 //! Multi-platform parents (OCI index, Docker manifest list) and OCI image
 //! layouts on disk as source and target, checked with skopeo.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use gantry_imagebuild::manifest::{ManifestFormat, Platform, OCI_MANIFEST};
 use gantry_imagebuild::{ImageError, OciLayout, Target};
 use gantry_tests::Registry;

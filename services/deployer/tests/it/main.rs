@@ -1,0 +1,9 @@
+//! The deployer's tests, one binary: real git repositories, commands and HTTP servers.
+
+mod common;
+
+mod command;
+mod gitops;
+mod ready;
+mod service;
+mod stage_env;

@@ -1,0 +1,4 @@
+//! The smoke service's tests, one binary.
+
+mod checks;
+mod service;
