@@ -55,17 +55,12 @@ pub(crate) async fn plan(
     // earlier commit its stage.started names (the same commit, recorded).
     let commit =
         latest_for_stage::<StageStarted>(&events, &stage).map_or(started.commit, |s| s.commit);
-    let apim = gantry_apim::Apim::for_plans(
-        api.app.store.clone(),
-        api.app.pipelines.clone(),
-        &api.app.settings.data_dir,
-    );
-    match apim.plan(&pipeline, &stage, &commit).await {
+    match api.previews.apis_plan(&pipeline, &stage, &commit).await {
         Ok(report) => Ok(Json(report).into_response()),
-        Err(failure) => Err(Problem::new(
+        Err(refused) => Err(Problem::new(
             axum::http::StatusCode::UNPROCESSABLE_ENTITY,
-            format!("the API Manager plan failed: {}", failure.reason),
+            format!("the API Manager plan failed: {}", refused.reason),
         )
-        .with("breaking_fields", failure.breaking_fields)),
+        .with("breaking_fields", refused.breaking_fields)),
     }
 }

@@ -61,11 +61,13 @@ pub(crate) async fn stage_diff(
     // them); a diff shows none of them, nor any other secret of the pipeline.
     let masker = stage_masker(&api, &pipeline, &stage);
     let secrets: Vec<String> = masker.secrets().map(str::to_owned).collect();
-    let diff = gantry_envgen::diff::diff_packages_masked(
-        current_bytes.as_deref(),
-        &candidate_bytes,
-        &secrets,
-    )
+    // Unpacking and comparing two archives is CPU work: off the async path.
+    let previews = api.previews.clone();
+    let diff = tokio::task::spawn_blocking(move || {
+        previews.diff(current_bytes.as_deref(), &candidate_bytes, &secrets)
+    })
+    .await
+    .map_err(Problem::internal)?
     .map_err(Problem::internal)?;
     if q.format.as_deref() == Some("text") {
         return Ok((
@@ -73,7 +75,7 @@ pub(crate) async fn stage_diff(
                 axum::http::header::CONTENT_TYPE,
                 "text/plain; charset=utf-8",
             )],
-            diff.to_text(),
+            diff.text,
         )
             .into_response());
     }
@@ -87,7 +89,7 @@ pub(crate) async fn stage_diff(
             "commit": r.commit,
             "digest": current.as_ref().map(|p| p.digest.clone()),
         })),
-        "diff": diff,
+        "diff": diff.json,
     }))
     .into_response())
 }

@@ -12,8 +12,10 @@ mod approvals;
 mod dashboard;
 mod diff;
 mod events;
+mod previews;
 mod rollback;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
@@ -28,7 +30,9 @@ use gantry_proto::RunStatus;
 use gantry_runtime::auth::{Identity, TokenSource};
 use gantry_runtime::trigger::{self, CommitInfo};
 use gantry_runtime::{App, Problem};
+
 use gantry_store::projection::RunFilter;
+pub use previews::{DiffView, PlanRefused, Previews};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -43,18 +47,24 @@ pub struct Api {
     pub tokens: Option<TokenSource>,
     /// Mirrors of the pipelines' branches, to check what a manual trigger names.
     pub sources: gantry_runtime::git::SourceCache,
+    /// The diff and API Manager plan shown before an approval.
+    pub previews: Arc<dyn Previews>,
 }
 
 /// The API routes (and the dashboard at `/`), ready to merge into a server.
 /// The tokens file is watched ([`gantry_runtime::auth::RELOAD_INTERVAL`],
 /// SIGHUP) until the app shuts down.
-pub fn router(app: App) -> Result<Router, gantry_runtime::auth::TokensError> {
-    router_with_reload(app, gantry_runtime::auth::RELOAD_INTERVAL)
+pub fn router(
+    app: App,
+    previews: Arc<dyn Previews>,
+) -> Result<Router, gantry_runtime::auth::TokensError> {
+    router_with_reload(app, previews, gantry_runtime::auth::RELOAD_INTERVAL)
 }
 
 /// [`router`], looking at the tokens file every `reload_interval`.
 pub fn router_with_reload(
     app: App,
+    previews: Arc<dyn Previews>,
     reload_interval: Duration,
 ) -> Result<Router, gantry_runtime::auth::TokensError> {
     let tokens = match &app.settings.api_tokens {
@@ -72,6 +82,7 @@ pub fn router_with_reload(
         app,
         tokens,
         sources,
+        previews,
     };
     let v1 = Router::new()
         .route("/pipelines", get(list_pipelines))

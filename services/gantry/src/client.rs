@@ -130,7 +130,7 @@ impl Client {
         let app = App::start(settings)
             .await
             .context("no Gantry server is answering, and the local store cannot be opened")?;
-        let router = gantry_api::router(app)?;
+        let router = crate::server::api_router(&app)?;
         let mut req = Request::builder().method(method).uri(path);
         if let Some(token) = &self.token {
             req = req.header(http::header::AUTHORIZATION, format!("Bearer {token}"));

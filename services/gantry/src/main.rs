@@ -3,6 +3,7 @@
 mod bench;
 mod cli;
 mod client;
+mod previews;
 mod server;
 
 use std::process::ExitCode;

@@ -53,10 +53,7 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
     let mut timers = None;
     let (http, workers) = match service {
         Service::Webhook => (gantry_webhook::router(app.clone()), vec![]),
-        Service::Api => (
-            gantry_api::router(app.clone()).context("loading API tokens")?,
-            vec![],
-        ),
+        Service::Api => (api_router(&app)?, vec![]),
         Service::Conductor => {
             let c = conductor(&app);
             timers = Some(c.clone());
@@ -78,9 +75,15 @@ pub fn http_router(app: &App) -> anyhow::Result<Router> {
     Ok(gantry_runtime::problem::finish(
         Router::new()
             .merge(gantry_webhook::router(app.clone()))
-            .merge(gantry_api::router(app.clone()).context("loading API tokens")?)
+            .merge(api_router(app)?)
             .merge(app.health_routes()),
     ))
+}
+
+/// The API, with the diff and plan previews of envgen and apim.
+pub fn api_router(app: &App) -> anyhow::Result<Router> {
+    let previews = Arc::new(crate::previews::Previews::new(app));
+    gantry_api::router(app.clone(), previews).context("loading API tokens")
 }
 
 /// The environmentalization worker: `run.started` → packages.

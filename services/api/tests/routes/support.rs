@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -150,7 +151,12 @@ impl TestApp {
             Router::new()
                 .merge(gantry_webhook::router(app.clone()))
                 .merge(
-                    gantry_api::router_with_reload(app.clone(), options.reload_interval).unwrap(),
+                    gantry_api::router_with_reload(
+                        app.clone(),
+                        Arc::new(RealPreviews::new(&app)),
+                        options.reload_interval,
+                    )
+                    .unwrap(),
                 )
                 .merge(app.health_routes()),
         );
@@ -515,5 +521,52 @@ fn dechunk(mut raw: &[u8]) -> Vec<u8> {
         }
         out.extend_from_slice(&raw[eol + 2..eol + 2 + size]);
         raw = &raw[(eol + 2 + size + 2).min(raw.len())..];
+    }
+}
+
+/// The previews `gantry` passes in: envgen's diff, apim's planner (the
+/// routes are tested with the real ones; the binary's own wiring is the
+/// same few lines in `services/gantry/src/previews.rs`).
+pub struct RealPreviews(gantry_apim::Apim);
+
+impl RealPreviews {
+    pub fn new(app: &App) -> Self {
+        Self(gantry_apim::Apim::for_plans(
+            app.store.clone(),
+            app.pipelines.clone(),
+            &app.settings.data_dir,
+        ))
+    }
+}
+
+#[async_trait::async_trait]
+impl gantry_api::Previews for RealPreviews {
+    fn diff(
+        &self,
+        current: Option<&[u8]>,
+        candidate: &[u8],
+        secrets: &[String],
+    ) -> Result<gantry_api::DiffView, String> {
+        let diff = gantry_envgen::diff::diff_packages_masked(current, candidate, secrets)
+            .map_err(|e| e.to_string())?;
+        Ok(gantry_api::DiffView {
+            json: serde_json::to_value(&diff).map_err(|e| e.to_string())?,
+            text: diff.to_text(),
+        })
+    }
+
+    async fn apis_plan(
+        &self,
+        pipeline: &gantry_pipeline::Pipeline,
+        stage: &str,
+        commit: &str,
+    ) -> Result<serde_json::Value, gantry_api::PlanRefused> {
+        match self.0.plan(pipeline, stage, commit).await {
+            Ok(report) => Ok(serde_json::to_value(&report).expect("a plan report is JSON")),
+            Err(f) => Err(gantry_api::PlanRefused {
+                reason: f.reason,
+                breaking_fields: f.breaking_fields,
+            }),
+        }
     }
 }
