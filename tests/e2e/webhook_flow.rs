@@ -315,6 +315,42 @@ async fn health_cli_and_graceful_shutdown() {
     assert_eq!(lines[0]["type"], "io.gantry.commit.received.v1");
     assert_eq!(lines[1]["type"], "io.gantry.run.started.v1");
     assert!(lines.iter().all(|l| l["subject"] == run["run_id"]));
+    let run_id = run["run_id"].as_str().unwrap();
+    let out = cli(&["run", run_id]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(run_id), "{text}");
+    // Cancelled if it still runs (it may already have failed: the stage
+    // has nothing to package); either way it ends, and stays as it ended.
+    let out = cli(&["cancel", run_id, "--reason", "not this one"]);
+    if out.status.success() {
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(&format!("cancelled run {run_id}")), "{text}");
+    }
+    let out = cli(&["cancel", run_id]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a finished run cannot be cancelled"
+    );
+    let out = cli(&["run", run_id, "--output", "json"]);
+    let view: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let status = view["status"].as_str().unwrap().to_owned();
+    assert_ne!(status, "running", "{view}");
+    // Filters reach the API URL-encoded; one that matches nothing lists nothing.
+    let out = cli(&[
+        "runs",
+        "--pipeline",
+        "banking",
+        "--status",
+        &status,
+        "--output",
+        "json",
+    ]);
+    let filtered: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(filtered.as_array().unwrap().len(), 1, "{filtered}");
+    let out = cli(&["runs", "--pipeline", "no such pipeline", "--output", "json"]);
+    let none: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(none, serde_json::json!([]));
     let out = cli(&["trigger", "nope", "--commit", &commit]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no pipeline named `nope`"));
