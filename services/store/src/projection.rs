@@ -369,91 +369,141 @@ async fn apply(
     let at = event
         .time
         .to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    let stage = event.stage().map(str::to_owned);
-    // Undecodable payloads are recorded facts too; they just change nothing here.
-    macro_rules! data {
-        ($t:ty) => {
-            match event.decode::<$t>() {
-                Ok(d) => d,
-                Err(e) => {
-                    tracing::warn!(error = %e, "projection skips event with unexpected data");
-                    return Ok(());
-                }
-            }
-        };
-    }
     if name == EventName::RunStarted {
-        let d = data!(ev::RunStarted);
-        let author = d.author.as_ref().and_then(|a| {
-            a.name
-                .clone()
-                .or_else(|| a.username.clone())
-                .or_else(|| a.email.clone())
-        });
-        sqlx::query(
-            "INSERT INTO runs (run_id, pipeline, commit_sha, branch, repository, trigger_kind, \
-             message, author, status, created_at, updated_at, last_position) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) \
-             ON CONFLICT (run_id) DO NOTHING",
-        )
-        .bind(run_id)
-        .bind(&event.pipeline)
-        .bind(&d.commit)
-        .bind(&d.branch)
-        .bind(&d.repository)
-        .bind(d.trigger.as_str())
-        .bind(d.message.clone())
-        .bind(author)
-        .bind(RunStatus::Running.as_str())
-        .bind(&at)
-        .bind(position)
-        .execute(&mut *conn)
-        .await?;
-        for (i, s) in d.stages.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO stages (run_id, stage, ordinal, after_stage, steps, status, approvals, updated_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, '[]', $7) ON CONFLICT (run_id, stage) DO NOTHING",
-            )
-            .bind(run_id)
-            .bind(&s.name)
-            .bind(i as i64)
-            .bind(s.after.clone())
-            .bind(serde_json::to_string(&s.steps).unwrap_or_else(|_| "[]".into()))
-            .bind(StageStatus::Pending.as_str())
-            .bind(&at)
-            .execute(&mut *conn)
-            .await?;
+        if let Some(d) = decode::<ev::RunStarted>(event) {
+            insert_run(conn, event, run_id, &d, &at, position).await?;
         }
         return Ok(());
     }
     if let Some(status) = RunStatus::after(name) {
-        let reason = match name {
-            EventName::RunFailed => Some(data!(ev::RunFailed).reason),
-            EventName::RunSuperseded => {
-                let d = data!(ev::RunSuperseded);
-                Some(format!(
-                    "superseded by run {} in stage {}",
-                    d.by_run, d.stage
-                ))
-            }
-            EventName::RunCancelled => {
-                let d = data!(ev::RunCancelled);
-                Some(format!(
-                    "cancelled by {}{}",
-                    d.user,
-                    d.reason.map(|r| format!(": {r}")).unwrap_or_default()
-                ))
-            }
-            _ => None,
+        let Some(reason) = run_reason(event, name) else {
+            return Ok(());
         };
         set_run(conn, run_id, status, reason, &at, position).await?;
     }
-    let Some(stage) = stage else {
-        return Ok(());
-    };
-    let mut update = StageUpdate::new(conn, run_id, &stage, &at);
+    if let Some(stage) = event.stage() {
+        if !apply_to_stage(conn, event, name, run_id, stage, &at).await? {
+            return Ok(());
+        }
+    }
+    sqlx::query("UPDATE runs SET updated_at = $2, last_position = $3 WHERE run_id = $1")
+        .bind(run_id)
+        .bind(&at)
+        .bind(position)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// An event's payload; an undecodable one is a recorded fact too, it just
+/// changes nothing here.
+fn decode<T: gantry_proto::EventPayload>(event: &CloudEvent) -> Option<T> {
+    match event.decode::<T>() {
+        Ok(d) => Some(d),
+        Err(e) => {
+            tracing::warn!(error = %e, "projection skips event with unexpected data");
+            None
+        }
+    }
+}
+
+/// A new run and its stages, pending.
+async fn insert_run(
+    conn: &mut AnyConnection,
+    event: &CloudEvent,
+    run_id: &str,
+    d: &ev::RunStarted,
+    at: &str,
+    position: i64,
+) -> Result<(), StoreError> {
+    let author = d.author.as_ref().and_then(|a| {
+        a.name
+            .clone()
+            .or_else(|| a.username.clone())
+            .or_else(|| a.email.clone())
+    });
+    sqlx::query(
+        "INSERT INTO runs (run_id, pipeline, commit_sha, branch, repository, trigger_kind, \
+         message, author, status, created_at, updated_at, last_position) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10, $11) \
+         ON CONFLICT (run_id) DO NOTHING",
+    )
+    .bind(run_id)
+    .bind(&event.pipeline)
+    .bind(&d.commit)
+    .bind(&d.branch)
+    .bind(&d.repository)
+    .bind(d.trigger.as_str())
+    .bind(d.message.clone())
+    .bind(author)
+    .bind(RunStatus::Running.as_str())
+    .bind(at)
+    .bind(position)
+    .execute(&mut *conn)
+    .await?;
+    for (i, s) in d.stages.iter().enumerate() {
+        sqlx::query(
+            "INSERT INTO stages (run_id, stage, ordinal, after_stage, steps, status, approvals, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, '[]', $7) ON CONFLICT (run_id, stage) DO NOTHING",
+        )
+        .bind(run_id)
+        .bind(&s.name)
+        .bind(i as i64)
+        .bind(s.after.clone())
+        .bind(serde_json::to_string(&s.steps).unwrap_or_else(|_| "[]".into()))
+        .bind(StageStatus::Pending.as_str())
+        .bind(at)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(())
+}
+
+/// Why a run ended as it did, in words; `None` when the payload cannot be
+/// read (the event then changes nothing).
+fn run_reason(event: &CloudEvent, name: EventName) -> Option<Option<String>> {
+    Some(match name {
+        EventName::RunFailed => Some(decode::<ev::RunFailed>(event)?.reason),
+        EventName::RunSuperseded => {
+            let d = decode::<ev::RunSuperseded>(event)?;
+            Some(format!(
+                "superseded by run {} in stage {}",
+                d.by_run, d.stage
+            ))
+        }
+        EventName::RunCancelled => {
+            let d = decode::<ev::RunCancelled>(event)?;
+            Some(format!(
+                "cancelled by {}{}",
+                d.user,
+                d.reason.map(|r| format!(": {r}")).unwrap_or_default()
+            ))
+        }
+        _ => None,
+    })
+}
+
+/// What a stage's event changes of its row (and of the stage's release);
+/// `false` when its payload cannot be read.
+async fn apply_to_stage(
+    conn: &mut AnyConnection,
+    event: &CloudEvent,
+    name: EventName,
+    run_id: &str,
+    stage: &str,
+    at: &str,
+) -> Result<bool, StoreError> {
+    let mut update = StageUpdate::new(conn, run_id, stage, at);
     if let Some(status) = StageStatus::after(name) {
         update = update.status(status);
+    }
+    macro_rules! data {
+        ($t:ty) => {
+            match decode::<$t>(event) {
+                Some(d) => d,
+                None => return Ok(false),
+            }
+        };
     }
     match name {
         EventName::PackageBuilt => {
@@ -476,51 +526,26 @@ async fn apply(
             let d = data!(ev::ImageFailed);
             update.set("reason", d.reason).run().await?
         }
-        EventName::StageQueued => update.set("waiting", event.data.to_string()).run().await?,
-        EventName::ApprovalRequested => update.set("waiting", event.data.to_string()).run().await?,
-        EventName::ApprovalGranted | EventName::ApprovalRejected => {
-            let current: Option<String> =
-                sqlx::query_scalar("SELECT approvals FROM stages WHERE run_id = $1 AND stage = $2")
-                    .bind(run_id)
-                    .bind(&stage)
-                    .fetch_optional(&mut *update.conn)
-                    .await?;
-            let mut list: Vec<serde_json::Value> = current.map(json_or_default).unwrap_or_default();
-            let mut entry = event.data.clone();
-            if let Some(obj) = entry.as_object_mut() {
-                obj.insert(
-                    "decision".into(),
-                    if name == EventName::ApprovalGranted {
-                        "granted"
-                    } else {
-                        "rejected"
-                    }
-                    .into(),
-                );
-                obj.insert("at".into(), at.clone().into());
-            }
-            list.push(entry);
-            let approvals = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
-            let update = update.set("approvals", approvals);
-            if name == EventName::ApprovalRejected {
-                let d = data!(ev::ApprovalRejected);
-                update.set("reason", d.reason).run().await?
-            } else {
-                update.run().await?
-            }
+        EventName::StageQueued | EventName::ApprovalRequested => {
+            update.set("waiting", event.data.to_string()).run().await?
+        }
+        EventName::ApprovalGranted => record_decision(update, event, "granted", None).await?,
+        EventName::ApprovalRejected => {
+            let d = data!(ev::ApprovalRejected);
+            record_decision(update, event, "rejected", Some(d.reason)).await?
         }
         EventName::StageStarted => update.clear_waiting().run().await?,
-        EventName::DeployCompleted => update.run().await?,
+        EventName::DeployCompleted | EventName::ApisPromoted | EventName::SmokePassed => {
+            update.run().await?
+        }
         EventName::DeployFailed => {
             let d = data!(ev::DeployFailed);
             update.set("reason", d.reason).run().await?
         }
-        EventName::ApisPromoted => update.run().await?,
         EventName::ApisFailed => {
             let d = data!(ev::ApisFailed);
             update.set("reason", d.reason).run().await?
         }
-        EventName::SmokePassed => update.run().await?,
         EventName::SmokeFailed => {
             update
                 .set("reason", "smoke checks failed".to_owned())
@@ -531,62 +556,91 @@ async fn apply(
             let d = data!(ev::EnvPromoted);
             update.clear_waiting().run().await?;
             let release = Release {
-                stage: stage.clone(),
+                stage: stage.to_owned(),
                 run_id: run_id.to_owned(),
                 commit: d.commit,
                 image: d.image,
                 digest: d.digest,
-                promoted_at: at.clone(),
+                promoted_at: at.to_owned(),
             };
             upsert_release(conn, &event.pipeline, &release).await?;
         }
         EventName::StageRolledBack => {
             let d = data!(ev::StageRolledBack);
             update.set("reason", d.reason.clone()).run().await?;
-            match (&d.to_run, &d.to_commit) {
-                (Some(to_run), Some(to_commit)) => {
-                    let prior = sqlx::query(
-                        "SELECT image, image_digest FROM stages WHERE run_id = $1 AND stage = $2",
-                    )
-                    .bind(to_run)
-                    .bind(&stage)
-                    .fetch_optional(&mut *conn)
-                    .await?;
-                    let (image, digest): (Option<String>, Option<String>) = match prior {
-                        Some(r) => (r.try_get(0)?, r.try_get(1)?),
-                        None => (None, None),
-                    };
-                    let release = Release {
-                        stage: stage.clone(),
-                        run_id: to_run.clone(),
-                        commit: to_commit.clone(),
-                        image,
-                        digest,
-                        promoted_at: at.clone(),
-                    };
-                    upsert_release(conn, &event.pipeline, &release).await?;
-                }
-                _ => {
-                    sqlx::query(
-                        "DELETE FROM releases WHERE pipeline = $1 AND stage = $2 AND run_id = $3",
-                    )
-                    .bind(&event.pipeline)
-                    .bind(&stage)
-                    .bind(run_id)
-                    .execute(&mut *conn)
-                    .await?;
-                }
-            }
+            record_rollback(conn, event, run_id, stage, at, &d).await?;
         }
         _ => {}
     }
-    sqlx::query("UPDATE runs SET updated_at = $2, last_position = $3 WHERE run_id = $1")
-        .bind(run_id)
-        .bind(&at)
-        .bind(position)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
+    Ok(true)
+}
+
+/// An approval decision appended to the stage's list of them.
+async fn record_decision(
+    update: StageUpdate<'_>,
+    event: &CloudEvent,
+    decision: &str,
+    reason: Option<String>,
+) -> Result<(), StoreError> {
+    let current: Option<String> =
+        sqlx::query_scalar("SELECT approvals FROM stages WHERE run_id = $1 AND stage = $2")
+            .bind(update.run_id)
+            .bind(update.stage)
+            .fetch_optional(&mut *update.conn)
+            .await?;
+    let mut list: Vec<serde_json::Value> = current.map(json_or_default).unwrap_or_default();
+    let mut entry = event.data.clone();
+    if let Some(obj) = entry.as_object_mut() {
+        obj.insert("decision".into(), decision.into());
+        obj.insert("at".into(), update.at.to_owned().into());
+    }
+    list.push(entry);
+    let approvals = serde_json::to_string(&list).unwrap_or_else(|_| "[]".into());
+    let update = update.set("approvals", approvals);
+    match reason {
+        Some(reason) => update.set("reason", reason).run().await,
+        None => update.run().await,
+    }
+}
+
+/// The stage's release after a rollback: the run it went back to (with
+/// that run's image), or none when it went back to nothing.
+async fn record_rollback(
+    conn: &mut AnyConnection,
+    event: &CloudEvent,
+    run_id: &str,
+    stage: &str,
+    at: &str,
+    d: &ev::StageRolledBack,
+) -> Result<(), StoreError> {
+    let (Some(to_run), Some(to_commit)) = (&d.to_run, &d.to_commit) else {
+        sqlx::query("DELETE FROM releases WHERE pipeline = $1 AND stage = $2 AND run_id = $3")
+            .bind(&event.pipeline)
+            .bind(stage)
+            .bind(run_id)
+            .execute(&mut *conn)
+            .await?;
+        return Ok(());
+    };
+    let prior =
+        sqlx::query("SELECT image, image_digest FROM stages WHERE run_id = $1 AND stage = $2")
+            .bind(to_run)
+            .bind(stage)
+            .fetch_optional(&mut *conn)
+            .await?;
+    let (image, digest): (Option<String>, Option<String>) = match prior {
+        Some(r) => (r.try_get(0)?, r.try_get(1)?),
+        None => (None, None),
+    };
+    let release = Release {
+        stage: stage.to_owned(),
+        run_id: to_run.clone(),
+        commit: to_commit.clone(),
+        image,
+        digest,
+        promoted_at: at.to_owned(),
+    };
+    upsert_release(conn, &event.pipeline, &release).await
 }
 
 /// Records what a stage of a pipeline runs now.
