@@ -55,7 +55,7 @@ pub struct Global {
     pub nats_key: Option<PathBuf>,
     /// Replicas of the JetStream stream and the package bucket (a NATS
     /// cluster of at least as many servers).
-    #[arg(long, env = "GANTRY_NATS_REPLICAS", default_value_t = 1, global = true, value_parser = clap::value_parser!(u8).range(1..=5))]
+    #[arg(long, env = "GANTRY_NATS_REPLICAS", default_value_t = gantry_runtime::config::DEFAULT_NATS_REPLICAS, global = true, value_parser = clap::value_parser!(u8).range(1..=5))]
     pub nats_replicas: u8,
     /// Events older than this leave the JetStream stream (e.g. 7d); kept when unset.
     #[arg(long, env = "GANTRY_NATS_MAX_AGE", global = true, value_parser = parse_max_age)]
@@ -67,7 +67,7 @@ pub struct Global {
     #[arg(
         long,
         env = "GANTRY_NATS_PREFIX",
-        default_value = "gantry",
+        default_value = gantry_runtime::config::DEFAULT_NATS_PREFIX,
         global = true
     )]
     pub nats_prefix: String,
@@ -75,7 +75,7 @@ pub struct Global {
     #[arg(
         long,
         env = "GANTRY_NATS_STREAM",
-        default_value = "GANTRY_EVENTS",
+        default_value = gantry_runtime::config::DEFAULT_NATS_STREAM,
         global = true
     )]
     pub nats_stream: String,
@@ -86,7 +86,7 @@ pub struct Global {
     #[arg(
         long,
         env = "GANTRY_PIPELINES",
-        default_value = "pipelines",
+        default_value = gantry_runtime::config::DEFAULT_PIPELINES,
         global = true
     )]
     pub pipelines: PathBuf,
@@ -94,7 +94,7 @@ pub struct Global {
     #[arg(
         long,
         env = "GANTRY_DATA_DIR",
-        default_value = ".gantry",
+        default_value = gantry_runtime::config::DEFAULT_DATA_DIR,
         global = true
     )]
     pub data_dir: PathBuf,
@@ -375,4 +375,42 @@ pub enum ApisCommand {
     /// applications and grants that promoting `run` into `stage` would
     /// change, and the breaking changes the stage would refuse.
     Plan { run: String, stage: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+    use gantry_runtime::Settings;
+
+    use super::Cli;
+
+    /// The flags' defaults are the embedded ones (`Settings::default()`),
+    /// for every setting whose variable this environment leaves unset.
+    #[test]
+    fn flag_defaults_are_the_embedded_defaults() {
+        let cli = Cli::try_parse_from(["gantry", "up"]).expect("parses");
+        let (from_flags, embedded) = (cli.global.settings(), Settings::default());
+        let unset = |var: &str| std::env::var_os(var).is_none();
+        if unset("GANTRY_NATS_PREFIX") {
+            assert_eq!(from_flags.nats_prefix, embedded.nats_prefix);
+        }
+        if unset("GANTRY_NATS_STREAM") {
+            assert_eq!(from_flags.nats_stream, embedded.nats_stream);
+        }
+        if unset("GANTRY_LISTEN") {
+            assert_eq!(from_flags.listen, embedded.listen);
+        }
+        if unset("GANTRY_PIPELINES") {
+            assert_eq!(from_flags.pipelines, embedded.pipelines);
+        }
+        if unset("GANTRY_DATA_DIR") {
+            assert_eq!(from_flags.data_dir, embedded.data_dir);
+        }
+        if unset("GANTRY_NATS_REPLICAS") {
+            assert_eq!(from_flags.nats_replicas, embedded.nats_replicas);
+        }
+        if unset("GANTRY_PACKAGES_BUCKET") {
+            assert_eq!(from_flags.packages_bucket, embedded.packages_bucket);
+        }
+    }
 }

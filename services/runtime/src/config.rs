@@ -8,8 +8,21 @@ use std::path::PathBuf;
 
 use gantry_store::bus::{NatsConnection, NatsSettings, StreamLimits};
 
+// The embedded defaults, in one place: `Settings::default()` and the
+// binary's flags both use these.
+
 /// Default HTTP listen address (`GANTRY_LISTEN`).
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default NATS subject prefix (`GANTRY_NATS_PREFIX`).
+pub const DEFAULT_NATS_PREFIX: &str = "gantry";
+/// Default JetStream stream name (`GANTRY_NATS_STREAM`).
+pub const DEFAULT_NATS_STREAM: &str = "GANTRY_EVENTS";
+/// Default directory of pipeline definitions (`GANTRY_PIPELINES`).
+pub const DEFAULT_PIPELINES: &str = "pipelines";
+/// Default directory of embedded state (`GANTRY_DATA_DIR`).
+pub const DEFAULT_DATA_DIR: &str = ".gantry";
+/// Default replicas of the JetStream storage Gantry creates (`GANTRY_NATS_REPLICAS`).
+pub const DEFAULT_NATS_REPLICAS: u8 = 1;
 
 #[derive(Clone)]
 pub struct Settings {
@@ -50,17 +63,17 @@ impl Default for Settings {
         Self {
             database_url: None,
             nats_url: None,
-            nats_prefix: "gantry".into(),
-            nats_stream: "GANTRY_EVENTS".into(),
+            nats_prefix: DEFAULT_NATS_PREFIX.into(),
+            nats_stream: DEFAULT_NATS_STREAM.into(),
             nats_connection: NatsConnection::default(),
             nats_limits: StreamLimits::default(),
             database_pool: None,
             listen: DEFAULT_LISTEN.parse().expect("valid default address"),
-            pipelines: PathBuf::from("pipelines"),
-            data_dir: PathBuf::from(".gantry"),
+            pipelines: PathBuf::from(DEFAULT_PIPELINES),
+            data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             api_tokens: None,
             allow_anonymous: false,
-            nats_replicas: 1,
+            nats_replicas: usize::from(DEFAULT_NATS_REPLICAS),
             packages_bucket: gantry_store::packages::DEFAULT_BUCKET.into(),
             packages_max_bytes: None,
         }
