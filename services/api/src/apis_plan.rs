@@ -55,11 +55,7 @@ pub(crate) async fn plan(
     // earlier commit its stage.started names (the same commit, recorded).
     let commit =
         latest_for_stage::<StageStarted>(&events, &stage).map_or(started.commit, |s| s.commit);
-    let apim = gantry_apim::Apim::for_plans(
-        api.app.store.clone(),
-        api.app.pipelines.clone(),
-        &api.app.settings.data_dir,
-    );
+    let apim = gantry_apim::Apim::for_plans(&gantry_runtime::WorkerContext::of(&api.app));
     match apim.plan(&pipeline, &stage, &commit).await {
         Ok(report) => Ok(Json(report).into_response()),
         Err(failure) => Err(Problem::new(
