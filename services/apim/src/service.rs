@@ -32,11 +32,10 @@ use gantry_pipeline::{Pipeline, SecretRef, StageEnv};
 use gantry_proto::events::{ApiChange, ApisFailed, ApisPromoted, StageStarted};
 use gantry_proto::{CloudEvent, EventName, Step};
 use gantry_runtime::git::SourceCache;
-use gantry_runtime::runtime::Pipelines;
-use gantry_runtime::trigger::run_stream;
+use gantry_runtime::worker::{decode, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::store::latest_for_stage;
-use gantry_store::{EventStore, ExpectedVersion, NewEvents};
+use gantry_store::NewEvents;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -45,6 +44,7 @@ use crate::config::{load_stage, LoadOptions};
 use crate::desired::DesiredState;
 use crate::reconcile::{self, ReconcileOptions};
 
+/// The worker's name: handler, durable consumer, event source, logs.
 pub const SERVICE: &str = "apim";
 
 /// Why a stage's API Manager data could not be promoted (or planned).
@@ -89,29 +89,27 @@ pub struct RefusedChange {
 /// Promotes API Manager data of a commit into a stage.
 #[derive(Clone)]
 pub struct Apim {
-    pipelines: Pipelines,
-    store: EventStore,
+    ctx: WorkerContext,
     sources: SourceCache,
     work: PathBuf,
 }
 
 impl Apim {
     /// `data_dir/apim` holds this service's source mirror and checkouts.
-    pub fn new(store: EventStore, pipelines: Pipelines, data_dir: &Path) -> Self {
-        Self::at(store, pipelines, data_dir.join("apim"))
+    pub fn new(ctx: &WorkerContext) -> Self {
+        Self::at(ctx, ctx.data_dir.join("apim"))
     }
 
     /// For dry runs served by the API: its own mirror (`data_dir/apim-plan`),
     /// so that a plan never fetches into the mirror a promotion in the same
     /// process is using.
-    pub fn for_plans(store: EventStore, pipelines: Pipelines, data_dir: &Path) -> Self {
-        Self::at(store, pipelines, data_dir.join("apim-plan"))
+    pub fn for_plans(ctx: &WorkerContext) -> Self {
+        Self::at(ctx, ctx.data_dir.join("apim-plan"))
     }
 
-    fn at(store: EventStore, pipelines: Pipelines, dir: PathBuf) -> Self {
+    fn at(ctx: &WorkerContext, dir: PathBuf) -> Self {
         Self {
-            pipelines,
-            store,
+            ctx: ctx.clone(),
             sources: SourceCache::new(dir.join("git")),
             work: dir.join("work"),
         }
@@ -363,7 +361,7 @@ impl Apim {
 
     /// The commit the stage's latest `stage.started` of `run` promotes.
     async fn started_commit(&self, run: &str, stage: &str) -> Result<Option<String>, HandlerError> {
-        let events = self.store.read_run(run).await?;
+        let events = self.ctx.store.read_run(run).await?;
         Ok(latest_for_stage::<StageStarted>(&events, stage).map(|s| s.commit))
     }
 }
@@ -442,8 +440,20 @@ impl Handler for Apim {
         else {
             return Ok(vec![]);
         };
-        let Some(pipeline) = self.pipelines.get().get(&event.pipeline).cloned() else {
-            return Ok(vec![]);
+        let reply = Reply::new(SERVICE, event, run);
+        let pipeline = match self
+            .ctx
+            .pipeline_for(&reply, Step::ApiManager, &[stage_name], |stage, reason| {
+                ApisFailed {
+                    stage: stage.to_owned(),
+                    reason,
+                    breaking_fields: vec![],
+                }
+            })
+            .await?
+        {
+            Found::Pipeline(p) => *p,
+            Found::Gone(results) => return Ok(results),
         };
         let Some(stage) = pipeline.stage(stage_name) else {
             return Ok(vec![]);
@@ -454,20 +464,17 @@ impl Handler for Apim {
             return Ok(vec![]);
         }
         let commit = match name {
-            EventName::StageStarted => event
-                .decode::<StageStarted>()
-                .map(|s| s.commit)
-                .map_err(|e| HandlerError::Permanent(e.to_string()))?,
+            EventName::StageStarted => decode::<StageStarted>(event)?.commit,
             _ => match self.started_commit(run, stage_name).await? {
                 Some(c) => c,
                 None => {
-                    return Err(HandlerError::Permanent(format!(
+                    return Err(HandlerError::permanent(format!(
                         "no stage.started for {stage_name} in run {run}"
                     )))
                 }
             },
         };
-        let result = match self.promote(&pipeline, stage_name, &commit).await {
+        Ok(match self.promote(&pipeline, stage_name, &commit).await {
             Ok(changes) => {
                 tracing::info!(
                     run,
@@ -475,41 +482,26 @@ impl Handler for Apim {
                     changes = changes.len(),
                     "API Manager data promoted"
                 );
-                CloudEvent::new(
-                    SERVICE,
-                    &event.pipeline,
-                    Some(run),
-                    &ApisPromoted {
-                        stage: stage_name.to_owned(),
-                        changes,
-                    },
-                )
+                reply.with(&ApisPromoted {
+                    stage: stage_name.to_owned(),
+                    changes,
+                })
             }
             Err(failure) => {
                 tracing::warn!(run, stage = stage_name, reason = %failure.reason, "API Manager promotion failed");
-                CloudEvent::new(
-                    SERVICE,
-                    &event.pipeline,
-                    Some(run),
-                    &ApisFailed {
-                        stage: stage_name.to_owned(),
-                        reason: failure.reason,
-                        breaking_fields: failure.breaking_fields,
-                    },
-                )
+                reply.with(&ApisFailed {
+                    stage: stage_name.to_owned(),
+                    reason: failure.reason,
+                    breaking_fields: failure.breaking_fields,
+                })
             }
-        };
-        Ok(vec![NewEvents::new(
-            run_stream(run),
-            ExpectedVersion::Any,
-            vec![result.caused_by(event)],
-        )])
+        })
     }
 }
 
-/// Shared handle for registering the service with a runtime.
-pub fn handler(store: EventStore, pipelines: Pipelines, data_dir: &Path) -> Arc<dyn Handler> {
-    Arc::new(Apim::new(store, pipelines, data_dir))
+/// The worker, for registering with a runtime.
+pub fn handler(ctx: &WorkerContext) -> Arc<dyn Handler> {
+    Arc::new(Apim::new(ctx))
 }
 
 #[cfg(test)]

@@ -29,11 +29,13 @@ use chrono::{DateTime, Utc};
 use gantry_decide::{decide_folded, Folded};
 use gantry_proto::{CloudEvent, EventName};
 use gantry_runtime::runtime::Pipelines;
+use gantry_runtime::worker::WorkerContext;
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::{EventStore, ExpectedVersion, NewEvents};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+/// The worker's name: handler, durable consumer, event source, logs.
 pub const SERVICE: &str = "conductor";
 
 /// Every event that can change a decision.
@@ -75,10 +77,13 @@ struct Fold {
 }
 
 impl Conductor {
-    pub fn new(store: EventStore, pipelines: Pipelines) -> Self {
+    /// A conductor deciding with `ctx`'s store and pipelines. A pipeline
+    /// that is no longer defined gets no decisions: its runs end with the
+    /// `*.failed` the workers record for it.
+    pub fn new(ctx: &WorkerContext) -> Self {
         Self {
-            store,
-            pipelines,
+            store: ctx.store.clone(),
+            pipelines: ctx.pipelines.clone(),
             timers: Default::default(),
             timer_changed: Arc::new(Notify::new()),
             folds: Default::default(),
@@ -222,7 +227,7 @@ impl Conductor {
                 },
                 Ok(None) => break,
                 Err(e) => {
-                    tracing::warn!(error = %e, pipeline, "timed decision failed");
+                    tracing::warn!(error = %gantry_store::consumer::chain(&e), pipeline, "timed decision failed");
                     break;
                 }
             }
@@ -247,4 +252,10 @@ impl Handler for Conductor {
             .into_iter()
             .collect())
     }
+}
+
+/// The worker, for registering with a runtime (`gantry up` and `gantry
+/// serve conductor` keep the [`Conductor`] itself: its timers run beside it).
+pub fn handler(ctx: &WorkerContext) -> Arc<dyn Handler> {
+    Arc::new(Conductor::new(ctx))
 }

@@ -27,5 +27,5 @@ pub use gitops::{
     GitOpsOutcome,
 };
 pub use ready::{wait_ready, ReadyError, ReadyOptions, ReadyOutcome};
-pub use service::{handler, image_reference, DeployOutcome, Deployer, DeployerOptions};
+pub use service::{handler, image_reference, DeployOutcome, Deployer, DeployerOptions, SERVICE};
 pub use yaml_edit::{set_yaml_key, EditError};

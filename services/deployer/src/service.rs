@@ -18,25 +18,25 @@
 //! repeated anyway (a crash between the push and the append), the gitops
 //! target finds the image already set and commits nothing.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use gantry_pipeline::{format_duration, DeployMethod, Pipeline, SecretRef, StageEnv};
 use gantry_proto::events::{DeployCompleted, DeployFailed, StageStarted};
-use gantry_proto::{CloudEvent, EventName};
-use gantry_runtime::runtime::Pipelines;
-use gantry_runtime::trigger::run_stream;
+use gantry_proto::{CloudEvent, EventName, Step};
+use gantry_runtime::worker::{decode, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
-use gantry_store::{ExpectedVersion, NewEvents};
+use gantry_store::NewEvents;
 
 use crate::command::{run_command, CommandOptions, DeployEnv};
 use crate::gitops::{deploy_gitops_with, CommitMessage, GitOpsOptions};
 use crate::ready::{wait_ready, ReadyOptions};
 use gantry_pipeline::mask::Masker;
 
-const SERVICE: &str = "deployer";
+/// The worker's name: handler, durable consumer, event source, logs.
+pub const SERVICE: &str = "deployer";
 
 /// Tunables of the deployer (defaults suit production; tests shorten them).
 #[derive(Debug, Clone, Default)]
@@ -57,17 +57,17 @@ pub enum DeployOutcome {
 /// Deploys stage images.
 #[derive(Debug, Clone)]
 pub struct Deployer {
-    pipelines: Pipelines,
+    ctx: WorkerContext,
     work: PathBuf,
     options: DeployerOptions,
 }
 
 impl Deployer {
     /// `data_dir/deploy` holds the cached clones of deploy repositories.
-    pub fn new(pipelines: Pipelines, data_dir: &Path) -> Self {
+    pub fn new(ctx: &WorkerContext) -> Self {
         Self {
-            pipelines,
-            work: data_dir.join("deploy"),
+            ctx: ctx.clone(),
+            work: ctx.data_dir.join("deploy"),
             options: DeployerOptions::default(),
         }
     }
@@ -243,50 +243,43 @@ impl Handler for Deployer {
     }
 
     async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
-        let started: StageStarted = event
-            .decode()
-            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        let Some(run) = event.runid.clone() else {
-            return Err(HandlerError::Permanent(
-                "stage.started without a run id".into(),
-            ));
-        };
-        let outcome = match self.pipelines.get().get(&event.pipeline).cloned() {
-            Some(pipeline) => match self.deploy(&pipeline, &run, &started).await {
-                Some(o) => o,
-                None => {
-                    tracing::debug!(run, stage = %started.stage, "stage has no deploy");
-                    return Ok(vec![]);
+        let started: StageStarted = decode(event)?;
+        let reply = Reply::to(SERVICE, event)?;
+        let run = reply.run();
+        let pipeline = match self
+            .ctx
+            .pipeline_for(&reply, Step::Deploy, &[&started.stage], |stage, reason| {
+                DeployFailed {
+                    stage: stage.to_owned(),
+                    reason,
+                    output: None,
                 }
-            },
-            None => DeployOutcome::Failed(DeployFailed {
-                stage: started.stage.clone(),
-                reason: format!("pipeline `{}` is no longer defined", event.pipeline),
-                output: None,
-            }),
+            })
+            .await?
+        {
+            Found::Pipeline(p) => *p,
+            Found::Gone(results) => return Ok(results),
         };
-        let result = match &outcome {
+        let Some(outcome) = self.deploy(&pipeline, run, &started).await else {
+            tracing::debug!(run, stage = %started.stage, "stage has no deploy");
+            return Ok(vec![]);
+        };
+        Ok(match &outcome {
             DeployOutcome::Completed(c) => {
                 tracing::info!(run, stage = %c.stage, image = c.image.as_deref().unwrap_or(""), revision = c.revision.as_deref().unwrap_or(""), duration = %format_duration(Duration::from_millis(c.duration_ms)), "deployed");
-                CloudEvent::new(SERVICE, &event.pipeline, Some(&run), c)
+                reply.with(c)
             }
             DeployOutcome::Failed(f) => {
                 tracing::warn!(run, stage = %f.stage, reason = %f.reason, "deploy failed");
-                CloudEvent::new(SERVICE, &event.pipeline, Some(&run), f)
+                reply.with(f)
             }
-        }
-        .caused_by(event);
-        Ok(vec![NewEvents::new(
-            run_stream(&run),
-            ExpectedVersion::Any,
-            vec![result],
-        )])
+        })
     }
 }
 
-/// Shared handle for registering the service with a runtime.
-pub fn handler(pipelines: Pipelines, data_dir: &Path) -> Arc<dyn Handler> {
-    Arc::new(Deployer::new(pipelines, data_dir))
+/// The worker, for registering with a runtime.
+pub fn handler(ctx: &WorkerContext) -> Arc<dyn Handler> {
+    Arc::new(Deployer::new(ctx))
 }
 
 #[cfg(test)]

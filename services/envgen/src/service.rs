@@ -12,20 +12,21 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gantry_pipeline::{GatewayFormat, Pipeline};
 use gantry_proto::events::{Diagnostic, PackageBuilt, PackageFailed, RunStarted};
+use gantry_proto::Step;
 use gantry_proto::{CloudEvent, EventName};
 use gantry_runtime::git::SourceCache;
-use gantry_runtime::runtime::Pipelines;
-use gantry_runtime::trigger::run_stream;
+use gantry_runtime::worker::{decode, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
-use gantry_store::packages::{PackageStore, PackageStoreError};
-use gantry_store::{ExpectedVersion, NewEvents};
+use gantry_store::packages::PackageStoreError;
+use gantry_store::NewEvents;
 
 use crate::package::{package_yaml, RenderMode};
 use crate::template::StageEnv;
 use crate::values::ValuesSource;
 use crate::yamles::{Project, ValidateOptions};
 
-const SERVICE: &str = "envgen";
+/// The worker's name: handler, durable consumer, event source, logs.
+pub const SERVICE: &str = "envgen";
 
 /// What one stage's packaging came to.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,9 +46,8 @@ pub enum Packaged {
 /// Builds the packages of runs.
 #[derive(Debug, Clone)]
 pub struct Envgen {
-    pipelines: Pipelines,
+    ctx: WorkerContext,
     sources: SourceCache,
-    packages: PackageStore,
     work: PathBuf,
 }
 
@@ -55,12 +55,11 @@ impl Envgen {
     /// `data_dir` holds this process's source cache (`git/`) and scratch
     /// checkouts (`work/`); packages go to `packages`, the process's store
     /// (local or NATS), so other services read them wherever they run.
-    pub fn new(pipelines: Pipelines, data_dir: &Path, packages: PackageStore) -> Self {
+    pub fn new(ctx: &WorkerContext) -> Self {
         Self {
-            pipelines,
-            sources: SourceCache::new(data_dir.join("git")),
-            packages,
-            work: data_dir.join("work"),
+            ctx: ctx.clone(),
+            sources: SourceCache::new(ctx.data_dir.join("git")),
+            work: ctx.data_dir.join("work"),
         }
     }
 
@@ -91,7 +90,7 @@ impl Envgen {
         for p in packaged {
             outcomes.push(match p {
                 Packaged::Failed(f) => StageOutcome::Failed(f),
-                Packaged::Built { mut built, bytes } => match self.packages.put(&bytes).await {
+                Packaged::Built { mut built, bytes } => match self.ctx.packages.put(&bytes).await {
                     Ok(stored) => {
                         built.digest = stored.digest;
                         built.size = stored.size;
@@ -393,53 +392,54 @@ impl Handler for Envgen {
     }
 
     async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
-        let started: RunStarted = event
-            .decode()
-            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
+        let started: RunStarted = decode(event)?;
         // A rollback run re-promotes a release whose packages exist.
         if started.rollback.is_some() {
             return Ok(Vec::new());
         }
-        let stages: Vec<String> = started.stages.iter().map(|s| s.name.clone()).collect();
-        let outcomes = match self.pipelines.get().get(&event.pipeline).cloned() {
-            Some(pipeline) => self
-                .package(pipeline, started.commit.clone(), stages.clone())
-                .await
-                .map_err(|e| HandlerError::Transient(e.to_string()))?,
-            None => stages
-                .iter()
-                .map(|s| {
-                    StageOutcome::Failed(PackageFailed {
-                        stage: s.clone(),
-                        reason: format!("pipeline `{}` is no longer defined", event.pipeline),
-                        diagnostics: vec![],
-                    })
-                })
-                .collect(),
-        };
         let run = started.run_id.as_str();
+        let reply = Reply::new(SERVICE, event, run);
+        let stages: Vec<String> = started.stages.iter().map(|s| s.name.clone()).collect();
+        let names: Vec<&str> = stages.iter().map(String::as_str).collect();
+        let pipeline = match self.ctx_pipeline(&reply, &names).await? {
+            Found::Pipeline(p) => *p,
+            Found::Gone(results) => return Ok(results),
+        };
+        let outcomes = self
+            .package(pipeline, started.commit.clone(), stages)
+            .await
+            .map_err(|e| HandlerError::transient_from("cannot store the packages", e))?;
         let events: Vec<CloudEvent> = outcomes
-            .into_iter()
-            .map(|o| {
-                let e = match &o {
-                    StageOutcome::Built(b) => {
-                        CloudEvent::new(SERVICE, &event.pipeline, Some(run), b)
-                    }
-                    StageOutcome::Failed(f) => {
-                        CloudEvent::new(SERVICE, &event.pipeline, Some(run), f)
-                    }
-                };
-                e.caused_by(event)
+            .iter()
+            .map(|o| match o {
+                StageOutcome::Built(b) => reply.event(b),
+                StageOutcome::Failed(f) => reply.event(f),
             })
             .collect();
         for e in &events {
             tracing::info!(run, stage = e.stage().unwrap_or(""), ty = %e.ty, "package result");
         }
-        Ok(vec![NewEvents::new(
-            run_stream(run),
-            ExpectedVersion::Any,
-            events,
-        )])
+        Ok(reply.events(events))
+    }
+}
+
+impl Envgen {
+    /// The run's pipeline; when it is no longer defined, every stage's
+    /// `package.failed` ([`WorkerContext::pipeline_for`]).
+    async fn ctx_pipeline(
+        &self,
+        reply: &Reply<'_>,
+        stages: &[&str],
+    ) -> Result<Found, HandlerError> {
+        self.ctx
+            .pipeline_for(reply, Step::Package, stages, |stage, reason| {
+                PackageFailed {
+                    stage: stage.to_owned(),
+                    reason,
+                    diagnostics: vec![],
+                }
+            })
+            .await
     }
 }
 
@@ -475,7 +475,7 @@ fn in_repo(root: &Path, rel: &Path) -> PathBuf {
     out
 }
 
-/// Shared handle for registering the service with a runtime.
-pub fn handler(pipelines: Pipelines, data_dir: &Path, packages: PackageStore) -> Arc<dyn Handler> {
-    Arc::new(Envgen::new(pipelines, data_dir, packages))
+/// The worker, for registering with a runtime.
+pub fn handler(ctx: &WorkerContext) -> Arc<dyn Handler> {
+    Arc::new(Envgen::new(ctx))
 }

@@ -461,9 +461,7 @@ impl gantry_store::consumer::Handler for InstantPackages {
         &self,
         event: &CloudEvent,
     ) -> Result<Vec<NewEvents>, gantry_store::consumer::HandlerError> {
-        let started: gantry_proto::events::RunStarted = event
-            .decode()
-            .map_err(|e| gantry_store::consumer::HandlerError::Permanent(e.to_string()))?;
+        let started: gantry_proto::events::RunStarted = gantry_runtime::worker::decode(event)?;
         let events = started
             .stages
             .iter()
@@ -523,7 +521,7 @@ async fn orchestration(
     let mut tasks = tokio::task::JoinSet::new();
     app.spawn_background(&mut tasks, &shutdown);
     app.spawn_projector(&mut tasks, &shutdown);
-    let conductor = gantry_conductor::Conductor::new(app.store.clone(), app.pipelines.clone());
+    let conductor = gantry_conductor::Conductor::new(&gantry_runtime::WorkerContext::of(&app));
     app.spawn_consumer(&mut tasks, &shutdown, Arc::new(conductor));
     app.spawn_consumer(&mut tasks, &shutdown, Arc::new(InstantPackages));
 

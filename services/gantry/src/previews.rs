@@ -15,11 +15,7 @@ pub struct Previews {
 impl Previews {
     pub fn new(app: &App) -> Self {
         Self {
-            apim: gantry_apim::Apim::for_plans(
-                app.store.clone(),
-                app.pipelines.clone(),
-                &app.settings.data_dir,
-            ),
+            apim: gantry_apim::Apim::for_plans(&gantry_runtime::WorkerContext::of(app)),
         }
     }
 }

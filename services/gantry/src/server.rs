@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::Router;
-use gantry_runtime::{App, Settings};
+use gantry_runtime::{App, Settings, WorkerContext};
 use gantry_store::consumer::Handler;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -26,15 +26,7 @@ pub async fn up(settings: Settings) -> anyhow::Result<()> {
     let listener = listen(&settings, true).await?;
     let app = start(settings).await?;
     let http = http_router(&app)?;
-    let conductor = conductor(&app);
-    let workers = vec![
-        Arc::new(conductor.clone()) as Arc<dyn Handler>,
-        envgen(&app),
-        imagebuild(&app),
-        deployer(&app),
-        apim(&app),
-        smoke(&app),
-    ];
+    let (conductor, workers) = workers(&app);
     run(app, listener, http, "up", workers, Some(conductor)).await
 }
 
@@ -50,21 +42,12 @@ pub async fn serve(settings: Settings, service: Service) -> anyhow::Result<()> {
     let exposed = matches!(service, Service::Api | Service::Webhook);
     let listener = listen(&settings, exposed).await?;
     let app = start(settings).await?;
-    let mut timers = None;
-    let (http, workers) = match service {
-        Service::Webhook => (gantry_webhook::router(app.clone()), vec![]),
-        Service::Api => (api_router(&app)?, vec![]),
-        Service::Conductor => {
-            let c = conductor(&app);
-            timers = Some(c.clone());
-            (Router::new(), vec![Arc::new(c) as Arc<dyn Handler>])
-        }
-        Service::Envgen => (Router::new(), vec![envgen(&app)]),
-        Service::Imagebuild => (Router::new(), vec![imagebuild(&app)]),
-        Service::Smoke => (Router::new(), vec![smoke(&app)]),
-        Service::Deployer => (Router::new(), vec![deployer(&app)]),
-        Service::Apim => (Router::new(), vec![apim(&app)]),
+    let http = match service {
+        Service::Webhook => gantry_webhook::router(app.clone()),
+        Service::Api => api_router(&app)?,
+        _ => Router::new(),
     };
+    let (timers, workers) = worker(&app, service);
     let http = gantry_runtime::problem::finish(http.merge(app.health_routes()));
     run(app, listener, http, service.name(), workers, timers).await
 }
@@ -86,42 +69,42 @@ pub fn api_router(app: &App) -> anyhow::Result<Router> {
     gantry_api::router(app.clone(), previews).context("loading API tokens")
 }
 
-/// The environmentalization worker: `run.started` → packages.
-fn envgen(app: &App) -> Arc<dyn Handler> {
-    gantry_envgen::service::handler(
-        app.pipelines.clone(),
-        &app.settings.data_dir,
-        app.packages.clone(),
-    )
+/// Every worker, built the one way ([`WorkerContext`]); the conductor is
+/// returned on its own too, for its timers.
+fn workers(app: &App) -> (gantry_conductor::Conductor, Vec<Arc<dyn Handler>>) {
+    let ctx = WorkerContext::of(app);
+    let conductor = gantry_conductor::Conductor::new(&ctx);
+    let workers = vec![
+        Arc::new(conductor.clone()) as Arc<dyn Handler>,
+        gantry_envgen::service::handler(&ctx),
+        gantry_imagebuild::service::handler(&ctx),
+        gantry_deployer::handler(&ctx),
+        gantry_apim::handler(&ctx),
+        gantry_smoke::handler(&ctx),
+    ];
+    (conductor, workers)
 }
 
-/// The conductor: decisions from the pipeline's history.
-fn conductor(app: &App) -> gantry_conductor::Conductor {
-    gantry_conductor::Conductor::new(app.store.clone(), app.pipelines.clone())
-}
-
-/// The deploy worker: gitops or command, then readiness.
-fn deployer(app: &App) -> Arc<dyn Handler> {
-    gantry_deployer::handler(app.pipelines.clone(), &app.settings.data_dir)
-}
-
-/// The API Manager worker: APIs, organizations, applications per stage.
-fn apim(app: &App) -> Arc<dyn Handler> {
-    gantry_apim::handler(
-        app.store.clone(),
-        app.pipelines.clone(),
-        &app.settings.data_dir,
-    )
-}
-
-/// The smoke worker: checks against the deployed gateway.
-fn smoke(app: &App) -> Arc<dyn Handler> {
-    gantry_smoke::handler(app.store.clone(), app.pipelines.clone())
-}
-
-/// The image worker: `package.built` → images.
-fn imagebuild(app: &App) -> Arc<dyn Handler> {
-    gantry_imagebuild::service::handler(app.pipelines.clone(), app.packages.clone())
+/// The worker `gantry serve <service>` runs, if it is one; the conductor
+/// is returned on its own too, for its timers (they share its state).
+fn worker(
+    app: &App,
+    service: Service,
+) -> (Option<gantry_conductor::Conductor>, Vec<Arc<dyn Handler>>) {
+    let ctx = WorkerContext::of(app);
+    let handler = match service {
+        Service::Webhook | Service::Api => return (None, vec![]),
+        Service::Conductor => {
+            let conductor = gantry_conductor::Conductor::new(&ctx);
+            return (Some(conductor.clone()), vec![Arc::new(conductor)]);
+        }
+        Service::Envgen => gantry_envgen::service::handler(&ctx),
+        Service::Imagebuild => gantry_imagebuild::service::handler(&ctx),
+        Service::Deployer => gantry_deployer::handler(&ctx),
+        Service::Apim => gantry_apim::handler(&ctx),
+        Service::Smoke => gantry_smoke::handler(&ctx),
+    };
+    (None, vec![handler])
 }
 
 async fn start(settings: Settings) -> anyhow::Result<App> {

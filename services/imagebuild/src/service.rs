@@ -13,25 +13,23 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gantry_pipeline::{GatewayFormat, Pipeline};
 use gantry_proto::events::{ImageFailed, ImagePushed, PackageBuilt};
-use gantry_proto::{CloudEvent, EventName};
-use gantry_runtime::runtime::Pipelines;
-use gantry_runtime::trigger::run_stream;
+use gantry_proto::{CloudEvent, EventName, Step};
+use gantry_runtime::worker::{decode, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
-use gantry_store::packages::PackageStore;
-use gantry_store::{ExpectedVersion, NewEvents};
+use gantry_store::NewEvents;
 
 use crate::{
     ClientOptions, CredentialStore, Credentials, ImageClient, ImageRef, Platform,
     StageImageRequest, StageMeta, StagePackage, YamlPlacement,
 };
 
-const SERVICE: &str = "imagebuild";
+/// The worker's name: handler, durable consumer, event source, logs.
+pub const SERVICE: &str = "imagebuild";
 
 /// Builds and pushes stage images.
 #[derive(Clone)]
 pub struct ImageBuild {
-    pipelines: Pipelines,
-    packages: PackageStore,
+    ctx: WorkerContext,
 }
 
 impl std::fmt::Debug for ImageBuild {
@@ -41,13 +39,11 @@ impl std::fmt::Debug for ImageBuild {
 }
 
 impl ImageBuild {
-    /// `packages` is the process's package store: the same NATS bucket
-    /// envgen wrote to in distributed mode, whichever machine that ran on.
-    pub fn new(pipelines: Pipelines, packages: PackageStore) -> Self {
-        Self {
-            pipelines,
-            packages,
-        }
+    /// Packages come from the context's package store: the same NATS
+    /// bucket envgen wrote to in distributed mode, whichever machine that
+    /// ran on.
+    pub fn new(ctx: &WorkerContext) -> Self {
+        Self { ctx: ctx.clone() }
     }
 
     /// Builds and pushes the image of one stage from its package's bytes;
@@ -211,81 +207,63 @@ impl Handler for ImageBuild {
     }
 
     async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
-        let built: PackageBuilt = event
-            .decode()
-            .map_err(|e| HandlerError::Permanent(e.to_string()))?;
-        let Some(run) = event.runid.clone() else {
-            return Err(HandlerError::Permanent(
-                "package.built without a run id".into(),
-            ));
+        let built: PackageBuilt = decode(event)?;
+        let reply = Reply::to(SERVICE, event)?;
+        let run = reply.run();
+        let failed = |reason: String| {
+            reply.with(&ImageFailed {
+                stage: built.stage.clone(),
+                reason,
+            })
         };
-        let Some(pipeline) = self.pipelines.get().get(&event.pipeline).cloned() else {
-            return Ok(vec![self.failed(
-                event,
-                &run,
-                &built,
-                format!("pipeline `{}` is no longer defined", event.pipeline),
-            )]);
+        let pipeline = match self
+            .ctx
+            .pipeline_for(&reply, Step::Image, &[&built.stage], |stage, reason| {
+                ImageFailed {
+                    stage: stage.to_owned(),
+                    reason,
+                }
+            })
+            .await?
+        {
+            Found::Pipeline(p) => *p,
+            Found::Gone(results) => return Ok(results),
         };
         if pipeline.image.is_none() {
             return Ok(vec![]);
         }
         let Some(commit) = built.commit.clone() else {
-            return Ok(vec![self.failed(
-                event,
-                &run,
-                &built,
-                "package.built names no commit".into(),
-            )]);
+            return Ok(failed("package.built names no commit".into()));
         };
         // A store that cannot be reached now is retried; a package that is
         // not there, or not what its digest says, fails the image.
-        let bytes = match self.packages.get(&built.digest).await {
+        let bytes = match self.ctx.packages.get(&built.digest).await {
             Ok(bytes) => bytes,
-            Err(e) if e.is_transient() => return Err(HandlerError::Transient(e.to_string())),
+            Err(e) if e.is_transient() => {
+                return Err(HandlerError::transient_from(
+                    format!("cannot read package {}", built.digest),
+                    e,
+                ))
+            }
             Err(e) => {
                 tracing::warn!(run, stage = %built.stage, error = %e, "package unavailable");
-                return Ok(vec![self.failed(event, &run, &built, e.to_string())]);
+                return Ok(failed(e.to_string()));
             }
         };
-        let result = match self.push(&pipeline, &commit, &built, bytes).await {
+        match self.push(&pipeline, &commit, &built, bytes).await {
             Ok(pushed) => {
                 tracing::info!(run, stage = %built.stage, digest = %pushed.digest, uploaded = pushed.bytes_uploaded, "image pushed");
-                CloudEvent::new(SERVICE, &event.pipeline, Some(&run), &pushed).caused_by(event)
+                Ok(reply.with(&pushed))
             }
             Err(reason) => {
                 tracing::warn!(run, stage = %built.stage, %reason, "image failed");
-                return Ok(vec![self.failed(event, &run, &built, reason)]);
+                Ok(failed(reason))
             }
-        };
-        Ok(vec![NewEvents::new(
-            run_stream(&run),
-            ExpectedVersion::Any,
-            vec![result],
-        )])
+        }
     }
 }
 
-impl ImageBuild {
-    fn failed(
-        &self,
-        cause: &CloudEvent,
-        run: &str,
-        built: &PackageBuilt,
-        reason: String,
-    ) -> NewEvents {
-        let failed = ImageFailed {
-            stage: built.stage.clone(),
-            reason,
-        };
-        NewEvents::new(
-            run_stream(run),
-            ExpectedVersion::Any,
-            vec![CloudEvent::new(SERVICE, &cause.pipeline, Some(run), &failed).caused_by(cause)],
-        )
-    }
-}
-
-pub fn handler(pipelines: Pipelines, packages: PackageStore) -> Arc<dyn Handler> {
-    Arc::new(ImageBuild::new(pipelines, packages))
+/// The worker, for registering with a runtime.
+pub fn handler(ctx: &WorkerContext) -> Arc<dyn Handler> {
+    Arc::new(ImageBuild::new(ctx))
 }

@@ -3,7 +3,8 @@
 //! pipeline set from [`Settings`]; around it are the problem+json errors
 //! ([`Problem`]), the health and metrics routes, API tokens ([`auth`]), the
 //! source checkout ([`git`]), starting runs ([`trigger`]: where a webhook or
-//! a manual trigger becomes a run), logging, metrics and shutdown.
+//! a manual trigger becomes a run), the workers' one shape ([`worker`]),
+//! logging, metrics and shutdown.
 //!
 //! The ideas it wires live in their own crates: the log and its buses in
 //! `gantry-store`, the pipeline model in `gantry-pipeline`, the promotion
@@ -18,7 +19,9 @@ pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
 pub mod trigger;
+pub mod worker;
 
 pub use config::Settings;
 pub use problem::Problem;
 pub use runtime::App;
+pub use worker::WorkerContext;

@@ -19,31 +19,29 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gantry_pipeline::mask::Masker;
 use gantry_pipeline::StageEnv;
-use gantry_proto::events::{SmokeFailed, SmokePassed, StageStarted};
+use gantry_proto::events::{CheckResult, SmokeFailed, SmokePassed, StageStarted};
 use gantry_proto::{CloudEvent, EventName, Step};
-use gantry_runtime::runtime::Pipelines;
-use gantry_runtime::trigger::run_stream;
+use gantry_runtime::worker::{Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::store::latest_for_stage;
-use gantry_store::{EventStore, ExpectedVersion, NewEvents};
+use gantry_store::NewEvents;
 
 pub use check::{run_check, RetryPolicy, SmokeClient, CONNECT_TIMEOUT, MAX_BODY, MAX_REDIRECTS};
 
+/// The worker's name: handler, durable consumer, event source, logs.
 pub const SERVICE: &str = "smoke";
 
 #[derive(Clone)]
 pub struct Smoke {
-    store: EventStore,
-    pipelines: Pipelines,
+    ctx: WorkerContext,
     client: SmokeClient,
     retry: RetryPolicy,
 }
 
 impl Smoke {
-    pub fn new(store: EventStore, pipelines: Pipelines) -> Self {
+    pub fn new(ctx: &WorkerContext) -> Self {
         Self {
-            store,
-            pipelines,
+            ctx: ctx.clone(),
             // Fails only when no TLS backend can start, as `reqwest::Client::new`.
             client: SmokeClient::new().expect("building the smoke HTTP client"),
             retry: RetryPolicy::default(),
@@ -58,7 +56,7 @@ impl Smoke {
 
     /// Whether the stage's current promotion in `run` is a rollback.
     async fn is_rollback(&self, run: &str, stage: &str) -> Result<bool, HandlerError> {
-        let events = self.store.read_run(run).await?;
+        let events = self.ctx.store.read_run(run).await?;
         Ok(latest_for_stage::<StageStarted>(&events, stage).is_some_and(|s| s.rollback))
     }
 }
@@ -83,12 +81,30 @@ impl Handler for Smoke {
         else {
             return Ok(vec![]);
         };
-        let Some((pipeline, stage)) = self
-            .pipelines
-            .get()
-            .get(&event.pipeline)
-            .and_then(|p| Some((p.clone(), p.stage(stage_name)?.clone())))
-        else {
+        let reply = Reply::new(SERVICE, event, run);
+        let pipeline = match self
+            .ctx
+            .pipeline_for(&reply, Step::Smoke, &[stage_name], |stage, reason| {
+                // `smoke.failed` has no reason of its own: one check that
+                // could not run says why (the wire format stays as it is).
+                SmokeFailed {
+                    stage: stage.to_owned(),
+                    checks: vec![CheckResult {
+                        name: "pipeline".into(),
+                        passed: false,
+                        status: None,
+                        duration_ms: 0,
+                        attempts: 0,
+                        message: Some(reason),
+                    }],
+                }
+            })
+            .await?
+        {
+            Found::Pipeline(p) => *p,
+            Found::Gone(results) => return Ok(results),
+        };
+        let Some(stage) = pipeline.stage(stage_name).cloned() else {
             return Ok(vec![]);
         };
         if !Step::Smoke.begins_at(name, &pipeline.steps(&stage))
@@ -111,35 +127,21 @@ impl Handler for Smoke {
             checks = results.len(),
             "smoke checks done"
         );
-        let result = if passed {
-            CloudEvent::new(
-                SERVICE,
-                &event.pipeline,
-                Some(run),
-                &SmokePassed {
-                    stage: stage_name.to_owned(),
-                    checks: results,
-                },
-            )
+        Ok(if passed {
+            reply.with(&SmokePassed {
+                stage: stage_name.to_owned(),
+                checks: results,
+            })
         } else {
-            CloudEvent::new(
-                SERVICE,
-                &event.pipeline,
-                Some(run),
-                &SmokeFailed {
-                    stage: stage_name.to_owned(),
-                    checks: results,
-                },
-            )
-        };
-        Ok(vec![NewEvents::new(
-            run_stream(run),
-            ExpectedVersion::Any,
-            vec![result.caused_by(event)],
-        )])
+            reply.with(&SmokeFailed {
+                stage: stage_name.to_owned(),
+                checks: results,
+            })
+        })
     }
 }
 
-pub fn handler(store: EventStore, pipelines: Pipelines) -> Arc<dyn Handler> {
-    Arc::new(Smoke::new(store, pipelines))
+/// The worker, for registering with a runtime.
+pub fn handler(ctx: &WorkerContext) -> Arc<dyn Handler> {
+    Arc::new(Smoke::new(ctx))
 }

@@ -15,23 +15,92 @@ use tracing::Instrument;
 use crate::bus::{BusError, EventBus};
 use crate::store::{EventStore, NewEvents};
 
-/// Why a handler could not deal with an event.
+/// Any error a handler keeps as the cause of its own.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Why a handler could not deal with an event: a human message, and the
+/// error that caused it when there is one. The consumer runner logs the whole
+/// chain ([`chain`]); what a worker records in a `*.failed` event is its own
+/// reason, never this error.
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
     /// Worth another try later (a dependency is down, a conflict was lost).
-    #[error("{0}")]
-    Transient(String),
+    #[error("{message}")]
+    Transient {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Retrying will not help; the event is acked and the error logged. A
     /// handler that can say why in the log should append a `*.failed` event
     /// instead of returning this.
-    #[error("{0}")]
-    Permanent(String),
+    #[error("{message}")]
+    Permanent {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl HandlerError {
+    /// Worth another try; nothing caused it but what `message` says.
+    pub fn transient(message: impl Into<String>) -> Self {
+        Self::Transient {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Retrying will not help; nothing caused it but what `message` says.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        Self::Permanent {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// Worth another try: `message` says what failed, `source` why.
+    pub fn transient_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Transient {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// Retrying will not help: `message` says what failed, `source` why.
+    pub fn permanent_from(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Self::Permanent {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::Transient { .. })
+    }
 }
 
 impl From<crate::StoreError> for HandlerError {
     fn from(e: crate::StoreError) -> Self {
-        HandlerError::Transient(e.to_string())
+        HandlerError::transient_from("the event store failed", e)
     }
+}
+
+/// `error` and every error that caused it, outermost first, joined with
+/// `: ` (as anyhow's `{:#}`); a cause whose text its wrapper already
+/// includes is not repeated.
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = error.to_string();
+    let mut next = error.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// One job done in response to events.
@@ -116,14 +185,41 @@ async fn handle_one(
                 delivery.retry().await
             }
         },
-        Err(HandlerError::Transient(e)) => {
-            tracing::warn!(error = %e, "handler failed; will retry");
+        Err(e) if e.is_transient() => {
+            tracing::warn!(error = %chain(&e), "handler failed; will retry");
             delivery.retry().await
         }
-        Err(HandlerError::Permanent(e)) => {
-            tracing::error!(error = %e, "handler cannot process event; skipping it");
+        Err(e) => {
+            tracing::error!(error = %chain(&e), "handler cannot process event; skipping it");
             store.append_handled(name, event.id, vec![]).await?;
             delivery.ack().await
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("connection refused")]
+    struct Refused;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("cannot reach the store: {0}")]
+    struct Unreachable(#[source] Refused);
+
+    #[test]
+    fn the_chain_keeps_every_cause_once() {
+        let e = HandlerError::transient_from("package sha256:ab", Unreachable(Refused));
+        assert_eq!(e.to_string(), "package sha256:ab");
+        assert_eq!(
+            chain(&e),
+            "package sha256:ab: cannot reach the store: connection refused"
+        );
+        assert!(e.is_transient());
+        let p = HandlerError::permanent("no run id");
+        assert_eq!(chain(&p), "no run id");
+        assert!(!p.is_transient());
     }
 }

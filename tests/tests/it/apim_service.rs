@@ -73,7 +73,12 @@ stages:
     set.insert(pipeline, None);
     let (store, store_dir) = sqlite_store().await.unwrap();
     let data = tempfile::tempdir().unwrap();
-    let apim = Apim::new(store.clone(), Pipelines::new(set), data.path());
+    let apim = Apim::new(&gantry_runtime::WorkerContext::new(
+        store.clone(),
+        Pipelines::new(set),
+        gantry_store::packages::PackageStore::local(data.path()),
+        data.path(),
+    ));
     Fixture {
         apim,
         store,

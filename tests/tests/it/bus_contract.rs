@@ -543,9 +543,9 @@ impl Handler for Recorder {
         };
         match self.behaviour {
             Behaviour::TransientOnce if n == 1 => {
-                return Err(HandlerError::Transient("first attempt fails".into()))
+                return Err(HandlerError::transient("first attempt fails"))
             }
-            Behaviour::Permanent => return Err(HandlerError::Permanent("never works".into())),
+            Behaviour::Permanent => return Err(HandlerError::permanent("never works")),
             _ => {}
         }
         let result = crate::support::event(RESULT, "results", "results").caused_by(event);

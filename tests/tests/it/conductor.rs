@@ -69,8 +69,8 @@ async fn two_conductors_racing_record_each_decision_once() {
     }
 
     // Both decide on the same history...
-    let one = Conductor::new(a.clone(), pipelines.clone());
-    let two = Conductor::new(b.clone(), pipelines.clone());
+    let one = conductor(a.clone(), pipelines.clone());
+    let two = conductor(b.clone(), pipelines.clone());
     let (d1, d2) = tokio::join!(one.decide_for("p"), two.decide_for("p"));
     let (d1, d2) = (
         d1.unwrap().expect("decisions"),
@@ -155,7 +155,7 @@ async fn run_with_packages(store: &EventStore, yaml: &str, stages: &[&str]) -> S
 /// The first conductor decides (arming its in-memory timer) and is gone
 /// before the deadline: a restart. Nothing but the conductor writes after.
 async fn decide_then_stop(store: &EventStore, pipelines: &Pipelines) {
-    let first = Conductor::new(store.clone(), pipelines.clone());
+    let first = conductor(store.clone(), pipelines.clone());
     if let Some(batch) = first.decide_for("p").await.unwrap() {
         store.append_many(vec![batch]).await.unwrap();
     }
@@ -207,7 +207,7 @@ async fn a_restarted_conductor_fails_the_run_when_the_approval_expires() {
 
     // The conductor starts again (its own connection, nothing in memory)
     // and no event of the pipeline is recorded from now on.
-    let restarted = Conductor::new(store_with(db.url()).await, pipelines.clone());
+    let restarted = conductor(store_with(db.url()).await, pipelines.clone());
     let shutdown = CancellationToken::new();
     let timers = tokio::spawn(restarted.run_timers(shutdown.child_token()));
 
@@ -254,7 +254,7 @@ async fn a_restarted_conductor_starts_the_stage_when_the_freeze_ends() {
         "the stage is frozen"
     );
 
-    let restarted = Conductor::new(store_with(db.url()).await, pipelines.clone());
+    let restarted = conductor(store_with(db.url()).await, pipelines.clone());
     let shutdown = CancellationToken::new();
     let timers = tokio::spawn(restarted.run_timers(shutdown.child_token()));
     let at = wait_for(&store, &run, Duration::from_secs(20), started).await;
@@ -267,4 +267,15 @@ async fn a_restarted_conductor_starts_the_stage_when_the_freeze_ends() {
 /// Another connection to the same database, as a restarted process has.
 async fn store_with(url: &str) -> EventStore {
     EventStore::connect(url).await.unwrap()
+}
+
+/// A conductor on `store` (it reads no packages and keeps no files).
+fn conductor(store: EventStore, pipelines: Pipelines) -> Conductor {
+    let unused = std::env::temp_dir();
+    Conductor::new(&gantry_runtime::WorkerContext::new(
+        store,
+        pipelines,
+        gantry_store::packages::PackageStore::local(&unused),
+        unused,
+    ))
 }

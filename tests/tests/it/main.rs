@@ -14,3 +14,4 @@ mod harness;
 mod package_store;
 mod relay;
 mod store_postgres;
+mod workers;

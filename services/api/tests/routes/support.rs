@@ -532,9 +532,7 @@ pub struct RealPreviews(gantry_apim::Apim);
 impl RealPreviews {
     pub fn new(app: &App) -> Self {
         Self(gantry_apim::Apim::for_plans(
-            app.store.clone(),
-            app.pipelines.clone(),
-            &app.settings.data_dir,
+            &gantry_runtime::WorkerContext::of(app),
         ))
     }
 }

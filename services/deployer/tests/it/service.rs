@@ -6,10 +6,11 @@ use std::time::Duration;
 use crate::common::{health_server, values_with, DeployRepo, VALUES_PATH};
 use gantry_deployer::{Deployer, DeployerOptions, GitOpsOptions, ReadyOptions};
 use gantry_pipeline::{parse_str, PipelineSet};
-use gantry_proto::events::{DeployCompleted, DeployFailed, StageStarted};
-use gantry_proto::{CloudEvent, EventName};
+use gantry_proto::events::{DeployCompleted, DeployFailed, RunStarted, StageStarted};
+use gantry_proto::{CloudEvent, EventName, StagePlan, Step, Trigger};
 use gantry_runtime::runtime::Pipelines;
 use gantry_runtime::trigger::run_stream;
+use gantry_runtime::WorkerContext;
 use gantry_store::consumer::Handler;
 use gantry_store::NewEvents;
 
@@ -21,6 +22,7 @@ const SECRET: &str = "s3cret-deploy-token-value";
 
 struct Fixture {
     deployer: Deployer,
+    ctx: WorkerContext,
     repo: DeployRepo,
     _data: tempfile::TempDir,
 }
@@ -83,9 +85,13 @@ stages:
         },
         max_output: None,
     };
-    let deployer = Deployer::new(Pipelines::new(set), data.path()).with_options(options);
+    let ctx = WorkerContext::local(Pipelines::new(set), data.path())
+        .await
+        .unwrap();
+    let deployer = Deployer::new(&ctx).with_options(options);
     Fixture {
         deployer,
+        ctx,
         repo,
         _data: data,
     }
@@ -224,6 +230,32 @@ async fn a_command_over_its_timeout_is_deploy_failed() {
 #[tokio::test]
 async fn unknown_pipeline_or_stage_is_deploy_failed() {
     let f = fixture().await;
+    // The run's plan, frozen when `gone` was still defined, waits for a deploy.
+    let plan = RunStarted {
+        run_id: RUN.into(),
+        commit: COMMIT.into(),
+        branch: "main".into(),
+        repository: "https://git.example.com/apim/gone.git".into(),
+        message: None,
+        author: None,
+        authors: vec![],
+        trigger: Trigger::Manual,
+        stages: vec![StagePlan {
+            name: "test".into(),
+            after: None,
+            steps: vec![Step::Package, Step::Deploy],
+        }],
+        rollback: None,
+    };
+    f.ctx
+        .store
+        .append_many(vec![NewEvents::new(
+            run_stream(RUN),
+            gantry_store::ExpectedVersion::Any,
+            vec![CloudEvent::new("api", "gone", Some(RUN), &plan)],
+        )])
+        .await
+        .unwrap();
     let cause = stage_started("gone", "test");
     let failed: DeployFailed = only_event(&cause, f.deployer.handle(&cause).await.unwrap())
         .decode()
@@ -273,7 +305,7 @@ async fn other_events_and_missing_run_ids_are_permanent_errors() {
     cause.runid = None;
     assert!(matches!(
         f.deployer.handle(&cause).await,
-        Err(gantry_store::consumer::HandlerError::Permanent(_))
+        Err(gantry_store::consumer::HandlerError::Permanent { .. })
     ));
     let other = CloudEvent::new(
         "deployer",
@@ -289,7 +321,7 @@ async fn other_events_and_missing_run_ids_are_permanent_errors() {
 }
 
 /// A deployer for one pipeline with declared stage variables.
-fn env_deployer(data: &Path, yaml_stages: &str) -> Deployer {
+async fn env_deployer(data: &Path, yaml_stages: &str) -> Deployer {
     let yaml = format!(
         r#"
 name: envy
@@ -304,7 +336,11 @@ stages:
     let pipeline = parse_str("envy.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
     let mut set = PipelineSet::new();
     set.insert(pipeline, None);
-    Deployer::new(Pipelines::new(set), data)
+    Deployer::new(
+        &WorkerContext::local(Pipelines::new(set), data)
+            .await
+            .unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -322,7 +358,8 @@ async fn an_unreadable_declared_secret_fails_the_deploy_naming_it() {
 "#,
             ran = ran.display()
         ),
-    );
+    )
+    .await;
     let cause = stage_started("envy", "prod");
     let e = only_event(&cause, deployer.handle(&cause).await.unwrap());
     assert_eq!(e.ty, EventName::DeployFailed.type_name());
@@ -335,8 +372,12 @@ async fn an_unreadable_declared_secret_fails_the_deploy_naming_it() {
     assert!(!ran.exists(), "the command must not run");
 }
 
-#[test]
-fn handler_is_registrable() {
-    let h = gantry_deployer::handler(Pipelines::default(), Path::new("/tmp/unused"));
+#[tokio::test]
+async fn handler_is_registrable() {
+    let data = tempfile::tempdir().unwrap();
+    let ctx = WorkerContext::local(Pipelines::default(), data.path())
+        .await
+        .unwrap();
+    let h = gantry_deployer::handler(&ctx);
     assert_eq!(h.name(), "deployer");
 }

@@ -59,7 +59,10 @@ stages:
             None,
         );
     }
-    let deployer = Deployer::new(Pipelines::new(set), data.path());
+    let ctx = gantry_runtime::WorkerContext::local(Pipelines::new(set), data.path())
+        .await
+        .unwrap();
+    let deployer = Deployer::new(&ctx);
     assert!(
         std::env::var_os("CARGO_MANIFEST_DIR").is_some(),
         "cargo sets it for tests"

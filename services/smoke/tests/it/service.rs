@@ -7,9 +7,9 @@ use gantry_pipeline::{parse_str, PipelineSet};
 use gantry_proto::events::{SmokeFailed, StageStarted};
 use gantry_proto::{CloudEvent, EventName};
 use gantry_runtime::runtime::Pipelines;
+use gantry_runtime::WorkerContext;
 use gantry_smoke::{RetryPolicy, Smoke};
 use gantry_store::consumer::Handler;
-use gantry_store::EventStore;
 
 const RUN: &str = "0192f0c4-7d2e-7c4e-9f00-000000000003";
 
@@ -52,14 +52,10 @@ stages:
         parse_str("smoky.yaml", &yaml).unwrap_or_else(|e| panic!("{e}")),
         None,
     );
-    let store = EventStore::connect(&format!(
-        "sqlite://{}",
-        data.path().join("gantry.db").display()
-    ))
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
-    let smoke = Smoke::new(store, Pipelines::new(set)).with_retry(RetryPolicy {
+    let ctx = WorkerContext::local(Pipelines::new(set), data.path())
+        .await
+        .unwrap();
+    let smoke = Smoke::new(&ctx).with_retry(RetryPolicy {
         pause: std::time::Duration::from_millis(50),
     });
 
