@@ -13,7 +13,7 @@ mod fed {
     use gantry_envgen::fed::{
         build_fed_package, build_fed_package_with, build_gateway_package_with,
         build_pol_env_package_with, check_archive, ArchiveKind, BuildOptions, FedPackage,
-        ENV_SETTINGS_HEADER, ENV_SETTINGS_PATH, FED_ENTRY, MERGE_ROOT, POL_ENV_DIR,
+        ENV_SETTINGS_HEADER, ENV_SETTINGS_PATH, FED_ENTRY, MAX_ENTRY_SIZE, MERGE_ROOT, POL_ENV_DIR,
     };
     use gantry_envgen::{Diagnostic, MapEnv};
     use serde_json::{json, Value};
@@ -604,6 +604,418 @@ mod fed {
             rejected * 4 >= rounds * 3,
             "most mutations are caught ({rejected} of {rounds})"
         );
+    }
+
+    // ------------------------------------------ every check of an archive
+
+    /// The 1-based line of the first line of `text` containing `needle`.
+    fn line_of(text: &str, needle: &str) -> u32 {
+        let i = text
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no line with {needle}"));
+        u32::try_from(i + 1).expect("line")
+    }
+
+    /// `bytes` with the central-directory record of entry `name` changed by
+    /// `patch` (the record from its `PK\1\2` signature on).
+    fn patch_central(mut bytes: Vec<u8>, name: &str, patch: impl Fn(&mut [u8])) -> Vec<u8> {
+        let at = (0..bytes.len().saturating_sub(46))
+            .find(|&i| {
+                let len = usize::from(u16::from_le_bytes([bytes[i + 28], bytes[i + 29]]));
+                bytes[i..].starts_with(b"PK\x01\x02")
+                    && bytes.get(i + 46..i + 46 + len) == Some(name.as_bytes())
+            })
+            .unwrap_or_else(|| panic!("no central record for {name}"));
+        patch(&mut bytes[at..]);
+        bytes
+    }
+
+    /// Set a central record's uncompressed size.
+    fn set_size(record: &mut [u8], size: u32) {
+        record[24..28].copy_from_slice(&size.to_le_bytes());
+    }
+
+    fn accepted(a: &Arch, kind: ArchiveKind) -> gantry_envgen::fed::ArchiveInfo {
+        check_archive("x", &a.bytes(), kind).unwrap_or_else(|e| panic!("{}", show(&e)))
+    }
+
+    #[test]
+    fn fed_bad_entries_that_cannot_be_read() {
+        let store = format!("{ID}/CertStore-1.xml");
+        let base = Arch::new(ArchiveKind::Fed);
+        // Encrypted (flag bit 0): the zip reader refuses to open it.
+        let bytes = patch_central(base.bytes(), &store, |r| r[8] |= 1);
+        let e = errors("gw/app.fed", &bytes, ArchiveKind::Fed);
+        let d = find(&e, "gw/app.fed", "cannot read the entry: ");
+        assert_eq!(d.file, Some(format!("gw/app.fed!/{store}")));
+        // A CRC the data does not have: read to the end, then refused.
+        let bytes = patch_central(base.bytes(), &store, |r| r[16] ^= 0xff);
+        let e = errors("gw/app.fed", &bytes, ArchiveKind::Fed);
+        let d = find(
+            &e,
+            "gw/app.fed",
+            "cannot read the entry (Invalid checksum): the archive is corrupt or truncated",
+        );
+        assert_eq!(d.file, Some(format!("gw/app.fed!/{store}")));
+        // Sizes in the central directory that the data does not have.
+        let real = base.get(&store).len();
+        let bytes = patch_central(base.bytes(), &store, |r| set_size(r, 7));
+        let e = errors("gw/app.fed", &bytes, ArchiveKind::Fed);
+        let d = find(
+            &e,
+            "gw/app.fed",
+            &format!("the entry holds {real} bytes but the archive says 7: the archive is corrupt"),
+        );
+        assert_eq!(d.file, Some(format!("gw/app.fed!/{store}")));
+        let over = u32::try_from(MAX_ENTRY_SIZE + 1).expect("fits");
+        let bytes = patch_central(base.bytes(), &store, |r| set_size(r, over));
+        let e = errors("gw/app.fed", &bytes, ArchiveKind::Fed);
+        let d = find(
+            &e,
+            "gw/app.fed",
+            &format!(
+                "the entry is {over} bytes uncompressed, over the {MAX_ENTRY_SIZE}-byte limit"
+            ),
+        );
+        assert_eq!(d.file, Some(format!("gw/app.fed!/{store}")));
+    }
+
+    #[test]
+    fn fed_bad_symlink_entry() {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        let opts = zip::write::SimpleFileOptions::default();
+        for (name, data) in &Arch::new(ArchiveKind::Fed).entries {
+            w.start_file(name.as_str(), opts).expect("start_file");
+            w.write_all(data).expect("write");
+        }
+        w.add_symlink("conf/link", "/etc/passwd", opts)
+            .expect("symlink");
+        let bytes = w.finish().expect("finish").into_inner();
+        let e = errors("gw/app.fed", &bytes, ArchiveKind::Fed);
+        let d = find(&e, "gw/app.fed", "the entry is a symbolic link");
+        assert_eq!(d.file.as_deref(), Some("gw/app.fed!/conf/link"));
+        assert_eq!(e.len(), 1, "{}", show(&e));
+    }
+
+    #[test]
+    fn fed_directory_entries_are_not_read() {
+        // A directory entry claiming content: counted and listed, never read.
+        let with_dir = |a: &Arch| {
+            let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+            let opts = zip::write::SimpleFileOptions::default();
+            w.add_directory("conf/", opts).expect("dir");
+            for (name, data) in &a.entries {
+                w.start_file(name.as_str(), opts).expect("start_file");
+                w.write_all(data).expect("write");
+            }
+            let bytes = w.finish().expect("finish").into_inner();
+            patch_central(bytes, "conf/", |r| set_size(r, 5))
+        };
+        let a = Arch::new(ArchiveKind::Fed);
+        let info = check_archive("x", &with_dir(&a), ArchiveKind::Fed)
+            .unwrap_or_else(|e| panic!("{}", show(&e)));
+        assert_eq!(info.entries, a.entries.len() as u64 + 1);
+        let files: usize = a.entries.iter().map(|(_, d)| d.len()).sum();
+        assert_eq!(info.uncompressed_size, files as u64);
+        let a = a.without("META-INF/MANIFEST.MF");
+        let e = errors("x", &with_dir(&a), ArchiveKind::Fed);
+        find(&e, "x", &format!("(entries: conf/, {}, ", a.entries[0].0));
+    }
+
+    #[test]
+    fn fed_bad_missing_manifest_lists_the_entries() {
+        let e = errors("gw/app.fed", &zip_of(&[]), ArchiveKind::Fed);
+        find(
+            &e,
+            "gw/app.fed",
+            "no `META-INF/MANIFEST.MF`: not an Axway deployment package (.fed) (entries: none)",
+        );
+        let a = Arch::new(ArchiveKind::Fed).without("META-INF/MANIFEST.MF");
+        assert!(a.entries.len() > 5);
+        let e = errors("gw/app.fed", &a.bytes(), ArchiveKind::Fed);
+        let first: Vec<&str> = a.entries.iter().take(5).map(|(n, _)| n.as_str()).collect();
+        find(
+            &e,
+            "gw/app.fed",
+            &format!("(entries: {}, …)", first.join(", ")),
+        );
+        let few = Arch {
+            entries: a.entries[..2].to_vec(),
+        };
+        let e = errors("gw/app.pol", &few.bytes(), ArchiveKind::Pol);
+        let d = find(&e, "gw/app.pol", "no `META-INF/MANIFEST.MF`");
+        assert!(
+            d.message.ends_with(&format!(
+                "(entries: {}, {})",
+                few.entries[0].0, few.entries[1].0
+            )),
+            "{}",
+            d.message
+        );
+    }
+
+    #[test]
+    fn fed_bad_manifest_contents() {
+        let mf = "META-INF/MANIFEST.MF";
+        let at = |file: &str| format!("gw/app.fed!/{file}");
+        for (file, text, needle, line) in [
+            (
+                mf,
+                &b"\xff\xfeId"[..],
+                "the manifest is not UTF-8 text",
+                None,
+            ),
+            (
+                mf,
+                b"Id: x\r\nTimestamp: 1\r\n\r\n",
+                "the main section has no `Manifest-Version` header",
+                Some(2),
+            ),
+            (
+                mf,
+                b"Manifest-Version: 1.0\r\nId: x\r\n\r\n",
+                "no `Timestamp` header",
+                Some(2),
+            ),
+            (
+                mf,
+                b"Manifest-Version: 1.0\r\nId: \r\nTimestamp: 1\r\n\r\n",
+                "`Id` is empty",
+                Some(2),
+            ),
+            (
+                "META-INF/MANIFEST-POLICY.MF",
+                b"Name: x\r\n\r\n",
+                "the main section has no `Manifest-Version` header",
+                Some(1),
+            ),
+            (
+                "META-INF/MANIFEST-ENVIRONMENT.MF",
+                b"\xff",
+                "the manifest is not UTF-8 text",
+                None,
+            ),
+        ] {
+            let a = Arch::new(ArchiveKind::Fed).with(file, text);
+            let e = errors("gw/app.fed", &a.bytes(), ArchiveKind::Fed);
+            let d = find(&e, "gw/app.fed", needle);
+            assert_eq!(d.file, Some(at(file)), "{needle}");
+            assert_eq!(d.line, line, "{needle}");
+        }
+        let a = Arch::new(ArchiveKind::Fed).without("META-INF/MANIFEST-POLICY.MF");
+        let e = errors("gw/app.fed", &a.bytes(), ArchiveKind::Fed);
+        let d = find(&e, "gw/app.fed", "no `META-INF/MANIFEST-POLICY.MF`: a deployment package carries the policy package's properties there");
+        assert_eq!(d.file.as_deref(), Some("gw/app.fed"));
+    }
+
+    #[test]
+    fn fed_manifests_found_whatever_their_case() {
+        let mut a = Arch::new(ArchiveKind::Fed);
+        for (name, _) in &mut a.entries {
+            if name.starts_with("META-INF/") {
+                *name = name.to_ascii_lowercase();
+            }
+        }
+        let info = accepted(&a, ArchiveKind::Fed);
+        assert_eq!(info.id, ID);
+        assert_eq!(info.timestamp, 1_741_371_775_420);
+        assert!(info.policy_properties.is_some() && info.environment_properties.is_some());
+        // Of two spellings, the first in byte order counts.
+        let a = Arch::new(ArchiveKind::Fed).with("meta-inf/manifest.mf", b"broken");
+        assert_eq!(accepted(&a, ArchiveKind::Fed).id, ID);
+    }
+
+    #[test]
+    fn fed_manifest_warnings_and_properties() {
+        let a = Arch::new(ArchiveKind::Fed).with(
+            "META-INF/MANIFEST.MF",
+            format!("Manifest-Version: 1.0\r\nId: {ID}\r\nId: {ID}\r\nTimestamp: 5\r\n\r\n")
+                .as_bytes(),
+        );
+        let info = accepted(&a, ArchiveKind::Fed);
+        assert_eq!(info.warnings.len(), 1, "{}", show(&info.warnings));
+        let w = &info.warnings[0];
+        assert_eq!(w.file.as_deref(), Some("x!/META-INF/MANIFEST.MF"));
+        assert_eq!(w.line, Some(3));
+        assert!(w.message.contains("appears twice"), "{}", w.message);
+        assert_eq!(info.timestamp, 5);
+        // A .pol or .env may carry one of the FED's sub-manifests, not both.
+        let a = Arch::new(ArchiveKind::Pol).with(
+            "META-INF/MANIFEST-POLICY.MF",
+            b"Manifest-Version: 1.0\r\n\r\n",
+        );
+        let info = accepted(&a, ArchiveKind::Pol);
+        assert_eq!(info.policy_properties, None);
+        assert_eq!(info.environment_properties, None);
+    }
+
+    #[test]
+    fn fed_bad_store_declarations() {
+        let a = Arch::new(ArchiveKind::Fed);
+        let cfg_name = format!("{ID}/configs.xml");
+        let cfg = a.get(&cfg_name);
+        let cert = "<store id='CertStore-1' type='CertStore'>";
+        for (from, to, needle, line_needle) in [
+            (
+                cert,
+                "<store id='CertStore-1'>",
+                "a `<store>` needs both `id` and `type`",
+                cert,
+            ),
+            (
+                cert,
+                "<store id='PrimaryStore-1' type='CertStore'>",
+                "store `PrimaryStore-1` is declared twice",
+                cert,
+            ),
+            (
+                ">CertStore-1.xml<",
+                "><",
+                "store `CertStore-1` has no `<credential name='url'>` naming its file",
+                cert,
+            ),
+            (
+                ">CertStore-1.xml<",
+                ">../CertStore-1.xml<",
+                "store `CertStore-1`: its file `../CertStore-1.xml` must be a plain name beside configs.xml",
+                cert,
+            ),
+            (
+                ">CertStore-1.xml<",
+                ">..<",
+                "store `CertStore-1`: its file `..` must be a plain name",
+                cert,
+            ),
+            (
+                "activeAssembly='A'",
+                "activeAssembly='B'",
+                "the active assembly `B` is not defined",
+                "activeAssembly",
+            ),
+            (
+                "<component id='CertStore-1'/>",
+                "<component id='Nope-1'/>",
+                "assembly `A` uses store `Nope-1`, which is not declared",
+                "<component id='CertStore-1'/>",
+            ),
+        ] {
+            assert!(cfg.contains(from), "{from}");
+            let changed = cfg.replace(from, to);
+            let bytes = a.clone().with(&cfg_name, changed.as_bytes()).bytes();
+            let e = errors("gw/app.fed", &bytes, ArchiveKind::Fed);
+            let d = find(&e, "gw/app.fed", needle);
+            assert_eq!(d.file, Some(format!("gw/app.fed!/{cfg_name}")), "{needle}");
+            // Only values change: lines stay where they were.
+            assert_eq!(d.line, Some(line_of(&cfg, line_needle)), "{needle}");
+        }
+        let e = errors(
+            "gw/app.fed",
+            &a.clone().with(&cfg_name, b"<configuration>\xff").bytes(),
+            ArchiveKind::Fed,
+        );
+        let d = find(&e, "gw/app.fed", "configs.xml is not UTF-8 text");
+        assert_eq!(d.file, Some(format!("gw/app.fed!/{cfg_name}")));
+        // A store file that is not an entity store (its checksum matching).
+        let store = format!("{ID}/CertStore-1.xml");
+        let other = b"<other/>\n";
+        let bytes = a
+            .clone()
+            .with(&store, other)
+            .with(&format!("{ID}/CertStore-1.sha256"), sha(other).as_bytes())
+            .bytes();
+        let e = errors("gw/app.fed", &bytes, ArchiveKind::Fed);
+        let d = find(
+            &e,
+            "gw/app.fed",
+            "store `CertStore-1`: the file is not an entity store (no `<entityStoreData>`)",
+        );
+        assert_eq!(d.file, Some(format!("gw/app.fed!/{store}")));
+        assert_eq!(e.len(), 1, "{}", show(&e));
+    }
+
+    #[test]
+    fn fed_store_checksums_are_optional() {
+        let a = Arch::new(ArchiveKind::Fed)
+            .without(&format!("{ID}/CertStore-1.sha256"))
+            // Over 1 KiB: not a checksum file, not compared.
+            .with(&format!("{ID}/PrimaryStore-1.sha256"), &[b'0'; 1025]);
+        let info = accepted(&a, ArchiveKind::Fed);
+        assert_eq!(info.stores.len(), 3);
+        for (store, verified) in info.stores.iter().zip([false, true, false]) {
+            assert_eq!(store.checksum_verified, verified, "{}", store.id);
+        }
+        assert_eq!(info.stores[2].file, format!("{ID}/CertStore-1.xml"));
+        assert_eq!(info.stores[2].dir, ID);
+    }
+
+    #[test]
+    fn fed_store_directory_not_named_after_the_id_is_a_warning() {
+        let mut a = Arch::new(ArchiveKind::Fed);
+        for (name, data) in &mut a.entries {
+            if let Some(rest) = name.strip_prefix(&format!("{ID}/")) {
+                *name = format!("other/{rest}");
+            }
+            if name.as_str() == "other/configs.xml" {
+                assert!(!data.is_empty());
+            }
+        }
+        // A configs.xml below the top level is not a store index.
+        let a = a.with("other/nested/configs.xml", b"not xml");
+        let info = accepted(&a, ArchiveKind::Fed);
+        assert_eq!(info.warnings.len(), 1, "{}", show(&info.warnings));
+        let w = &info.warnings[0];
+        assert_eq!(w.file.as_deref(), Some("x!/other/configs.xml"));
+        assert!(
+            w.message.contains(&format!(
+                "the store directory `other` is not the package `Id` `{ID}`"
+            )),
+            "{}",
+            w.message
+        );
+        assert!(info.stores.iter().all(|s| s.dir == "other"));
+    }
+
+    #[test]
+    fn fed_bad_store_types_for_the_kind() {
+        let sub = |a: Arch| {
+            a.with(
+                "META-INF/MANIFEST-POLICY.MF",
+                b"Manifest-Version: 1.0\r\n\r\n",
+            )
+            .with(
+                "META-INF/MANIFEST-ENVIRONMENT.MF",
+                b"Manifest-Version: 1.0\r\n\r\n",
+            )
+        };
+        let e = errors(
+            "gw/app.fed",
+            &sub(Arch::new(ArchiveKind::Env)).bytes(),
+            ArchiveKind::Fed,
+        );
+        let d = find(&e, "gw/app.fed", "no policy store (`PrimaryStore`): a deployment package holds the policies and the environment");
+        assert_eq!(d.file.as_deref(), Some("gw/app.fed"));
+        assert_eq!(e.len(), 1, "{}", show(&e));
+        let e = errors(
+            "gw/app.env",
+            &Arch::new(ArchiveKind::Pol).bytes(),
+            ArchiveKind::Env,
+        );
+        find(
+            &e,
+            "gw/app.env",
+            "no environment store (`EnvSettingsStore`): not an environment package",
+        );
+        find(&e, "gw/app.env", "it holds a policy store (`PrimaryStore`): an environment package holds only environment settings");
+        assert_eq!(e.len(), 2, "{}", show(&e));
+        // Without a readable store index, the store types are not judged.
+        let cfg_name = format!("{ID}/configs.xml");
+        for kind in [ArchiveKind::Fed, ArchiveKind::Pol, ArchiveKind::Env] {
+            let a = Arch::new(kind).with(&cfg_name, b"<configuration>");
+            let e = errors("gw/a", &a.bytes(), kind);
+            assert_eq!(e.len(), 1, "{kind:?}: {}", show(&e));
+            find(&e, "gw/a", "malformed configs.xml");
+        }
     }
 
     // ------------------------------------------------------------- packages
