@@ -1,8 +1,6 @@
 //! Each kind of problem is reported with its file, line and column — and all
 //! of them at once, not just the first.
 
-mod common;
-
 use gantry_envgen::{Diagnostic, MapEnv, Project, StageValues, ValidateOptions, ValuesSource};
 
 const TYPES: &[(&str, &str)] = &[
@@ -56,11 +54,11 @@ const BASE: &[(&str, &str)] = &[
 /// A valid project with `changes` applied on top (a `None` content deletes the file).
 fn project_with(changes: &[(&str, Option<&str>)]) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    common::write_files(dir.path(), TYPES);
-    common::write_files(dir.path(), BASE);
+    crate::common::write_files(dir.path(), TYPES);
+    crate::common::write_files(dir.path(), BASE);
     for (rel, content) in changes {
         match content {
-            Some(c) => common::write_files(dir.path(), &[(rel, c)]),
+            Some(c) => crate::common::write_files(dir.path(), &[(rel, c)]),
             None => std::fs::remove_file(dir.path().join(rel))
                 .unwrap_or_else(|e| panic!("rm {rel}: {e}")),
         }
@@ -92,13 +90,13 @@ fn expect_one(
 ) -> Diagnostic {
     let dir = project_with(changes);
     let diags = validate(&dir, &MapEnv::empty(), None);
-    assert_eq!(diags.len(), 1, "{}", common::show(&diags));
+    assert_eq!(diags.len(), 1, "{}", crate::common::show(&diags));
     let d = diags[0].clone();
     assert_eq!(
         (d.file.as_deref(), d.line, d.column),
         (Some(file), Some(line), Some(column)),
         "{}",
-        common::show(&diags)
+        crate::common::show(&diags)
     );
     assert!(
         d.message.contains(needle),
@@ -115,7 +113,7 @@ const MAIN: &str = "External Connections/Database Connections/Main.yaml";
 fn the_base_project_is_valid() {
     let dir = project_with(&[]);
     let diags = validate(&dir, &MapEnv::empty(), None);
-    assert!(diags.is_empty(), "{}", common::show(&diags));
+    assert!(diags.is_empty(), "{}", crate::common::show(&diags));
 }
 
 #[test]
@@ -425,7 +423,7 @@ fn all_problems_at_once_sorted_by_file_and_line() {
             (HELLO.to_string(), 18),
         ],
         "{}",
-        common::show(&diags)
+        crate::common::show(&diags)
     );
 }
 
@@ -437,7 +435,7 @@ fn stage_overlay_and_env_feed_placeholders() {
     )]);
     let env = MapEnv::from_pairs([("DB_PASSWORD", "s3cr3t-pass")]);
     let diags = validate(&dir, &env, Some("db:\n  url: jdbc:mysql://test-db/db\n"));
-    assert!(diags.is_empty(), "{}", common::show(&diags));
+    assert!(diags.is_empty(), "{}", crate::common::show(&diags));
     let project = Project::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let values = project.stage_values(
         Some(ValuesSource {
@@ -448,7 +446,7 @@ fn stage_overlay_and_env_feed_placeholders() {
     );
     let files = project
         .render(&values, &env, &ValidateOptions::strict())
-        .unwrap_or_else(|r| panic!("{}", common::show(&r.errors)));
+        .unwrap_or_else(|r| panic!("{}", crate::common::show(&r.errors)));
     let main = files
         .iter()
         .find(|f| f.path == MAIN)
@@ -467,7 +465,7 @@ fn secrets_are_masked_in_diagnostics() {
     )]);
     let env = MapEnv::from_pairs([("CATEGORY", "TopSecretCategory")]);
     let diags = validate(&dir, &env, Some("db:\n  password: env:CATEGORY\n"));
-    assert_eq!(diags.len(), 1, "{}", common::show(&diags));
+    assert_eq!(diags.len(), 1, "{}", crate::common::show(&diags));
     assert!(
         !diags[0].message.contains("TopSecretCategory"),
         "{}",
@@ -483,7 +481,7 @@ fn secrets_are_masked_in_diagnostics() {
 #[test]
 fn without_a_type_model_references_are_found_by_shape() {
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    common::write_files(dir.path(), BASE);
+    crate::common::write_files(dir.path(), BASE);
     let project = Project::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let env = MapEnv::empty();
     let values = project.stage_values(None, &env);
@@ -495,12 +493,12 @@ fn without_a_type_model_references_are_found_by_shape() {
         "/Libraries/Cache Manager/Sessions",
         "/Libraries/Cache Manager/Gone",
     );
-    common::write_files(dir.path(), &[(HELLO, &broken)]);
+    crate::common::write_files(dir.path(), &[(HELLO, &broken)]);
     let project = Project::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let errors = project
         .validate(&values, &env, &ValidateOptions::strict())
         .errors;
-    assert_eq!(errors.len(), 1, "{}", common::show(&errors));
+    assert_eq!(errors.len(), 1, "{}", crate::common::show(&errors));
     assert_eq!(errors[0].line, Some(18));
 }
 
@@ -523,7 +521,7 @@ fn empty_values_are_fine_for_a_project_without_placeholders() {
         &MapEnv::empty(),
         &ValidateOptions::strict(),
     );
-    assert!(report.is_ok(), "{}", common::show(&report.errors));
+    assert!(report.is_ok(), "{}", crate::common::show(&report.errors));
 }
 
 #[test]
@@ -540,13 +538,13 @@ fn environmentalized_references_are_checked_per_stage() {
         &env,
         Some("refs:\n  cache: /Libraries/Cache Manager/Sessions\n"),
     );
-    assert!(ok.is_empty(), "{}", common::show(&ok));
+    assert!(ok.is_empty(), "{}", crate::common::show(&ok));
     let bad = validate(
         &dir,
         &env,
         Some("refs:\n  cache: /Libraries/Cache Manager/Other\n"),
     );
-    assert_eq!(bad.len(), 1, "{}", common::show(&bad));
+    assert_eq!(bad.len(), 1, "{}", crate::common::show(&bad));
     assert_eq!(
         (bad[0].file.as_deref(), bad[0].line, bad[0].column),
         (Some(HELLO), Some(18), Some(12))
@@ -566,12 +564,12 @@ fn environmentalized_references_are_checked_per_stage() {
         &env,
         Some("refs:\n  cache: /Libraries/Cache Manager/Other\n"),
     );
-    assert_eq!(bad.len(), 1, "{}", common::show(&bad));
+    assert_eq!(bad.len(), 1, "{}", crate::common::show(&bad));
     assert_eq!(
         (bad[0].line, bad[0].column),
         (Some(20), Some(12)),
         "{}",
-        common::show(&bad)
+        crate::common::show(&bad)
     );
 }
 
@@ -594,7 +592,7 @@ fn references_into_templated_files_and_containers() {
     assert!(validate(&dir, &env, Some(good)).is_empty());
     let renamed = "names:\n  manager: Caches\n  cache: Sessions\n";
     let diags = validate(&dir, &env, Some(renamed));
-    assert_eq!(diags.len(), 1, "{}", common::show(&diags));
+    assert_eq!(diags.len(), 1, "{}", crate::common::show(&diags));
     assert_eq!(
         (diags[0].file.as_deref(), diags[0].line),
         (Some(HELLO), Some(18))
@@ -606,7 +604,7 @@ fn references_into_templated_files_and_containers() {
     )]);
     assert!(validate(&dir, &env, Some(good)).is_empty());
     let diags = validate(&dir, &env, Some("names:\n  cache: Other\n"));
-    assert_eq!(diags.len(), 1, "{}", common::show(&diags));
+    assert_eq!(diags.len(), 1, "{}", crate::common::show(&diags));
     assert_eq!(
         (diags[0].file.as_deref(), diags[0].line),
         (Some(HELLO), Some(18))
@@ -617,7 +615,7 @@ fn references_into_templated_files_and_containers() {
         Some("---\ntype: Cache\nfields:\n  name: '{{ names.cache }}'\n"),
     )]);
     let diags = validate(&dir, &env, Some(good));
-    assert_eq!(diags.len(), 1, "{}", common::show(&diags));
+    assert_eq!(diags.len(), 1, "{}", crate::common::show(&diags));
     assert_eq!(
         diags[0].file.as_deref(),
         Some("Libraries/Cache Manager/Other.yaml")

@@ -1,8 +1,6 @@
 //! The real sample project validates and packages as it is; a copy with one
 //! reference broken is reported with that file and line.
 
-mod common;
-
 use gantry_envgen::{
     package_yaml, validate_project, MapEnv, Project, RenderMode, StageValues, ValidateOptions,
     ValuesSource,
@@ -11,7 +9,7 @@ use serde_json::json;
 
 #[test]
 fn real_project_validates_with_zero_diagnostics() {
-    let root = common::fixture_project();
+    let root = crate::common::fixture_project();
     let project = Project::load(&root).unwrap_or_else(|e| panic!("{e}"));
     assert!(
         project.entity_file_count() > 600,
@@ -21,13 +19,17 @@ fn real_project_validates_with_zero_diagnostics() {
     let env = MapEnv::empty();
     let values = project.stage_values(None, &env);
     let report = project.validate(&values, &env, &ValidateOptions::default());
-    assert!(report.errors.is_empty(), "{}", common::show(&report.errors));
+    assert!(
+        report.errors.is_empty(),
+        "{}",
+        crate::common::show(&report.errors)
+    );
     // The certificates the sample's CI adds per stage are the only loose ends.
     assert_eq!(
         report.warnings.len(),
         10,
         "{}",
-        common::show(&report.warnings)
+        crate::common::show(&report.warnings)
     );
     assert!(report.warnings.iter().all(|w| w
         .message
@@ -45,7 +47,7 @@ fn real_project_validates_with_zero_diagnostics() {
 
 #[test]
 fn real_project_packages_in_both_modes_deterministically() {
-    let root = common::fixture_project();
+    let root = crate::common::fixture_project();
     let project = Project::load(&root).unwrap_or_else(|e| panic!("{e}"));
     let env = MapEnv::empty();
     let overlay = "External_Connections:\n  Database_Connections:\n    Masterdata:\n      url: jdbc:mysql://prod-db:3306/masterdata\n";
@@ -95,7 +97,7 @@ fn real_project_packages_in_both_modes_deterministically() {
 
 #[test]
 fn rendered_project_is_valid_yaml_and_holds_the_values() {
-    let root = common::fixture_project();
+    let root = crate::common::fixture_project();
     let project = Project::load(&root).unwrap_or_else(|e| panic!("{e}"));
     let env = MapEnv::empty();
     let overlay = "Policies:\n  Demo:\n    Demo_Service:\n      Set_name:\n        attributeValue: \"Prod 'World'\"\n";
@@ -108,7 +110,7 @@ fn rendered_project_is_valid_yaml_and_holds_the_values() {
     );
     let files = project
         .render(&values, &env, &ValidateOptions::default())
-        .unwrap_or_else(|r| panic!("{}", common::show(&r.errors)));
+        .unwrap_or_else(|r| panic!("{}", crate::common::show(&r.errors)));
     let demo = files
         .iter()
         .find(|f| f.path == "Policies/Demo/Demo Service.yaml")
@@ -131,7 +133,11 @@ fn rendered_project_is_valid_yaml_and_holds_the_values() {
     }
     let rendered = Project::load(dir.path()).unwrap_or_else(|e| panic!("{e}"));
     let report = rendered.validate(&StageValues::empty(), &env, &ValidateOptions::default());
-    assert!(report.errors.is_empty(), "{}", common::show(&report.errors));
+    assert!(
+        report.errors.is_empty(),
+        "{}",
+        crate::common::show(&report.errors)
+    );
     let html = files
         .iter()
         .find(|f| f.path == "Policies/Policy Library/Return HTTP Error 401(colon) Unauthorize-1433015977.yaml")
@@ -141,9 +147,9 @@ fn rendered_project_is_valid_yaml_and_holds_the_values() {
 
 #[test]
 fn broken_reference_in_a_copy_is_reported_with_file_and_line() {
-    let root = common::fixture_project();
+    let root = crate::common::fixture_project();
     let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("{e}"));
-    common::copy_tree(&root, dir.path());
+    crate::common::copy_tree(&root, dir.path());
     let file = dir.path().join("Policies/Demo/Demo Service.yaml");
     let text = std::fs::read_to_string(&file).unwrap_or_else(|e| panic!("{e}"));
     // Line 23 is `    success: ../Add HTTP header to response`.
@@ -162,7 +168,7 @@ fn broken_reference_in_a_copy_is_reported_with_file_and_line() {
     .unwrap_or_else(|e| panic!("{e}"));
 
     let errors = validate_project(dir.path(), &json!({}), &MapEnv::empty());
-    assert_eq!(errors.len(), 1, "{}", common::show(&errors));
+    assert_eq!(errors.len(), 1, "{}", crate::common::show(&errors));
     let d = &errors[0];
     assert_eq!(d.file.as_deref(), Some("Policies/Demo/Demo Service.yaml"));
     assert_eq!(d.line, Some(23));

@@ -1,8 +1,6 @@
 //! Deterministic archives: sorted entries, no root folder, fixed times, owners
 //! and modes; the same input always gives the same sha256.
 
-mod common;
-
 use std::io::Read as _;
 
 use gantry_envgen::package::{sha256, tar_gz};
@@ -94,7 +92,7 @@ fn archive_layout_is_fixed() {
 
 #[test]
 fn package_is_deterministic_and_carries_stage_values() {
-    let root = common::fixture_project();
+    let root = crate::common::fixture_project();
     let env = MapEnv::from_pairs([("CASSANDRA_USER", "cass-user-1")]);
     let overlay = "Server_Settings:\n  Cassandra_Settings:\n    username: env:CASSANDRA_USER\n    replication: 3\n";
     let build = || {

@@ -3,8 +3,6 @@
 //! inputs (each named by file, with a line where there is one, never a panic),
 //! and deterministic stage packages.
 
-mod common;
-
 mod fed {
     use std::collections::BTreeMap;
     use std::io::{Cursor, Read, Write};
@@ -18,7 +16,7 @@ mod fed {
     use gantry_envgen::{Diagnostic, MapEnv};
     use serde_json::{json, Value};
 
-    use super::common::show;
+    use crate::common::show;
 
     // ---------------------------------------------------------------- helpers
 
@@ -222,7 +220,7 @@ mod fed {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all(dir.path().join("gateway")).expect("mkdir");
         std::fs::write(dir.path().join("gateway/app.fed"), newest_real_fed()).expect("write");
-        super::common::write_files(
+        crate::common::write_files(
             dir.path(),
             &[
                 (
@@ -1298,7 +1296,7 @@ mod fed {
         .unwrap_err();
         find(&e, "gateway/app.fed", "is not a directory");
         // The merge directory's own envSettings.props and stage values collide.
-        super::common::write_files(
+        crate::common::write_files(
             repo.path(),
             &[(
                 &format!("merge/apigateway/{ENV_SETTINGS_PATH}"),
