@@ -33,6 +33,18 @@ impl Response {
         Ok(chunks.concat().into())
     }
 
+    /// The error an unsuccessful answer stands for: the problem's detail.
+    pub async fn into_error(self) -> anyhow::Error {
+        let status = self.status;
+        match self.bytes().await {
+            Ok(body) => problem_error(
+                status,
+                &serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+            ),
+            Err(e) => e,
+        }
+    }
+
     /// The JSON body of a success, or the problem's detail as an error.
     pub async fn json(self) -> anyhow::Result<serde_json::Value> {
         let status = self.status;

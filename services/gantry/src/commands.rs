@@ -169,13 +169,10 @@ pub async fn diff(g: &Global, run: &str, stage: &str) -> anyhow::Result<()> {
     let resp = Client::new(g)
         .send(Method::GET, &format!("{path}?format=text"), None)
         .await?;
-    let status = resp.status;
-    let body = resp.bytes().await?;
-    if !status.is_success() {
-        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        anyhow::bail!("{}", client_error(status, &value));
+    if !resp.status.is_success() {
+        return Err(resp.into_error().await);
     }
-    print!("{}", String::from_utf8_lossy(&body));
+    print!("{}", String::from_utf8_lossy(&resp.bytes().await?));
     Ok(())
 }
 
@@ -219,10 +216,7 @@ pub async fn events(
     );
     let resp = Client::new(g).send(Method::GET, &path, None).await?;
     if !resp.status.is_success() {
-        let status = resp.status;
-        let body = resp.bytes().await?;
-        let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-        anyhow::bail!("{}", client_error(status, &value));
+        return Err(resp.into_error().await);
     }
     let mut messages = Box::pin(client::sse_messages(resp.body));
     while let Some(msg) = messages.next().await {
@@ -233,11 +227,6 @@ pub async fn events(
         }
     }
     Ok(())
-}
-
-fn client_error(status: http::StatusCode, value: &Value) -> String {
-    let detail = value["detail"].as_str().unwrap_or("request failed");
-    format!("{detail} ({status})")
 }
 
 pub fn str_of(v: &Value) -> &str {

@@ -18,9 +18,7 @@ use gantry_proto::EventName;
 use gantry_runtime::{App, Settings};
 use gantry_store::bus::NatsBus;
 use gantry_store::EventStore;
-use hmac::{Hmac, Mac};
 use serde_json::json;
-use sha2::Sha256;
 
 use super::{percentiles, relay_checkpoint};
 use crate::cli::Global;
@@ -273,12 +271,12 @@ fn push(i: usize, repo: &str) -> anyhow::Result<(Vec<u8>, String)> {
         "repository": { "clone_url": repo },
         "head_commit": { "message": "bench", "author": { "name": "b", "email": "b@example.com" } }
     }))?;
-    let mut mac = Hmac::<Sha256>::new_from_slice(SECRET.as_bytes())?;
-    mac.update(&body);
-    Ok((
-        body,
-        format!("sha256={}", hex::encode(mac.finalize().into_bytes())),
-    ))
+    let (_, signature) = gantry_webhook::signature::signing_header(
+        gantry_webhook::signature::Provider::Github,
+        SECRET.as_bytes(),
+        &body,
+    );
+    Ok((body, signature))
 }
 
 struct Runs {
