@@ -102,22 +102,13 @@ impl Relay {
         let mut position = self.store.checkpoint(&self.checkpoint).await?;
         let mut saved = position;
         let mut saved_at = tokio::time::Instant::now();
-        let mut last_liveness = tokio::time::Instant::now();
         loop {
             if shutdown.is_cancelled() {
                 return self.save(saved, position).await;
             }
-            if let Some(conn) = leader.as_mut() {
-                // A dead lock connection means another relay may lead now.
-                if last_liveness.elapsed() > Duration::from_secs(2) {
-                    sqlx::query("SELECT 1")
-                        .execute(&mut *conn)
-                        .await
-                        .map_err(crate::StoreError::from)?;
-                    last_liveness = tokio::time::Instant::now();
-                }
-            }
-            // The leader reads on its lock's connection: no pool round trips.
+            // The leader reads on its lock's connection: no pool round trips,
+            // and a dead lock connection (another relay may lead now) fails
+            // the read and ends this leadership.
             let events = match leader.as_mut() {
                 Some(conn) => EventStore::read_all_on(conn, position, BATCH).await?,
                 None => self.store.read_all(position, BATCH).await?,
