@@ -189,35 +189,20 @@ mod tests {
 
     #[test]
     fn causation_chains_keep_the_first_correlation_id() {
-        let root = CloudEvent::new(
-            "webhook",
-            "p",
-            Some("r"),
-            &RunCancelled {
-                user: "u".into(),
-                reason: None,
-            },
-        );
-        let child = CloudEvent::new(
-            "conductor",
-            "p",
-            Some("r"),
-            &RunCancelled {
-                user: "u".into(),
-                reason: None,
-            },
-        )
-        .caused_by(&root);
-        let grandchild = CloudEvent::new(
-            "conductor",
-            "p",
-            Some("r"),
-            &RunCancelled {
-                user: "u".into(),
-                reason: None,
-            },
-        )
-        .caused_by(&child);
+        let cancelled = |source: &str| {
+            CloudEvent::new(
+                source,
+                "p",
+                Some("r"),
+                &RunCancelled {
+                    user: "u".into(),
+                    reason: None,
+                },
+            )
+        };
+        let root = cancelled("webhook");
+        let child = cancelled("conductor").caused_by(&root);
+        let grandchild = cancelled("conductor").caused_by(&child);
         assert_eq!(child.causationid, Some(root.id));
         assert_eq!(grandchild.causationid, Some(child.id));
         assert_eq!(grandchild.correlationid, Some(root.id));

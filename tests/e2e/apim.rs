@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use crate::common::*;
 use gantry_tests::apimanager::ApiManagerDouble;
-use gantry_tests::GitRepo;
 use serde_json::{json, Value};
 
 fn api_config(summary: &str, security: &str) -> String {
@@ -53,13 +52,7 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
     let partners = apim.add_organization("Partners");
     let app = apim.add_application("Partner App", "Partners");
 
-    let repo = GitRepo::init().unwrap();
-    write_minimal_project(&repo);
-    repo.write(
-        "apis/petstore/petstore.json",
-        std::fs::read_to_string(fixture("apim-cli/examples/petstore.json")).unwrap(),
-    )
-    .unwrap();
+    let repo = petstore_project();
     repo.write(
         "apis/petstore/api-config.json",
         api_config("Pets for ${AUDIENCE}", "KeyId"),
@@ -67,22 +60,15 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
     .unwrap();
     let first = repo.commit("first").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/banking.yaml"),
-        format!(
-            "name: banking\nsource:\n  repo: {repo}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
-             gateway:\n  format: yaml\n  path: gateway/\napis:\n  path: apis/\n\
+    let dir = pipelines_dir("banking", &format!(
+            "{head}apis:\n  path: apis/\n\
              stages:\n  - name: test\n\
              \x20   apimanager: {{ url: \"{url}\", username: env:APIM_USER, password: env:APIM_PASS }}\n\
              \x20   approval: {{ required: 1 }}\n\
              \x20   env: {{ AUDIENCE: partners }}\n",
-            repo = repo.path().display(),
+            head = banking(repo.path().display()),
             url = apim.url(),
-        ),
-    )
-    .unwrap();
+        ));
     let gantry = Gantry::start(
         dir.path(),
         &["up"],
@@ -127,12 +113,7 @@ async fn api_manager_data_is_promoted_planned_and_never_broken() {
             })
             .await
             .unwrap();
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            serde_json::from_slice::<Value>(&out.stdout).unwrap()
+            serde_json::from_slice::<Value>(&stdout_of(out)).unwrap()
         }
     };
 

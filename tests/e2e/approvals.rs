@@ -38,6 +38,11 @@ impl Client {
             .unwrap()
     }
 
+    /// Triggers a run of `commit` on pipeline `banking` as `token`'s user.
+    async fn trigger(&self, token: &str, commit: &str) -> String {
+        trigger_run(&self.base, Some(token), "banking", commit).await
+    }
+
     async fn decide(
         &self,
         token: &str,
@@ -83,18 +88,11 @@ async fn prod_waits_for_two_release_managers_and_refuses_the_author_and_outsider
     repo.write("gateway/values.yaml", "---\na: 1\n").unwrap();
     let second = repo.commit("second").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/banking.yaml"),
-        format!(
-            "name: banking\nsource:\n  repo: {}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
-             gateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n  - name: prod\n\
+    let dir = pipelines_dir("banking", &format!(
+            "{}stages:\n  - name: test\n  - name: prod\n\
              \x20   approval: {{ required: 2, approvers: [release-managers], allow_self: false }}\n",
-            repo.path().display()
-        ),
-    )
-    .unwrap();
+            banking(repo.path().display())
+        ));
     let tokens_path = write_api_tokens(dir.path(), TOKENS);
     let gantry = Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens_path)]).await;
     let api = Client {
@@ -174,19 +172,7 @@ async fn prod_waits_for_two_release_managers_and_refuses_the_author_and_outsider
     assert_eq!(users, ["rita", "sam"]);
 
     // A second commit, rejected: the run fails and prod keeps the first.
-    let resp = api
-        .http
-        .post(format!("{}/api/v1/runs", api.base))
-        .bearer_auth("tok-dev")
-        .json(&json!({ "pipeline": "banking", "commit": second }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let run2 = resp.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run2 = api.trigger("tok-dev", &second).await;
     api.wait_status(&run2, "prod", "awaiting_approval").await;
     let (status, _) = api
         .decide("tok-sam", &run2, "prod", "reject", json!({}))
@@ -240,19 +226,15 @@ async fn the_pusher_and_the_triggerer_are_authors_and_early_approvals_are_refuse
     repo.write("gateway/values.yaml", "---\na: 1\n").unwrap();
     let second = repo.commit("second").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/banking.yaml"),
-        format!(
-            "name: banking\nsource:\n  repo: {}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
-             gateway:\n  format: yaml\n  path: gateway/\nstages:\n\
+    let dir = pipelines_dir(
+        "banking",
+        &format!(
+            "{}stages:\n\
              \x20 - name: test\n    approval: {{ approvers: [release-managers] }}\n\
              \x20 - name: prod\n    approval: {{ approvers: [release-managers] }}\n",
-            repo.path().display()
+            banking(repo.path().display())
         ),
-    )
-    .unwrap();
+    );
     let tokens_path = write_api_tokens(dir.path(), TOKENS);
     let gantry = Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens_path)]).await;
     let api = Client {
@@ -269,15 +251,7 @@ async fn the_pusher_and_the_triggerer_are_authors_and_early_approvals_are_refuse
         "sender": { "login": "dev1" }
     }))
     .unwrap();
-    let resp = api
-        .http
-        .post(format!("{}/webhooks/github", api.base))
-        .header("X-GitHub-Event", "push")
-        .header("X-Hub-Signature-256", sign(&body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_github_push(&api.base, body).await;
     assert_eq!(resp.status(), 202);
     let run = resp.json::<Value>().await.unwrap()["runs"][0]["run_id"]
         .as_str()
@@ -317,19 +291,7 @@ async fn the_pusher_and_the_triggerer_are_authors_and_early_approvals_are_refuse
     api.wait_status(&run, "prod", "promoted").await;
 
     // sam triggers the second commit by hand: sam may not approve it.
-    let resp = api
-        .http
-        .post(format!("{}/api/v1/runs", api.base))
-        .bearer_auth("tok-sam")
-        .json(&json!({ "pipeline": "banking", "commit": second }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let run2 = resp.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run2 = api.trigger("tok-sam", &second).await;
     api.wait_status(&run2, "test", "awaiting_approval").await;
     let (status, problem) = api
         .decide("tok-sam", &run2, "test", "approve", json!({}))
@@ -348,33 +310,20 @@ async fn without_tokens_approvals_that_need_identities_are_refused() {
     let repo = gantry_tests::GitRepo::init().unwrap();
     write_minimal_project(&repo);
     let commit = repo.commit("first").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/banking.yaml"),
-        format!(
+    let dir = pipelines_dir(
+        "banking",
+        &format!(
             "name: banking\nsource:\n  repo: {}\n  branch: main\n\
              gateway:\n  format: yaml\n  path: gateway/\nstages:\n\
              \x20 - name: test\n    approval: {{}}\n\
              \x20 - name: prod\n    approval: {{ approvers: [release-managers] }}\n",
             repo.path().display()
         ),
-    )
-    .unwrap();
+    );
     let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
     let base = gantry.url();
     let http = reqwest::Client::new();
-    let resp = http
-        .post(format!("{base}/api/v1/runs"))
-        .json(&json!({ "pipeline": "banking", "commit": commit }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    let run = resp.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run = trigger_run(&base, None, "banking", &commit).await;
     let approve = |stage: &'static str| {
         let (http, url) = (
             http.clone(),

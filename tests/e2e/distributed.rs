@@ -138,19 +138,15 @@ async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
         .unwrap();
     let first = repo.commit("config").unwrap();
 
-    let template = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(template.path().join("pipelines")).unwrap();
-    std::fs::write(
-        template.path().join("pipelines/banking.yaml"),
-        format!(
-            "name: banking\nsource:\n  repo: {}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
-             gateway:\n  format: yaml\n  path: gateway/\nimage:\n  base: {base}\n  repository: {}/apim/banking-gateway\n\
+    let template = pipelines_dir(
+        "banking",
+        &format!(
+            "{}image:\n  base: {base}\n  repository: {}/apim/banking-gateway\n\
              stages:\n  - name: test\n",
-            repo.path().display(),
+            banking(repo.path().display()),
             registry.host_port()
         ),
-    )
-    .unwrap();
+    );
 
     let prefix = gantry_tests::unique_name("pkg");
     let bucket = gantry_tests::unique_name("PACKAGES");
@@ -187,15 +183,7 @@ async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
     };
     let view = wait_run_ended(&api.url(), &run, Duration::from_secs(90), logs).await;
     let events = get_json(&api.url(), &format!("/api/v1/runs/{run}/events")).await;
-    let of = |ty: &str| -> Vec<Value> {
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == ty)
-            .map(|e| e["data"].clone())
-            .collect()
-    };
+    let of = |ty: &str| data_of(&events, ty);
     assert!(
         of("io.gantry.image.failed.v1").is_empty(),
         "{events}\n{}",
@@ -265,12 +253,7 @@ async fn a_package_built_on_one_machine_is_imaged_and_diffed_on_others() {
         .envs(env.iter().copied())
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let pruned: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let pruned: Value = serde_json::from_slice(&stdout_of(out)).unwrap();
     assert_eq!(pruned["removed"], json!([digest]), "{pruned}");
     assert_eq!(
         pruned["kept"][0]["why"], "the current release of banking/test",

@@ -20,7 +20,7 @@ use std::time::Duration;
 use crate::common::*;
 use axum::routing::get;
 use gantry_tests::apimanager::ApiManagerDouble;
-use gantry_tests::{fresh_postgres, GitRepo, NatsConfig, NatsServer, Registry, TestPki};
+use gantry_tests::{fresh_postgres, NatsConfig, NatsServer, Registry, TestPki};
 use serde_json::{json, Value};
 
 async fn wait_for_event(api: &str, run: &str, ty: &str) {
@@ -103,20 +103,12 @@ async fn separate_processes_over_tls_finish_the_run_through_kills_without_deploy
     let app = axum::Router::new()
         .route("/healthcheck", get(|| async { "ok" }))
         .route("/pets", get(|| async { axum::Json(json!([{ "id": 1 }])) }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gw = serve_http(app).await;
 
     let apim = ApiManagerDouble::start().await.unwrap();
     apim.add_organization("API Development");
 
-    let repo = GitRepo::init().unwrap();
-    write_minimal_project(&repo);
-    repo.write(
-        "apis/petstore/petstore.json",
-        std::fs::read_to_string(fixture("apim-cli/examples/petstore.json")).unwrap(),
-    )
-    .unwrap();
+    let repo = petstore_project();
     repo.write(
         "apis/petstore/api-config.json",
         json!({
@@ -129,26 +121,19 @@ async fn separate_processes_over_tls_finish_the_run_through_kills_without_deploy
     .unwrap();
     let commit = repo.commit("config").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/banking.yaml"),
-        format!(
-            "name: banking\nsource:\n  repo: {repo}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
-             gateway:\n  format: yaml\n  path: gateway/\napis:\n  path: apis/\n\
+    let dir = pipelines_dir("banking", &format!(
+            "{head}apis:\n  path: apis/\n\
              image:\n  base: {base_image}\n  repository: {registry}/apim/banking-gateway\n\
              stages:\n  - name: test\n\
              \x20   deploy:\n      gitops: {{ repo: {deploy}, branch: main, file: envs/test/values.yaml, key: apitraffic.image }}\n\
              \x20   ready: {{ url: http://{gw}/healthcheck, timeout: 10s }}\n\
              \x20   apimanager: {{ url: \"{apim}\", username: env:APIM_USER, password: env:APIM_PASS }}\n\
              \x20   smoke:\n      - name: pets\n        request: {{ url: http://{gw}/pets }}\n        timeout: 5s\n",
-            repo = repo.path().display(),
+            head = banking(repo.path().display()),
             registry = registry.host_port(),
             deploy = deploy.path().display(),
             apim = apim.url(),
-        ),
-    )
-    .unwrap();
+        ));
 
     let prefix = gantry_tests::unique_name("flow");
     // Each process gets its own copy of the CA, certificate and key (at the
@@ -192,24 +177,6 @@ async fn separate_processes_over_tls_finish_the_run_through_kills_without_deploy
     let mut deployer = start("deployer").await;
     let smoke = start("smoke").await;
     let apim_service = start("apim").await;
-    let dirs: std::collections::HashSet<_> = [
-        &webhook,
-        &api,
-        &conductor,
-        &envgen,
-        &imagebuild,
-        &deployer,
-        &smoke,
-        &apim_service,
-    ]
-    .iter()
-    .map(|g| g.dir.clone())
-    .collect();
-    assert_eq!(
-        dirs.len(),
-        SERVICES.len(),
-        "every process has its own directory"
-    );
 
     let run = push_local_commit(
         &webhook.url(),
@@ -255,15 +222,7 @@ async fn separate_processes_over_tls_finish_the_run_through_kills_without_deploy
     );
 
     // package → image → deploy → smoke, each step on another process.
-    let of = |ty: &str| -> Vec<Value> {
-        events
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|e| e["type"] == ty)
-            .map(|e| e["data"].clone())
-            .collect()
-    };
+    let of = |ty: &str| data_of(&events, ty);
     let built = of("io.gantry.package.built.v1");
     assert_eq!(built.len(), 1, "{events}");
     let package = built[0]["digest"].as_str().unwrap().to_owned();
@@ -288,13 +247,6 @@ async fn separate_processes_over_tls_finish_the_run_through_kills_without_deploy
     let smoked = of("io.gantry.smoke.passed.v1");
     assert_eq!(smoked.len(), 1, "{events}");
     assert_eq!(smoked[0]["checks"][0]["name"], "pets", "{}", smoked[0]);
-    for dir in &dirs {
-        assert!(
-            !dir.join(".gantry/packages").exists(),
-            "a package was written to {}",
-            dir.display()
-        );
-    }
 
     // The diff route answers from the api process, which has no disk of
     // its own: the package comes from the bucket over TLS.
@@ -327,8 +279,7 @@ async fn separate_processes_over_tls_finish_the_run_through_kills_without_deploy
         );
     }
 
-    // The NATS password is in no process's log.
-    for g in [
+    let processes = [
         &webhook,
         &api,
         &conductor,
@@ -337,7 +288,23 @@ async fn separate_processes_over_tls_finish_the_run_through_kills_without_deploy
         &deployer,
         &smoke,
         &apim_service,
-    ] {
+    ];
+    let dirs: std::collections::HashSet<_> = processes.iter().map(|g| g.dir.clone()).collect();
+    assert_eq!(
+        dirs.len(),
+        SERVICES.len(),
+        "every process has its own directory"
+    );
+    // Packages live in the object store only, on no process's disk.
+    for dir in &dirs {
+        assert!(
+            !dir.join(".gantry/packages").exists(),
+            "a package was written to {}",
+            dir.display()
+        );
+    }
+    // The NATS password is in no process's log.
+    for g in processes {
         assert!(
             !g.log_text().contains(&nats_password),
             "the NATS password is in the log of {}",

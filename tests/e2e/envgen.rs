@@ -44,18 +44,22 @@ async fn wait_events(base: &str, run: &str, ty: &str, count: usize) -> Vec<Value
     }
 }
 
+/// `gantry up` with pipeline `sample`: `repo`'s gateway in `format` at `path`,
+/// stages `test` and `prod` with their values files.
+async fn start_sample(repo: &GitRepo, format: &str, path: &str) -> Gantry {
+    let dir = pipelines_dir(
+        "sample",
+        &format!(
+            "name: sample\nsource:\n  repo: {}\n  branch: main\ngateway:\n  format: {format}\n  path: {path}\n\
+             stages:\n  - name: test\n    values: environments/test.yaml\n  - name: prod\n    values: environments/prod.yaml\n",
+            repo.path().display()
+        ),
+    );
+    Gantry::start_owning(dir, &["up"], &[]).await
+}
+
 async fn trigger(base: &str, commit: &str) -> String {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/api/v1/runs"))
-        .json(&json!({ "pipeline": "sample", "commit": commit }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    resp.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    trigger_run(base, None, "sample", commit).await
 }
 
 #[tokio::test]
@@ -66,18 +70,7 @@ async fn sample_project_is_packaged_per_stage_and_a_broken_reference_is_located(
     repo.write("environments/prod.yaml", "---\n").unwrap();
     let good = repo.commit("sample project").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/sample.yaml"),
-        format!(
-            "name: sample\nsource:\n  repo: {}\n  branch: main\ngateway:\n  format: yaml\n  path: gateway/\n\
-             stages:\n  - name: test\n    values: environments/test.yaml\n  - name: prod\n    values: environments/prod.yaml\n",
-            repo.path().display()
-        ),
-    )
-    .unwrap();
-    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let gantry = start_sample(&repo, "yaml", "gateway/").await;
     let base = gantry.url();
 
     let run = trigger(&base, &good).await;
@@ -202,18 +195,7 @@ async fn a_fed_is_packaged_with_each_stages_settings_and_a_corrupt_one_is_refuse
     .unwrap();
     let good = repo.commit("fed").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/sample.yaml"),
-        format!(
-            "name: sample\nsource:\n  repo: {}\n  branch: main\ngateway:\n  format: fed\n  path: gateway/banking.fed\n\
-             stages:\n  - name: test\n    values: environments/test.yaml\n  - name: prod\n    values: environments/prod.yaml\n",
-            repo.path().display()
-        ),
-    )
-    .unwrap();
-    let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
+    let gantry = start_sample(&repo, "fed", "gateway/banking.fed").await;
     let base = gantry.url();
 
     let run = trigger(&base, &good).await;
@@ -276,19 +258,13 @@ async fn diff_shows_what_an_approval_lets_through_with_secrets_masked() {
         .unwrap();
     let a = repo.commit("first").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/sample.yaml"),
-        format!(
+    let dir = pipelines_dir("sample", &format!(
             // The approval holds both runs at the gate (no one approves here),
             // so the diff compares run B's package with what the stage runs.
             "name: sample\nsource:\n  repo: {}\n  branch: main\ngateway:\n  format: yaml\n  path: gateway/\n\
              stages:\n  - name: test\n    approval: {{ required: 1, approvers: [release-managers] }}\n",
             repo.path().display()
-        ),
-    )
-    .unwrap();
+        ));
     let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
     let base = gantry.url();
 
@@ -389,12 +365,7 @@ async fn diff_shows_what_an_approval_lets_through_with_secrets_masked() {
         .env("GANTRY_LISTEN", format!("127.0.0.1:{}", gantry.port))
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report = String::from_utf8(out.stdout).unwrap();
+    let report = String::from_utf8(stdout_of(out)).unwrap();
     assert!(
         report.contains("notes.txt") && report.contains("+TWO"),
         "{report}"

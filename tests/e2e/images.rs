@@ -38,19 +38,12 @@ async fn a_commit_becomes_stage_images_in_a_real_registry() {
         .unwrap();
     let commit = repo.commit("config").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/banking.yaml"),
-        format!(
-            "name: banking\nsource:\n  repo: {}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
-             gateway:\n  format: yaml\n  path: gateway/\nimage:\n  base: {base}\n  repository: {}/apim/banking-gateway\n\
+    let dir = pipelines_dir("banking", &format!(
+            "{}image:\n  base: {base}\n  repository: {}/apim/banking-gateway\n\
              stages:\n  - name: test\n    values: environments/test.yaml\n  - name: prod\n    values: environments/prod.yaml\n",
-            repo.path().display(),
+            banking(repo.path().display()),
             registry.host_port()
-        ),
-    )
-    .unwrap();
+        ));
     let mut gantry = Gantry::start(dir.path(), &["up"], &[]).await;
     gantry.watch(registry.storage_dir());
     let base_url = gantry.url();

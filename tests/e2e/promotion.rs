@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::common::*;
 use axum::routing::get;
 use gantry_tests::{GitRepo, Registry};
-use serde_json::{json, Value};
+use serde_json::json;
 
 /// (token, user, email, groups); `dev1` is the commit's author.
 const TOKENS: &[(&str, &str, &str, &str)] = &[
@@ -54,21 +54,14 @@ async fn push_promotes_test_then_prod_after_two_approvals_and_a_failing_commit_r
                 }
             }),
         );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gw = serve_http(app).await;
 
     let repo = GitRepo::init().unwrap();
     write_minimal_project(&repo);
     let commit = repo.commit("config").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/banking.yaml"),
-        format!(
-            "name: banking\nsource:\n  repo: {repo}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
-             gateway:\n  format: yaml\n  path: gateway/\n\
+    let dir = pipelines_dir("banking", &format!(
+            "{head}\
              image:\n  base: {base_image}\n  repository: {registry}/apim/banking-gateway\n\
              stages:\n  - name: test\n\
              \x20   deploy:\n      gitops: {{ repo: {deploy}, branch: main, file: envs/test/values.yaml, key: apitraffic.image }}\n\
@@ -77,12 +70,10 @@ async fn push_promotes_test_then_prod_after_two_approvals_and_a_failing_commit_r
              \x20 - name: prod\n\
              \x20   deploy:\n      gitops: {{ repo: {deploy}, branch: main, file: envs/prod/values.yaml, key: apitraffic.image }}\n\
              \x20   approval: {{ required: 2, approvers: [release-managers], allow_self: false }}\n",
-            repo = repo.path().display(),
+            head = banking(repo.path().display()),
             registry = registry.host_port(),
             deploy = deploy.path().display(),
-        ),
-    )
-    .unwrap();
+        ));
     let tokens_path = write_api_tokens(dir.path(), TOKENS);
     let mut gantry =
         Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens_path)]).await;
@@ -232,17 +223,7 @@ async fn push_promotes_test_then_prod_after_two_approvals_and_a_failing_commit_r
     repo.write("gateway/values.yaml", "---\nbroken: true\n")
         .unwrap();
     let later = repo.commit("later").unwrap();
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/api/v1/runs"))
-        .bearer_auth("tok-rita")
-        .json(&json!({ "pipeline": "banking", "commit": later }))
-        .send()
-        .await
-        .unwrap();
-    let run2 = resp.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let run2 = trigger_run(&base, Some("tok-rita"), "banking", &later).await;
     let view2 = wait_run_ended_as(&base, RITA, &run2, Duration::from_secs(60), || {
         gantry.log_text()
     })

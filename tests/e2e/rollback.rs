@@ -42,32 +42,23 @@ async fn rollback_redeploys_an_earlier_release_through_gitops_and_smoke() {
     let deploy = seeded_deploy_repo(&[("envs/test/values.yaml", VALUES)]);
 
     let app = axum::Router::new().route("/healthcheck", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gw = serve_http(app).await;
 
     let repo = GitRepo::init().unwrap();
     write_minimal_project(&repo);
     let first = repo.commit("first").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/banking.yaml"),
-        format!(
-            "name: banking\nsource:\n  repo: {repo}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
-             gateway:\n  format: yaml\n  path: gateway/\n\
+    let dir = pipelines_dir("banking", &format!(
+            "{head}\
              image:\n  base: {base_image}\n  repository: {registry}/apim/banking-gateway\n\
              stages:\n  - name: test\n\
              \x20   deploy:\n      gitops: {{ repo: {deploy}, branch: main, file: envs/test/values.yaml, key: apitraffic.image }}\n\
              \x20   ready: {{ url: http://{gw}/healthcheck, timeout: 10s }}\n\
              \x20   smoke:\n      - name: gateway is healthy\n        request: {{ url: http://{gw}/healthcheck }}\n        timeout: 2s\n",
-            repo = repo.path().display(),
+            head = banking(repo.path().display()),
             registry = registry.host_port(),
             deploy = deploy.path().display(),
-        ),
-    )
-    .unwrap();
+        ));
     let mut gantry = Gantry::start(dir.path(), &["up"], &[]).await;
     gantry.watch(registry.storage_dir());
     gantry.watch(deploy.path());
@@ -127,12 +118,7 @@ async fn rollback_redeploys_an_earlier_release_through_gitops_and_smoke() {
         "--output",
         "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let started: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let started: Value = serde_json::from_slice(&stdout_of(out)).unwrap();
     assert_eq!(started["created"], true);
     assert_eq!(started["commit"], first.as_str());
     let rb = started["run_id"].as_str().unwrap().to_owned();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::common::*;
 use axum::http::StatusCode;
 use axum::routing::get;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 async fn wait_run(base: &str, run: &str, status: &str) -> Value {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -43,9 +43,7 @@ async fn a_failing_smoke_check_rolls_the_stage_back_and_fails_the_run() {
             }
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let gw = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let gw = serve_http(app).await;
 
     let repo = gantry_tests::GitRepo::init().unwrap();
     write_minimal_project(&repo);
@@ -54,33 +52,16 @@ async fn a_failing_smoke_check_rolls_the_stage_back_and_fails_the_run() {
         .unwrap();
     let bad = repo.commit("bad").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/banking.yaml"),
-        format!(
+    let dir = pipelines_dir("banking", &format!(
             "name: banking\nsource:\n  repo: {}\n  branch: main\ngateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n\
              \x20   smoke:\n      - name: gateway is healthy\n        request: {{ url: http://{gw}/healthcheck }}\n        expect: {{ status: 200, body_contains: ok }}\n        timeout: 1s\n",
             repo.path().display()
-        ),
-    )
-    .unwrap();
+        ));
     let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
     let base = gantry.url();
     let trigger = |commit: String| {
         let base = base.clone();
-        async move {
-            let resp = reqwest::Client::new()
-                .post(format!("{base}/api/v1/runs"))
-                .json(&json!({ "pipeline": "banking", "commit": commit }))
-                .send()
-                .await
-                .unwrap();
-            resp.json::<Value>().await.unwrap()["run_id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        }
+        async move { trigger_run(&base, None, "banking", &commit).await }
     };
 
     let run1 = trigger(good.clone()).await;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::common::*;
 use gantry_tests::GitRepo;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 const DB_PASSWORD: &str = "db-pa55word-for-test-stage";
 
@@ -25,17 +25,7 @@ fn package_text(location: &str) -> String {
 }
 
 async fn trigger(base: &str, commit: &str) -> String {
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/api/v1/runs"))
-        .json(&json!({ "pipeline": "trust", "commit": commit }))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201, "{:?}", resp.text().await);
-    resp.json::<Value>().await.unwrap()["run_id"]
-        .as_str()
-        .unwrap()
-        .to_owned()
+    trigger_run(base, None, "trust", commit).await
 }
 
 #[tokio::test]
@@ -57,20 +47,14 @@ async fn repository_content_reaches_only_declared_variables_and_secrets_stay_mas
     repo.write("environments/test.yaml", "---\n").unwrap();
     let good = repo.commit("declared variables only").unwrap();
 
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/trust.yaml"),
-        format!(
+    let dir = pipelines_dir("trust", &format!(
             "name: trust\nsource:\n  repo: {}\n  branch: main\n\
              gateway:\n  format: yaml\n  path: gateway/\n  render: true\n\
              stages:\n  - name: test\n    values: environments/test.yaml\n\
              \x20   env:\n      BACKEND_HOST: orders.test.internal\n      DB_PASSWORD: env:E2E_DB_PASSWORD\n\
              \x20   deploy:\n      command: [sh, -c, 'env; echo \"db=$DB_PASSWORD\"']\n",
             repo.path().display()
-        ),
-    )
-    .unwrap();
+        ));
     let gantry = Gantry::start(dir.path(), &["up"], &[("E2E_DB_PASSWORD", DB_PASSWORD)]).await;
     let base = gantry.url();
 
@@ -205,12 +189,7 @@ fn validate_refuses_credentials_and_warns_about_risky_settings() {
          image: { base: r.example.com/b:1, repository: r.example.com/x, insecure: true }\n\
          stages:\n  - name: prod\n    approval: { approvers: [rm], allow_self: true }\n",
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let report: Value = serde_json::from_slice(&stdout_of(out)).unwrap();
     let fields: Vec<&str> = report["warnings"]
         .as_array()
         .unwrap()

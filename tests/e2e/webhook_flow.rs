@@ -152,14 +152,7 @@ async fn rejected_deliveries_record_nothing() {
 
     // Malformed JSON: 400 with a reason.
     let bad = b"{\"ref\": \"refs/heads/main\", ".to_vec();
-    let resp = client
-        .post(format!("{base}/webhooks/github"))
-        .header("X-GitHub-Event", "push")
-        .header("X-Hub-Signature-256", sign(&bad))
-        .body(bad)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_github_push(&base, bad).await;
     assert_eq!(resp.status(), 400);
     assert_eq!(resp.headers()["content-type"], "application/problem+json");
     let problem: Value = resp.json().await.unwrap();
@@ -188,14 +181,7 @@ async fn rejected_deliveries_record_nothing() {
 
     // A branch nobody follows, properly signed: ignored.
     let other = push_body(&commit_sha(3), "feature/x");
-    let resp = client
-        .post(format!("{base}/webhooks/github"))
-        .header("X-GitHub-Event", "push")
-        .header("X-Hub-Signature-256", sign(&other))
-        .body(other)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_github_push(&base, other).await;
     assert_eq!(resp.status(), 200);
     let v: Value = resp.json().await.unwrap();
     assert_eq!(v["status"], "ignored");
@@ -287,12 +273,7 @@ async fn health_cli_and_graceful_shutdown() {
     let out = cli(&[
         "trigger", "banking", "--commit", &commit, "--output", "json",
     ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let run: Value = serde_json::from_slice(&stdout_of(out)).unwrap();
     assert_eq!(run["created"], true);
     let out = cli(&["runs", "--output", "json"]);
     let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -383,11 +364,6 @@ async fn health_cli_and_graceful_shutdown() {
         )
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let runs: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let runs: Value = serde_json::from_slice(&stdout_of(out)).unwrap();
     assert_eq!(runs.as_array().unwrap().len(), 1);
 }

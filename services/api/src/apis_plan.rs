@@ -8,7 +8,7 @@
 use axum::extract::{Path, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use gantry_proto::events::{RunStarted, StageStarted};
+use gantry_proto::events::StageStarted;
 use gantry_runtime::Problem;
 use gantry_store::store::latest_for_stage;
 
@@ -22,15 +22,7 @@ pub(crate) async fn plan(
     let Some(first) = events.first() else {
         return Err(Problem::not_found(format!("no run `{run_id}`")));
     };
-    let started = events
-        .iter()
-        .find_map(|e| e.event.decode::<RunStarted>().ok())
-        .ok_or_else(|| Problem::conflict(format!("run `{run_id}` has not started")))?;
-    if !started.stages.iter().any(|s| s.name == stage) {
-        return Err(Problem::not_found(format!(
-            "run `{run_id}` has no stage `{stage}`"
-        )));
-    }
+    let started = crate::started_with_stage(&events, &run_id, &stage)?;
     let set = api.app.pipelines.get();
     let pipeline = set
         .get(&first.event.pipeline)

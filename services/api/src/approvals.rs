@@ -16,7 +16,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Json};
-use gantry_proto::events::{ApprovalGranted, ApprovalRejected, CommitReceived, RunStarted};
+use gantry_proto::events::{ApprovalGranted, ApprovalRejected, CommitReceived};
 use gantry_proto::{CloudEvent, EventName};
 use gantry_runtime::auth::Identity;
 use gantry_runtime::trigger::run_stream;
@@ -112,15 +112,7 @@ async fn decide(
             "run `{run_id}` has ended; nothing to decide"
         )));
     }
-    let started = events
-        .iter()
-        .find_map(|e| e.event.decode::<RunStarted>().ok())
-        .ok_or_else(|| Problem::conflict(format!("run `{run_id}` has not started")))?;
-    if !started.stages.iter().any(|s| s.name == stage) {
-        return Err(Problem::not_found(format!(
-            "run `{run_id}` has no stage `{stage}`"
-        )));
-    }
+    let started = crate::started_with_stage(&events, &run_id, &stage)?;
     let set = api.app.pipelines.get();
     let policy = set
         .get(&pipeline_name)

@@ -114,6 +114,25 @@ pub fn router_with_reload(
     ))
 }
 
+/// The `run.started` of a run's `events`, provided its plan has `stage`:
+/// 409 before the run started, 404 for a stage it does not have.
+fn started_with_stage(
+    events: &[gantry_store::RecordedEvent],
+    run_id: &str,
+    stage: &str,
+) -> Result<gantry_proto::events::RunStarted, Problem> {
+    let started = events
+        .iter()
+        .find_map(|e| e.event.decode::<gantry_proto::events::RunStarted>().ok())
+        .ok_or_else(|| Problem::conflict(format!("run `{run_id}` has not started")))?;
+    if !started.stages.iter().any(|s| s.name == stage) {
+        return Err(Problem::not_found(format!(
+            "run `{run_id}` has no stage `{stage}`"
+        )));
+    }
+    Ok(started)
+}
+
 async fn not_found() -> Problem {
     Problem::not_found("no such API route; see GET /api/v1/runs, /api/v1/pipelines, /api/v1/events")
 }

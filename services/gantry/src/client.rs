@@ -222,21 +222,21 @@ mod tests {
             .unwrap()
     }
 
+    /// `gantry <flags> runs` with its data dir and pipelines under `data`.
+    fn runs_in(data: &std::path::Path, flags: &[&str]) -> Cli {
+        let data_dir = data.display().to_string();
+        let pipelines = data.join("pipelines").display().to_string();
+        let mut args = vec!["gantry"];
+        args.extend_from_slice(flags);
+        args.extend(["--data-dir", &data_dir, "--pipelines", &pipelines, "runs"]);
+        Cli::try_parse_from(args).unwrap()
+    }
+
     #[tokio::test]
     async fn a_named_server_that_does_not_answer_is_an_error_not_the_local_store() {
         let data = tempfile::tempdir().unwrap();
         let server = format!("http://127.0.0.1:{}", closed_port());
-        let cli = Cli::try_parse_from([
-            "gantry",
-            "--server",
-            &server,
-            "--data-dir",
-            &data.path().display().to_string(),
-            "--pipelines",
-            &data.path().join("pipelines").display().to_string(),
-            "runs",
-        ])
-        .unwrap();
+        let cli = runs_in(data.path(), &["--server", &server]);
         let err = match Client::new(&cli.global)
             .send(Method::GET, "/api/v1/runs", None)
             .await
@@ -259,18 +259,7 @@ mod tests {
     async fn without_a_named_server_the_local_store_answers() {
         let data = tempfile::tempdir().unwrap();
         let listen = format!("127.0.0.1:{}", closed_port());
-        let cli = Cli::try_parse_from([
-            "gantry",
-            "--listen",
-            &listen,
-            "--data-dir",
-            &data.path().display().to_string(),
-            "--pipelines",
-            &data.path().join("pipelines").display().to_string(),
-            "runs",
-        ])
-        .unwrap();
-        let mut cli = cli;
+        let mut cli = runs_in(data.path(), &["--listen", &listen]);
         // Whatever the environment says: the local store under `data`.
         cli.global.server = None;
         cli.global.database_url = None;

@@ -608,4 +608,4 @@ fn shown(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -72,6 +72,17 @@ impl Gantry {
         g
     }
 
+    /// [`Gantry::start`] in `dir`, which lives as long as the process.
+    pub async fn start_owning(
+        dir: tempfile::TempDir,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Gantry {
+        let mut g = Gantry::start(dir.path(), args, env).await;
+        g._own_dir = Some(dir);
+        g
+    }
+
     /// Starts `gantry <args>` as a separate machine would run it: in a
     /// working directory of its own holding a copy of `template/pipelines`,
     /// so its data dir (`.gantry`: mirrors, checkouts, local packages) is
@@ -269,17 +280,27 @@ pub fn fixture(rel: &str) -> PathBuf {
 
 /// A work dir with `pipelines/banking.yaml` following [`REPO`] on `main`.
 pub fn workdir() -> tempfile::TempDir {
+    pipelines_dir(
+        "banking",
+        &format!("{}stages:\n  - name: test\n  - name: prod\n", banking(REPO)),
+    )
+}
+
+/// A work dir whose `pipelines/<name>.yaml` holds `yaml`.
+pub fn pipelines_dir(name: &str, yaml: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
     std::fs::create_dir_all(dir.path().join("pipelines")).unwrap();
-    std::fs::write(
-        dir.path().join("pipelines/banking.yaml"),
-        format!(
-            "name: banking\nsource:\n  repo: {REPO}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
-             gateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n  - name: prod\n"
-        ),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join(format!("pipelines/{name}.yaml")), yaml).unwrap();
     dir
+}
+
+/// The head of pipeline `banking`: `repo` on `main` with the e2e webhook
+/// secret, a YAML project under `gateway/`; stages and the rest follow.
+pub fn banking(repo: impl std::fmt::Display) -> String {
+    format!(
+        "name: banking\nsource:\n  repo: {repo}\n  branch: main\n  webhook_secret: env:E2E_WEBHOOK_SECRET\n\
+         gateway:\n  format: yaml\n  path: gateway/\n"
+    )
 }
 
 pub fn sign(body: &[u8]) -> String {
@@ -312,6 +333,18 @@ pub fn commit_sha(n: u64) -> String {
 }
 
 /// Sends a signed GitHub push; returns (status, body).
+/// A GitHub `push` delivery of `body`, signed with [`SECRET`].
+pub async fn post_github_push(base: &str, body: Vec<u8>) -> reqwest::Response {
+    reqwest::Client::new()
+        .post(format!("{base}/webhooks/github"))
+        .header("X-GitHub-Event", "push")
+        .header("X-Hub-Signature-256", sign(&body))
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 pub async fn send_push(
     client: &reqwest::Client,
     base: &str,
@@ -331,6 +364,53 @@ pub async fn send_push(
     let status = resp.status().as_u16();
     let body = resp.json().await.unwrap_or(Value::Null);
     Ok((status, body))
+}
+
+/// Triggers a run of `commit` on `pipeline` (`POST /api/v1/runs`, as
+/// `token`'s user when given); the new run's id.
+pub async fn trigger_run(base: &str, token: Option<&str>, pipeline: &str, commit: &str) -> String {
+    let mut request = reqwest::Client::new().post(format!("{base}/api/v1/runs"));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let resp = request
+        .json(&serde_json::json!({ "pipeline": pipeline, "commit": commit }))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: Value = resp.json().await.unwrap_or(Value::Null);
+    assert_eq!(status, 201, "{body}");
+    body["run_id"].as_str().unwrap().to_owned()
+}
+
+/// The `data` of each event of type `ty` in a run's events, in order.
+pub fn data_of(events: &Value, ty: &str) -> Vec<Value> {
+    events
+        .as_array()
+        .expect("a JSON array of events")
+        .iter()
+        .filter(|e| e["type"] == ty)
+        .map(|e| e["data"].clone())
+        .collect()
+}
+
+/// Serves `app` on a port the kernel picks; its address.
+pub async fn serve_http(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    addr
+}
+
+/// The stdout of a command that must have succeeded (else its stderr).
+pub fn stdout_of(out: std::process::Output) -> Vec<u8> {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
 }
 
 pub async fn get_json(base: &str, path: &str) -> Value {
@@ -476,6 +556,20 @@ pub fn write_minimal_project(repo: &gantry_tests::GitRepo) {
     }
 }
 
+/// A repository with [`write_minimal_project`] and apim-cli's Petstore
+/// OpenAPI file at `apis/petstore/petstore.json` (its API config is the
+/// test's own).
+pub fn petstore_project() -> gantry_tests::GitRepo {
+    let repo = gantry_tests::GitRepo::init().unwrap();
+    write_minimal_project(&repo);
+    repo.write(
+        "apis/petstore/petstore.json",
+        std::fs::read_to_string(fixture("apim-cli/examples/petstore.json")).unwrap(),
+    )
+    .unwrap();
+    repo
+}
+
 /// A signed GitHub push of `commit` in the local repository `repo`, by
 /// `author`; asserts it was accepted and returns the run id.
 pub async fn push_local_commit(
@@ -490,14 +584,7 @@ pub async fn push_local_commit(
         "head_commit": { "message": "config", "author": author }
     }))
     .unwrap();
-    let resp = reqwest::Client::new()
-        .post(format!("{base}/webhooks/github"))
-        .header("X-GitHub-Event", "push")
-        .header("X-Hub-Signature-256", sign(&body))
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = post_github_push(base, body).await;
     assert_eq!(resp.status(), 202);
     resp.json::<Value>().await.unwrap()["runs"][0]["run_id"]
         .as_str()

@@ -25,48 +25,11 @@ async fn store(url: &str) -> EventStore {
 async fn two_conductors_racing_record_each_decision_once() {
     let db = gantry_tests::fresh_postgres().await.unwrap();
     let pipeline = parse_str("p.yaml", PIPELINE).unwrap();
-    let pipelines = Pipelines::new([pipeline.clone()].into_iter().collect::<PipelineSet>());
+    let pipelines = Pipelines::new([pipeline].into_iter().collect::<PipelineSet>());
     let a = store(db.url()).await;
     let b = store(db.url()).await;
 
-    let run = trigger::start_run(
-        &a,
-        "test",
-        &pipeline,
-        CommitInfo {
-            provider: "manual".into(),
-            commit: "a".repeat(40),
-            branch: "main".into(),
-            ..Default::default()
-        },
-    )
-    .await
-    .unwrap();
-    for stage in ["test", "prod"] {
-        let built = CloudEvent::new(
-            "envgen",
-            "p",
-            Some(&run.run_id),
-            &PackageBuilt {
-                stage: stage.into(),
-                digest: format!("sha256:{}", "0".repeat(64)),
-                size: 1,
-                files: 1,
-                format: "yaml".into(),
-                values_digest: None,
-                location: None,
-                commit: Some("a".repeat(40)),
-                committed_at: None,
-            },
-        );
-        a.append(
-            &trigger::run_stream(&run.run_id),
-            ExpectedVersion::Any,
-            vec![built],
-        )
-        .await
-        .unwrap();
-    }
+    let run_id = run_with_packages(&a, PIPELINE, &["test", "prod"]).await;
 
     // Both decide on the same history...
     let one = conductor(a.clone(), pipelines.clone());
@@ -89,7 +52,7 @@ async fn two_conductors_racing_record_each_decision_once() {
     // The loser decides again on the new history: everything it would have
     // said is already recorded (deciding runs to a fixpoint: the run succeeded).
     assert!(two.decide_for("p").await.unwrap().is_none());
-    let events = a.read_run(&run.run_id).await.unwrap();
+    let events = a.read_run(&run_id).await.unwrap();
     let names: Vec<EventName> = events.iter().filter_map(|e| e.event.name()).collect();
     for n in [EventName::StageStarted, EventName::EnvPromoted] {
         assert_eq!(

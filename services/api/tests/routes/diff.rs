@@ -3,11 +3,10 @@
 //! for people.
 
 use gantry_envgen::package::tar_gz;
-use gantry_proto::events::PackageBuilt;
 use serde_json::Value;
 
 use crate::rollback::promote;
-use crate::support::{assert_problem, Options, TestApp};
+use crate::support::{assert_problem, package_built, Options, TestApp};
 
 const SECRET: &str = "hunter2-very-secret";
 
@@ -29,21 +28,7 @@ async fn store_package(app: &TestApp, files: &[(&str, &str)]) -> String {
 }
 
 async fn built(app: &TestApp, run: &str, digest: &str) {
-    app.record(
-        run,
-        &PackageBuilt {
-            stage: "test".into(),
-            digest: digest.into(),
-            size: 1,
-            files: 1,
-            format: "yaml".into(),
-            values_digest: None,
-            location: None,
-            commit: None,
-            committed_at: None,
-        },
-    )
-    .await;
+    app.record(run, &package_built("test", digest)).await;
 }
 
 #[tokio::test]

@@ -5,22 +5,15 @@
 use gantry_proto::events::{EnvPromoted, PackageBuilt};
 use serde_json::{json, Value};
 
-use crate::support::{assert_problem, Options, TestApp, DAVE, RITA};
+use crate::support::{assert_problem, package_built, Options, TestApp, DAVE, RITA};
 
 /// Records that `run` built its package for `stage` and promoted it.
 pub async fn promote(app: &TestApp, run: &str, stage: &str, commit: &str, digest: &str) {
     app.record(
         run,
         &PackageBuilt {
-            stage: stage.into(),
-            digest: digest.into(),
-            size: 1,
-            files: 1,
-            format: "yaml".into(),
-            values_digest: None,
-            location: None,
             commit: Some(commit.into()),
-            committed_at: None,
+            ..package_built(stage, digest)
         },
     )
     .await;

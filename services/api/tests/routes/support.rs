@@ -97,6 +97,21 @@ impl Options {
     }
 }
 
+/// A `package.built` of `stage` with `digest` and nothing else known.
+pub fn package_built(stage: &str, digest: &str) -> gantry_proto::events::PackageBuilt {
+    gantry_proto::events::PackageBuilt {
+        stage: stage.into(),
+        digest: digest.into(),
+        size: 1,
+        files: 1,
+        format: "yaml".into(),
+        values_digest: None,
+        location: None,
+        commit: None,
+        committed_at: None,
+    }
+}
+
 /// The YAML of `GANTRY_API_TOKENS` for (token, user, groups).
 pub fn tokens_yaml(tokens: &[(&str, &str, &str)]) -> String {
     let mut yaml = String::from("tokens:\n");

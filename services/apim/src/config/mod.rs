@@ -141,6 +141,7 @@
 //! both files. All problems are collected into [`ConfigErrors`].
 
 mod api;
+pub(crate) use api::TYPED_KEYS;
 mod files;
 mod party;
 mod spec;

@@ -30,23 +30,9 @@ pub(super) const SERVER_MANAGED: &[&str] = &[
     "createdBy",
 ];
 
-/// Config keys [`DesiredApi`] carries as typed fields (the loader removes
-/// them from `proxy_fields`; skipped should they appear anyway).
-const TYPED_KEYS: &[&str] = &[
-    "name",
-    "path",
-    "version",
-    "vhost",
-    "apiRoutingKey",
-    "organization",
-    "backendBasepath",
-    "apiSpecification",
-    "apiDefinition",
-    "clientOrganizations",
-    "applications",
-    "clientOrgsMode",
-    "clientAppsMode",
-];
+// Config keys `DesiredApi` carries as typed fields (the loader removes them
+// from `proxy_fields`; skipped should they appear anyway).
+use crate::config::TYPED_KEYS;
 
 /// Config keys that are not proxy fields and are not promoted.
 const NOT_PROMOTED: &[&str] = &[

@@ -17,6 +17,15 @@ fn diff(current: Option<&[u8]>, candidate: &[u8]) -> PackageDiff {
     diff_packages(current, candidate).unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The unified diff of modified file `path` ("" when it has none).
+fn file_diff(d: &PackageDiff, path: &str) -> String {
+    d.modified
+        .iter()
+        .find(|f| f.path == path)
+        .and_then(|f| f.diff.clone())
+        .unwrap_or_default()
+}
+
 fn numbered(n: usize) -> String {
     (1..=n).map(|i| format!("{i}\n")).collect()
 }
@@ -195,23 +204,13 @@ fn diff_values_masks_secrets_everywhere() {
     assert_eq!(d.values[0].after, Some(json!("***")));
     assert_eq!(d.values[2].after, Some(json!(true)));
 
-    let values_diff = d
-        .modified
-        .iter()
-        .find(|f| f.path == "values.yaml")
-        .and_then(|f| f.diff.clone())
-        .unwrap_or_default();
+    let values_diff = file_diff(&d, "values.yaml");
     assert!(
         values_diff.contains("-  password: ***\n-  url: jdbc:mysql://h/old\n+  password: ***\n"),
         "{values_diff}"
     );
 
-    let conn = d
-        .modified
-        .iter()
-        .find(|f| f.path == "conn.txt")
-        .and_then(|f| f.diff.clone())
-        .unwrap_or_default();
+    let conn = file_diff(&d, "conn.txt");
     assert!(
         conn.contains("-dsn=mysql://scott:***@h/old\n+dsn=mysql://scott:***@h/new\n"),
         "{conn}"

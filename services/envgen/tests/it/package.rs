@@ -95,7 +95,7 @@ fn package_is_deterministic_and_carries_stage_values() {
     let root = crate::common::fixture_project();
     let env = MapEnv::from_pairs([("CASSANDRA_USER", "cass-user-1")]);
     let overlay = "Server_Settings:\n  Cassandra_Settings:\n    username: env:CASSANDRA_USER\n    replication: 3\n";
-    let build = || {
+    let build = |mode: RenderMode| {
         let project = Project::load(&root).unwrap_or_else(|e| panic!("{e}"));
         let values = project.stage_values(
             Some(ValuesSource {
@@ -104,17 +104,11 @@ fn package_is_deterministic_and_carries_stage_values() {
             }),
             &env,
         );
-        package_yaml(
-            &project,
-            &values,
-            &env,
-            RenderMode::Placeholders,
-            &ValidateOptions::default(),
-        )
-        .unwrap_or_else(|e| panic!("{e}"))
+        package_yaml(&project, &values, &env, mode, &ValidateOptions::default())
+            .unwrap_or_else(|e| panic!("{e}"))
     };
-    let a = build();
-    let b = build();
+    let a = build(RenderMode::Placeholders);
+    let b = build(RenderMode::Placeholders);
     assert_eq!(a.digest, b.digest, "package twice, same digest");
     assert_eq!(a.digest, sha256(&a.bytes));
 
@@ -155,22 +149,7 @@ fn package_is_deterministic_and_carries_stage_values() {
     );
 
     // Rendered: values are in the files, no values.yaml.
-    let project = Project::load(&root).unwrap_or_else(|e| panic!("{e}"));
-    let values = project.stage_values(
-        Some(ValuesSource {
-            name: "environments/prod.yaml",
-            text: overlay,
-        }),
-        &env,
-    );
-    let r = package_yaml(
-        &project,
-        &values,
-        &env,
-        RenderMode::Rendered,
-        &ValidateOptions::default(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let r = build(RenderMode::Rendered);
     let entries = read_archive(&r.bytes);
     assert!(!entries.iter().any(|e| e.path == "values.yaml"));
     let cass = entries

@@ -7,7 +7,8 @@ use crate::common::*;
 use base64::Engine as _;
 use gantry_imagebuild::manifest::ManifestFormat;
 use gantry_imagebuild::{
-    ClientOptions, CredentialStore, Credentials, ImageClient, ImageError, ImageSource, Target,
+    ClientOptions, CredentialStore, Credentials, ImageClient, ImageError, ImageSource, PushResult,
+    Target,
 };
 use gantry_tests::Registry;
 
@@ -19,15 +20,16 @@ fn client_with(store: CredentialStore) -> ImageClient {
     .unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn basic_auth_registry() -> anyhow::Result<()> {
-    let reg = Registry::start_with_basic_auth("gantry", "s3cret-pw").await?;
-    let host = reg.host_port();
-    let good =
-        client_with(CredentialStore::new().with(&host, Credentials::new("gantry", "s3cret-pw")));
-    let parent = test_image(ManifestFormat::Oci, "amd64", "auth");
+/// Pushes a parent image `<host>/axway/apigw-emt:1` (layer `variant`), then
+/// stage `test`'s image on it to `<host>/apim/gw`: (base, repo, result).
+async fn push_parent_and_stage(
+    client: &ImageClient,
+    host: &str,
+    variant: &str,
+) -> anyhow::Result<(String, String, PushResult)> {
+    let parent = test_image(ManifestFormat::Oci, "amd64", variant);
     push_test_image(
-        &good,
+        client,
         &Target::parse(&format!("{host}/axway/apigw-emt"))?,
         "1",
         &parent,
@@ -35,9 +37,19 @@ async fn basic_auth_registry() -> anyhow::Result<()> {
     .await?;
     let base = format!("{host}/axway/apigw-emt:1");
     let repo = format!("{host}/apim/gw");
-    let pushed = good
+    let pushed = client
         .build_and_push(&request(&base, &repo, "test", COMMIT))
         .await?;
+    Ok((base, repo, pushed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn basic_auth_registry() -> anyhow::Result<()> {
+    let reg = Registry::start_with_basic_auth("gantry", "s3cret-pw").await?;
+    let host = reg.host_port();
+    let good =
+        client_with(CredentialStore::new().with(&host, Credentials::new("gantry", "s3cret-pw")));
+    let (base, repo, pushed) = push_parent_and_stage(&good, &host, "auth").await?;
     assert_eq!(pushed.blobs_mounted, 2);
     let info = skopeo_inspect(
         &format!("{repo}:test-c0ffee1"),
@@ -100,19 +112,7 @@ async fn bearer_token_flow() -> anyhow::Result<()> {
     let host = proxy.host_port();
     let c =
         client_with(CredentialStore::new().with(&host, Credentials::new("robot", "t0ken-secret")));
-    let parent = test_image(ManifestFormat::Oci, "amd64", "bearer");
-    push_test_image(
-        &c,
-        &Target::parse(&format!("{host}/axway/apigw-emt"))?,
-        "1",
-        &parent,
-    )
-    .await?;
-    let base = format!("{host}/axway/apigw-emt:1");
-    let repo = format!("{host}/apim/gw");
-    let pushed = c
-        .build_and_push(&request(&base, &repo, "test", COMMIT))
-        .await?;
+    let (base, _repo, pushed) = push_parent_and_stage(&c, &host, "bearer").await?;
     // Mounting needs pull on the parent's repository in the same token.
     assert_eq!(pushed.blobs_mounted, 2);
     let reqs = proxy.token_requests();

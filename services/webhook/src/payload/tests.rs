@@ -14,7 +14,8 @@ macro_rules! fixture {
     };
 }
 
-fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+/// A header map of `pairs` (shared with the signature tests).
+pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut map = HeaderMap::new();
     for (name, value) in pairs {
         map.append(

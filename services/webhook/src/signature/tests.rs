@@ -1,21 +1,11 @@
-use http::{HeaderMap, HeaderName, HeaderValue};
+use http::{HeaderMap, HeaderValue};
 
 use super::*;
+use crate::payload::tests::headers;
 
 const SECRET: &[u8] = b"It's a Secret to Everybody";
 const BODY: &[u8] =
     br#"{"ref":"refs/heads/main","after":"9fceb02d0ae598e95dc970b74767f19372d61af8"}"#;
-
-fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-    let mut map = HeaderMap::new();
-    for (name, value) in pairs {
-        map.append(
-            HeaderName::from_bytes(name.as_bytes()).expect("test header name"),
-            HeaderValue::from_str(value).expect("test header value"),
-        );
-    }
-    map
-}
 
 fn signed(provider: Provider, secret: &[u8], body: &[u8]) -> HeaderMap {
     let (name, value) = signing_header(provider, secret, body);
