@@ -4,6 +4,7 @@ mod common;
 
 mod apim;
 mod approvals;
+mod chaos;
 mod crash;
 mod distributed;
 mod distributed_promotion;
