@@ -26,20 +26,9 @@ use axum::routing::get;
 use gantry_tests::apimanager::ApiManagerDouble;
 use gantry_tests::{GitRepo, NatsServer, PostgresServer, Registry};
 use serde_json::{json, Value};
-use sqlx::Row;
 use tokio::sync::Mutex;
 
 const PIPELINES: usize = 3;
-const SERVICES: [&str; 8] = [
-    "webhook",
-    "api",
-    "conductor",
-    "envgen",
-    "imagebuild",
-    "deployer",
-    "smoke",
-    "apim",
-];
 const STAGES: [&str; 2] = ["test", "prod"];
 
 fn runs_wanted() -> usize {
@@ -370,20 +359,7 @@ async fn every_run_ends_and_nothing_happens_twice_under_random_kills() {
 
     // The log of record.
     let pool = sqlx::PgPool::connect(&postgres.url()).await.unwrap();
-    let rows: Vec<(String, String, Value)> =
-        sqlx::query("SELECT event_id, event_type, event FROM events ORDER BY position")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                (
-                    r.get(0),
-                    r.get(1),
-                    serde_json::from_str(r.get::<String, _>(2).as_str()).unwrap(),
-                )
-            })
-            .collect();
+    let rows = log_rows(&pool).await;
     let of_type = |ty: &str| -> Vec<&Value> {
         let ty = format!("io.gantry.{ty}.v1");
         rows.iter().filter(|r| r.1 == ty).map(|r| &r.2).collect()
@@ -451,14 +427,11 @@ async fn every_run_ends_and_nothing_happens_twice_under_random_kills() {
     // Each stage runs the release its last env.promoted names.
     for i in 0..PIPELINES {
         for stage in STAGES {
-            let last = rows
-                .iter()
-                .filter(|r| {
-                    r.1 == "io.gantry.env.promoted.v1"
-                        && r.2["pipeline"] == format!("chaos-{i}")
-                        && r.2["data"]["stage"] == stage
-                })
-                .last();
+            let last = rows.iter().rev().find(|r| {
+                r.1 == "io.gantry.env.promoted.v1"
+                    && r.2["pipeline"] == format!("chaos-{i}")
+                    && r.2["data"]["stage"] == stage
+            });
             let file = deploy
                 .git(["show", &format!("main:envs/chaos-{i}/{stage}.yaml")])
                 .unwrap();
@@ -501,31 +474,8 @@ async fn every_run_ends_and_nothing_happens_twice_under_random_kills() {
     }
 
     // NATS holds exactly the log: every event once, in order.
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let mut stream = js.get_stream(&stream_name).await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = stream.info().await.unwrap().state.messages as usize;
-        if n >= rows.len() {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "relay published {n} of {}",
-            rows.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let info = stream.info().await.unwrap();
-    let mut on_nats = Vec::new();
-    for seq in info.state.first_sequence..=info.state.last_sequence {
-        let msg = stream.get_raw_message(seq).await.unwrap();
-        let event: Value = serde_json::from_slice(&msg.payload).unwrap();
-        on_nats.push(event["id"].as_str().unwrap().to_owned());
-    }
     let in_log: Vec<&String> = rows.iter().map(|r| &r.0).collect();
-    let on_nats: Vec<&String> = on_nats.iter().collect();
-    assert_eq!(on_nats, in_log, "NATS holds the log once, in order");
+    assert_nats_holds_log(&nats.url(), &stream_name, &in_log).await;
 
     let mut by_status: HashMap<&str, usize> = HashMap::new();
     for id in &run_ids {
