@@ -4,6 +4,7 @@ mod common;
 
 mod apim;
 mod approvals;
+mod audit;
 mod chaos;
 mod crash;
 mod distributed;

@@ -299,6 +299,12 @@ pub enum Command {
         #[command(subcommand)]
         command: ProjectionsCommand,
     },
+    /// The log as a hash-chained file an auditor can verify: export,
+    /// verify, import (disaster recovery).
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::AuditCommand,
+    },
     /// The package store (the data dir, or the NATS bucket with --nats-url).
     Packages {
         #[command(subcommand)]

@@ -1,5 +1,6 @@
 //! `gantry`: the one binary. Exit codes: 0 success, 1 failure, 2 bad usage.
 
+mod audit;
 mod bench;
 mod cli;
 mod client;
@@ -65,6 +66,7 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Projections {
             command: ProjectionsCommand::Rebuild,
         } => rebuild_projections(g).await?,
+        Command::Audit { command } => return audit::run(g, command).await,
         Command::Trigger {
             pipeline,
             commit,

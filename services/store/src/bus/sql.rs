@@ -33,7 +33,7 @@ impl EventBus for SqlBus {
         names: &[EventName],
     ) -> Result<Box<dyn Subscription>, BusError> {
         let checkpoint = checkpoint_name(consumer);
-        let cursor = self.store.checkpoint(&checkpoint).await?;
+        let cursor = self.store.delivery_start(&checkpoint).await?;
         let types: Vec<String> = names.iter().map(|n| n.type_name()).collect();
         let placeholders: Vec<String> = (0..types.len()).map(|i| format!("${}", i + 3)).collect();
         let query = format!(

@@ -527,6 +527,40 @@ impl EventStore {
         Ok(v.unwrap_or(0))
     }
 
+    /// Where a delivering reader (the relay, an embedded consumer) starts:
+    /// after its checkpoint, and never before an imported history
+    /// ([`crate::audit::IMPORT_FLOOR`]), which was delivered before the
+    /// export.
+    pub async fn delivery_start(&self, name: &str) -> Result<i64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(position) FROM checkpoints WHERE name = $1 OR name = $2",
+        )
+        .bind(name)
+        .bind(crate::audit::IMPORT_FLOOR)
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Up to `limit` events after `position` as the log holds them:
+    /// (position, stream, the event's JSON text). For the audit export,
+    /// which hashes the stored JSON without decoding it.
+    pub async fn read_raw(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let rows = sqlx::query_as::<_, (i64, String, String)>(
+            "SELECT position, stream_id, event FROM events WHERE position > $1 \
+             ORDER BY position LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        Ok(rows)
+    }
+
     /// Moves a reader's checkpoint forward (never backward).
     pub async fn save_checkpoint(&self, name: &str, position: i64) -> Result<(), StoreError> {
         save_checkpoint(&self.inner.pool, name, position).await
