@@ -70,6 +70,12 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
+    /// `gantry audit export` and `verify` of a long log (Postgres; the log is
+    /// preloaded to --events first when it holds fewer).
+    Audit {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
     /// Verified webhooks/s and latency: distinct signed GitHub pushes of
     /// distinct commits over open keep-alive connections (like `wrk`), then
     /// a check that every accepted webhook made exactly one run.
@@ -124,6 +130,7 @@ pub async fn run(command: BenchCommand, global: &Global) -> anyhow::Result<()> {
             }
             throughput(global, events, writers, batch).await
         }
+        BenchCommand::Audit { events } => audit(global, events).await,
         BenchCommand::Webhooks {
             requests,
             concurrency,
@@ -383,6 +390,54 @@ async fn preload_log(global: &Global, n: u64) -> anyhow::Result<()> {
         "preloaded {n} events in {:.1} s; log head {}",
         started.elapsed().as_secs_f64(),
         store.head().await?
+    );
+    Ok(())
+}
+
+/// Export and verify rates of the audit chain over `n` events.
+async fn audit(global: &Global, n: u64) -> anyhow::Result<()> {
+    use gantry_store::audit;
+    let Some(db) = global.settings().database_url.clone() else {
+        bail!("bench audit needs --database-url postgres://...");
+    };
+    let store = EventStore::connect(&db).await?;
+    store.migrate().await?;
+    let head = store.head().await?;
+    if head < n as i64 {
+        preload_log(global, n - head as u64).await?;
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("audit.jsonl");
+    let started = Instant::now();
+    let exported = {
+        let file = std::fs::File::create(&path)?;
+        audit::export(
+            &store,
+            1,
+            &mut std::io::BufWriter::with_capacity(1 << 20, file),
+        )
+        .await?
+    };
+    let export_s = started.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&path)?.len();
+    let started = Instant::now();
+    let file = std::fs::File::open(&path)?;
+    let verified = audit::verify(std::io::BufReader::with_capacity(1 << 20, file))?;
+    let verify_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        verified == exported,
+        "verify saw another chain than export wrote"
+    );
+    println!(
+        "{}",
+        json!({
+            "events": exported.events,
+            "file_mb": bytes as f64 / 1e6,
+            "export_s": export_s,
+            "export_events_per_s": (exported.events as f64 / export_s).round(),
+            "verify_s": verify_s,
+            "verify_events_per_s": (verified.events as f64 / verify_s).round(),
+        })
     );
     Ok(())
 }
