@@ -12,6 +12,7 @@ mod approvals;
 mod dashboard;
 mod diff;
 mod events;
+mod insights;
 mod previews;
 mod rollback;
 
@@ -103,6 +104,7 @@ pub fn router_with_reload(
         .route("/runs/{id}/stages/{stage}/reject", post(approvals::reject))
         .route("/runs/{id}/cancel", post(approvals::cancel))
         .route("/events", get(events::stream))
+        .route("/insights/dora", get(insights::dora))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .with_state(api.clone());

@@ -9,6 +9,7 @@
 pub mod audit;
 pub mod bus;
 pub mod consumer;
+pub mod dora;
 pub mod packages;
 pub mod projection;
 pub mod relay;
