@@ -878,6 +878,8 @@ mod tests {
                         reason: "queue".into(),
                         behind: Some(a.into()),
                         until: None,
+                        by: None,
+                        detail: None,
                     },
                 ),
             ),
