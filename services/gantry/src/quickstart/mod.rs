@@ -351,7 +351,7 @@ mod tests {
                 .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
-        let errors = gantry_pipeline::load_dir_partial(&layout.at("pipelines")).1;
+        let errors = gantry_pipeline::load_dir_partial(layout.at("pipelines")).1;
         assert!(errors.is_empty(), "{errors}");
         let spaced = Layout {
             dir: tmp.path().join("a dir"),
