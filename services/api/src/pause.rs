@@ -73,19 +73,14 @@ pub(crate) async fn pauses(
             streams.push(id);
         }
     }
-    let events = api.app.store.read_streams(&streams).await?;
-    let mut by_stream: HashMap<&str, Vec<RecordedEvent>> = HashMap::new();
-    for e in events {
-        let id = of_stream
-            .get_key_value(&e.stream_id)
-            .map(|(k, _)| k.as_str());
-        if let Some(id) = id {
-            by_stream.entry(id).or_default().push(e);
-        }
+    // In log order: the last event of each stream says whether it is paused.
+    let mut last: HashMap<String, RecordedEvent> = HashMap::new();
+    for e in api.app.store.read_streams(&streams).await? {
+        last.insert(e.stream_id.clone(), e);
     }
-    Ok(by_stream
+    Ok(last
         .into_iter()
-        .filter_map(|(id, events)| Some((of_stream.get(id)?.clone(), current(&events)?)))
+        .filter_map(|(id, e)| Some((of_stream.remove(&id)?, current(std::slice::from_ref(&e))?)))
         .collect())
 }
 
