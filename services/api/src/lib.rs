@@ -13,9 +13,11 @@ mod dashboard;
 mod diff;
 mod events;
 mod insights;
+mod pause;
 mod previews;
 mod rollback;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,6 +94,11 @@ pub fn router_with_reload(
             "/pipelines/{name}/stages/{stage}/rollback",
             post(rollback::rollback),
         )
+        .route("/pipelines/{name}/stages/{stage}/pause", post(pause::pause))
+        .route(
+            "/pipelines/{name}/stages/{stage}/resume",
+            post(pause::resume),
+        )
         .route("/runs", get(list_runs).post(trigger_run))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/events", get(run_events))
@@ -164,6 +171,7 @@ async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> R
 fn pipeline_json(
     p: &Pipeline,
     releases: &[gantry_store::projection::Release],
+    pauses: &HashMap<(String, String), pause::PauseView>,
 ) -> serde_json::Value {
     let stages: Vec<_> = p
         .stage_plan()
@@ -180,6 +188,7 @@ fn pipeline_json(
                 })),
                 "queue": planned.stage.queue,
                 "current": current,
+                "paused": pauses.get(&(p.name.clone(), planned.stage.name.clone())),
             })
         })
         .collect();
@@ -194,10 +203,12 @@ fn pipeline_json(
 
 async fn list_pipelines(State(api): State<Api>) -> Result<Json<Vec<serde_json::Value>>, Problem> {
     let set = api.app.pipelines.get();
+    let all: Vec<&Pipeline> = set.iter().collect();
+    let pauses = pause::pauses(&api, &all).await?;
     let mut out = Vec::with_capacity(set.len());
     for p in set.iter() {
         let releases = api.app.projections.releases(&p.name).await?;
-        out.push(pipeline_json(p, &releases));
+        out.push(pipeline_json(p, &releases, &pauses));
     }
     Ok(Json(out))
 }
@@ -211,7 +222,8 @@ async fn get_pipeline(
         .get(&name)
         .ok_or_else(|| Problem::not_found(format!("no pipeline named `{name}`")))?;
     let releases = api.app.projections.releases(&name).await?;
-    Ok(Json(pipeline_json(p, &releases)))
+    let pauses = pause::pauses(&api, &[p]).await?;
+    Ok(Json(pipeline_json(p, &releases, &pauses)))
 }
 
 #[derive(Debug, Deserialize)]

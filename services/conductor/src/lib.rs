@@ -54,6 +54,8 @@ const INPUTS: &[EventName] = &[
     EventName::ApprovalGranted,
     EventName::ApprovalRejected,
     EventName::RunCancelled,
+    EventName::StagePaused,
+    EventName::StageResumed,
 ];
 
 pub fn decisions_stream(pipeline: &str) -> String {

@@ -439,6 +439,15 @@ fn waiting(state: &State, v: &View<'_>, ctx: &Ctx<'_>, idx: usize, i: usize) -> 
         if !deps_met(run, i) {
             break 'gates Wait::new(WaitReason::Dependencies, None, None);
         }
+        // A pause stops new promotions, never a rollback someone asked for.
+        if let Some(pause) = state
+            .stages
+            .get(stage)
+            .and_then(|s| s.paused.as_ref())
+            .filter(|_| run.rollback.is_none())
+        {
+            break 'gates Wait::paused(stage, pause);
+        }
         // Freezes hold promotions, never a rollback.
         if let Some(until) = ctx.freeze_end(stage).filter(|_| run.rollback.is_none()) {
             break 'gates Wait::new(WaitReason::Freeze, None, Some(until));
@@ -492,6 +501,8 @@ fn waiting(state: &State, v: &View<'_>, ctx: &Ctx<'_>, idx: usize, i: usize) -> 
         reason: wait.reason.unwrap_or(WaitReason::Queue),
         behind: wait.behind,
         until: wait.until,
+        by: wait.by,
+        detail: wait.detail,
     })
 }
 

@@ -322,6 +322,27 @@ impl Log {
         );
     }
 
+    /// `stage.paused` as the API records it: no run.
+    pub fn pause(&mut self, stage: &str, user: &str, reason: &str) {
+        let payload = ev::StagePaused {
+            stage: stage.into(),
+            user: user.into(),
+            reason: reason.into(),
+        };
+        let event = CloudEvent::new("api", &self.pipeline.name, None, &payload);
+        self.record(event);
+    }
+
+    pub fn resume(&mut self, stage: &str, user: &str) {
+        let payload = ev::StageResumed {
+            stage: stage.into(),
+            user: user.into(),
+            reason: None,
+        };
+        let event = CloudEvent::new("api", &self.pipeline.name, None, &payload);
+        self.record(event);
+    }
+
     pub fn cancel(&mut self, run: &str) {
         self.push(
             run,

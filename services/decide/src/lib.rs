@@ -14,7 +14,7 @@
 //! Each run follows the stage plan frozen in its `run.started` (order,
 //! `after`, steps). A stage's steps run in the order of
 //! [`Step::ORDER`](gantry_proto::Step::ORDER): the gates `package`, `image`
-//! and `approval` (rules 2 and 5 below), then, after `stage.started`, the
+//! and `approval` (rules 2 and 6 below), then, after `stage.started`, the
 //! promotion's steps (*In the stage*). Stage *settings* that are operational — approval policy,
 //! freeze windows, queue policy — are read from the current [`Pipeline`]
 //! definition by stage name (a stage no longer defined gets the defaults: no
@@ -38,12 +38,21 @@
 //!    promoting into `S` or is ready for it too: only the latest commit
 //!    waits, and an older commit never overwrites a newer one. Runs that
 //!    started `S` are never superseded.
-//! 4. **freeze**: if `now` falls in one of `S`'s windows `[from, to)`,
+//! 4. **pause** (stop the line): while the stage is paused (its last
+//!    `stage.paused` has no `stage.resumed` after it; these events have no
+//!    run), `stage.queued` reason `paused`, `by` who paused it and `detail`
+//!    `stage S paused by U: why`. Nothing else is asked for while paused (no
+//!    approval request); a pause never interrupts a promotion in progress
+//!    (its steps, and a rollback after a failed step, go on) and never
+//!    holds a manual rollback run (asking for it is the operator's decision,
+//!    as with freezes). Supersession (rule 3) still applies, so under
+//!    `latest` only the newest commit waits for the resume.
+//! 5. **freeze**: if `now` falls in one of `S`'s windows `[from, to)`,
 //!    `stage.queued` reason `freeze`, `until` the end of the window (of the
 //!    whole frozen span, when windows touch or overlap). Nothing else is
 //!    asked for while frozen (no approval request). Freezes never interrupt
 //!    a promotion in progress and never hold a rollback.
-//! 5. **approval**: `approval.requested` once per run and stage, with
+//! 6. **approval**: `approval.requested` once per run and stage, with
 //!    `expires_at = now + expires`. It is satisfied by the request's
 //!    `required` *distinct* users (case-insensitive) in `approval.granted`
 //!    events (for that run and stage) recorded before `expires_at`; when
@@ -58,7 +67,7 @@
 //!    satisfied, an approval does not lapse while the run waits in a queue.
 //!    When a run comes back to waiting for approvals after having waited for
 //!    something else, `stage.queued` reason `approval` says so.
-//! 6. **queue**: one promotion per stage at a time. The stage is busy while
+//! 7. **queue**: one promotion per stage at a time. The stage is busy while
 //!    a run has `stage.started` it and has neither promoted it nor finished
 //!    rolling it back (and is not terminal). Ready runs are ordered by
 //!    `run.started` order; only the first may start, when the stage is free.
@@ -69,7 +78,7 @@
 //!    run not yet ready — packages missing, earlier stage not promoted — is
 //!    not in the queue and does not hold anyone back). With `latest` there is
 //!    only ever one ready run per stage (rule 3).
-//! 7. **start**: `stage.started` with the run's commit, image
+//! 8. **start**: `stage.started` with the run's commit, image
 //!    (`repository:tag`) and image digest.
 //!
 //! A `stage.queued` is emitted only when the reason, `behind` or `until`
@@ -152,6 +161,9 @@ pub enum WaitReason {
     Dependencies,
     /// A freeze window holds the stage; `until` says when it ends.
     Freeze,
+    /// Someone paused the stage (stop the line); `by` and `detail` say who
+    /// and why.
+    Paused,
     /// Approvals are still missing.
     Approval,
     /// Another run is ahead in the stage's queue; `behind` names it.
@@ -163,6 +175,7 @@ impl WaitReason {
         match self {
             WaitReason::Dependencies => "dependencies",
             WaitReason::Freeze => "freeze",
+            WaitReason::Paused => "paused",
             WaitReason::Approval => "approval",
             WaitReason::Queue => "queue",
         }
@@ -172,6 +185,7 @@ impl WaitReason {
         match s {
             "dependencies" => Some(WaitReason::Dependencies),
             "freeze" => Some(WaitReason::Freeze),
+            "paused" => Some(WaitReason::Paused),
             "approval" => Some(WaitReason::Approval),
             "queue" => Some(WaitReason::Queue),
             _ => None,
@@ -196,6 +210,10 @@ pub enum Decision {
         reason: WaitReason,
         behind: Option<String>,
         until: Option<DateTime<Utc>>,
+        /// Who paused the stage (reason `paused`).
+        by: Option<String>,
+        /// Why, in words, when the reason alone does not say it.
+        detail: Option<String>,
     },
     /// `approval.requested`.
     RequestApproval {
@@ -406,12 +424,16 @@ impl Decision {
                 reason,
                 behind,
                 until,
+                by,
+                detail,
                 ..
             } => e.encode(&ev::StageQueued {
                 stage: stage.clone(),
                 reason: reason.as_str().to_owned(),
                 behind: behind.clone(),
                 until: *until,
+                by: by.clone(),
+                detail: detail.clone(),
             }),
             Decision::RequestApproval {
                 stage,

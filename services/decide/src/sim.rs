@@ -3,8 +3,9 @@
 //!
 //! 1. no stage ever has two promotions in progress at once;
 //! 2. a run never starts a stage before it promoted the stage's `after`
-//!    (nor before its package and image exist, nor while the stage is frozen,
-//!    nor without the approvals its policy asks for);
+//!    (nor before its package and image exist, nor while the stage is frozen
+//!    or paused, nor without the approvals its policy asks for), and no
+//!    approval is asked for in a paused stage;
 //! 3. the conductor decides nothing for a run after it ended (superseded,
 //!    failed, cancelled and succeeded runs never promote again);
 //! 4. with workers answering and time passing, every run ends;
@@ -152,6 +153,10 @@ enum Action {
         stage: u8,
         to: Option<u16>,
     },
+    /// Someone pauses a stage, or resumes it when it is paused.
+    Pause {
+        stage: u8,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -163,6 +168,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => any::<u16>().prop_map(|pick| Action::Cancel { pick }),
         2 => (1u8..6).prop_map(|hours| Action::Advance { hours }),
         1 => (any::<u8>(), prop::option::of(any::<u16>())).prop_map(|(stage, to)| Action::Rollback { stage, to }),
+        2 => any::<u8>().prop_map(|stage| Action::Pause { stage }),
     ]
 }
 
@@ -408,9 +414,37 @@ fn conduct(log: &mut Log) {
     }
 }
 
+/// The stages paused now, as the log says.
+fn paused_stages(log: &Log) -> Vec<String> {
+    let mut paused: Vec<String> = Vec::new();
+    for e in &log.events {
+        match e.name() {
+            Some(EventName::StagePaused) => {
+                paused.push(e.stage().unwrap_or_default().to_owned());
+            }
+            Some(EventName::StageResumed) => {
+                paused.retain(|s| Some(s.as_str()) != e.stage());
+            }
+            _ => {}
+        }
+    }
+    paused.sort();
+    paused.dedup();
+    paused
+}
+
 fn apply(log: &mut Log, runs: &mut usize, action: &Action) {
     let model = Model::of(log);
     match action {
+        Action::Pause { stage } => {
+            let stages: Vec<String> = log.pipeline.stages.iter().map(|s| s.name.clone()).collect();
+            let stage = &stages[*stage as usize % stages.len()];
+            if paused_stages(log).contains(stage) {
+                log.resume(stage, "sam");
+            } else {
+                log.pause(stage, "rita", "stop the line");
+            }
+        }
         Action::Rollback { stage, to } => {
             let stages: Vec<String> = log.pipeline.stages.iter().map(|s| s.name.clone()).collect();
             let stage = &stages[*stage as usize % stages.len()];
@@ -481,6 +515,11 @@ fn drain(log: &mut Log) {
             work(log, task, ok);
             continue;
         }
+        // Nothing moves while a stage is paused: someone resumes it.
+        if let Some(stage) = paused_stages(log).first() {
+            log.resume(stage, "sam");
+            continue;
+        }
         let pending = model.pending_approvals();
         if let Some((run, stage)) = pending.first() {
             let author = &model.authors[run];
@@ -537,8 +576,20 @@ fn check(log: &Log, spec: &Spec) {
                 .all(|s| r.iter().any(|(done, _)| done == s))
     };
     let ctx = |e: &CloudEvent| format!("at #{:?} {} {}", e.sequence, e.ty, e.data);
+    let mut paused: HashSet<String> = HashSet::new();
 
     for e in &log.events {
+        match e.name() {
+            Some(EventName::StagePaused) => {
+                paused.insert(e.stage().unwrap_or_default().to_owned());
+                continue;
+            }
+            Some(EventName::StageResumed) => {
+                paused.remove(e.stage().unwrap_or_default());
+                continue;
+            }
+            _ => {}
+        }
         let run = e.runid.clone().expect("run id");
         let k = key(e);
         let name = e.name().expect("known");
@@ -591,6 +642,11 @@ fn check(log: &Log, spec: &Spec) {
                 built.insert((k.0, k.1, Step::Image));
             }
             EventName::ApprovalRequested => {
+                assert!(
+                    !paused.contains(&k.1),
+                    "approval asked for in a paused stage {}",
+                    ctx(e)
+                );
                 requested.entry(k).or_insert(e.time);
             }
             EventName::ApprovalGranted => {
@@ -636,7 +692,12 @@ fn check(log: &Log, spec: &Spec) {
                     occupant.insert(stage.clone(), run.clone());
                     continue;
                 }
-                // (2) after, dependencies, freeze, approvals.
+                // (2) after, dependencies, pause, freeze, approvals.
+                assert!(
+                    !paused.contains(stage),
+                    "{run} starts {stage} while it is paused {}",
+                    ctx(e)
+                );
                 let i = plan.iter().position(|p| &p.name == stage).unwrap();
                 if let Some(after) = &plan[i].after {
                     assert!(
@@ -916,4 +977,53 @@ fn a_long_simulation_reaches_every_decision() {
     ] {
         assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
     }
+}
+
+/// The same busy history with prod paused and resumed now and then: runs
+/// reaching it wait and say why, and the invariants hold throughout.
+#[test]
+fn a_long_simulation_with_pauses_holds_runs_and_says_why() {
+    let stage = |approval, fifo| StageSpec {
+        after: None,
+        deploy: true,
+        apim: false,
+        smoke: true,
+        approval,
+        fifo,
+        freeze: None,
+    };
+    let spec = Spec {
+        image: true,
+        stages: vec![stage(None, false), stage(Some((2, false, None)), true)],
+    };
+    let mut actions = Vec::new();
+    for i in 0..240u16 {
+        actions.push(match i % 10 {
+            0 if i < 80 => Action::NewRun { author: i as u8 },
+            // prod paused at 5, 25, 45, ... and resumed at 15, 35, ...
+            5 => Action::Pause { stage: 1 },
+            4 | 8 => Action::Approve {
+                pick: i,
+                user: (i / 10) as u8,
+            },
+            _ => Action::Work {
+                pick: i.wrapping_mul(7919),
+                ok: i % 13 != 0,
+            },
+        });
+    }
+    let log = simulate(&spec, &actions);
+    check(&log, &spec);
+    let waits = log
+        .events
+        .iter()
+        .filter(|e| {
+            e.name() == Some(EventName::StageQueued)
+                && e.data["reason"] == "paused"
+                && e.data["detail"] == "stage s1 paused by rita: stop the line"
+        })
+        .count();
+    assert!(waits > 0, "no run waited for the paused stage");
+    let model = Model::of(&log);
+    assert_eq!(model.terminal.len(), model.runs.len());
 }

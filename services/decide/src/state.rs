@@ -47,6 +47,8 @@ pub(super) struct Wait {
     pub reason: Option<WaitReason>,
     pub behind: Option<String>,
     pub until: Option<DateTime<Utc>>,
+    pub by: Option<String>,
+    pub detail: Option<String>,
 }
 
 impl Wait {
@@ -55,8 +57,29 @@ impl Wait {
             reason: Some(reason),
             behind,
             until,
+            by: None,
+            detail: None,
         }
     }
+
+    /// Waiting for `stage` to be resumed.
+    pub fn paused(stage: &str, pause: &Pause) -> Self {
+        Self {
+            by: Some(pause.user.clone()),
+            detail: Some(format!(
+                "stage {stage} paused by {}: {}",
+                pause.user, pause.reason
+            )),
+            ..Self::new(WaitReason::Paused, None, None)
+        }
+    }
+}
+
+/// A stage stopped by `stage.paused` (stop the line).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Pause {
+    pub user: String,
+    pub reason: String,
 }
 
 /// A pending `approval.requested`.
@@ -159,6 +182,8 @@ pub(super) struct StageState {
     pub newest_promoted: Option<(u64, String)>,
     /// Every release the stage ran, in the order it began to run them.
     pub history: Vec<Release>,
+    /// Set while the stage is paused.
+    pub paused: Option<Pause>,
 }
 
 /// Everything decisions depend on.
@@ -195,10 +220,35 @@ impl State {
         let Some(name) = event.name() else {
             return;
         };
+        // Pauses belong to a stage, not to a run.
+        if matches!(name, EventName::StagePaused | EventName::StageResumed) {
+            self.apply_pause(name, &event.data);
+            return;
+        }
         let Some(run) = event.runid.as_deref().or(event.subject.as_deref()) else {
             return;
         };
         self.apply(run, name, &event.data, event.time);
+    }
+
+    /// `stage.paused` / `stage.resumed`: the stage stops or goes on.
+    pub fn apply_pause(&mut self, name: EventName, data: &Value) {
+        match name {
+            EventName::StagePaused => {
+                if let Some(d) = decode::<ev::StagePaused>(data) {
+                    self.stages.entry(d.stage).or_default().paused = Some(Pause {
+                        user: d.user,
+                        reason: d.reason,
+                    });
+                }
+            }
+            EventName::StageResumed => {
+                if let Some(d) = decode::<ev::StageResumed>(data) {
+                    self.stages.entry(d.stage).or_default().paused = None;
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Applies one event of `run_id`.
@@ -306,6 +356,8 @@ impl State {
                         reason: WaitReason::parse(&d.reason),
                         behind: d.behind,
                         until: d.until,
+                        by: d.by,
+                        detail: d.detail,
                     });
                 }
             }

@@ -42,6 +42,8 @@ fn queued(run: &str, stage: &str, reason: WaitReason, behind: Option<&str>) -> D
         reason,
         behind: behind.map(str::to_owned),
         until: None,
+        by: None,
+        detail: None,
     }
 }
 
@@ -468,6 +470,8 @@ fn freeze_holds_the_stage_until_the_window_ends() {
             reason: WaitReason::Freeze,
             behind: None,
             until: Some(at_hours(8)),
+            by: None,
+            detail: None,
         }
     );
     assert_eq!(d.len(), 2, "no approval requested while frozen: {d:?}");
@@ -530,6 +534,140 @@ fn freeze_does_not_interrupt_a_promotion_in_progress() {
     log.now = at_hours(2);
     log.deployed("r1", "test");
     assert_eq!(log.step()[0], promote("r1", "test"));
+}
+
+fn paused(run: &str, stage: &str, by: &str, why: &str) -> Decision {
+    Decision::Queue {
+        run: run.into(),
+        stage: stage.into(),
+        reason: WaitReason::Paused,
+        behind: None,
+        until: None,
+        by: Some(by.into()),
+        detail: Some(format!("stage {stage} paused by {by}: {why}")),
+    }
+}
+
+#[test]
+fn a_paused_stage_starts_nothing_and_asks_for_no_approval_until_resumed() {
+    let mut log = Log::new(two_stages("    approval: { approvers: [rm] }\n"));
+    log.pause("prod", "rita", "incident 4711");
+    log.start_run("r1", "alice");
+    log.build_all("r1");
+    // test is not paused: it promotes.
+    assert_eq!(log.step(), vec![start("r1", "test")]);
+    pass_stage(&mut log, "r1", "test");
+    assert_eq!(
+        log.step(),
+        vec![
+            promote("r1", "test"),
+            paused("r1", "prod", "rita", "incident 4711")
+        ],
+        "prod says why it waits and asks for no approval"
+    );
+    assert_eq!(log.decide().next_wakeup, None, "a pause has no end time");
+    log.now = at_hours(48);
+    assert_eq!(log.step(), vec![], "time does not end a pause");
+    log.resume("prod", "sam");
+    let d = log.step();
+    assert!(
+        matches!(&d[..], [Decision::RequestApproval { .. }]),
+        "{d:?}"
+    );
+    log.grant("r1", "prod", "bob");
+    assert_eq!(log.step(), vec![start("r1", "prod")]);
+}
+
+#[test]
+fn a_pause_does_not_interrupt_a_promotion_in_progress() {
+    let mut log = Log::new(two_stages(""));
+    log.start_run("r1", "alice");
+    log.build_all("r1");
+    assert_eq!(log.step(), vec![start("r1", "test")]);
+    log.pause("test", "rita", "look at it");
+    log.deployed("r1", "test");
+    log.smoke("r1", "test", true);
+    let d = log.step();
+    assert_eq!(d[0], promote("r1", "test"), "{d:?}");
+    // The next run waits for the resume, and says so once.
+    log.start_run("r2", "alice");
+    log.build_all("r2");
+    let d = log.step();
+    assert!(
+        d.contains(&paused("r2", "test", "rita", "look at it")),
+        "{d:?}"
+    );
+    assert_eq!(log.step(), vec![]);
+}
+
+#[test]
+fn paused_again_by_someone_else_says_so_and_queues_behind_a_paused_leader() {
+    let mut log = Log::new(pipeline(
+        true,
+        &format!("  - name: test\n{DEPLOY}    queue: fifo\n"),
+    ));
+    log.pause("test", "rita", "first");
+    log.start_run("r1", "alice");
+    log.start_run("r2", "bob");
+    log.build_all("r1");
+    log.build_all("r2");
+    assert_eq!(
+        log.step(),
+        vec![
+            paused("r1", "test", "rita", "first"),
+            paused("r2", "test", "rita", "first")
+        ]
+    );
+    log.resume("test", "rita");
+    log.pause("test", "sam", "second");
+    assert_eq!(
+        log.step(),
+        vec![
+            paused("r1", "test", "sam", "second"),
+            paused("r2", "test", "sam", "second")
+        ]
+    );
+    log.resume("test", "sam");
+    assert_eq!(
+        log.step(),
+        vec![
+            start("r1", "test"),
+            queued("r2", "test", WaitReason::Queue, Some("r1"))
+        ]
+    );
+}
+
+#[test]
+fn a_pause_does_not_hold_a_manual_rollback() {
+    let mut log = two_releases("");
+    log.pause("prod", "rita", "stop");
+    log.start_rollback("rb", "prod", None);
+    let d = log.step();
+    assert!(
+        matches!(
+            &d[..],
+            [Decision::Start {
+                rollback: false,
+                ..
+            }]
+        ),
+        "a manual rollback run starts while paused: {d:?}"
+    );
+}
+
+#[test]
+fn pauses_of_other_pipelines_and_stages_are_ignored() {
+    let mut log = Log::new(two_stages(""));
+    let other = ev::StagePaused {
+        stage: "test".into(),
+        user: "rita".into(),
+        reason: "other pipeline".into(),
+    };
+    log.record(gantry_proto::CloudEvent::new("api", "other", None, &other));
+    log.pause("nosuchstage", "rita", "x");
+    log.start_run("r1", "alice");
+    log.build_all("r1");
+    assert_eq!(log.step(), vec![start("r1", "test")]);
 }
 
 #[test]
@@ -812,6 +950,8 @@ fn decisions_become_contract_events() {
         reason: WaitReason::Freeze,
         behind: None,
         until: Some(at_hours(8)),
+        by: None,
+        detail: None,
     };
     let e = d.into_event("banking");
     assert_eq!(e.ty, "io.gantry.stage.queued.v1");

@@ -206,6 +206,19 @@ pub enum Command {
     /// Run everything in one process (embedded SQLite and in-process delivery
     /// unless GANTRY_DATABASE_URL / GANTRY_NATS_URL are set).
     Up,
+    /// A whole promotion on this machine: writes a sample configuration
+    /// repository, an OCI layout registry, a GitOps repository, a pipeline
+    /// dev -> test -> prod and API tokens into DIR, serves it as `up` does
+    /// and starts a run. Again on the same DIR: serves it again.
+    Quickstart {
+        /// Where [default: ./gantry-quickstart].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Commit another change to the quickstart's configuration and
+        /// trigger a run of it (the server started by `quickstart` runs it).
+        #[arg(long)]
+        commit: bool,
+    },
     /// Run one microservice (needs GANTRY_DATABASE_URL and GANTRY_NATS_URL).
     Serve {
         #[arg(value_enum)]
@@ -270,6 +283,22 @@ pub enum Command {
         #[arg(long)]
         to: Option<String>,
         /// Why, recorded in the rollback run's events.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Stop the line: the stage starts no new promotion (runs wait for it
+    /// and say why) until it is resumed; a promotion already in it goes on.
+    Pause {
+        pipeline: String,
+        stage: String,
+        /// Why, shown to everyone whose runs wait.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let a paused stage promote again.
+    Resume {
+        pipeline: String,
+        stage: String,
         #[arg(long)]
         reason: Option<String>,
     },

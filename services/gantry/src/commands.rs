@@ -147,6 +147,41 @@ pub async fn rollback(
     })
 }
 
+/// `gantry pause` (`pause: true`) and `gantry resume`.
+pub async fn pause(
+    g: &Global,
+    pipeline: &str,
+    stage: &str,
+    pause: bool,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    let action = if pause { "pause" } else { "resume" };
+    let path = format!(
+        "/api/v1/pipelines/{}/stages/{}/{action}",
+        segment(pipeline),
+        segment(stage)
+    );
+    let resp = call(g, Method::POST, &path, Some(json!({ "reason": reason }))).await?;
+    show(g.output, &resp, |r| {
+        let why = r["data"]["reason"]
+            .as_str()
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default();
+        if pause {
+            println!(
+                "paused stage {stage} of {pipeline} ({}{why}); runs wait for it until \
+                 `gantry resume {pipeline} {stage}`",
+                str_of(&r["data"]["user"])
+            );
+        } else {
+            println!(
+                "resumed stage {stage} of {pipeline} ({}{why})",
+                str_of(&r["data"]["user"])
+            );
+        }
+    })
+}
+
 pub async fn cancel(g: &Global, run: &str, reason: Option<String>) -> anyhow::Result<()> {
     let path = format!("/api/v1/runs/{}/cancel", segment(run));
     let resp = call(g, Method::POST, &path, Some(json!({ "reason": reason }))).await?;
@@ -309,6 +344,9 @@ fn describe_wait(w: &Value) -> String {
                     .join(", "))
                 .unwrap_or_default()
         );
+    }
+    if let Some(detail) = w["detail"].as_str() {
+        return detail.to_owned();
     }
     match w["reason"].as_str() {
         Some("freeze") => format!("frozen until {}", str_of(&w["until"])),

@@ -6,6 +6,7 @@ mod cli;
 mod client;
 mod commands;
 mod previews;
+mod quickstart;
 mod server;
 
 use std::process::ExitCode;
@@ -53,6 +54,7 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Up => server::up(g.settings()).await?,
+        Command::Quickstart { dir, commit } => quickstart::run(g, dir, commit).await?,
         Command::Serve { service } => server::serve(g.settings(), service).await?,
         Command::Pipelines {
             command: PipelinesCommand::Validate { path },
@@ -88,6 +90,16 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
         } => commands::rollback(g, &pipeline, &stage, to, reason).await?,
         Command::Cancel { run, reason } => commands::cancel(g, &run, reason).await?,
+        Command::Pause {
+            pipeline,
+            stage,
+            reason,
+        } => commands::pause(g, &pipeline, &stage, true, Some(reason)).await?,
+        Command::Resume {
+            pipeline,
+            stage,
+            reason,
+        } => commands::pause(g, &pipeline, &stage, false, reason).await?,
         Command::Diff { run, stage } => commands::diff(g, &run, &stage).await?,
         Command::Approve {
             run,

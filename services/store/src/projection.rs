@@ -899,6 +899,8 @@ mod tests {
                         reason: "queue".into(),
                         behind: Some(a.into()),
                         until: None,
+                        by: None,
+                        detail: None,
                     },
                 ),
             ),

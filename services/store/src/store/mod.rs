@@ -442,6 +442,26 @@ impl EventStore {
             .await
     }
 
+    /// Every event of the streams `ids`, in position order (one query; an
+    /// equality lookup per stream, so the stream index serves it).
+    pub async fn read_streams(&self, ids: &[String]) -> Result<Vec<RecordedEvent>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE stream_id IN ({}) ORDER BY position",
+            params.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.inner.pool).await?;
+        decode_rows(&rows)
+    }
+
     /// Every event of one run (all its streams), in position order.
     pub async fn read_run(&self, run_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read_where("run_id = $1 ORDER BY position", run_id)
