@@ -10,6 +10,7 @@ mod distributed_promotion;
 mod envgen;
 mod images;
 mod promotion;
+mod reliability;
 mod rollback;
 mod smoke;
 mod trust;
