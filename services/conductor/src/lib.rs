@@ -253,6 +253,9 @@ impl Handler for Conductor {
             .into_iter()
             .collect())
     }
+
+    // `gave_up` records nothing: the conductor answers no step, and the
+    // pipeline's next event or timer decides again from its whole history.
 }
 
 /// The worker, for registering with a runtime (`gantry up` and `gantry
