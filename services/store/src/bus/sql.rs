@@ -50,7 +50,8 @@ impl EventBus for SqlBus {
             cursor,
             scanned: cursor,
             buffer: VecDeque::new(),
-            redo: Arc::new(Mutex::new(None)),
+            redo: Arc::new(Mutex::new(VecDeque::new())),
+            redo_added: Arc::new(tokio::sync::Notify::new()),
             settled: Arc::new(tokio::sync::Mutex::new(Settled {
                 open: BTreeSet::new(),
                 handed_out: cursor,
@@ -89,9 +90,11 @@ struct SqlSubscription {
     /// How far the log has been read (matching or not).
     scanned: i64,
     buffer: VecDeque<RecordedEvent>,
-    /// An event the consumer asked to see again; it blocks the ones after it,
-    /// so the consumer sees the log in order.
-    redo: Arc<Mutex<Option<Redo>>>,
+    /// Events the consumer asked to see again (several when lanes of
+    /// different pipelines ask at once); they come before the ones after
+    /// them, so a consumer handling one event at a time sees the log in order.
+    redo: Arc<Mutex<VecDeque<Redo>>>,
+    redo_added: Arc<tokio::sync::Notify>,
     /// Which handed-out events are not settled yet: the checkpoint moves
     /// only past settled ones, as consumers settle events of different
     /// pipelines out of log order.
@@ -159,6 +162,7 @@ impl SqlSubscription {
                 store: self.store.clone(),
                 checkpoint: self.checkpoint.clone(),
                 redo: self.redo.clone(),
+                redo_added: self.redo_added.clone(),
                 settled: self.settled.clone(),
                 event: event.clone(),
                 attempt,
@@ -171,19 +175,25 @@ impl SqlSubscription {
 #[async_trait]
 impl Subscription for SqlSubscription {
     async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
-        let redo = self.redo.lock().map(|mut r| r.take()).unwrap_or(None);
-        if let Some(redo) = redo {
-            tokio::time::sleep(redo.delay).await;
-            return Ok(Some(self.deliver(redo.event, redo.attempt + 1).await));
-        }
         loop {
+            let redo = self.redo.lock().map(|mut r| r.pop_front()).unwrap_or(None);
+            if let Some(redo) = redo {
+                tokio::time::sleep(redo.delay).await;
+                return Ok(Some(self.deliver(redo.event, redo.attempt + 1).await));
+            }
             if let Some(event) = self.buffer.pop_front() {
                 return Ok(Some(self.deliver(event, 1).await));
             }
             let seen = self.scanned;
             self.fill().await?;
             if self.buffer.is_empty() {
-                self.wake.wait_beyond(seen.max(self.scanned)).await;
+                // A retry asked for while waiting (by a consumer handling
+                // events concurrently) wakes us as a new event would.
+                let redo_added = self.redo_added.clone();
+                tokio::select! {
+                    _ = self.wake.wait_beyond(seen.max(self.scanned)) => {}
+                    _ = redo_added.notified() => {}
+                }
             }
         }
     }
@@ -193,7 +203,8 @@ impl Subscription for SqlSubscription {
 pub(crate) struct SqlAck {
     store: EventStore,
     checkpoint: String,
-    redo: Arc<Mutex<Option<Redo>>>,
+    redo: Arc<Mutex<VecDeque<Redo>>>,
+    redo_added: Arc<tokio::sync::Notify>,
     settled: Arc<tokio::sync::Mutex<Settled>>,
     event: RecordedEvent,
     attempt: u32,
@@ -218,12 +229,13 @@ impl SqlAck {
     /// consumer runner decides when to (and records why).
     pub(crate) async fn retry(self, delay: Duration) -> Result<(), BusError> {
         if let Ok(mut redo) = self.redo.lock() {
-            *redo = Some(Redo {
+            redo.push_back(Redo {
                 event: self.event,
                 attempt: self.attempt,
                 delay,
             });
         }
+        self.redo_added.notify_one();
         Ok(())
     }
 }
