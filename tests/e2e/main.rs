@@ -14,6 +14,7 @@ mod images;
 mod pause;
 mod promotion;
 mod quickstart;
+mod reliability;
 mod rollback;
 mod smoke;
 mod trust;

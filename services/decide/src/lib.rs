@@ -112,6 +112,22 @@
 //!
 //! The stage stays busy until then, so no other run deploys over a rollback.
 //!
+//! # Deadlines
+//!
+//! Every step waiting for a worker has a deadline: the stage's
+//! `timeouts.<step>` (or the default, [`gantry_pipeline::Timeouts`]) after
+//! the event it began at: `run.started` for `package`, `package.built` for
+//! `image`, `stage.started` for the promotion's (or rollback's) first step
+//! and each success for the next (`deploy`'s includes `ready` when the plan
+//! has it). At the deadline, without a result, [`Decision::TimeOut`]
+//! records the step's `*.failed` (`timed out after <duration>`, caused by
+//! that event), which then counts like a worker's failure. Deadlines are
+//! wake-ups ([`Outcome::next_wakeup`]). A result that comes after its
+//! step failed changes nothing: a late `package.built` / `image.pushed` is
+//! not the stage's, and a result caused by an event of the failed
+//! promotion is never counted for the rollback that followed (a result
+//! without a known cause counts for the latest attempt).
+//!
 //! # How runs end
 //!
 //! A run *holds* a stage while it is promoting into it or rolling it back.
@@ -135,11 +151,14 @@
 //! history returns the same decisions, and calling it on the history with
 //! those decisions appended returns none.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use gantry_proto::events as ev;
-use gantry_proto::{CloudEvent, EventName, EventPayload};
+use gantry_proto::{CloudEvent, EventName, EventPayload, Step};
+use uuid::Uuid;
 
-use gantry_pipeline::Pipeline;
+use gantry_pipeline::{format_duration, Pipeline};
 
 mod engine;
 mod state;
@@ -264,6 +283,23 @@ pub enum Decision {
         stage: String,
         by_run: String,
     },
+    /// The step's `*.failed` (`package.failed`, `image.failed`,
+    /// `deploy.failed`, `apis.failed`, `smoke.failed`) with `reason: timed
+    /// out after <after>`: its deadline passed without a result. `cause` is
+    /// the event that began the step (the worker's cue), recorded as the
+    /// failure's `causationid`.
+    TimeOut {
+        run: String,
+        stage: String,
+        step: Step,
+        after: Duration,
+        cause: Option<Uuid>,
+    },
+}
+
+/// The reason a step's failure gives when its deadline passed.
+pub fn timed_out(after: Duration) -> String {
+    format!("timed out after {}", format_duration(after))
 }
 
 /// What [`decide`] found.
@@ -365,7 +401,8 @@ impl Decision {
             | Decision::RollBack { run, .. }
             | Decision::Succeed { run }
             | Decision::Fail { run, .. }
-            | Decision::Supersede { run, .. } => run,
+            | Decision::Supersede { run, .. }
+            | Decision::TimeOut { run, .. } => run,
         }
     }
 
@@ -377,7 +414,8 @@ impl Decision {
             | Decision::Start { stage, .. }
             | Decision::Promote { stage, .. }
             | Decision::RollBack { stage, .. }
-            | Decision::Supersede { stage, .. } => Some(stage),
+            | Decision::Supersede { stage, .. }
+            | Decision::TimeOut { stage, .. } => Some(stage),
             Decision::Fail { stage, .. } => stage.as_deref(),
             Decision::Succeed { .. } => None,
         }
@@ -394,6 +432,24 @@ impl Decision {
             Decision::Succeed { .. } => EventName::RunSucceeded,
             Decision::Fail { .. } => EventName::RunFailed,
             Decision::Supersede { .. } => EventName::RunSuperseded,
+            Decision::TimeOut { step, .. } => match step {
+                Step::Package => EventName::PackageFailed,
+                Step::Image => EventName::ImageFailed,
+                Step::ApiManager => EventName::ApisFailed,
+                Step::Smoke => EventName::SmokeFailed,
+                // `ready` is part of the deploy's answer; `approval` has
+                // its own expiry and never times out here.
+                Step::Deploy | Step::Ready | Step::Approval => EventName::DeployFailed,
+            },
+        }
+    }
+
+    /// The event that caused the decision, when it is not the history as a
+    /// whole (a timed-out step's cue).
+    pub fn cause(&self) -> Option<Uuid> {
+        match self {
+            Decision::TimeOut { cause, .. } => *cause,
+            _ => None,
         }
     }
 
@@ -411,10 +467,12 @@ impl Decision {
     /// the run, a fresh id and the current time (set `causationid` with
     /// [`CloudEvent::caused_by`], `id` with [`CloudEvent::with_id`] as needed).
     pub fn into_event(&self, pipeline: &str) -> CloudEvent {
-        self.encode(&ToEvent {
+        let mut event = self.encode(&ToEvent {
             pipeline,
             run: self.run(),
-        })
+        });
+        event.causationid = self.cause();
+        event
     }
 
     fn encode<E: Encoder>(&self, e: &E) -> E::Out {
@@ -494,6 +552,41 @@ impl Decision {
                 stage: stage.clone(),
                 by_run: by_run.clone(),
             }),
+            Decision::TimeOut { stage, after, .. } => {
+                let stage = stage.clone();
+                let reason = timed_out(*after);
+                match self.name() {
+                    EventName::PackageFailed => e.encode(&ev::PackageFailed {
+                        stage,
+                        reason,
+                        diagnostics: Vec::new(),
+                    }),
+                    EventName::ImageFailed => e.encode(&ev::ImageFailed { stage, reason }),
+                    EventName::ApisFailed => e.encode(&ev::ApisFailed {
+                        stage,
+                        reason,
+                        breaking_fields: Vec::new(),
+                    }),
+                    // `smoke.failed` has no reason of its own: one check
+                    // that never ran says why (as for a pipeline gone).
+                    EventName::SmokeFailed => e.encode(&ev::SmokeFailed {
+                        stage,
+                        checks: vec![ev::CheckResult {
+                            name: "deadline".to_owned(),
+                            passed: false,
+                            status: None,
+                            duration_ms: 0,
+                            attempts: 0,
+                            message: Some(reason),
+                        }],
+                    }),
+                    _ => e.encode(&ev::DeployFailed {
+                        stage,
+                        reason,
+                        output: None,
+                    }),
+                }
+            }
         }
     }
 }

@@ -44,6 +44,8 @@ struct StageSpec {
     fifo: bool,
     /// (from, length) in hours after t0
     freeze: Option<(i64, i64)>,
+    /// Every step's deadline, in hours (none: longer than any simulation).
+    timeouts: Option<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -87,6 +89,11 @@ impl Spec {
                     rfc(at_hours(from + len))
                 ));
             }
+            if let Some(h) = s.timeouts {
+                out.push_str(&format!(
+                    "    timeouts: {{ package: {h}h, image: {h}h, deploy: {h}h, ready: {h}h, apimanager: {h}h, smoke: {h}h }}\n"
+                ));
+            }
             out.push_str(if s.fifo {
                 "    queue: fifo\n"
             } else {
@@ -106,9 +113,10 @@ fn stage_spec() -> impl Strategy<Value = StageSpec> {
         prop::option::weighted(0.4, (1u32..=2, any::<bool>(), prop::option::of(1i64..=4))),
         any::<bool>(),
         prop::option::weighted(0.3, (-2i64..8, 1i64..6)),
+        prop::option::weighted(0.5, 1u8..4),
     )
         .prop_map(
-            |(after, deploy, apim, smoke, approval, fifo, freeze)| StageSpec {
+            |(after, deploy, apim, smoke, approval, fifo, freeze, timeouts)| StageSpec {
                 after,
                 deploy,
                 apim,
@@ -116,6 +124,7 @@ fn stage_spec() -> impl Strategy<Value = StageSpec> {
                 approval,
                 fifo,
                 freeze,
+                timeouts,
             },
         )
 }
@@ -157,6 +166,11 @@ enum Action {
     Pause {
         stage: u8,
     },
+    /// A worker answers (successfully) a step whose deadline passed and
+    /// whose failure the conductor recorded.
+    Late {
+        pick: u16,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -169,6 +183,7 @@ fn action() -> impl Strategy<Value = Action> {
         2 => (1u8..6).prop_map(|hours| Action::Advance { hours }),
         1 => (any::<u8>(), prop::option::of(any::<u16>())).prop_map(|(stage, to)| Action::Rollback { stage, to }),
         2 => any::<u8>().prop_map(|stage| Action::Pause { stage }),
+        2 => any::<u16>().prop_map(|pick| Action::Late { pick }),
     ]
 }
 
@@ -204,6 +219,94 @@ struct Model {
     started: HashSet<(String, String)>,
 }
 
+fn is_late(e: &CloudEvent) -> bool {
+    e.source == format!("gantry/{LATE}")
+}
+
+/// The conductor's timeouts in the log: (run, stage, failure type, cue).
+fn timeouts(log: &Log) -> Vec<(String, String, EventName, uuid::Uuid)> {
+    log.events
+        .iter()
+        .filter(|e| e.source == "gantry/conductor")
+        .filter_map(|e| {
+            let name = e.name()?;
+            let failed = matches!(
+                name,
+                EventName::PackageFailed
+                    | EventName::ImageFailed
+                    | EventName::DeployFailed
+                    | EventName::ApisFailed
+                    | EventName::SmokeFailed
+            );
+            let (run, stage) = key(e);
+            failed.then_some((run, stage, name, e.causationid?))
+        })
+        .collect()
+}
+
+/// A worker's successful answer to the step a timeout failed, after it.
+fn answer_late(log: &mut Log, run: &str, stage: &str, failed: EventName, cause: uuid::Uuid) {
+    let stage = stage.to_owned();
+    match failed {
+        EventName::PackageFailed => log.push_late(
+            run,
+            ev::PackageBuilt {
+                stage,
+                digest: "sha256:late".into(),
+                size: 1,
+                files: 1,
+                format: "yaml".into(),
+                values_digest: None,
+                location: None,
+                commit: None,
+                committed_at: None,
+            },
+            cause,
+        ),
+        EventName::ImageFailed => log.push_late(
+            run,
+            ev::ImagePushed {
+                stage,
+                repository: REPO.into(),
+                tag: "late".into(),
+                digest: "sha256:late".into(),
+                parent_digest: None,
+                bytes_uploaded: 0,
+                bytes_reused: 0,
+            },
+            cause,
+        ),
+        EventName::DeployFailed => log.push_late(
+            run,
+            ev::DeployCompleted {
+                stage,
+                image: None,
+                digest: Some("sha256:late".into()),
+                revision: None,
+                output: None,
+                duration_ms: 0,
+            },
+            cause,
+        ),
+        EventName::ApisFailed => log.push_late(
+            run,
+            ev::ApisPromoted {
+                stage,
+                changes: Vec::new(),
+            },
+            cause,
+        ),
+        _ => log.push_late(
+            run,
+            ev::SmokePassed {
+                stage,
+                checks: Vec::new(),
+            },
+            cause,
+        ),
+    }
+}
+
 fn key(e: &CloudEvent) -> (String, String) {
     (
         e.runid.clone().unwrap_or_default(),
@@ -214,7 +317,8 @@ fn key(e: &CloudEvent) -> (String, String) {
 impl Model {
     fn of(log: &Log) -> Self {
         let mut m = Model::default();
-        for e in &log.events {
+        // Late answers are ignored by the conductor; workers know they are done.
+        for e in log.events.iter().filter(|e| !is_late(e)) {
             let k = key(e);
             let name = e.name().expect("known event");
             match name {
@@ -499,6 +603,21 @@ fn apply(log: &mut Log, runs: &mut usize, action: &Action) {
             }
         }
         Action::Advance { hours } => log.now += Duration::hours(i64::from(*hours)),
+        Action::Late { pick } => {
+            let timeouts = timeouts(log);
+            if timeouts.is_empty() {
+                return;
+            }
+            let (run, stage, failed, cause) = timeouts[*pick as usize % timeouts.len()].clone();
+            // The late answer changes nothing: the step failed at its deadline.
+            let before = log.decide();
+            answer_late(log, &run, &stage, failed, cause);
+            assert_eq!(
+                log.decide(),
+                before,
+                "a late {failed} answer for {run}/{stage} changed the decisions"
+            );
+        }
     }
 }
 
@@ -578,7 +697,7 @@ fn check(log: &Log, spec: &Spec) {
     let ctx = |e: &CloudEvent| format!("at #{:?} {} {}", e.sequence, e.ty, e.data);
     let mut paused: HashSet<String> = HashSet::new();
 
-    for e in &log.events {
+    for e in log.events.iter().filter(|e| !is_late(e)) {
         match e.name() {
             Some(EventName::StagePaused) => {
                 paused.insert(e.stage().unwrap_or_default().to_owned());
@@ -913,6 +1032,7 @@ fn a_long_simulation_reaches_every_decision() {
                 approval: None,
                 fifo: false,
                 freeze: None,
+                timeouts: None,
             },
             StageSpec {
                 after: None,
@@ -922,6 +1042,7 @@ fn a_long_simulation_reaches_every_decision() {
                 approval: Some((2, false, Some(3))),
                 fifo: true,
                 freeze: Some((2, 3)),
+                timeouts: Some(2),
             },
         ],
     };

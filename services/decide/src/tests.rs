@@ -1171,3 +1171,141 @@ fn manual_rollback_waits_for_the_stage_and_supersedes_older_ready_runs() {
     pass_stage(&mut log, "rb", "test");
     assert_eq!(log.step(), rollback_promoted("rb", "test", "r1"));
 }
+
+/// The last event of `name` for `stage` in the log.
+fn last_of(log: &Log, name: EventName, stage: &str) -> CloudEvent {
+    log.events
+        .iter()
+        .rev()
+        .find(|e| e.name() == Some(name) && e.stage() == Some(stage))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} for {stage}"))
+}
+
+#[test]
+fn a_step_past_its_deadline_fails_and_a_late_answer_does_not_resurrect_it() {
+    let mut log = Log::new(pipeline(
+        true,
+        &format!("  - name: test\n{DEPLOY}{APIM}    timeouts: {{ deploy: 2h, apimanager: 1h }}\n"),
+    ));
+    // r1 promotes the stage: the release a failed promotion goes back to.
+    log.start_run("r1", "alice");
+    log.build_all("r1");
+    log.step();
+    log.deployed("r1", "test");
+    log.apis_promoted("r1", "test");
+    log.step();
+    log.step();
+    log.start_run("r2", "alice");
+    log.build_all("r2");
+    assert_eq!(log.step(), vec![start("r2", "test")]);
+    let started = last_of(&log, EventName::StageStarted, "test");
+    // Until the deadline nothing happens, and the wake-up is the deadline.
+    log.now += Duration::minutes(119);
+    assert_eq!(log.decide().decisions, vec![]);
+    assert_eq!(
+        log.decide().next_wakeup,
+        Some(started.time + Duration::hours(2))
+    );
+    log.now += Duration::minutes(1);
+    let decisions = log.step();
+    assert_eq!(
+        decisions[0],
+        Decision::TimeOut {
+            run: "r2".into(),
+            stage: "test".into(),
+            step: Step::Deploy,
+            after: std::time::Duration::from_secs(7200),
+            cause: Some(started.id),
+        }
+    );
+    // The failure is recorded like a worker's, caused by the step's cue,
+    // and rolls the stage back to r1's release.
+    let failed = last_of(&log, EventName::DeployFailed, "test");
+    assert_eq!(failed.data["reason"], "timed out after 2h");
+    assert_eq!(failed.causationid, Some(started.id));
+    assert!(matches!(
+        &decisions[1],
+        Decision::Start { rollback: true, commit, .. } if *commit == commit_of("r1")
+    ));
+    // The deployer answers the promotion late: it counts for nothing, not
+    // even for the rollback under way.
+    let before = log.decide();
+    log.push_late(
+        "r2",
+        ev::DeployCompleted {
+            stage: "test".into(),
+            image: None,
+            digest: Some("sha256:img-r2-test".into()),
+            revision: None,
+            output: None,
+            duration_ms: 1,
+        },
+        started.id,
+    );
+    assert_eq!(log.decide(), before);
+    // The rollback's own deploy then passes; its API Manager step times out.
+    log.deployed("r2", "test");
+    assert_eq!(log.step(), vec![]);
+    log.now += Duration::hours(1);
+    let decisions = log.step();
+    assert!(
+        matches!(
+            &decisions[0],
+            Decision::TimeOut {
+                step: Step::ApiManager,
+                ..
+            }
+        ),
+        "{decisions:#?}"
+    );
+    assert!(
+        matches!(&decisions[1], Decision::Fail { reason, .. }
+            if reason.contains("deploy to test failed: timed out after 2h")
+            && reason.contains("rollback of test failed: API Manager promotion in test failed: timed out after 1h")),
+        "{decisions:#?}"
+    );
+}
+
+#[test]
+fn packages_and_images_have_deadlines_too() {
+    let mut log = Log::new(pipeline(
+        true,
+        &format!("  - name: test\n{DEPLOY}    timeouts: {{ package: 1h, image: 3h }}\n  - name: prod\n{DEPLOY}    timeouts: {{ package: 2h }}\n"),
+    ));
+    log.start_run("r1", "alice");
+    log.step();
+    log.package("r1", "test");
+    log.now += Duration::hours(1);
+    // test's package came; prod's may take until 2h.
+    assert_eq!(log.step(), vec![]);
+    assert_eq!(log.decide().next_wakeup, Some(at_hours(2)));
+    log.now = at_hours(2);
+    let decisions = log.step();
+    assert!(
+        matches!(&decisions[0], Decision::TimeOut { stage, step: Step::Package, .. } if stage == "prod"),
+        "{decisions:#?}"
+    );
+    // The run fails at once: nothing holds a stage.
+    assert!(
+        matches!(&decisions[1], Decision::Fail { reason, .. } if reason == "package for prod failed: timed out after 2h"),
+        "{decisions:#?}"
+    );
+    // A package that comes after its failure is not the stage's.
+    log.package("r1", "prod");
+    assert_eq!(log.step(), vec![]);
+
+    // The image's deadline counts from `package.built`.
+    log.start_run("r2", "alice");
+    log.step();
+    log.package("r2", "test");
+    log.package("r2", "prod");
+    log.now += Duration::hours(3);
+    let decisions = log.step();
+    assert!(
+        decisions.iter().any(
+            |d| matches!(d, Decision::TimeOut { stage, step: Step::Image, .. } if stage == "test")
+        ),
+        "{decisions:#?}"
+    );
+}

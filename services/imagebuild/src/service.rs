@@ -11,10 +11,10 @@ use std::io::Read;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gantry_pipeline::{GatewayFormat, Pipeline};
+use gantry_pipeline::{GatewayFormat, Pipeline, Timeouts};
 use gantry_proto::events::{ImageFailed, ImagePushed, PackageBuilt};
 use gantry_proto::{CloudEvent, EventName, Step};
-use gantry_runtime::worker::{decode, Found, Reply, WorkerContext};
+use gantry_runtime::worker::{deadline, decode, gave_up, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::NewEvents;
 
@@ -250,7 +250,22 @@ impl Handler for ImageBuild {
                 return Ok(failed(e.to_string()));
             }
         };
-        match self.push(&pipeline, &commit, &built, bytes).await {
+        // The push is dropped at the image step's deadline; the conductor
+        // records `image.failed` (`timed out after ..`).
+        let timeout = pipeline
+            .stage(&built.stage)
+            .and_then(|s| s.timeout(Step::Image))
+            .unwrap_or(Timeouts::IMAGE);
+        let pushed = tokio::time::timeout_at(
+            deadline(event, timeout),
+            self.push(&pipeline, &commit, &built, bytes),
+        )
+        .await;
+        let Ok(pushed) = pushed else {
+            tracing::warn!(run, stage = %built.stage, "image passed its deadline; stopped");
+            return Ok(vec![]);
+        };
+        match pushed {
             Ok(pushed) => {
                 tracing::info!(run, stage = %built.stage, digest = %pushed.digest, uploaded = pushed.bytes_uploaded, "image pushed");
                 Ok(reply.with(&pushed))
@@ -260,6 +275,27 @@ impl Handler for ImageBuild {
                 Ok(failed(reason))
             }
         }
+    }
+
+    async fn gave_up(
+        &self,
+        event: &CloudEvent,
+        error: &str,
+    ) -> Result<Vec<NewEvents>, HandlerError> {
+        let built: PackageBuilt = decode(event)?;
+        let reply = Reply::to(SERVICE, event)?;
+        self.ctx
+            .fail_where_due(
+                &reply,
+                Step::Image,
+                &[&built.stage],
+                &gave_up(error),
+                |stage, reason| ImageFailed {
+                    stage: stage.to_owned(),
+                    reason,
+                },
+            )
+            .await
     }
 }
 
