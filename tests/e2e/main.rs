@@ -11,6 +11,7 @@ mod distributed;
 mod distributed_promotion;
 mod envgen;
 mod images;
+mod insights;
 mod pause;
 mod promotion;
 mod quickstart;

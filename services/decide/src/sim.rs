@@ -1112,6 +1112,7 @@ fn a_long_simulation_with_pauses_holds_runs_and_says_why() {
         approval,
         fifo,
         freeze: None,
+        timeouts: None,
     };
     let spec = Spec {
         image: true,

@@ -268,6 +268,11 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Figures from the log: `insights dora`.
+    Insights {
+        #[command(subcommand)]
+        command: InsightsCommand,
+    },
     /// API Manager data: what promoting a run into a stage would change.
     Apis {
         #[command(subcommand)]
@@ -410,6 +415,21 @@ pub enum ApisCommand {
     /// applications and grants that promoting `run` into `stage` would
     /// change, and the breaking changes the stage would refuse.
     Plan { run: String, stage: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InsightsCommand {
+    /// DORA's four keys per pipeline and stage over the last --days:
+    /// deployments and their frequency, lead time, change failure rate,
+    /// time to restore (definitions in the README).
+    Dora {
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
 }
 
 #[cfg(test)]

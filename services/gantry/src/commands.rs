@@ -111,6 +111,24 @@ pub async fn run(g: &Global, id: &str) -> anyhow::Result<()> {
     show(g.output, &run, print_run)
 }
 
+pub async fn dora(
+    g: &Global,
+    pipeline: Option<String>,
+    stage: Option<String>,
+    days: u32,
+) -> anyhow::Result<()> {
+    // Always the list form, whichever filters are given.
+    let path = format!(
+        "/api/v1/insights/dora{}",
+        query(&[("days", Some(days.to_string())), ("pipeline", pipeline)])
+    );
+    let mut keys = call(g, Method::GET, &path, None).await?;
+    if let (Some(stage), Value::Array(all)) = (stage, &mut keys) {
+        all.retain(|k| k["stage"] == stage.as_str());
+    }
+    show(g.output, &keys, print_dora)
+}
+
 pub async fn apis_plan(g: &Global, run: &str, stage: &str) -> anyhow::Result<()> {
     let plan = call(g, Method::GET, &stage_path(run, stage, "apis/plan"), None).await?;
     show(g.output, &plan, print_apis_plan)
@@ -291,6 +309,45 @@ fn print_runs(runs: &Value) {
             str_of(&r["commit"]),
             str_of(&r["status"]),
             str_of(&r["created_at"])
+        );
+    }
+}
+
+fn print_dora(keys: &Value) {
+    let empty = vec![];
+    let keys = keys.as_array().unwrap_or(&empty);
+    if keys.is_empty() {
+        println!("no deployments or failed changes in the window");
+        return;
+    }
+    let secs = |q: &Value| match q.as_i64() {
+        Some(s) => format!("{s}s"),
+        None => "-".to_owned(),
+    };
+    println!(
+        "{:<16}  {:<10}  {:>7}  {:>7}  {:>10}  {:>10}  {:>6}  {:>10}  {:>10}",
+        "PIPELINE",
+        "STAGE",
+        "DEPLOYS",
+        "PER DAY",
+        "LEAD P50",
+        "LEAD P90",
+        "CFR",
+        "MTTR P50",
+        "MTTR P90"
+    );
+    for k in keys {
+        println!(
+            "{:<16}  {:<10}  {:>7}  {:>7.2}  {:>10}  {:>10}  {:>5.0}%  {:>10}  {:>10}",
+            str_of(&k["pipeline"]),
+            str_of(&k["stage"]),
+            k["deployments"].as_i64().unwrap_or(0),
+            k["deployment_frequency_per_day"].as_f64().unwrap_or(0.0),
+            secs(&k["lead_time_seconds"]["p50"]),
+            secs(&k["lead_time_seconds"]["p90"]),
+            k["change_failure_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            secs(&k["time_to_restore_seconds"]["p50"]),
+            secs(&k["time_to_restore_seconds"]["p90"]),
         );
     }
 }

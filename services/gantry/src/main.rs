@@ -22,7 +22,7 @@ use serde_json::{json, Value};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use cli::{
-    ApisCommand, Cli, Command, Global, Output, PackagesCommand, PipelinesCommand,
+    ApisCommand, Cli, Command, Global, InsightsCommand, Output, PackagesCommand, PipelinesCommand,
     ProjectionsCommand,
 };
 use commands::{str_of, Decision};
@@ -83,6 +83,14 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apis {
             command: ApisCommand::Plan { run, stage },
         } => commands::apis_plan(g, &run, &stage).await?,
+        Command::Insights {
+            command:
+                InsightsCommand::Dora {
+                    pipeline,
+                    stage,
+                    days,
+                },
+        } => commands::dora(g, pipeline, stage, days).await?,
         Command::Rollback {
             pipeline,
             stage,

@@ -22,6 +22,8 @@
 //!
 //! The window is the last `days` days, by deployment and failure time.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 use sqlx::AnyConnection;
@@ -79,78 +81,124 @@ pub async fn keys(
 ) -> Result<Vec<Dora>, StoreError> {
     let since = stamp(now - Duration::days(i64::from(days)));
     let mut conn = store.pool().acquire().await?;
-    let stages: Vec<(String, String)> = sqlx::query_as(
-        "SELECT pipeline, stage FROM dora_deployments WHERE ($1 IS NULL OR pipeline = $1) \
-         AND ($2 IS NULL OR stage = $2) \
-         UNION SELECT pipeline, stage FROM dora_failures WHERE ($1 IS NULL OR pipeline = $1) \
-         AND ($2 IS NULL OR stage = $2) ORDER BY 1, 2",
-    )
-    .bind(pipeline)
-    .bind(stage)
-    .fetch_all(&mut *conn)
-    .await?;
-    let mut all = Vec::with_capacity(stages.len());
-    for (pipeline, stage) in stages {
-        all.push(one(&mut conn, pipeline, stage, days, &since).await?);
+    // Equality filters written out only when given, so both databases use
+    // the (pipeline, stage, time) indexes; `$1` is always the window start.
+    let filter = |alias: &str| {
+        let mut sql = String::new();
+        let mut n = 1;
+        for (column, value) in [("pipeline", pipeline), ("stage", stage)] {
+            if value.is_some() {
+                n += 1;
+                sql.push_str(&format!(" AND {alias}{column} = ${n}"));
+            }
+        }
+        sql
+    };
+    macro_rules! fetch {
+        ($sql:expr) => {{
+            let sql = $sql;
+            let mut q = sqlx::query_as(&sql).bind(&since);
+            if let Some(p) = pipeline {
+                q = q.bind(p);
+            }
+            if let Some(s) = stage {
+                q = q.bind(s);
+            }
+            q.fetch_all(&mut *conn).await?
+        }};
     }
-    Ok(all)
+    let stages: Vec<(String, String)> = fetch!(format!(
+        "SELECT pipeline, stage FROM dora_deployments WHERE $1 = $1{f} \
+         UNION SELECT pipeline, stage FROM dora_failures WHERE $1 = $1{f} ORDER BY 1, 2",
+        f = filter("")
+    ));
+    let counts: Vec<(String, String, i64)> = fetch!(format!(
+        "SELECT pipeline, stage, COUNT(*) FROM dora_deployments \
+         WHERE promoted_at >= $1{} GROUP BY pipeline, stage",
+        filter("")
+    ));
+    // The p50 and p90 lead times by nearest rank (ceil(q * n)), picked by
+    // the database: two rows per stage come back, not every deployment.
+    let leads: Vec<(String, String, i64, i64, i64)> = fetch!(format!(
+        "SELECT pipeline, stage, lead_seconds, rn, n FROM ( \
+           SELECT pipeline, stage, lead_seconds, \
+             ROW_NUMBER() OVER (PARTITION BY pipeline, stage ORDER BY lead_seconds) AS rn, \
+             COUNT(*) OVER (PARTITION BY pipeline, stage) AS n \
+           FROM dora_deployments WHERE promoted_at >= $1 AND lead_seconds IS NOT NULL{} \
+         ) ranked WHERE rn = (n + 1) / 2 OR rn = (9 * n + 9) / 10",
+        filter("")
+    ));
+    // Failed changes are few: read row by row.
+    let failures: Vec<(String, String, String, Option<String>, i64)> = fetch!(format!(
+        "SELECT f.pipeline, f.stage, f.failed_at, f.restored_at, \
+             CAST(CASE WHEN EXISTS (SELECT 1 FROM dora_deployments d WHERE d.run_id = f.run_id \
+             AND d.stage = f.stage) THEN 1 ELSE 0 END AS BIGINT) \
+             FROM dora_failures f WHERE f.failed_at >= $1{}",
+        filter("f.")
+    ));
+    let mut by_stage: BTreeMap<(String, String), Window> = stages
+        .into_iter()
+        .map(|key| (key, Window::default()))
+        .collect();
+    for (pipeline, stage, count) in counts {
+        by_stage.entry((pipeline, stage)).or_default().deployments = count;
+    }
+    for (pipeline, stage, lead, rank, n) in leads {
+        let w = by_stage.entry((pipeline, stage)).or_default();
+        if rank == (n + 1) / 2 {
+            w.lead.p50 = Some(lead);
+        }
+        if rank == (9 * n + 9) / 10 {
+            w.lead.p90 = Some(lead);
+        }
+    }
+    for (pipeline, stage, failed_at, restored_at, promoted) in failures {
+        let w = by_stage.entry((pipeline, stage)).or_default();
+        w.failed += 1;
+        w.never_promoted += i64::from(promoted == 0);
+        if let Some(seconds) = restored_at.and_then(|r| seconds_between(&failed_at, &r)) {
+            w.restores.push(seconds);
+        }
+    }
+    Ok(by_stage
+        .into_iter()
+        .map(|((pipeline, stage), w)| w.keys(pipeline, stage, days))
+        .collect())
 }
 
-async fn one(
-    conn: &mut AnyConnection,
-    pipeline: String,
-    stage: String,
-    days: u32,
-    since: &str,
-) -> Result<Dora, StoreError> {
-    let leads: Vec<(Option<i64>,)> = sqlx::query_as(
-        "SELECT lead_seconds FROM dora_deployments \
-         WHERE pipeline = $1 AND stage = $2 AND promoted_at >= $3",
-    )
-    .bind(&pipeline)
-    .bind(&stage)
-    .bind(since)
-    .fetch_all(&mut *conn)
-    .await?;
-    let failures: Vec<(String, String, Option<String>, i64)> = sqlx::query_as(
-        "SELECT f.run_id, f.failed_at, f.restored_at, \
-         CAST(CASE WHEN EXISTS (SELECT 1 FROM dora_deployments d WHERE d.run_id = f.run_id \
-         AND d.stage = f.stage) THEN 1 ELSE 0 END AS BIGINT) \
-         FROM dora_failures f WHERE f.pipeline = $1 AND f.stage = $2 AND f.failed_at >= $3",
-    )
-    .bind(&pipeline)
-    .bind(&stage)
-    .bind(since)
-    .fetch_all(&mut *conn)
-    .await?;
-    let deployments = leads.len() as i64;
-    let failed_changes = failures.len() as i64;
-    let never_promoted = failures.iter().filter(|f| f.3 == 0).count() as i64;
-    let changes = deployments + never_promoted;
-    let restores = failures
-        .iter()
-        .filter_map(|(_, failed, restored, _)| Some(seconds_between(failed, restored.as_deref()?)))
-        .flatten()
-        .collect();
-    Ok(Dora {
-        pipeline,
-        stage,
-        days,
-        deployments,
-        deployment_frequency_per_day: if days == 0 {
-            0.0
-        } else {
-            deployments as f64 / f64::from(days)
-        },
-        lead_time_seconds: Quantiles::of(leads.into_iter().filter_map(|(l,)| l).collect()),
-        change_failure_rate: if changes == 0 {
-            0.0
-        } else {
-            failed_changes as f64 / changes as f64
-        },
-        failed_changes,
-        time_to_restore_seconds: Quantiles::of(restores),
-    })
+/// What the window holds for one stage.
+#[derive(Debug, Default)]
+struct Window {
+    deployments: i64,
+    lead: Quantiles,
+    failed: i64,
+    never_promoted: i64,
+    restores: Vec<i64>,
+}
+
+impl Window {
+    fn keys(self, pipeline: String, stage: String, days: u32) -> Dora {
+        let changes = self.deployments + self.never_promoted;
+        Dora {
+            pipeline,
+            stage,
+            days,
+            deployments: self.deployments,
+            deployment_frequency_per_day: if days == 0 {
+                0.0
+            } else {
+                self.deployments as f64 / f64::from(days)
+            },
+            lead_time_seconds: self.lead,
+            change_failure_rate: if changes == 0 {
+                0.0
+            } else {
+                self.failed as f64 / changes as f64
+            },
+            failed_changes: self.failed,
+            time_to_restore_seconds: Quantiles::of(self.restores),
+        }
+    }
 }
 
 /// The projection's time format (RFC 3339, UTC, microseconds): ordered as
@@ -276,7 +324,208 @@ pub(crate) async fn restored(
 
 #[cfg(test)]
 mod tests {
-    use super::Quantiles;
+    use super::*;
+    use crate::projection::Projections;
+    use crate::ExpectedVersion;
+    use chrono::TimeZone as _;
+    use gantry_proto::events::*;
+    use gantry_proto::{CloudEvent, EventPayload, StagePlan, Step, Trigger};
+
+    /// Day 0 of the scripted history.
+    fn t0() -> DateTime<Utc> {
+        Utc.with_ymd_and_hms(2026, 11, 1, 9, 0, 0).unwrap()
+    }
+
+    fn at<P: EventPayload>(run: &str, minutes: i64, p: P) -> CloudEvent {
+        let mut e = CloudEvent::new("test", "banking", Some(run), &p);
+        e.time = t0() + Duration::minutes(minutes);
+        e
+    }
+
+    fn started(run: &str, minutes: i64, trigger: Trigger) -> CloudEvent {
+        at(
+            run,
+            minutes,
+            RunStarted {
+                run_id: run.into(),
+                commit: format!("{run}-commit"),
+                branch: "main".into(),
+                repository: "repo".into(),
+                message: None,
+                author: None,
+                authors: vec![],
+                trigger,
+                stages: vec![StagePlan {
+                    name: "prod".into(),
+                    after: None,
+                    steps: vec![Step::Package, Step::Deploy, Step::Smoke],
+                }],
+                rollback: None,
+            },
+        )
+    }
+
+    /// `package.built` of a commit made `ago` minutes before `minutes`.
+    fn built(run: &str, minutes: i64, committed_minutes: i64) -> CloudEvent {
+        at(
+            run,
+            minutes,
+            PackageBuilt {
+                stage: "prod".into(),
+                digest: "sha256:p".into(),
+                size: 1,
+                files: 1,
+                format: "yaml".into(),
+                values_digest: None,
+                location: None,
+                commit: None,
+                committed_at: Some(t0() + Duration::minutes(committed_minutes)),
+            },
+        )
+    }
+
+    fn promoted(run: &str, minutes: i64) -> CloudEvent {
+        at(
+            run,
+            minutes,
+            EnvPromoted {
+                stage: "prod".into(),
+                commit: format!("{run}-commit"),
+                image: None,
+                digest: None,
+            },
+        )
+    }
+
+    /// A scripted history of stage `prod`, the answers worked out by hand:
+    ///
+    /// - r1: committed at 0, promoted at 60 min: lead 3,600 s;
+    /// - r2: committed at 100, promoted at 130: lead 1,800 s;
+    /// - r3: committed at 200, smoke fails at 230, rolled back at 240:
+    ///   a failed change never promoted, restored after 600 s;
+    /// - r4: committed at 300, promoted at 400: lead 6,000 s;
+    /// - r5, a rollback run started at 500 by hand, promotes at 520: a
+    ///   deployment without a lead time, and r4's release a failed change
+    ///   restored after 1,200 s;
+    /// - r0, 40 days earlier: outside the 30-day window.
+    #[tokio::test]
+    async fn the_four_keys_of_a_scripted_history() {
+        let (store, _dir) = crate::store::tests::sqlite_store().await;
+        let day = 24 * 60;
+        let log = vec![
+            started("r0", -40 * day, Trigger::Webhook),
+            built("r0", -40 * day + 1, -40 * day),
+            promoted("r0", -40 * day + 5),
+            started("r1", 1, Trigger::Webhook),
+            built("r1", 2, 0),
+            promoted("r1", 60),
+            started("r2", 101, Trigger::Webhook),
+            built("r2", 102, 100),
+            promoted("r2", 130),
+            started("r3", 201, Trigger::Webhook),
+            built("r3", 202, 200),
+            at(
+                "r3",
+                210,
+                StageStarted {
+                    stage: "prod".into(),
+                    commit: "r3-commit".into(),
+                    image: None,
+                    digest: None,
+                    rollback: false,
+                },
+            ),
+            at(
+                "r3",
+                230,
+                SmokeFailed {
+                    stage: "prod".into(),
+                    checks: vec![],
+                },
+            ),
+            at(
+                "r3",
+                240,
+                StageRolledBack {
+                    stage: "prod".into(),
+                    reason: "smoke failed".into(),
+                    to_run: Some("r2".into()),
+                    to_commit: None,
+                },
+            ),
+            started("r4", 301, Trigger::Webhook),
+            built("r4", 302, 300),
+            promoted("r4", 400),
+            started("r5", 500, Trigger::Rollback),
+            promoted("r5", 520),
+            at(
+                "r5",
+                521,
+                StageRolledBack {
+                    stage: "prod".into(),
+                    reason: "by hand".into(),
+                    to_run: Some("r2".into()),
+                    to_commit: None,
+                },
+            ),
+        ];
+        for e in log {
+            let run = e.runid.clone().unwrap();
+            store
+                .append(&format!("run-{run}"), ExpectedVersion::Any, vec![e])
+                .await
+                .unwrap();
+        }
+        let projections = Projections::new(store.clone());
+        let now = t0() + Duration::days(2);
+        let keys = projections
+            .dora(Some("banking"), Some("prod"), 30, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            keys,
+            vec![Dora {
+                pipeline: "banking".into(),
+                stage: "prod".into(),
+                days: 30,
+                // r1, r2, r4, r5.
+                deployments: 4,
+                deployment_frequency_per_day: 4.0 / 30.0,
+                // 1,800 / 3,600 / 6,000: p50 the 2nd of 3, p90 the 3rd.
+                lead_time_seconds: Quantiles {
+                    p50: Some(3_600),
+                    p90: Some(6_000)
+                },
+                // r3 and r4 failed; changes: 4 deployments + r3.
+                change_failure_rate: 2.0 / 5.0,
+                failed_changes: 2,
+                // 600 s and 1,200 s.
+                time_to_restore_seconds: Quantiles {
+                    p50: Some(600),
+                    p90: Some(1_200)
+                },
+            }]
+        );
+        // The window: 50 days back also counts r0 (lead 300 s).
+        let wide = projections.dora(None, None, 50, now).await.unwrap();
+        assert_eq!(wide[0].deployments, 5);
+        assert_eq!(
+            wide[0].lead_time_seconds,
+            Quantiles {
+                p50: Some(1_800),
+                p90: Some(6_000)
+            }
+        );
+        // A rebuild folds the same answers.
+        projections.rebuild().await.unwrap();
+        assert_eq!(
+            projections
+                .dora(Some("banking"), Some("prod"), 30, now)
+                .await
+                .unwrap(),
+            keys
+        );
+    }
 
     #[test]
     fn quantiles_are_nearest_rank() {
