@@ -1,6 +1,7 @@
 -- DORA's four keys (gantry_store::dora), folded by the projector and
--- rebuilt with the other read models. Times are RFC 3339 UTC strings with
--- microseconds: ordered as strings.
+-- rebuilt with the other read models; the same SQL serves SQLite and
+-- Postgres (migrations/postgres links here). Times are RFC 3339 UTC strings
+-- with microseconds: ordered as strings.
 
 -- One row per env.promoted: a deployment and its lead time.
 CREATE TABLE IF NOT EXISTS dora_deployments (
