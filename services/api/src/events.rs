@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use gantry_runtime::Problem;
@@ -25,7 +25,7 @@ use crate::Api;
 const PAGE: i64 = 256;
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct EventsQuery {
+struct EventsQuery {
     from: Option<i64>,
     pipeline: Option<String>,
     run: Option<String>,
@@ -33,12 +33,24 @@ pub(crate) struct EventsQuery {
     follow: Option<bool>,
 }
 
-pub(crate) async fn stream(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Query(q): Query<EventsQuery>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
-    let last_seen = match headers.get("last-event-id") {
+/// What a `GET /api/v1/events` asks for, from its `Last-Event-ID` header and
+/// query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsRequest {
+    /// Stream the events after this position (0: from the start).
+    pub after: i64,
+    pub pipeline: Option<String>,
+    pub run: Option<String>,
+    /// `false` ends the stream once it has caught up.
+    pub follow: bool,
+}
+
+/// Reads an events request: both inputs come straight from the client. Pub so
+/// that the fuzz target drives exactly what the route parses.
+pub fn parse_events_request(headers: &HeaderMap, uri: &Uri) -> Result<EventsRequest, Problem> {
+    let Query(q) = Query::<EventsQuery>::try_from_uri(uri)
+        .map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let after = match headers.get("last-event-id") {
         Some(v) => {
             let text = v.to_str().unwrap_or_default().trim();
             text.parse::<i64>()
@@ -58,11 +70,27 @@ pub(crate) async fn stream(
             None => 0,
         },
     };
+    Ok(EventsRequest {
+        after,
+        pipeline: q.pipeline.filter(|p| !p.is_empty()),
+        run: q.run.filter(|r| !r.is_empty()),
+        follow: q.follow.unwrap_or(true),
+    })
+}
+
+pub(crate) async fn stream(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let EventsRequest {
+        after: last_seen,
+        pipeline,
+        run,
+        follow,
+    } = parse_events_request(&headers, &uri)?;
     let store = api.app.store.clone();
     let shutdown = api.app.shutdown.clone();
-    let pipeline = q.pipeline.filter(|p| !p.is_empty());
-    let run = q.run.filter(|r| !r.is_empty());
-    let follow = q.follow.unwrap_or(true);
     let stream = async_stream::stream! {
         let mut wake = store.wakeups();
         let mut after = last_seen.max(0);
