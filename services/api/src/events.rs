@@ -66,7 +66,8 @@ pub fn parse_events_request(headers: &HeaderMap, uri: &Uri) -> Result<EventsRequ
                     "from={f} is not a log position (positions start at 1)"
                 )))
             }
-            Some(f) => f.saturating_sub(1),
+            // `from=0` also means from the start: no position is below 0.
+            Some(f) => f.saturating_sub(1).max(0),
             None => 0,
         },
     };
@@ -93,7 +94,7 @@ pub(crate) async fn stream(
     let shutdown = api.app.shutdown.clone();
     let stream = async_stream::stream! {
         let mut wake = store.wakeups();
-        let mut after = last_seen.max(0);
+        let mut after = last_seen;
         loop {
             let page = match store.read_all(after, PAGE).await {
                 Ok(p) => p,
@@ -127,4 +128,35 @@ pub(crate) async fn stream(
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(last_event_id: Option<&str>, target: &str) -> Result<EventsRequest, Problem> {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = last_event_id {
+            headers.insert("last-event-id", id.parse().unwrap());
+        }
+        parse_events_request(&headers, &target.parse().unwrap())
+    }
+
+    // Found by fuzz/sse_events: `from=0` (or `from=000…`) gave position -1.
+    #[test]
+    fn from_zero_starts_at_the_beginning() {
+        for target in [
+            "/api/v1/events?from=0",
+            "/api/v1/events?from=0000000000000000000",
+        ] {
+            assert_eq!(parse(None, target).unwrap().after, 0, "{target}");
+        }
+        assert_eq!(parse(None, "/api/v1/events?from=5").unwrap().after, 4);
+        assert_eq!(
+            parse(Some(" 7 "), "/api/v1/events?from=0").unwrap().after,
+            7
+        );
+        assert!(parse(Some("-1"), "/api/v1/events").is_err());
+        assert!(parse(None, "/api/v1/events?from=-1").is_err());
+    }
 }
