@@ -276,3 +276,17 @@ fn join_rel_normalizes() {
     assert!(join_rel("a", "../../x").is_err());
     assert!(join_rel("a", "/etc/x").is_err());
 }
+
+// Found by fuzz/template: a single quote left open at the end of the
+// template was re-quoted as a scalar with a made-up end, and rendering
+// sliced the source backwards (panic).
+#[test]
+fn an_unclosed_quote_at_the_end_renders() {
+    assert_eq!(r("k: '{{ db.user }}x"), "k: 'scottx");
+    assert_eq!(r("k: '{{ db.user }}"), "k: 'scott");
+    assert!(!err("k: '{{a.}}").is_empty());
+    // The fuzzer's input, cut where the quote opens.
+    let crash =
+        "fields:\n  us.Kname: '{{External_Connections.}}Database_Connections.Masterdata.usult Dat";
+    assert!(!err(crash).is_empty());
+}

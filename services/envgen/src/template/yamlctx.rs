@@ -366,6 +366,11 @@ pub(crate) fn classify(src: &str, pieces: &[Piece]) -> (Vec<ValueCtx>, Vec<Scala
             }
         }
     }
+    // A quote still open at the end never closed: not a scalar to re-quote
+    // (its end would be made up).
+    if matches!(state, State::Quoted) {
+        open = None;
+    }
     close(&mut open, &mut spans, None);
     (ctx, spans)
 }
