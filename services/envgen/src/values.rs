@@ -670,6 +670,11 @@ fn scalar(v: &Value) -> String {
 
 fn string(s: &str) -> String {
     if s.contains("{{") {
+        // Single quotes fold line breaks and refuse other control characters,
+        // and plain double quotes would escape the placeholders' own quotes.
+        if s.contains(char::is_control) {
+            return double_quoted_around_placeholders(s);
+        }
         // The placeholder must stay verbatim: pick a quote it does not use.
         if !s.contains('\'') {
             return format!("'{s}'");
@@ -691,6 +696,27 @@ fn string(s: &str) -> String {
     } else {
         crate::template::double_quoted(s)
     }
+}
+
+/// `s` double-quoted with escapes between its placeholders and the
+/// placeholders verbatim: loading (like the gateway) reads them before the
+/// YAML, so this reads back to exactly `s`.
+fn double_quoted_around_placeholders(s: &str) -> String {
+    let escaped = |text: &str| {
+        let q = crate::template::double_quoted(text);
+        q[1..q.len() - 1].to_string()
+    };
+    let t = Template::parse(s);
+    let mut out = String::from("\"");
+    let mut last = 0;
+    for (start, end, _) in t.expressions().0 {
+        out.push_str(&escaped(&s[last..start]));
+        out.push_str(&s[start..end]);
+        last = end;
+    }
+    out.push_str(&escaped(&s[last..]));
+    out.push('"');
+    out
 }
 
 #[cfg(test)]
