@@ -461,7 +461,7 @@ fn plain_safe(s: &str) -> bool {
     let Some(first) = s.chars().next() else {
         return false;
     };
-    if s.trim() != s || s.chars().any(|c| c.is_control() || c == '\u{feff}') {
+    if s.trim() != s || s.chars().any(unprintable) {
         return false;
     }
     if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
@@ -496,6 +496,12 @@ fn looks_typed(s: &str) -> bool {
     s.chars().all(numeric) && s.chars().any(|c| c.is_ascii_digit())
 }
 
+/// Characters a YAML file may not hold as they are (outside YAML's printable
+/// set, U+FFFE and U+FFFF included), and the byte-order mark: escaped.
+fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{feff}' | '\u{fffe}' | '\u{ffff}')
+}
+
 fn render_double(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -506,7 +512,7 @@ fn render_double(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if c.is_control() || c == '\u{feff}' => {
+            c if unprintable(c) => {
                 out.push_str(&format!("\\u{:04x}", c as u32));
             }
             c => out.push(c),
@@ -525,7 +531,7 @@ fn render_single(s: &str) -> String {
 fn render_value(value: &str, like: &ValueKind) -> String {
     match like {
         ValueKind::Double => render_double(value),
-        ValueKind::Single if !value.chars().any(|c| c.is_control()) => render_single(value),
+        ValueKind::Single if !value.chars().any(unprintable) => render_single(value),
         _ if plain_safe(value) => value.to_owned(),
         _ => render_double(value),
     }

@@ -610,3 +610,15 @@ fn the_edited_values_file_parses_to_the_same_data_but_the_image() {
     before["apitraffic"]["image"] = serde_json::Value::String(IMG.into());
     assert_eq!(before, after);
 }
+
+// Found by fuzz/yaml_edit: U+FFFE and U+FFFF, outside YAML's printable set,
+// were written as they are, and the edited file was no longer YAML.
+#[test]
+fn unprintable_characters_are_escaped() {
+    for (old, style) in [("old", "plain"), ("\"old\"", "double"), ("'old'", "single")] {
+        let (out, _) = set(&format!("a: {old}\n"), "a", "\u{ffff}-\u{fffe}");
+        assert_eq!(out, "a: \"\\uffff-\\ufffe\"\n", "{style}");
+    }
+    let (out, _) = set("", "a", "\u{ffff}");
+    assert_eq!(out, "a: \"\\uffff\"\n");
+}
