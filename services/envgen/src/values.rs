@@ -672,7 +672,7 @@ fn string(s: &str) -> String {
     if s.contains("{{") {
         // Single quotes fold line breaks and refuse other control characters,
         // and plain double quotes would escape the placeholders' own quotes.
-        if s.contains(char::is_control) {
+        if s.contains(template::unprintable) {
             return double_quoted_around_placeholders(s);
         }
         // The placeholder must stay verbatim: pick a quote it does not use.
@@ -682,14 +682,15 @@ fn string(s: &str) -> String {
         if !s.contains(['"', '\\']) && !s.contains(char::is_control) {
             return format!("\"{s}\"");
         }
-        return format!("'{}'", s.replace('\'', "''"));
+        // Both quotes: doubling `'` would change a placeholder that holds one.
+        return double_quoted_around_placeholders(s);
     }
     let plain_ok = !s.is_empty()
         && !s.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@` ".contains(c))
         && !s.ends_with([' ', ':'])
         && !s.contains(": ")
         && !s.contains(" #")
-        && !s.contains(char::is_control)
+        && !s.contains(template::unprintable)
         && yaml::resolve_plain(s) == Value::String(s.to_string());
     if plain_ok {
         s.to_string()

@@ -290,3 +290,18 @@ fn an_unclosed_quote_at_the_end_renders() {
         "fields:\n  us.Kname: '{{External_Connections.}}Database_Connections.Masterdata.usult Dat";
     assert!(!err(crash).is_empty());
 }
+
+// Found by fuzz/template: a control character (or U+FFFE, U+FFFF) pasted
+// into a single-quoted scalar was written as it is, and the result was not
+// YAML any more.
+#[test]
+fn unprintable_values_are_double_quoted() {
+    let v = json!({ "v": "a\u{6}b\u{ffff}\u{85}" });
+    for tpl in ["k: '{{ v }}'\n", "k: {{ v }}\n", "k: \"{{ v }}\"\n"] {
+        assert_eq!(
+            render_str(tpl, &v, &MapEnv::empty()).unwrap(),
+            "k: \"a\\x06b\\uFFFF\\x85\"\n",
+            "{tpl}"
+        );
+    }
+}

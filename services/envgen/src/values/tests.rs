@@ -228,6 +228,8 @@ fn yaml_output_keeps_line_breaks_beside_placeholders() {
         "\n\napi_key\n\nurl: other li  secret{{ env \"X\" }}",
         "a\n{{ env \"X\" }}\n",
         "it's\t{{ env 'X' }}\r\n\"q\" \\",
+        // Found by fuzz/values too: both quotes, and a `'` inside the placeholder.
+        "{{ env \"it''s\" }}",
     ] {
         let v = json!({ "db": { "url": s } });
         let text = to_yaml(&v);
