@@ -77,6 +77,15 @@ fn split_key(dotted_key: &str) -> Result<Vec<&str>, EditError> {
             "a segment is empty (write nested keys as `parent.child`)",
         ));
     }
+    // YAML allows implicit keys of at most 1024 characters.
+    if segments
+        .iter()
+        .any(|s| render_key(s).chars().count() > 1024)
+    {
+        return Err(bad(
+            "a segment is longer than YAML's 1024 characters for a key",
+        ));
+    }
     if segments.iter().any(|s| s.trim() != *s) {
         return Err(bad("a segment has leading or trailing spaces"));
     }

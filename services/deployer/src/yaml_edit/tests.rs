@@ -622,3 +622,16 @@ fn unprintable_characters_are_escaped() {
     let (out, _) = set("", "a", "\u{ffff}");
     assert_eq!(out, "a: \"\\uffff\"\n");
 }
+
+// Found by fuzz/yaml_edit: a missing key was inserted however long, but
+// YAML allows implicit keys of at most 1024 characters.
+#[test]
+fn keys_longer_than_yaml_allows_are_refused() {
+    let long = "k".repeat(1025);
+    assert!(matches!(err("", &long), EditError::BadKey { .. }));
+    // Escapes count: 200 control characters are 1200 written.
+    let escaped = "\u{5}".repeat(200);
+    assert!(matches!(err("a: 1\n", &escaped), EditError::BadKey { .. }));
+    let (out, _) = set("", &"k".repeat(1024), "v");
+    assert_eq!(out, format!("{}: v\n", "k".repeat(1024)));
+}
