@@ -3,8 +3,9 @@
 //!
 //! Input: `<template>` or `<template>\0<values.yaml>`; without values a fixed
 //! tree is used. Also checks the YAML-aware escaping: the template's text
-//! pasted as a value into a plain, double- or single-quoted scalar parses
-//! back to exactly that text.
+//! pasted as a value into a double- or single-quoted scalar parses back to
+//! exactly that text, and into a plain one to YAML (as that text when it is
+//! read as a string).
 
 #![no_main]
 
@@ -77,7 +78,12 @@ fuzz_target!(|data: &[u8]| {
             if let Ok(out) = render_str(tpl, &values, &env) {
                 let parsed: Value = serde_saphyr::from_str(&out)
                     .unwrap_or_else(|e| panic!("{tpl:?} rendered {out:?}, not YAML: {e}"));
-                assert_eq!(parsed, json!({ "k": input }), "{tpl:?} rendered {out:?}");
+                // Plain scalars are left to YAML's typing on purpose
+                // (`port: {{ port }}` is a number): only the quoted ones
+                // must read back as the same string.
+                if tpl.contains(['"', '\'']) || parsed["k"].is_string() {
+                    assert_eq!(parsed, json!({ "k": input }), "{tpl:?} rendered {out:?}");
+                }
             }
         }
     }

@@ -36,8 +36,13 @@ fuzz_target!(|data: &[u8]| {
     if !(before.is_object() || before.is_null()) {
         return;
     }
-    let after: Value = serde_saphyr::from_str(&out)
-        .unwrap_or_else(|e| panic!("edited {text:?} into {out:?}, not YAML: {e}"));
+    let after: Value = match serde_saphyr::from_str(&out) {
+        Ok(v) => v,
+        // The oracle's own nesting limit (64), hit by keys of as many
+        // segments: a limit of that parser, not invalid YAML.
+        Err(e) if e.to_string().contains("budget breached") => return,
+        Err(e) => panic!("edited {text:?} into {out:?}, not YAML: {e}"),
+    };
     assert_eq!(
         lookup(&after, key),
         Some(&Value::String(value.to_owned())),
