@@ -55,6 +55,21 @@ pub fn set_yaml_key(
         Some(rest) => ("\u{feff}", rest),
         None => ("", text),
     };
+    // YAML reads a lone CR as a line break and this editor does not: refuse
+    // rather than edit a file whose lines it sees differently (a `...` after
+    // one would end the document before an inserted key).
+    if let Some(at) = body
+        .match_indices('\r')
+        .map(|(i, _)| i)
+        .find(|&i| !body[i + 1..].starts_with('\n'))
+    {
+        return Err(EditError::Unsupported {
+            line: body[..at].matches('\n').count() + 1,
+            key: dotted_key.to_owned(),
+            reason: "a carriage return without a line feed (YAML reads it as a line break)"
+                .to_owned(),
+        });
+    }
     let doc = Doc::parse(body, dotted_key)?;
     let edit = doc.plan(&segments, value)?;
     match edit {

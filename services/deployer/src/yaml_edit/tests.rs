@@ -635,3 +635,15 @@ fn keys_longer_than_yaml_allows_are_refused() {
     let (out, _) = set("", &"k".repeat(1024), "v");
     assert_eq!(out, format!("{}: v\n", "k".repeat(1024)));
 }
+
+// Found by fuzz/yaml_edit: YAML reads a lone CR as a line break, so a `...`
+// after one ended the document, and the key inserted after it started a
+// second document.
+#[test]
+fn a_lone_carriage_return_is_refused() {
+    let e = err("a: 1\nb: 2 \r...\n", "c");
+    assert_eq!(line_of(&e), 2);
+    // CRLF files are fine.
+    let (out, _) = set("a: 1\r\nb: 2\r\n", "b", "x");
+    assert_eq!(out, "a: 1\r\nb: x\r\n");
+}
