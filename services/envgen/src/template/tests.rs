@@ -305,3 +305,16 @@ fn unprintable_values_are_double_quoted() {
         );
     }
 }
+
+// Found by fuzz/template: tags inside a YAML comment were skipped without
+// counting, so every later tag was matched to the wrong placeholder and a
+// scalar got a made-up range: rendering sliced the source backwards (panic).
+#[test]
+fn tags_in_comments_do_not_shift_later_tags() {
+    let crash = "---\ntype: StylesheeSSGZBEKPGYN4ISVTOQNSLPRXIT\n  encoding: ISO-88 kdb: ../all/lookups/de---\n#removeSecurityToken'{{fila \"#removeSecurityTokens.xsl\" \"binary\"}}'\nSVTOQNSLPRXIT2TTG\n  type: dtd\n  encoding: ISO-88 kdb: ../all/lookups/devs-secrets.kdbx\n      p\" }}\"{{/unle`s}}\n---\n#removeSecurityToken'{{fila \"#removk:}";
+    let _ = render_with(crash, &MapEnv::empty());
+    assert_eq!(
+        r("# {{ db.user }}\nk: '{{ db.user }}'\n"),
+        "# scott\nk: 'scott'\n"
+    );
+}
