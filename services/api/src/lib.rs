@@ -34,6 +34,7 @@ use gantry_runtime::auth::{Identity, TokenSource};
 use gantry_runtime::trigger::{self, CommitInfo};
 use gantry_runtime::{App, Problem};
 
+pub use events::{parse_events_request, EventsRequest};
 use gantry_store::projection::RunFilter;
 pub use previews::{DiffView, PlanRefused, Previews};
 use serde::Deserialize;
