@@ -213,6 +213,27 @@ struct Loaded {
 
 const TOKEN_PREFIX: &str = "__gantry_ph_";
 
+/// The start of the first tag (expression or `{{! }}` comment) that runs
+/// over a line end.
+fn tag_over_line_end(text: &str, exprs: &[(usize, usize, &template::Expr)]) -> Option<usize> {
+    let comments = text.match_indices("{{!").filter_map(|(start, _)| {
+        let close = if text[start..].starts_with("{{!--") {
+            "--}}"
+        } else {
+            "}}"
+        };
+        let end = text[start..].find(close)? + start + close.len();
+        Some((start, end))
+    });
+    exprs
+        .iter()
+        .map(|(start, end, _)| (*start, *end))
+        .chain(comments)
+        .filter(|(start, end)| text[*start..*end].contains('\n'))
+        .map(|(start, _)| start)
+        .min()
+}
+
 /// One values file.
 fn load_one(src: ValuesSource<'_>, is_overlay: bool, env: &dyn Env) -> Loaded {
     let mut out = Loaded {
@@ -242,6 +263,18 @@ fn load_one(src: ValuesSource<'_>, is_overlay: bool, env: &dyn Env) -> Loaded {
             Some(pos(b)),
             None,
             "`{{#if}}`/`{{#unless}}` are not supported in values files; only `env` and `base64` placeholders are",
+        ));
+        return out;
+    }
+    // A placeholder lives inside one scalar. One running over a line end
+    // could open in one value and close in the next (a `{{! }}` comment),
+    // and writing the values back with sorted keys would split it.
+    if let Some(at) = tag_over_line_end(text, &exprs) {
+        out.diagnostics.push(diag::at(
+            src.name,
+            Some(pos(at)),
+            None,
+            "a placeholder in a values file must end on the line it starts on",
         ));
         return out;
     }

@@ -247,3 +247,30 @@ fn from_value_resolves_strings() {
     assert_eq!(v.resolved(), &json!({"a": "d", "b": ["eA=="]}));
     assert!(v.diagnostics().is_empty());
 }
+
+/// Found by fuzz/values: a `{{!` comment opened in one value and closed in
+/// the next loaded, and written back with sorted keys no longer did.
+#[test]
+fn a_placeholder_may_not_run_over_a_line_end() {
+    for (text, line) in [
+        (
+            "db/:\n  url: \"{{!mnvEVenv:t2rateg\"\n  pw: envEVenv:TOdqUS{{ mnv}}aINA9oWsli:st []\n",
+            2,
+        ),
+        ("a: \"{{ env\n  'X' }}\"\n", 1),
+    ] {
+        let v = StageValues::load(src("values.yaml", text), None, &MapEnv::empty());
+        let d = v.diagnostics();
+        assert_eq!(d.len(), 1, "{text}: {d:?}");
+        assert!(d[0].message.contains("must end on the line"), "{d:?}");
+        assert_eq!(d[0].line, Some(line), "{d:?}");
+    }
+    // On one line a comment is fine.
+    let v = StageValues::load(
+        src("values.yaml", "a: x{{! note }}y\n"),
+        None,
+        &MapEnv::empty(),
+    );
+    assert!(v.diagnostics().is_empty(), "{:?}", v.diagnostics());
+    assert_eq!(v.raw(), &json!({ "a": "x{{! note }}y" }));
+}
