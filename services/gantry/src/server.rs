@@ -63,10 +63,13 @@ pub fn http_router(app: &App) -> anyhow::Result<Router> {
     ))
 }
 
-/// The API, with the diff and plan previews of envgen and apim.
+/// The API, with the diff and plan previews of envgen and apim, and the
+/// console over the same state (its sessions are the API's).
 pub fn api_router(app: &App) -> anyhow::Result<Router> {
     let previews = Arc::new(crate::previews::Previews::new(app));
-    gantry_api::router(app.clone(), previews).context("loading API tokens")
+    let api = gantry_api::Api::new(app.clone(), previews, gantry_runtime::auth::RELOAD_INTERVAL)
+        .context("loading API tokens")?;
+    Ok(gantry_api::routes(api.clone()).merge(gantry_console::router(api)))
 }
 
 /// Every worker, built the one way ([`WorkerContext`]); the conductor is
