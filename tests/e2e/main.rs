@@ -4,6 +4,8 @@ mod common;
 
 mod apim;
 mod approvals;
+mod browser;
+mod console;
 mod crash;
 mod distributed;
 mod distributed_promotion;
