@@ -69,7 +69,11 @@ pub fn api_router(app: &App) -> anyhow::Result<Router> {
     let previews = Arc::new(crate::previews::Previews::new(app));
     let api = gantry_api::Api::new(app.clone(), previews, gantry_runtime::auth::RELOAD_INTERVAL)
         .context("loading API tokens")?;
-    Ok(gantry_api::routes(api.clone()).merge(gantry_console::router(api)))
+    // Pages and JSON compress about tenfold; the event stream is never
+    // compressed (the layer leaves `text/event-stream` alone).
+    Ok(gantry_api::routes(api.clone())
+        .merge(gantry_console::router(api))
+        .layer(tower_http::compression::CompressionLayer::new()))
 }
 
 /// Every worker, built the one way ([`WorkerContext`]); the conductor is
