@@ -19,8 +19,9 @@ mod signin;
 mod viewer;
 mod why;
 
-use axum::extract::Request;
-use axum::http::{HeaderMap, StatusCode};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts as RequestParts;
+use axum::http::StatusCode;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -47,16 +48,17 @@ pub fn router(api: Api) -> Router {
         .with_state(api)
 }
 
-/// The viewer of a page, or the sign-in page to answer instead.
-fn viewer_or_sign_in(
-    api: &Api,
-    headers: &HeaderMap,
-    uri: &axum::http::Uri,
-) -> Result<Viewer, Response> {
-    Viewer::of(api, headers).ok_or_else(|| {
-        let next = uri.path_and_query().map_or("/", |p| p.as_str());
-        signin::page(next, None)
-    })
+/// The viewer of a page; without a session (tokens configured) the page
+/// answers the sign-in form instead, which comes back to it.
+impl FromRequestParts<Api> for Viewer {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut RequestParts, api: &Api) -> Result<Self, Response> {
+        Viewer::of(api, &parts.headers).ok_or_else(|| {
+            let next = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+            signin::page(next, None)
+        })
+    }
 }
 
 /// A store failure as a page; the detail goes to the log only.
@@ -67,11 +69,4 @@ fn failed(viewer: &Viewer, error: impl std::fmt::Display) -> Response {
         Some(viewer),
         "Gantry could not read its state; see the server log.",
     )
-}
-
-/// The request parts pages need.
-type Parts = (HeaderMap, axum::http::Uri);
-
-fn parts(req: &Request) -> Parts {
-    (req.headers().clone(), req.uri().clone())
 }

@@ -4,24 +4,20 @@
 
 use std::collections::HashMap;
 
-use axum::extract::{Request, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::Response;
 use gantry_api::Api;
 use gantry_pipeline::Pipeline;
 use gantry_store::projection::{RunStage, RunSummary};
 
+use crate::failed;
 use crate::html::{esc, run_link, seg, short_digest, status, time};
 use crate::layout::{self, Frame};
+use crate::viewer::Viewer;
 use crate::why::{approvers_given, why};
-use crate::{failed, parts, viewer_or_sign_in};
 
-pub async fn page(State(api): State<Api>, req: Request) -> Response {
-    let (headers, uri) = parts(&req);
-    let viewer = match viewer_or_sign_in(&api, &headers, &uri) {
-        Ok(v) => v,
-        Err(sign_in) => return sign_in,
-    };
+pub async fn page(State(api): State<Api>, viewer: Viewer) -> Response {
     let p = &api.app.projections;
     let read = async {
         let head = api.app.store.head().await?;

@@ -4,30 +4,25 @@
 
 use std::collections::{HashMap, HashSet};
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use gantry_api::Api;
 use gantry_pipeline::{Pipeline, Stage};
 use gantry_store::projection::RunStage;
 
+use crate::failed;
 use crate::html::{esc, run_link, seg, short_commit, short_digest, short_run, status, time};
 use crate::layout::{self, Frame};
 use crate::overview::now_runs;
 use crate::viewer::Viewer;
-use crate::{failed, parts, viewer_or_sign_in};
 
 /// Runs in the stage matrix.
 const MATRIX_RUNS: i64 = 20;
 /// Earlier releases offered as rollback targets per stage.
 const TARGETS: usize = 10;
 
-pub async fn page(State(api): State<Api>, Path(name): Path<String>, req: Request) -> Response {
-    let (headers, uri) = parts(&req);
-    let viewer = match viewer_or_sign_in(&api, &headers, &uri) {
-        Ok(v) => v,
-        Err(sign_in) => return sign_in,
-    };
+pub async fn page(State(api): State<Api>, Path(name): Path<String>, viewer: Viewer) -> Response {
     let set = api.app.pipelines.get();
     let Some(pipeline) = set.get(&name) else {
         return layout::error(

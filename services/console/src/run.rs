@@ -2,7 +2,7 @@
 //! waits; for a stage awaiting approval the diff and the API Manager plan
 //! beside Approve and Reject; Cancel; the event timeline.
 
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use gantry_api::Api;
@@ -11,18 +11,13 @@ use gantry_proto::{RunStatus, StageStatus};
 use gantry_store::projection::{RunView, StageView};
 use gantry_store::RecordedEvent;
 
+use crate::failed;
 use crate::html::{esc, seg, short_commit, short_digest, short_run, status, time};
 use crate::layout::{self, Frame};
 use crate::viewer::Viewer;
 use crate::why::why;
-use crate::{failed, parts, viewer_or_sign_in};
 
-pub async fn page(State(api): State<Api>, Path(id): Path<String>, req: Request) -> Response {
-    let (headers, uri) = parts(&req);
-    let viewer = match viewer_or_sign_in(&api, &headers, &uri) {
-        Ok(v) => v,
-        Err(sign_in) => return sign_in,
-    };
+pub async fn page(State(api): State<Api>, Path(id): Path<String>, viewer: Viewer) -> Response {
     let read = async {
         let head = api.app.store.head().await?;
         let view = api.app.projections.get_run(&id).await?;
