@@ -12,17 +12,6 @@ use serde_json::{json, Value};
 use crate::browser::Browser;
 use crate::common::*;
 
-const TOKENS: &[(&str, &str, &str, &str)] = &[
-    ("tok-rita", "rita", "rita@example.com", "[release-managers]"),
-    ("tok-sam", "sam", "sam@example.com", "[release-managers]"),
-    (
-        "tok-dev",
-        "dev1",
-        "dev@example.com",
-        "[release-managers, developers]",
-    ),
-];
-
 const WAIT: Duration = Duration::from_secs(30);
 
 fn dev1() -> Value {
@@ -347,11 +336,32 @@ async fn operators_roll_back_and_cancel_and_the_page_follows_the_log() {
     browser.wait_text("#history", "rolled back").await;
     assert!(browser.still_same_page().await);
 
-    // A new run appears live on the pipeline page; Cancel stops it.
+    // Trigger a commit of the branch from the page: the new run appears
+    // there live; Cancel stops it.
     repo.write("gateway/values.yaml", "---\nquota: 20\n")
         .unwrap();
     let third = repo.commit("third").unwrap();
-    let run3 = trigger_run(&base, None, "banking", &third).await;
+    browser
+        .field(None, "Commit")
+        .await
+        .send_keys(&third)
+        .await
+        .unwrap();
+    browser.button(None, "Trigger").await.click().await.unwrap();
+    browser
+        .wait_text("form.trigger .result", "Run started")
+        .await;
+    let run3 = browser
+        .client
+        .execute(
+            "return document.querySelector('form.trigger .result a').getAttribute('href').split('/').pop();",
+            vec![],
+        )
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .to_owned();
     browser.wait_text("#matrix", short(&third)).await;
     assert!(
         browser.still_same_page().await,
@@ -464,19 +474,13 @@ async fn a_session_request_with_a_foreign_origin_is_refused() {
         .contains("; Secure"));
 
     // The session reads the API and the pages; the token is nowhere in them.
-    let runs = http
-        .get(format!("{base}/api/v1/runs"))
-        .header("Cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(runs.status(), 200);
-    let page = http
-        .get(format!("{base}/"))
-        .header("Cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
+    let get = |path: &str| {
+        http.get(format!("{base}{path}"))
+            .header("Cookie", &cookie)
+            .send()
+    };
+    assert_eq!(get("/api/v1/runs").await.unwrap().status(), 200);
+    let page = get("/").await.unwrap();
     let csp = page.headers()["content-security-policy"]
         .to_str()
         .unwrap()
@@ -540,11 +544,5 @@ async fn a_session_request_with_a_foreign_origin_is_refused() {
         .to_str()
         .unwrap()
         .contains("Max-Age=0"));
-    let after = http
-        .get(format!("{base}/api/v1/runs"))
-        .header("Cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(after.status(), 401);
+    assert_eq!(get("/api/v1/runs").await.unwrap().status(), 401);
 }

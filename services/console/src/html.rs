@@ -52,6 +52,15 @@ pub fn short_digest(digest: &str) -> String {
     }
 }
 
+/// An image digest in short, the whole of it on hover.
+pub fn digest(d: &str) -> String {
+    format!(
+        "<code title=\"{}\">{}</code>",
+        esc(d),
+        esc(&short_digest(d))
+    )
+}
+
 /// A time the browser shows in its own zone, with how long ago
 /// (`console.js`); the UTC text stands until then.
 pub fn time(rfc3339: &str) -> String {

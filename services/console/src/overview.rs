@@ -12,7 +12,7 @@ use gantry_pipeline::Pipeline;
 use gantry_store::projection::{RunStage, RunSummary};
 
 use crate::failed;
-use crate::html::{esc, run_link, seg, short_digest, status, time};
+use crate::html::{digest, esc, run_link, seg, status, time};
 use crate::layout::{self, Frame};
 use crate::viewer::Viewer;
 use crate::why::{approvers_given, why};
@@ -127,13 +127,7 @@ pub(crate) fn now_runs(r: &RunStage) -> String {
         .stage
         .image_digest
         .as_deref()
-        .map(|d| {
-            format!(
-                " <code title=\"{}\">{}</code>",
-                esc(d),
-                esc(&short_digest(d))
-            )
-        })
+        .map(|d| format!(" {}", digest(d)))
         .unwrap_or_default();
     let approved = approvers_given(&r.stage);
     let approved = if approved.is_empty() {

@@ -12,7 +12,7 @@ use gantry_pipeline::{Pipeline, Stage};
 use gantry_store::projection::RunStage;
 
 use crate::failed;
-use crate::html::{esc, run_link, seg, short_commit, short_digest, short_run, status, time};
+use crate::html::{digest, esc, run_link, seg, short_commit, short_run, status, time};
 use crate::layout::{self, Frame};
 use crate::overview::now_runs;
 use crate::viewer::Viewer;
@@ -255,13 +255,7 @@ fn history(
                 .stage
                 .image_digest
                 .as_deref()
-                .map(|d| {
-                    format!(
-                        " <code title=\"{}\">{}</code>",
-                        esc(d),
-                        esc(&short_digest(d))
-                    )
-                })
+                .map(|d| format!(" {}", digest(d)))
                 .unwrap_or_default();
             items.push_str(&format!(
                 "<li>{}{digest} {} {}{}</li>",

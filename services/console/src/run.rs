@@ -12,7 +12,7 @@ use gantry_store::projection::{RunView, StageView};
 use gantry_store::RecordedEvent;
 
 use crate::failed;
-use crate::html::{esc, seg, short_commit, short_digest, short_run, status, time};
+use crate::html::{digest, esc, seg, short_commit, short_digest, short_run, status, time};
 use crate::layout::{self, Frame};
 use crate::viewer::Viewer;
 use crate::why::why;
@@ -119,11 +119,7 @@ fn stage_card(
         out.push_str(&format!("<p class=\"reason\">{}</p>", esc(r)));
     }
     if let Some(d) = &stage.image_digest {
-        out.push_str(&format!(
-            "<p>Image <code title=\"{}\">{}</code></p>",
-            esc(d),
-            esc(&short_digest(d))
-        ));
+        out.push_str(&format!("<p>Image {}</p>", digest(d)));
     }
     if !stage.approvals.is_empty() {
         out.push_str("<ul class=\"decisions\">");
