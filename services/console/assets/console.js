@@ -31,6 +31,15 @@
       t.title = dtf.format(d);
       t.textContent = `${dtf.format(d)} (${ago(d)})`;
     });
+    // An option holds text only: its time is the end of the text.
+    root.querySelectorAll('option[data-datetime]').forEach((o) => {
+      const d = new Date(o.dataset.datetime);
+      if (Number.isNaN(d.getTime())) return;
+      const at = o.textContent.lastIndexOf(o.dataset.datetime);
+      const head = at >= 0 ? o.textContent.slice(0, at) : `${o.textContent} · `;
+      o.textContent = `${head}${dtf.format(d)}`;
+      o.dataset.datetime = dtf.format(d);
+    });
   }
 
   // --- previews: the diff and API Manager plan beside an approval ---------

@@ -175,17 +175,12 @@ fn stage_card(
         let mut options = String::new();
         for t in targets {
             options.push_str(&format!(
-                "<option value=\"{}\">{} · run {} · {}</option>",
+                "<option value=\"{}\" data-datetime=\"{}\">{} · run {} · promoted {}</option>",
                 esc(&t.run.run_id),
+                esc(&t.stage.updated_at),
                 esc(short_commit(&t.run.commit)),
                 esc(short_run(&t.run.run_id)),
-                esc(&t
-                    .stage
-                    .updated_at
-                    .chars()
-                    .take(16)
-                    .collect::<String>()
-                    .replace('T', " ")),
+                esc(&t.stage.updated_at),
             ));
         }
         out.push_str(&format!(
