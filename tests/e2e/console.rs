@@ -121,6 +121,25 @@ async fn release_managers_sign_in_see_what_runs_where_and_approve_without_reload
         .unwrap();
     assert_eq!(old.status(), 401, "a signed-out session is over");
 
+    // Someone who is no approver sees no Approve or Reject.
+    browser.goto(&format!("{base}/runs/{run}")).await;
+    sign_in(&browser, "tok-out").await;
+    browser
+        .wait_text("#stage-prod", "not among this stage's approvers")
+        .await;
+    let buttons = browser.text("#stage-prod .decide").await;
+    assert!(
+        !buttons.contains("Approve") && !buttons.contains("Reject"),
+        "{buttons}"
+    );
+    browser
+        .button(None, "Sign out")
+        .await
+        .click()
+        .await
+        .unwrap();
+    browser.field(None, "API token").await;
+
     // A release manager signs in; a reload keeps the session.
     browser.goto(&format!("{base}/runs/{run}")).await;
     sign_in(&browser, "tok-rita").await;

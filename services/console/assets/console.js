@@ -82,7 +82,12 @@
         const sel = `[data-pipeline="${CSS.escape(p.name)}"] [data-stage="${CSS.escape(s.name)}"]`;
         document.querySelectorAll(sel).forEach((el) => {
           const paused = s.paused;
-          const note = el.querySelector('[data-paused]');
+          let note = el.querySelector('.paused');
+          if (paused && !note) {
+            note = document.createElement('p');
+            note.className = 'paused';
+            el.querySelector('h3').after(note);
+          }
           if (note) {
             note.hidden = !paused;
             note.textContent = paused

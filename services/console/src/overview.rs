@@ -102,7 +102,6 @@ fn row(
             Some(r) => out.push_str(&now_runs(r)),
             None => out.push_str("<p class=\"now none\">Nothing promoted yet</p>"),
         }
-        out.push_str("<p class=\"paused\" data-paused hidden></p>");
         if let Some(list) = waiting.get(&k) {
             out.push_str("<ul class=\"waits\">");
             for w in list {

@@ -152,9 +152,9 @@ fn stage_card(
         seg(&pipeline.name),
         seg(&stage.name)
     );
-    // Whether the stage is paused comes from the pipelines API
-    // (`console.js` shows the one of the two forms that applies).
-    out.push_str("<p class=\"paused\" data-paused hidden></p>");
+    // Whether the stage is paused comes from the pipelines API:
+    // `console.js` says so under the heading and shows the one of the two
+    // forms that applies.
     if steer {
         out.push_str(&format!(
             "<form class=\"act\" data-action=\"{base}/pause\" data-pause=\"pause\" data-done=\"Paused\">\

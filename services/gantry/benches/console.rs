@@ -301,6 +301,8 @@ async fn main() {
 
     // The browser: a cold load (nothing cached), then warm ones.
     let browser = browser::Browser::start(1280, 900).await;
+    // The browser's own start (fonts, the first renderer) is not the page's.
+    browser.goto("data:text/html,<p>warm-up</p>").await;
     let mut loads: Vec<Value> = Vec::new();
     for _ in 0..shape.loads.max(1) + 1 {
         browser.goto(&format!("{base}/")).await;
