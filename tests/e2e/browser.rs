@@ -79,6 +79,24 @@ impl Browser {
             .await
     }
 
+    /// Clicks [`Browser::button`].
+    pub async fn click(&self, scope: Option<&str>, name: &str) {
+        self.button(scope, name)
+            .await
+            .click()
+            .await
+            .unwrap_or_else(|e| panic!("cannot click {name}: {e}"));
+    }
+
+    /// Types `text` into [`Browser::field`].
+    pub async fn type_into(&self, scope: Option<&str>, label: &str, text: &str) {
+        self.field(scope, label)
+            .await
+            .send_keys(text)
+            .await
+            .unwrap_or_else(|e| panic!("cannot type into {label}: {e}"));
+    }
+
     /// The form control labelled `label`, within `scope`.
     pub async fn field(&self, scope: Option<&str>, label: &str) -> Element {
         let label_el = self

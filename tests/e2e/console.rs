@@ -37,6 +37,19 @@ async fn post(base: &str, token: Option<&str>, path: &str, body: Value) -> (u16,
     )
 }
 
+/// A repository with a first commit, and a work dir whose pipeline
+/// `banking` follows it with `stages` (YAML under `stages:`).
+fn banking_with(stages: &str) -> (GitRepo, String, tempfile::TempDir) {
+    let repo = GitRepo::init().unwrap();
+    write_minimal_project(&repo);
+    let first = repo.commit("first").unwrap();
+    let dir = pipelines_dir(
+        "banking",
+        &format!("{}stages:\n{stages}", banking(repo.path().display())),
+    );
+    (repo, first, dir)
+}
+
 /// Signs in through the form (the token typed, Enter pressed).
 async fn sign_in(browser: &Browser, token: &str) {
     let field = browser.field(None, "API token").await;
@@ -53,17 +66,10 @@ async fn no_unnamed_controls(browser: &Browser) {
 
 #[tokio::test]
 async fn release_managers_sign_in_see_what_runs_where_and_approve_without_reload() {
-    let repo = GitRepo::init().unwrap();
-    write_minimal_project(&repo);
-    let first = repo.commit("first").unwrap();
-    let dir = pipelines_dir(
-        "banking",
-        &format!(
-            "{}stages:\n  - name: test\n  - name: prod\n\
-             \x20   approval: {{ required: 2, approvers: [release-managers], allow_self: false }}\n\
-             \x20   freeze: [ {{ from: \"2030-12-24T00:00:00Z\", to: \"2030-12-27T00:00:00Z\" }} ]\n",
-            banking(repo.path().display())
-        ),
+    let (repo, first, dir) = banking_with(
+        "  - name: test\n  - name: prod\n\
+         \x20   approval: { required: 2, approvers: [release-managers], allow_self: false }\n\
+         \x20   freeze: [ { from: \"2030-12-24T00:00:00Z\", to: \"2030-12-27T00:00:00Z\" } ]\n",
     );
     let tokens = write_api_tokens(dir.path(), TOKENS);
     let gantry = Gantry::start(dir.path(), &["up"], &[("GANTRY_API_TOKENS", &tokens)]).await;
@@ -90,12 +96,7 @@ async fn release_managers_sign_in_see_what_runs_where_and_approve_without_reload
     sign_in(&browser, "tok-dev").await;
     browser.wait_text(".bar", "Signed in as dev1").await;
     browser.wait_text("#stage-prod", "0 of 2 given").await;
-    browser
-        .button(Some("#stage-prod"), "Approve")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(Some("#stage-prod"), "Approve").await;
     browser.wait_text("#stage-prod .result", "own change").await;
 
     // Sign out ends the session on the server: its cookie is refused.
@@ -106,12 +107,7 @@ async fn release_managers_sign_in_see_what_runs_where_and_approve_without_reload
         .expect("a session cookie")
         .value()
         .to_owned();
-    browser
-        .button(None, "Sign out")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(None, "Sign out").await;
     browser.field(None, "API token").await;
     let old = reqwest::Client::new()
         .get(format!("{base}/api/v1/runs"))
@@ -132,12 +128,7 @@ async fn release_managers_sign_in_see_what_runs_where_and_approve_without_reload
         !buttons.contains("Approve") && !buttons.contains("Reject"),
         "{buttons}"
     );
-    browser
-        .button(None, "Sign out")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(None, "Sign out").await;
     browser.field(None, "API token").await;
 
     // A release manager signs in; a reload keeps the session.
@@ -158,12 +149,7 @@ async fn release_managers_sign_in_see_what_runs_where_and_approve_without_reload
     // Approving updates the page without a reload, and so does the second
     // approval given elsewhere.
     browser.mark_page().await;
-    browser
-        .button(Some("#stage-prod"), "Approve")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(Some("#stage-prod"), "Approve").await;
     browser.wait_text("#stage-prod", "granted by rita").await;
     browser
         .wait_text("#stage-prod", "1 of 2 given by rita")
@@ -213,12 +199,7 @@ async fn release_managers_sign_in_see_what_runs_where_and_approve_without_reload
 
     // A rejection needs a reason; the API's answer is on the page.
     browser.goto(&format!("{base}/runs/{run2}")).await;
-    browser
-        .button(Some("#stage-prod"), "Reject")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(Some("#stage-prod"), "Reject").await;
     browser
         .wait_text(
             "#stage-prod form[data-action$='/reject'] .result",
@@ -227,12 +208,7 @@ async fn release_managers_sign_in_see_what_runs_where_and_approve_without_reload
         .await;
     let reason = browser.field(Some("#stage-prod"), "Reason").await;
     reason.send_keys("the quota is wrong").await.unwrap();
-    browser
-        .button(Some("#stage-prod"), "Reject")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(Some("#stage-prod"), "Reject").await;
     browser.wait_text("#stage-prod h3", "rejected").await;
     browser.wait_text("#stage-prod", "the quota is wrong").await;
 
@@ -267,15 +243,8 @@ async fn release_managers_sign_in_see_what_runs_where_and_approve_without_reload
 
 #[tokio::test]
 async fn operators_roll_back_and_cancel_and_the_page_follows_the_log() {
-    let repo = GitRepo::init().unwrap();
-    write_minimal_project(&repo);
-    let first = repo.commit("first").unwrap();
-    let dir = pipelines_dir(
-        "banking",
-        &format!(
-            "{}stages:\n  - name: test\n  - name: prod\n    approval: {{ required: 1, allow_self: true }}\n",
-            banking(repo.path().display())
-        ),
+    let (repo, first, dir) = banking_with(
+        "  - name: test\n  - name: prod\n    approval: { required: 1, allow_self: true }\n",
     );
     let mut gantry = Gantry::start(dir.path(), &["up"], &[]).await;
     let base = gantry.url();
@@ -308,12 +277,7 @@ async fn operators_roll_back_and_cancel_and_the_page_follows_the_log() {
         .await
         .unwrap();
     assert_eq!(xss, json!(true), "the message ran as markup");
-    browser
-        .button(Some("#stage-prod"), "Approve")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(Some("#stage-prod"), "Approve").await;
     browser.wait_text("#stage-prod h3", "promoted").await;
 
     // A second release of prod, then back to the first from the pipeline page.
@@ -337,18 +301,14 @@ async fn operators_roll_back_and_cancel_and_the_page_follows_the_log() {
     let release = browser.field(Some("#stage-prod"), "Release").await;
     release.select_by_value(&run1).await.unwrap();
     browser
-        .field(Some("#stage-prod form[data-action$='/rollback']"), "Reason")
-        .await
-        .send_keys("the quota broke clients")
-        .await
-        .unwrap();
+        .type_into(
+            Some("#stage-prod form[data-action$='/rollback']"),
+            "Reason",
+            "the quota broke clients",
+        )
+        .await;
     browser.mark_page().await;
-    browser
-        .button(Some("#stage-prod"), "Roll back")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(Some("#stage-prod"), "Roll back").await;
     browser.wait_text("#stage-prod", "Rollback started").await;
     // The stage runs the first release again, and the page says so by itself.
     browser.wait_text("#stage-prod .now", short(&first)).await;
@@ -360,13 +320,8 @@ async fn operators_roll_back_and_cancel_and_the_page_follows_the_log() {
     repo.write("gateway/values.yaml", "---\nquota: 20\n")
         .unwrap();
     let third = repo.commit("third").unwrap();
-    browser
-        .field(None, "Commit")
-        .await
-        .send_keys(&third)
-        .await
-        .unwrap();
-    browser.button(None, "Trigger").await.click().await.unwrap();
+    browser.type_into(None, "Commit", &third).await;
+    browser.click(None, "Trigger").await;
     browser
         .wait_text("form.trigger .result", "Run started")
         .await;
@@ -389,12 +344,7 @@ async fn operators_roll_back_and_cancel_and_the_page_follows_the_log() {
     wait_stage_status(&base, None, &run3, ("prod", "awaiting_approval"), WAIT).await;
     browser.goto(&format!("{base}/runs/{run3}")).await;
     browser.mark_page().await;
-    browser
-        .button(Some("#run-summary"), "Cancel")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(Some("#run-summary"), "Cancel").await;
     browser.wait_text("#run-summary", "cancelled").await;
     assert!(browser.still_same_page().await);
 
@@ -410,41 +360,19 @@ async fn operators_roll_back_and_cancel_and_the_page_follows_the_log() {
 #[tokio::test]
 #[ignore = "needs POST /api/v1/pipelines/{name}/stages/{stage}/pause|resume (branch con)"]
 async fn pause_and_resume_from_the_pipeline_page() {
-    let repo = GitRepo::init().unwrap();
-    write_minimal_project(&repo);
-    repo.commit("first").unwrap();
-    let dir = pipelines_dir(
-        "banking",
-        &format!(
-            "{}stages:\n  - name: test\n  - name: prod\n",
-            banking(repo.path().display())
-        ),
-    );
+    let (_repo, _first, dir) = banking_with("  - name: test\n  - name: prod\n");
     let gantry = Gantry::start(dir.path(), &["up"], &[]).await;
     let base = gantry.url();
     let browser = Browser::start(1280, 1000).await;
     browser.goto(&format!("{base}/pipelines/banking")).await;
     browser
-        .field(Some("#stage-prod"), "Reason")
-        .await
-        .send_keys("incident 4711")
-        .await
-        .unwrap();
-    browser
-        .button(Some("#stage-prod"), "Pause")
-        .await
-        .click()
-        .await
-        .unwrap();
+        .type_into(Some("#stage-prod"), "Reason", "incident 4711")
+        .await;
+    browser.click(Some("#stage-prod"), "Pause").await;
     browser
         .wait_text("#stage-prod .paused", "incident 4711")
         .await;
-    browser
-        .button(Some("#stage-prod"), "Resume")
-        .await
-        .click()
-        .await
-        .unwrap();
+    browser.click(Some("#stage-prod"), "Resume").await;
     browser.button(Some("#stage-prod"), "Pause").await;
     browser.goto(&format!("{base}/")).await;
     assert_eq!(browser.text("[data-stage=prod] .paused").await, "");

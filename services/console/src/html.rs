@@ -52,6 +52,11 @@ pub fn short_digest(digest: &str) -> String {
     }
 }
 
+/// [`digest`] after a space, or nothing without one.
+pub fn maybe_digest(d: Option<&str>) -> String {
+    d.map(|d| format!(" {}", digest(d))).unwrap_or_default()
+}
+
 /// An image digest in short, the whole of it on hover.
 pub fn digest(d: &str) -> String {
     format!(

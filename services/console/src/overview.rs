@@ -12,7 +12,7 @@ use gantry_pipeline::Pipeline;
 use gantry_store::projection::{RunStage, RunSummary};
 
 use crate::failed;
-use crate::html::{digest, esc, run_link, seg, status, time};
+use crate::html::{esc, maybe_digest, run_link, seg, status, time};
 use crate::layout::{self, Frame};
 use crate::viewer::Viewer;
 use crate::why::{approvers_given, why};
@@ -122,12 +122,7 @@ fn row(
 
 /// What a stage runs now.
 pub(crate) fn now_runs(r: &RunStage) -> String {
-    let digest = r
-        .stage
-        .image_digest
-        .as_deref()
-        .map(|d| format!(" {}", digest(d)))
-        .unwrap_or_default();
+    let digest = maybe_digest(r.stage.image_digest.as_deref());
     let approved = approvers_given(&r.stage);
     let approved = if approved.is_empty() {
         String::new()

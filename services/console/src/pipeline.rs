@@ -12,7 +12,7 @@ use gantry_pipeline::{Pipeline, Stage};
 use gantry_store::projection::RunStage;
 
 use crate::failed;
-use crate::html::{digest, esc, run_link, seg, short_commit, short_run, status, time};
+use crate::html::{esc, maybe_digest, run_link, seg, short_commit, short_run, status, time};
 use crate::layout::{self, Frame};
 use crate::overview::now_runs;
 use crate::viewer::Viewer;
@@ -246,12 +246,7 @@ fn history(
         ));
         let mut items = String::new();
         for p in promotions.iter().filter(|p| p.stage.name == s.name) {
-            let digest = p
-                .stage
-                .image_digest
-                .as_deref()
-                .map(|d| format!(" {}", digest(d)))
-                .unwrap_or_default();
+            let digest = maybe_digest(p.stage.image_digest.as_deref());
             items.push_str(&format!(
                 "<li>{}{digest} {} {}{}</li>",
                 run_link(&p.run.run_id, &p.run.commit),
