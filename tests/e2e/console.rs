@@ -439,6 +439,16 @@ async fn a_session_request_with_a_foreign_origin_is_refused() {
         "{html}"
     );
     assert!(!html.contains("tok-rita"));
+    // Deep links to what does not exist answer a page that says so.
+    for path in ["/runs/no-such-run", "/pipelines/no-such-pipeline"] {
+        let missing = get(path).await.unwrap();
+        assert_eq!(missing.status(), 404, "{path}");
+        let kind = missing.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        assert!(kind.starts_with("text/html"), "{path}: {kind}");
+    }
 
     // A change with the session from another origin, or naming none, is refused.
     let trigger = |origin: Option<&str>, auth: (&str, String)| {
