@@ -75,3 +75,71 @@ pub fn why(stage: &StageView, defined: Option<&Stage>) -> String {
         other => detail.unwrap_or_else(|| format!("Waits: {}.", esc(other))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gantry_proto::StageStatus;
+    use serde_json::json;
+
+    fn waiting(w: Value, approvals: Vec<Value>) -> StageView {
+        StageView {
+            name: "prod".into(),
+            status: StageStatus::AwaitingApproval,
+            after: Some("test".into()),
+            steps: vec![],
+            waiting: Some(w),
+            reason: None,
+            package_digest: None,
+            image: None,
+            image_digest: None,
+            approvals,
+            updated_at: "2026-12-07T14:00:00Z".into(),
+        }
+    }
+
+    #[test]
+    fn approvals_given_and_missing_with_names_escaped() {
+        let s = waiting(
+            json!({ "stage": "prod", "required": 2, "approvers": ["release-managers"],
+                    "expires_at": "2026-12-10T14:00:00Z" }),
+            vec![
+                json!({ "user": "<b>rita</b>", "decision": "granted" }),
+                json!({ "user": "sam", "decision": "rejected" }),
+            ],
+        );
+        let text = why(&s, None);
+        assert!(
+            text.starts_with("Waits for approval: 1 of 2 given by &lt;b&gt;rita&lt;/b&gt;; 1 missing (from release-managers)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("expires <time datetime=\"2026-12-10T14:00:00Z\">"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn queue_freeze_dependencies_and_other_reasons_in_words() {
+        let queued = waiting(json!({ "reason": "queue", "behind": "01a2-run" }), vec![]);
+        assert!(why(&queued, None).contains("Queued behind run <a href=\"/runs/01a2-run\""));
+        let frozen = waiting(
+            json!({ "reason": "freeze", "until": "2026-12-27T00:00:00Z" }),
+            vec![],
+        );
+        assert!(why(&frozen, None).starts_with("Freeze window until <time"));
+        let after = waiting(json!({ "reason": "dependencies" }), vec![]);
+        assert_eq!(
+            why(&after, None),
+            "Waits for stage test to promote this run."
+        );
+        let paused = waiting(
+            json!({ "reason": "paused", "detail": "stage prod paused by rita: <incident>" }),
+            vec![],
+        );
+        assert_eq!(
+            why(&paused, None),
+            "stage prod paused by rita: &lt;incident&gt;"
+        );
+    }
+}
