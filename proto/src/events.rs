@@ -211,6 +211,13 @@ pub struct StageQueued {
     /// When a freeze window ends.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub until: Option<DateTime<Utc>>,
+    /// Who paused the stage, for reason `paused`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub by: Option<String>,
+    /// Why it waits, in words, when the reason alone does not say it
+    /// (`stage prod paused by rita: incident 4711`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
 }
 payload!(StageQueued => StageQueued);
 
@@ -372,6 +379,28 @@ pub struct StageRolledBack {
     pub to_commit: Option<String>,
 }
 payload!(StageRolledBack => StageRolledBack);
+
+/// Stop the line: the stage starts no new promotion until it is resumed
+/// (a promotion already in it runs to its end). Recorded on the stream
+/// `stage-<pipeline>-<stage>`, without a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StagePaused {
+    pub stage: String,
+    /// Who paused it (the API token's user).
+    pub user: String,
+    pub reason: String,
+}
+payload!(StagePaused => StagePaused);
+
+/// The stage promotes again; runs waiting for it go on.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct StageResumed {
+    pub stage: String,
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+payload!(StageResumed => StageResumed);
 
 /// Terminal: every stage promoted this run.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, JsonSchema)]

@@ -77,6 +77,8 @@ event_names! {
     ApprovalRejected = "approval.rejected" => events::ApprovalRejected,
     EnvPromoted = "env.promoted" => events::EnvPromoted,
     StageRolledBack = "stage.rolled_back" => events::StageRolledBack,
+    StagePaused = "stage.paused" => events::StagePaused,
+    StageResumed = "stage.resumed" => events::StageResumed,
     RunSucceeded = "run.succeeded" => events::RunSucceeded,
     RunFailed = "run.failed" => events::RunFailed,
     RunSuperseded = "run.superseded" => events::RunSuperseded,
@@ -122,7 +124,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_type_names() {
-        assert_eq!(EventName::ALL.len(), 23);
+        assert_eq!(EventName::ALL.len(), 25);
         for name in EventName::ALL {
             assert_eq!(EventName::parse(name.as_str()), Some(*name));
             assert_eq!(EventName::from_type_name(&name.type_name()), Some(*name));

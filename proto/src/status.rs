@@ -92,6 +92,8 @@ impl StageStatus {
             E::CommitReceived
             | E::RunStarted
             | E::ApprovalGranted
+            | E::StagePaused
+            | E::StageResumed
             | E::RunSucceeded
             | E::RunFailed
             | E::RunSuperseded

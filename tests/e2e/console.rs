@@ -358,7 +358,6 @@ async fn operators_roll_back_and_cancel_and_the_page_follows_the_log() {
 }
 
 #[tokio::test]
-#[ignore = "needs POST /api/v1/pipelines/{name}/stages/{stage}/pause|resume from branch con (passes with it merged): remove this line after the merge"]
 async fn pause_and_resume_from_the_pipeline_page() {
     let (_repo, _first, dir) = banking_with("  - name: test\n  - name: prod\n");
     let gantry = Gantry::start(dir.path(), &["up"], &[]).await;

@@ -8,8 +8,6 @@ use std::time::Duration;
 
 use crate::common::*;
 use gantry_tests::{fresh_postgres, NatsServer};
-use serde_json::Value;
-use sqlx::Row;
 
 const WEBHOOKS: usize = 240;
 const SENDERS: usize = 6;
@@ -223,51 +221,14 @@ async fn sigkill_of_distributed_services_loses_and_duplicates_nothing() {
     let commits = sender.await.unwrap();
 
     let pool = db.pool().await.unwrap();
-    let rows: Vec<(String, String, String)> =
-        sqlx::query("SELECT event_id, event_type, event FROM events ORDER BY position")
-            .fetch_all(&pool)
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| {
-                let event: Value = serde_json::from_str(r.get::<String, _>(2).as_str()).unwrap();
-                (
-                    r.get(0),
-                    r.get(1),
-                    event["data"]["commit"].as_str().unwrap().to_owned(),
-                )
-            })
-            .collect();
+    let rows: Vec<(String, String, String)> = log_rows(&pool)
+        .await
+        .into_iter()
+        .map(|(id, ty, event)| (id, ty, event["data"]["commit"].as_str().unwrap().to_owned()))
+        .collect();
     assert_exactly_once(&commits, &rows);
 
     // JetStream ends up with exactly the log: every event once, in log order.
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
-    let mut stream = js.get_stream(&stream_name).await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let n = stream.info().await.unwrap().state.messages;
-        if n as usize >= rows.len() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "relay published {n} of {}",
-            rows.len()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let info = stream.info().await.unwrap();
-    assert_eq!(
-        info.state.messages as usize,
-        rows.len(),
-        "no duplicates on NATS"
-    );
-    let mut on_nats = Vec::new();
-    for seq in info.state.first_sequence..=info.state.last_sequence {
-        let msg = stream.get_raw_message(seq).await.unwrap();
-        let event: Value = serde_json::from_slice(&msg.payload).unwrap();
-        on_nats.push(event["id"].as_str().unwrap().to_owned());
-    }
-    let in_log: Vec<String> = rows.iter().map(|r| r.0.clone()).collect();
-    assert_eq!(on_nats, in_log, "NATS holds the log, in order");
+    let in_log: Vec<&String> = rows.iter().map(|r| &r.0).collect();
+    assert_nats_holds_log(&nats.url(), &stream_name, &in_log).await;
 }

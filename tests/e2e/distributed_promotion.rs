@@ -44,19 +44,6 @@ async fn wait_for_event(api: &str, run: &str, ty: &str) {
     }
 }
 
-/// The services, one process each (also the database session's
-/// `application_name`, `gantry-<service>`).
-const SERVICES: [&str; 8] = [
-    "webhook",
-    "api",
-    "conductor",
-    "envgen",
-    "imagebuild",
-    "deployer",
-    "smoke",
-    "apim",
-];
-
 #[tokio::test]
 async fn separate_processes_over_tls_finish_the_run_through_kills_without_deploying_twice() {
     let db = fresh_postgres().await.unwrap();

@@ -25,7 +25,10 @@ use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
 
 pub mod apimanager;
+pub mod postgres;
 pub mod wiremock;
+
+pub use postgres::PostgresServer;
 
 /// Default administrative Postgres URL when `GANTRY_TEST_DATABASE_URL` is unset.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";

@@ -14,7 +14,7 @@ use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Query, State};
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use gantry_runtime::Problem;
@@ -25,7 +25,7 @@ use crate::Api;
 const PAGE: i64 = 256;
 
 #[derive(Debug, Deserialize)]
-pub(crate) struct EventsQuery {
+struct EventsQuery {
     from: Option<i64>,
     pipeline: Option<String>,
     run: Option<String>,
@@ -33,12 +33,24 @@ pub(crate) struct EventsQuery {
     follow: Option<bool>,
 }
 
-pub(crate) async fn stream(
-    State(api): State<Api>,
-    headers: HeaderMap,
-    Query(q): Query<EventsQuery>,
-) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
-    let last_seen = match headers.get("last-event-id") {
+/// What a `GET /api/v1/events` asks for, from its `Last-Event-ID` header and
+/// query string.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventsRequest {
+    /// Stream the events after this position (0: from the start).
+    pub after: i64,
+    pub pipeline: Option<String>,
+    pub run: Option<String>,
+    /// `false` ends the stream once it has caught up.
+    pub follow: bool,
+}
+
+/// Reads an events request: both inputs come straight from the client. Pub so
+/// that the fuzz target drives exactly what the route parses.
+pub fn parse_events_request(headers: &HeaderMap, uri: &Uri) -> Result<EventsRequest, Problem> {
+    let Query(q) = Query::<EventsQuery>::try_from_uri(uri)
+        .map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
+    let after = match headers.get("last-event-id") {
         Some(v) => {
             let text = v.to_str().unwrap_or_default().trim();
             text.parse::<i64>()
@@ -54,18 +66,35 @@ pub(crate) async fn stream(
                     "from={f} is not a log position (positions start at 1)"
                 )))
             }
-            Some(f) => f.saturating_sub(1),
+            // `from=0` also means from the start: no position is below 0.
+            Some(f) => f.saturating_sub(1).max(0),
             None => 0,
         },
     };
+    Ok(EventsRequest {
+        after,
+        pipeline: q.pipeline.filter(|p| !p.is_empty()),
+        run: q.run.filter(|r| !r.is_empty()),
+        follow: q.follow.unwrap_or(true),
+    })
+}
+
+pub(crate) async fn stream(
+    State(api): State<Api>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, Problem> {
+    let EventsRequest {
+        after: last_seen,
+        pipeline,
+        run,
+        follow,
+    } = parse_events_request(&headers, &uri)?;
     let store = api.app.store.clone();
     let shutdown = api.app.shutdown.clone();
-    let pipeline = q.pipeline.filter(|p| !p.is_empty());
-    let run = q.run.filter(|r| !r.is_empty());
-    let follow = q.follow.unwrap_or(true);
     let stream = async_stream::stream! {
         let mut wake = store.wakeups();
-        let mut after = last_seen.max(0);
+        let mut after = last_seen;
         loop {
             let page = match store.read_all(after, PAGE).await {
                 Ok(p) => p,
@@ -99,4 +128,35 @@ pub(crate) async fn stream(
         }
     };
     Ok(Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(last_event_id: Option<&str>, target: &str) -> Result<EventsRequest, Problem> {
+        let mut headers = HeaderMap::new();
+        if let Some(id) = last_event_id {
+            headers.insert("last-event-id", id.parse().unwrap());
+        }
+        parse_events_request(&headers, &target.parse().unwrap())
+    }
+
+    // Found by fuzz/sse_events: `from=0` (or `from=000…`) gave position -1.
+    #[test]
+    fn from_zero_starts_at_the_beginning() {
+        for target in [
+            "/api/v1/events?from=0",
+            "/api/v1/events?from=0000000000000000000",
+        ] {
+            assert_eq!(parse(None, target).unwrap().after, 0, "{target}");
+        }
+        assert_eq!(parse(None, "/api/v1/events?from=5").unwrap().after, 4);
+        assert_eq!(
+            parse(Some(" 7 "), "/api/v1/events?from=0").unwrap().after,
+            7
+        );
+        assert!(parse(Some("-1"), "/api/v1/events").is_err());
+        assert!(parse(None, "/api/v1/events?from=-1").is_err());
+    }
 }

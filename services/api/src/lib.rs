@@ -12,10 +12,13 @@ mod apis_plan;
 mod approvals;
 mod diff;
 mod events;
+mod insights;
+mod pause;
 mod previews;
 mod rollback;
 pub mod session;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +36,7 @@ use gantry_runtime::trigger::{self, CommitInfo};
 use gantry_runtime::{App, Problem};
 
 pub use approvals::member;
+pub use events::{parse_events_request, EventsRequest};
 use gantry_store::projection::RunFilter;
 pub use previews::{DiffView, PlanRefused, Previews};
 use serde::Deserialize;
@@ -129,6 +133,11 @@ pub fn routes(api: Api) -> Router {
             "/pipelines/{name}/stages/{stage}/rollback",
             post(rollback::rollback),
         )
+        .route("/pipelines/{name}/stages/{stage}/pause", post(pause::pause))
+        .route(
+            "/pipelines/{name}/stages/{stage}/resume",
+            post(pause::resume),
+        )
         .route("/runs", get(list_runs).post(trigger_run))
         .route("/runs/{id}", get(get_run))
         .route("/runs/{id}/events", get(run_events))
@@ -141,6 +150,7 @@ pub fn routes(api: Api) -> Router {
         .route("/runs/{id}/stages/{stage}/reject", post(approvals::reject))
         .route("/runs/{id}/cancel", post(approvals::cancel))
         .route("/events", get(events::stream))
+        .route("/insights/dora", get(insights::dora))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .with_state(api.clone());
@@ -228,6 +238,7 @@ fn cross_origin() -> Problem {
 fn pipeline_json(
     p: &Pipeline,
     releases: &[gantry_store::projection::Release],
+    pauses: &HashMap<(String, String), pause::PauseView>,
 ) -> serde_json::Value {
     let stages: Vec<_> = p
         .stage_plan()
@@ -244,6 +255,7 @@ fn pipeline_json(
                 })),
                 "queue": planned.stage.queue,
                 "current": current,
+                "paused": pauses.get(&(p.name.clone(), planned.stage.name.clone())),
             })
         })
         .collect();
@@ -258,10 +270,12 @@ fn pipeline_json(
 
 async fn list_pipelines(State(api): State<Api>) -> Result<Json<Vec<serde_json::Value>>, Problem> {
     let set = api.app.pipelines.get();
+    let all: Vec<&Pipeline> = set.iter().collect();
+    let pauses = pause::pauses(&api, &all).await?;
     let mut out = Vec::with_capacity(set.len());
     for p in set.iter() {
         let releases = api.app.projections.releases(&p.name).await?;
-        out.push(pipeline_json(p, &releases));
+        out.push(pipeline_json(p, &releases, &pauses));
     }
     Ok(Json(out))
 }
@@ -275,7 +289,8 @@ async fn get_pipeline(
         .get(&name)
         .ok_or_else(|| Problem::not_found(format!("no pipeline named `{name}`")))?;
     let releases = api.app.projections.releases(&name).await?;
-    Ok(Json(pipeline_json(p, &releases)))
+    let pauses = pause::pauses(&api, &[p]).await?;
+    Ok(Json(pipeline_json(p, &releases, &pauses)))
 }
 
 #[derive(Debug, Deserialize)]

@@ -28,11 +28,11 @@ use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
 use gantry_pipeline::mask::Masker;
-use gantry_pipeline::{Pipeline, SecretRef, StageEnv};
+use gantry_pipeline::{Pipeline, SecretRef, StageEnv, Timeouts};
 use gantry_proto::events::{ApiChange, ApisFailed, ApisPromoted, StageStarted};
 use gantry_proto::{CloudEvent, EventName, Step};
 use gantry_runtime::git::SourceCache;
-use gantry_runtime::worker::{decode, Found, Reply, WorkerContext};
+use gantry_runtime::worker::{deadline, decode, gave_up, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::store::latest_for_stage;
 use gantry_store::NewEvents;
@@ -221,7 +221,9 @@ impl Apim {
                 self.work.display()
             )
         })?;
-        let sources = self.sources.clone();
+        let sources = self
+            .sources
+            .fetch_within(pipeline.source.timeout_or_default());
         let (name, repo, branch, commit_owned, dest) = (
             pipeline.name.clone(),
             pipeline.source.repo.clone(),
@@ -474,7 +476,25 @@ impl Handler for Apim {
                 }
             },
         };
-        Ok(match self.promote(&pipeline, stage_name, &commit).await {
+        // Stopped at the step's deadline; the conductor records
+        // `apis.failed` (`timed out after ..`).
+        let timeout = stage
+            .timeout(Step::ApiManager)
+            .unwrap_or(Timeouts::APIMANAGER);
+        let promoted = tokio::time::timeout_at(
+            deadline(event, timeout),
+            self.promote(&pipeline, stage_name, &commit),
+        )
+        .await;
+        let Ok(promoted) = promoted else {
+            tracing::warn!(
+                run,
+                stage = stage_name,
+                "API Manager promotion passed its deadline; stopped"
+            );
+            return Ok(vec![]);
+        };
+        Ok(match promoted {
             Ok(changes) => {
                 tracing::info!(
                     run,
@@ -496,6 +516,29 @@ impl Handler for Apim {
                 })
             }
         })
+    }
+
+    async fn gave_up(
+        &self,
+        event: &CloudEvent,
+        error: &str,
+    ) -> Result<Vec<NewEvents>, HandlerError> {
+        let (Some(stage), Ok(reply)) = (event.stage(), Reply::to(SERVICE, event)) else {
+            return Ok(vec![]);
+        };
+        self.ctx
+            .fail_where_due(
+                &reply,
+                Step::ApiManager,
+                &[stage],
+                &gave_up(error),
+                |stage, reason| ApisFailed {
+                    stage: stage.to_owned(),
+                    reason,
+                    breaking_fields: vec![],
+                },
+            )
+            .await
     }
 }
 

@@ -7,7 +7,8 @@
 //! conductor that decided on a stale history loses the append with a
 //! conflict, and the runner gives it the event again; deciding is
 //! idempotent, so the second attempt adds only what is still missing.
-//! Time-driven changes (approval expiry, freeze windows) come from the
+//! Time-driven changes (approval expiry, freeze windows, step deadlines:
+//! a step past its deadline gets its `*.failed`) come from the
 //! `next_wakeup` the decision function returns: one timer task sleeps until
 //! the earliest and decides again then, with no polling loop. Timers live in
 //! memory, so the timer task first decides once for every pipeline: that
@@ -54,6 +55,8 @@ const INPUTS: &[EventName] = &[
     EventName::ApprovalGranted,
     EventName::ApprovalRejected,
     EventName::RunCancelled,
+    EventName::StagePaused,
+    EventName::StageResumed,
 ];
 
 pub fn decisions_stream(pipeline: &str) -> String {
@@ -252,6 +255,9 @@ impl Handler for Conductor {
             .into_iter()
             .collect())
     }
+
+    // `gave_up` records nothing: the conductor answers no step, and the
+    // pipeline's next event or timer decides again from its whole history.
 }
 
 /// The worker, for registering with a runtime (`gantry up` and `gantry

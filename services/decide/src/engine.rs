@@ -6,9 +6,9 @@ use std::collections::HashMap;
 use chrono::{DateTime, SecondsFormat, Utc};
 use gantry_proto::{CloudEvent, Step};
 
-use super::state::{Attempt, Progress, Release, Run, State, Wait};
+use super::state::{Attempt, Meta, Progress, Release, Run, State, Wait};
 use super::{Decision, Outcome, RollbackError, RollbackTarget, WaitReason};
-use gantry_pipeline::{Approval, Pipeline, QueuePolicy};
+use gantry_pipeline::{Approval, Pipeline, QueuePolicy, Timeouts};
 
 pub(super) fn decide(pipeline: &Pipeline, now: DateTime<Utc>, history: &[CloudEvent]) -> Outcome {
     decide_state(pipeline, now, State::fold(&pipeline.name, history))
@@ -29,7 +29,12 @@ pub(super) fn decide_state(pipeline: &Pipeline, now: DateTime<Utc>, mut state: S
     let limit = 256 + 64 * active;
     let mut decisions = Vec::new();
     while let Some(decision) = next(&state, &ctx) {
-        state.apply(decision.run(), decision.name(), &decision.data(), now);
+        let meta = Meta {
+            time: now,
+            id: None,
+            cause: decision.cause(),
+        };
+        state.apply(decision.run(), decision.name(), &decision.data(), meta);
         decisions.push(decision);
         if decisions.len() > limit {
             debug_assert!(false, "decisions do not converge: {decisions:#?}");
@@ -83,6 +88,22 @@ impl Ctx<'_> {
         (approval.required > 0).then_some(approval)
     }
 
+    /// The deadline of `step` in the run's `i`th stage, from the current
+    /// definition (defaults for a stage no longer defined). The deploy's
+    /// includes the readiness wait when the plan has `ready`: the deployer
+    /// answers for both at once.
+    fn timeout(&self, run: &Run, i: usize, step: Step) -> Option<std::time::Duration> {
+        let of = |step: Step| match self.pipeline.stage(&run.plan[i].name) {
+            Some(s) => s.timeout(step),
+            None => Timeouts::default_for(step),
+        };
+        let base = of(step)?;
+        if step == Step::Deploy && run.has_step(i, Step::Ready) {
+            return Some(base.saturating_add(of(Step::Ready).unwrap_or_default()));
+        }
+        Some(base)
+    }
+
     /// When the freeze holding `stage` now ends (windows that overlap or
     /// touch make one span).
     fn freeze_end(&self, stage: &str) -> Option<DateTime<Utc>> {
@@ -99,6 +120,86 @@ impl Ctx<'_> {
         }
         Some(end)
     }
+}
+
+fn plus(t: DateTime<Utc>, d: std::time::Duration) -> DateTime<Utc> {
+    chrono::Duration::from_std(d)
+        .ok()
+        .and_then(|d| t.checked_add_signed(d))
+        .unwrap_or(DateTime::<Utc>::MAX_UTC)
+}
+
+/// A step of run `run`'s `i`th stage that is waiting for a result, with its
+/// deadline and the event that began it.
+struct Pending {
+    step: Step,
+    after: std::time::Duration,
+    deadline: DateTime<Utc>,
+    cause: Option<uuid::Uuid>,
+}
+
+/// The steps of the stage waiting for a worker's answer: the package and
+/// image gates before the promotion, then the current step of the
+/// promotion or of its rollback (which is not smoke-tested).
+fn pending(ctx: &Ctx<'_>, run: &Run, i: usize) -> Vec<Pending> {
+    let p = &run.progress[i];
+    let mut out = Vec::new();
+    let mut push = |step: Step, since: DateTime<Utc>, cause| {
+        if let Some(after) = ctx.timeout(run, i, step) {
+            out.push(Pending {
+                step,
+                after,
+                deadline: plus(since, after),
+                cause,
+            });
+        }
+    };
+    if !run.running() {
+        return out;
+    }
+    if p.forward.is_none() && run.rollback.is_none() {
+        if p.package.is_none() && !p.package_failed {
+            push(Step::Package, run.started_at, run.started_id);
+        } else if let (true, None, false, Some((since, cue))) = (
+            run.has_step(i, Step::Image),
+            &p.image,
+            p.image_failed,
+            p.image_since,
+        ) {
+            push(Step::Image, since, cue);
+        }
+        return out;
+    }
+    if !p.occupies() {
+        return out;
+    }
+    let (attempt, smoke) = match (&p.rollback, &p.forward) {
+        (Some(rb), _) if p.rollback_failure.is_none() => (rb, false),
+        (None, Some(fw)) if p.failure.is_none() => (fw, true),
+        _ => return out,
+    };
+    let current =
+        run.plan[i].steps.iter().copied().find(|s| {
+            s.results().is_some() && (smoke || *s != Step::Smoke) && !attempt.succeeded(*s)
+        });
+    if let Some(step) = current {
+        push(step, attempt.since, attempt.cue);
+    }
+    out
+}
+
+/// The first step of the stage whose deadline has passed.
+fn overdue(ctx: &Ctx<'_>, run: &Run, i: usize) -> Option<Decision> {
+    pending(ctx, run, i)
+        .into_iter()
+        .find(|p| ctx.now >= p.deadline)
+        .map(|p| Decision::TimeOut {
+            run: run.id.clone(),
+            stage: run.plan[i].name.clone(),
+            step: p.step,
+            after: p.after,
+            cause: p.cause,
+        })
 }
 
 fn after_ok(run: &Run, i: usize) -> bool {
@@ -294,6 +395,10 @@ fn next(state: &State, ctx: &Ctx<'_>) -> Option<Decision> {
             continue;
         }
         for i in 0..run.plan.len() {
+            // A step past its deadline fails first, like any failed step.
+            if let Some(d) = overdue(ctx, run, i) {
+                return Some(d);
+            }
             if let Some(d) = in_stage(state, run, i) {
                 return Some(d);
             }
@@ -439,6 +544,15 @@ fn waiting(state: &State, v: &View<'_>, ctx: &Ctx<'_>, idx: usize, i: usize) -> 
         if !deps_met(run, i) {
             break 'gates Wait::new(WaitReason::Dependencies, None, None);
         }
+        // A pause stops new promotions, never a rollback someone asked for.
+        if let Some(pause) = state
+            .stages
+            .get(stage)
+            .and_then(|s| s.paused.as_ref())
+            .filter(|_| run.rollback.is_none())
+        {
+            break 'gates Wait::paused(stage, pause);
+        }
         // Freezes hold promotions, never a rollback.
         if let Some(until) = ctx.freeze_end(stage).filter(|_| run.rollback.is_none()) {
             break 'gates Wait::new(WaitReason::Freeze, None, Some(until));
@@ -492,6 +606,8 @@ fn waiting(state: &State, v: &View<'_>, ctx: &Ctx<'_>, idx: usize, i: usize) -> 
         reason: wait.reason.unwrap_or(WaitReason::Queue),
         behind: wait.behind,
         until: wait.until,
+        by: wait.by,
+        detail: wait.detail,
     })
 }
 
@@ -505,6 +621,13 @@ fn wakeup(state: &State, ctx: &Ctx<'_>) -> Option<DateTime<Utc>> {
             earliest = Some(t);
         }
     };
+    for run in &state.runs {
+        for i in 0..run.plan.len() {
+            for p in pending(ctx, run, i) {
+                consider(p.deadline);
+            }
+        }
+    }
     for (idx, run) in state.runs.iter().enumerate() {
         if !run.running() || v.doomed(idx) {
             continue;

@@ -6,7 +6,7 @@ use gantry_proto::events::{self as ev, Person};
 use gantry_proto::{CloudEvent, EventPayload, Trigger};
 
 use super::{decide, rollback_target, Decision, Outcome};
-use gantry_pipeline::{parse_str, Pipeline};
+use gantry_pipeline::{parse_str, Pipeline, Timeouts};
 
 pub fn t0() -> DateTime<Utc> {
     DateTime::parse_from_rfc3339("2026-12-01T00:00:00Z")
@@ -17,6 +17,9 @@ pub fn t0() -> DateTime<Utc> {
 pub fn at_hours(h: i64) -> DateTime<Utc> {
     t0() + Duration::hours(h)
 }
+
+/// The source of late answers (`gantry/late`).
+pub const LATE: &str = "late";
 
 pub const REPO: &str = "registry.example.com/apim/demo";
 
@@ -30,10 +33,27 @@ pub fn pipeline(image: bool, stages: &str) -> Pipeline {
     let text = format!(
         "name: demo\nsource:\n  repo: /srv/git/demo.git\ngateway:\n  format: yaml\n  path: gateway/\napis:\n  path: apis/\n{image}stages:\n{stages}"
     );
-    match parse_str("demo.yaml", &text) {
+    let mut p = match parse_str("demo.yaml", &text) {
         Ok(p) => p,
         Err(e) => panic!("invalid test pipeline: {e}\n{text}"),
+    };
+    // Tests move the clock by hours; steps time out only where a test
+    // says so (`timeouts:` on the stage).
+    for stage in &mut p.stages {
+        if stage.timeouts.is_empty() {
+            let long = Some(std::time::Duration::from_secs(10_000 * 3600));
+            stage.timeouts = Timeouts {
+                package: long,
+                image: long,
+                deploy: long,
+                ready: long,
+                apimanager: long,
+                smoke: long,
+                perf: long,
+            };
+        }
     }
+    p
 }
 
 pub const DEPLOY: &str = "    deploy: { command: [\"deploy\"] }\n";
@@ -73,6 +93,14 @@ impl Log {
         event.time = self.now;
         event.sequence = Some(self.events.len() as i64 + 1);
         self.events.push(event);
+    }
+
+    /// A worker's answer to `cause` (its cue), recorded after the step's
+    /// deadline passed.
+    pub fn push_late<P: EventPayload>(&mut self, run: &str, payload: P, cause: uuid::Uuid) {
+        let mut event = CloudEvent::new(LATE, &self.pipeline.name, Some(run), &payload);
+        event.causationid = Some(cause);
+        self.record(event);
     }
 
     pub fn push<P: EventPayload>(&mut self, run: &str, payload: P) {
@@ -320,6 +348,27 @@ impl Log {
                 reason: "not now".into(),
             },
         );
+    }
+
+    /// `stage.paused` as the API records it: no run.
+    pub fn pause(&mut self, stage: &str, user: &str, reason: &str) {
+        let payload = ev::StagePaused {
+            stage: stage.into(),
+            user: user.into(),
+            reason: reason.into(),
+        };
+        let event = CloudEvent::new("api", &self.pipeline.name, None, &payload);
+        self.record(event);
+    }
+
+    pub fn resume(&mut self, stage: &str, user: &str) {
+        let payload = ev::StageResumed {
+            stage: stage.into(),
+            user: user.into(),
+            reason: None,
+        };
+        let event = CloudEvent::new("api", &self.pipeline.name, None, &payload);
+        self.record(event);
     }
 
     pub fn cancel(&mut self, run: &str) {

@@ -14,7 +14,7 @@
 //! Each run follows the stage plan frozen in its `run.started` (order,
 //! `after`, steps). A stage's steps run in the order of
 //! [`Step::ORDER`](gantry_proto::Step::ORDER): the gates `package`, `image`
-//! and `approval` (rules 2 and 5 below), then, after `stage.started`, the
+//! and `approval` (rules 2 and 6 below), then, after `stage.started`, the
 //! promotion's steps (*In the stage*). Stage *settings* that are operational — approval policy,
 //! freeze windows, queue policy — are read from the current [`Pipeline`]
 //! definition by stage name (a stage no longer defined gets the defaults: no
@@ -38,12 +38,21 @@
 //!    promoting into `S` or is ready for it too: only the latest commit
 //!    waits, and an older commit never overwrites a newer one. Runs that
 //!    started `S` are never superseded.
-//! 4. **freeze**: if `now` falls in one of `S`'s windows `[from, to)`,
+//! 4. **pause** (stop the line): while the stage is paused (its last
+//!    `stage.paused` has no `stage.resumed` after it; these events have no
+//!    run), `stage.queued` reason `paused`, `by` who paused it and `detail`
+//!    `stage S paused by U: why`. Nothing else is asked for while paused (no
+//!    approval request); a pause never interrupts a promotion in progress
+//!    (its steps, and a rollback after a failed step, go on) and never
+//!    holds a manual rollback run (asking for it is the operator's decision,
+//!    as with freezes). Supersession (rule 3) still applies, so under
+//!    `latest` only the newest commit waits for the resume.
+//! 5. **freeze**: if `now` falls in one of `S`'s windows `[from, to)`,
 //!    `stage.queued` reason `freeze`, `until` the end of the window (of the
 //!    whole frozen span, when windows touch or overlap). Nothing else is
 //!    asked for while frozen (no approval request). Freezes never interrupt
 //!    a promotion in progress and never hold a rollback.
-//! 5. **approval**: `approval.requested` once per run and stage, with
+//! 6. **approval**: `approval.requested` once per run and stage, with
 //!    `expires_at = now + expires`. It is satisfied by the request's
 //!    `required` *distinct* users (case-insensitive) in `approval.granted`
 //!    events (for that run and stage) recorded before `expires_at`; when
@@ -58,7 +67,7 @@
 //!    satisfied, an approval does not lapse while the run waits in a queue.
 //!    When a run comes back to waiting for approvals after having waited for
 //!    something else, `stage.queued` reason `approval` says so.
-//! 6. **queue**: one promotion per stage at a time. The stage is busy while
+//! 7. **queue**: one promotion per stage at a time. The stage is busy while
 //!    a run has `stage.started` it and has neither promoted it nor finished
 //!    rolling it back (and is not terminal). Ready runs are ordered by
 //!    `run.started` order; only the first may start, when the stage is free.
@@ -69,7 +78,7 @@
 //!    run not yet ready — packages missing, earlier stage not promoted — is
 //!    not in the queue and does not hold anyone back). With `latest` there is
 //!    only ever one ready run per stage (rule 3).
-//! 7. **start**: `stage.started` with the run's commit, image
+//! 8. **start**: `stage.started` with the run's commit, image
 //!    (`repository:tag`) and image digest.
 //!
 //! A `stage.queued` is emitted only when the reason, `behind` or `until`
@@ -103,6 +112,22 @@
 //!
 //! The stage stays busy until then, so no other run deploys over a rollback.
 //!
+//! # Deadlines
+//!
+//! Every step waiting for a worker has a deadline: the stage's
+//! `timeouts.<step>` (or the default, [`gantry_pipeline::Timeouts`]) after
+//! the event it began at: `run.started` for `package`, `package.built` for
+//! `image`, `stage.started` for the promotion's (or rollback's) first step
+//! and each success for the next (`deploy`'s includes `ready` when the plan
+//! has it). At the deadline, without a result, [`Decision::TimeOut`]
+//! records the step's `*.failed` (`timed out after <duration>`, caused by
+//! that event), which then counts like a worker's failure. Deadlines are
+//! wake-ups ([`Outcome::next_wakeup`]). A result that comes after its
+//! step failed changes nothing: a late `package.built` / `image.pushed` is
+//! not the stage's, and a result caused by an event of the failed
+//! promotion is never counted for the rollback that followed (a result
+//! without a known cause counts for the latest attempt).
+//!
 //! # How runs end
 //!
 //! A run *holds* a stage while it is promoting into it or rolling it back.
@@ -126,11 +151,14 @@
 //! history returns the same decisions, and calling it on the history with
 //! those decisions appended returns none.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use gantry_proto::events as ev;
-use gantry_proto::{CloudEvent, EventName, EventPayload};
+use gantry_proto::{CloudEvent, EventName, EventPayload, Step};
+use uuid::Uuid;
 
-use gantry_pipeline::Pipeline;
+use gantry_pipeline::{format_duration, Pipeline};
 
 mod engine;
 mod state;
@@ -152,6 +180,9 @@ pub enum WaitReason {
     Dependencies,
     /// A freeze window holds the stage; `until` says when it ends.
     Freeze,
+    /// Someone paused the stage (stop the line); `by` and `detail` say who
+    /// and why.
+    Paused,
     /// Approvals are still missing.
     Approval,
     /// Another run is ahead in the stage's queue; `behind` names it.
@@ -163,6 +194,7 @@ impl WaitReason {
         match self {
             WaitReason::Dependencies => "dependencies",
             WaitReason::Freeze => "freeze",
+            WaitReason::Paused => "paused",
             WaitReason::Approval => "approval",
             WaitReason::Queue => "queue",
         }
@@ -172,6 +204,7 @@ impl WaitReason {
         match s {
             "dependencies" => Some(WaitReason::Dependencies),
             "freeze" => Some(WaitReason::Freeze),
+            "paused" => Some(WaitReason::Paused),
             "approval" => Some(WaitReason::Approval),
             "queue" => Some(WaitReason::Queue),
             _ => None,
@@ -196,6 +229,10 @@ pub enum Decision {
         reason: WaitReason,
         behind: Option<String>,
         until: Option<DateTime<Utc>>,
+        /// Who paused the stage (reason `paused`).
+        by: Option<String>,
+        /// Why, in words, when the reason alone does not say it.
+        detail: Option<String>,
     },
     /// `approval.requested`.
     RequestApproval {
@@ -246,6 +283,23 @@ pub enum Decision {
         stage: String,
         by_run: String,
     },
+    /// The step's `*.failed` (`package.failed`, `image.failed`,
+    /// `deploy.failed`, `apis.failed`, `smoke.failed`) with `reason: timed
+    /// out after <after>`: its deadline passed without a result. `cause` is
+    /// the event that began the step (the worker's cue), recorded as the
+    /// failure's `causationid`.
+    TimeOut {
+        run: String,
+        stage: String,
+        step: Step,
+        after: Duration,
+        cause: Option<Uuid>,
+    },
+}
+
+/// The reason a step's failure gives when its deadline passed.
+pub fn timed_out(after: Duration) -> String {
+    format!("timed out after {}", format_duration(after))
 }
 
 /// What [`decide`] found.
@@ -347,7 +401,8 @@ impl Decision {
             | Decision::RollBack { run, .. }
             | Decision::Succeed { run }
             | Decision::Fail { run, .. }
-            | Decision::Supersede { run, .. } => run,
+            | Decision::Supersede { run, .. }
+            | Decision::TimeOut { run, .. } => run,
         }
     }
 
@@ -359,7 +414,8 @@ impl Decision {
             | Decision::Start { stage, .. }
             | Decision::Promote { stage, .. }
             | Decision::RollBack { stage, .. }
-            | Decision::Supersede { stage, .. } => Some(stage),
+            | Decision::Supersede { stage, .. }
+            | Decision::TimeOut { stage, .. } => Some(stage),
             Decision::Fail { stage, .. } => stage.as_deref(),
             Decision::Succeed { .. } => None,
         }
@@ -376,6 +432,24 @@ impl Decision {
             Decision::Succeed { .. } => EventName::RunSucceeded,
             Decision::Fail { .. } => EventName::RunFailed,
             Decision::Supersede { .. } => EventName::RunSuperseded,
+            Decision::TimeOut { step, .. } => match step {
+                Step::Package => EventName::PackageFailed,
+                Step::Image => EventName::ImageFailed,
+                Step::ApiManager => EventName::ApisFailed,
+                Step::Smoke => EventName::SmokeFailed,
+                // `ready` is part of the deploy's answer; `approval` has
+                // its own expiry and never times out here.
+                Step::Deploy | Step::Ready | Step::Approval => EventName::DeployFailed,
+            },
+        }
+    }
+
+    /// The event that caused the decision, when it is not the history as a
+    /// whole (a timed-out step's cue).
+    pub fn cause(&self) -> Option<Uuid> {
+        match self {
+            Decision::TimeOut { cause, .. } => *cause,
+            _ => None,
         }
     }
 
@@ -393,10 +467,12 @@ impl Decision {
     /// the run, a fresh id and the current time (set `causationid` with
     /// [`CloudEvent::caused_by`], `id` with [`CloudEvent::with_id`] as needed).
     pub fn into_event(&self, pipeline: &str) -> CloudEvent {
-        self.encode(&ToEvent {
+        let mut event = self.encode(&ToEvent {
             pipeline,
             run: self.run(),
-        })
+        });
+        event.causationid = self.cause();
+        event
     }
 
     fn encode<E: Encoder>(&self, e: &E) -> E::Out {
@@ -406,12 +482,16 @@ impl Decision {
                 reason,
                 behind,
                 until,
+                by,
+                detail,
                 ..
             } => e.encode(&ev::StageQueued {
                 stage: stage.clone(),
                 reason: reason.as_str().to_owned(),
                 behind: behind.clone(),
                 until: *until,
+                by: by.clone(),
+                detail: detail.clone(),
             }),
             Decision::RequestApproval {
                 stage,
@@ -472,6 +552,41 @@ impl Decision {
                 stage: stage.clone(),
                 by_run: by_run.clone(),
             }),
+            Decision::TimeOut { stage, after, .. } => {
+                let stage = stage.clone();
+                let reason = timed_out(*after);
+                match self.name() {
+                    EventName::PackageFailed => e.encode(&ev::PackageFailed {
+                        stage,
+                        reason,
+                        diagnostics: Vec::new(),
+                    }),
+                    EventName::ImageFailed => e.encode(&ev::ImageFailed { stage, reason }),
+                    EventName::ApisFailed => e.encode(&ev::ApisFailed {
+                        stage,
+                        reason,
+                        breaking_fields: Vec::new(),
+                    }),
+                    // `smoke.failed` has no reason of its own: one check
+                    // that never ran says why (as for a pipeline gone).
+                    EventName::SmokeFailed => e.encode(&ev::SmokeFailed {
+                        stage,
+                        checks: vec![ev::CheckResult {
+                            name: "deadline".to_owned(),
+                            passed: false,
+                            status: None,
+                            duration_ms: 0,
+                            attempts: 0,
+                            message: Some(reason),
+                        }],
+                    }),
+                    _ => e.encode(&ev::DeployFailed {
+                        stage,
+                        reason,
+                        output: None,
+                    }),
+                }
+            }
         }
     }
 }

@@ -3,8 +3,9 @@
 //!
 //! 1. no stage ever has two promotions in progress at once;
 //! 2. a run never starts a stage before it promoted the stage's `after`
-//!    (nor before its package and image exist, nor while the stage is frozen,
-//!    nor without the approvals its policy asks for);
+//!    (nor before its package and image exist, nor while the stage is frozen
+//!    or paused, nor without the approvals its policy asks for), and no
+//!    approval is asked for in a paused stage;
 //! 3. the conductor decides nothing for a run after it ended (superseded,
 //!    failed, cancelled and succeeded runs never promote again);
 //! 4. with workers answering and time passing, every run ends;
@@ -43,6 +44,8 @@ struct StageSpec {
     fifo: bool,
     /// (from, length) in hours after t0
     freeze: Option<(i64, i64)>,
+    /// Every step's deadline, in hours (none: longer than any simulation).
+    timeouts: Option<u8>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +89,11 @@ impl Spec {
                     rfc(at_hours(from + len))
                 ));
             }
+            if let Some(h) = s.timeouts {
+                out.push_str(&format!(
+                    "    timeouts: {{ package: {h}h, image: {h}h, deploy: {h}h, ready: {h}h, apimanager: {h}h, smoke: {h}h }}\n"
+                ));
+            }
             out.push_str(if s.fifo {
                 "    queue: fifo\n"
             } else {
@@ -105,9 +113,10 @@ fn stage_spec() -> impl Strategy<Value = StageSpec> {
         prop::option::weighted(0.4, (1u32..=2, any::<bool>(), prop::option::of(1i64..=4))),
         any::<bool>(),
         prop::option::weighted(0.3, (-2i64..8, 1i64..6)),
+        prop::option::weighted(0.5, 1u8..4),
     )
         .prop_map(
-            |(after, deploy, apim, smoke, approval, fifo, freeze)| StageSpec {
+            |(after, deploy, apim, smoke, approval, fifo, freeze, timeouts)| StageSpec {
                 after,
                 deploy,
                 apim,
@@ -115,6 +124,7 @@ fn stage_spec() -> impl Strategy<Value = StageSpec> {
                 approval,
                 fifo,
                 freeze,
+                timeouts,
             },
         )
 }
@@ -152,6 +162,15 @@ enum Action {
         stage: u8,
         to: Option<u16>,
     },
+    /// Someone pauses a stage, or resumes it when it is paused.
+    Pause {
+        stage: u8,
+    },
+    /// A worker answers (successfully) a step whose deadline passed and
+    /// whose failure the conductor recorded.
+    Late {
+        pick: u16,
+    },
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -163,6 +182,8 @@ fn action() -> impl Strategy<Value = Action> {
         1 => any::<u16>().prop_map(|pick| Action::Cancel { pick }),
         2 => (1u8..6).prop_map(|hours| Action::Advance { hours }),
         1 => (any::<u8>(), prop::option::of(any::<u16>())).prop_map(|(stage, to)| Action::Rollback { stage, to }),
+        2 => any::<u8>().prop_map(|stage| Action::Pause { stage }),
+        2 => any::<u16>().prop_map(|pick| Action::Late { pick }),
     ]
 }
 
@@ -198,6 +219,94 @@ struct Model {
     started: HashSet<(String, String)>,
 }
 
+fn is_late(e: &CloudEvent) -> bool {
+    e.source == format!("gantry/{LATE}")
+}
+
+/// The conductor's timeouts in the log: (run, stage, failure type, cue).
+fn timeouts(log: &Log) -> Vec<(String, String, EventName, uuid::Uuid)> {
+    log.events
+        .iter()
+        .filter(|e| e.source == "gantry/conductor")
+        .filter_map(|e| {
+            let name = e.name()?;
+            let failed = matches!(
+                name,
+                EventName::PackageFailed
+                    | EventName::ImageFailed
+                    | EventName::DeployFailed
+                    | EventName::ApisFailed
+                    | EventName::SmokeFailed
+            );
+            let (run, stage) = key(e);
+            failed.then_some((run, stage, name, e.causationid?))
+        })
+        .collect()
+}
+
+/// A worker's successful answer to the step a timeout failed, after it.
+fn answer_late(log: &mut Log, run: &str, stage: &str, failed: EventName, cause: uuid::Uuid) {
+    let stage = stage.to_owned();
+    match failed {
+        EventName::PackageFailed => log.push_late(
+            run,
+            ev::PackageBuilt {
+                stage,
+                digest: "sha256:late".into(),
+                size: 1,
+                files: 1,
+                format: "yaml".into(),
+                values_digest: None,
+                location: None,
+                commit: None,
+                committed_at: None,
+            },
+            cause,
+        ),
+        EventName::ImageFailed => log.push_late(
+            run,
+            ev::ImagePushed {
+                stage,
+                repository: REPO.into(),
+                tag: "late".into(),
+                digest: "sha256:late".into(),
+                parent_digest: None,
+                bytes_uploaded: 0,
+                bytes_reused: 0,
+            },
+            cause,
+        ),
+        EventName::DeployFailed => log.push_late(
+            run,
+            ev::DeployCompleted {
+                stage,
+                image: None,
+                digest: Some("sha256:late".into()),
+                revision: None,
+                output: None,
+                duration_ms: 0,
+            },
+            cause,
+        ),
+        EventName::ApisFailed => log.push_late(
+            run,
+            ev::ApisPromoted {
+                stage,
+                changes: Vec::new(),
+            },
+            cause,
+        ),
+        _ => log.push_late(
+            run,
+            ev::SmokePassed {
+                stage,
+                checks: Vec::new(),
+            },
+            cause,
+        ),
+    }
+}
+
 fn key(e: &CloudEvent) -> (String, String) {
     (
         e.runid.clone().unwrap_or_default(),
@@ -208,7 +317,8 @@ fn key(e: &CloudEvent) -> (String, String) {
 impl Model {
     fn of(log: &Log) -> Self {
         let mut m = Model::default();
-        for e in &log.events {
+        // Late answers are ignored by the conductor; workers know they are done.
+        for e in log.events.iter().filter(|e| !is_late(e)) {
             let k = key(e);
             let name = e.name().expect("known event");
             match name {
@@ -408,9 +518,37 @@ fn conduct(log: &mut Log) {
     }
 }
 
+/// The stages paused now, as the log says.
+fn paused_stages(log: &Log) -> Vec<String> {
+    let mut paused: Vec<String> = Vec::new();
+    for e in &log.events {
+        match e.name() {
+            Some(EventName::StagePaused) => {
+                paused.push(e.stage().unwrap_or_default().to_owned());
+            }
+            Some(EventName::StageResumed) => {
+                paused.retain(|s| Some(s.as_str()) != e.stage());
+            }
+            _ => {}
+        }
+    }
+    paused.sort();
+    paused.dedup();
+    paused
+}
+
 fn apply(log: &mut Log, runs: &mut usize, action: &Action) {
     let model = Model::of(log);
     match action {
+        Action::Pause { stage } => {
+            let stages: Vec<String> = log.pipeline.stages.iter().map(|s| s.name.clone()).collect();
+            let stage = &stages[*stage as usize % stages.len()];
+            if paused_stages(log).contains(stage) {
+                log.resume(stage, "sam");
+            } else {
+                log.pause(stage, "rita", "stop the line");
+            }
+        }
         Action::Rollback { stage, to } => {
             let stages: Vec<String> = log.pipeline.stages.iter().map(|s| s.name.clone()).collect();
             let stage = &stages[*stage as usize % stages.len()];
@@ -465,6 +603,21 @@ fn apply(log: &mut Log, runs: &mut usize, action: &Action) {
             }
         }
         Action::Advance { hours } => log.now += Duration::hours(i64::from(*hours)),
+        Action::Late { pick } => {
+            let timeouts = timeouts(log);
+            if timeouts.is_empty() {
+                return;
+            }
+            let (run, stage, failed, cause) = timeouts[*pick as usize % timeouts.len()].clone();
+            // The late answer changes nothing: the step failed at its deadline.
+            let before = log.decide();
+            answer_late(log, &run, &stage, failed, cause);
+            assert_eq!(
+                log.decide(),
+                before,
+                "a late {failed} answer for {run}/{stage} changed the decisions"
+            );
+        }
     }
 }
 
@@ -479,6 +632,11 @@ fn drain(log: &mut Log) {
         if let Some(task) = model.tasks(log).first() {
             let ok = matches!(task, Task::Package(..) | Task::Image(..)) || round % 7 != 3;
             work(log, task, ok);
+            continue;
+        }
+        // Nothing moves while a stage is paused: someone resumes it.
+        if let Some(stage) = paused_stages(log).first() {
+            log.resume(stage, "sam");
             continue;
         }
         let pending = model.pending_approvals();
@@ -537,8 +695,20 @@ fn check(log: &Log, spec: &Spec) {
                 .all(|s| r.iter().any(|(done, _)| done == s))
     };
     let ctx = |e: &CloudEvent| format!("at #{:?} {} {}", e.sequence, e.ty, e.data);
+    let mut paused: HashSet<String> = HashSet::new();
 
-    for e in &log.events {
+    for e in log.events.iter().filter(|e| !is_late(e)) {
+        match e.name() {
+            Some(EventName::StagePaused) => {
+                paused.insert(e.stage().unwrap_or_default().to_owned());
+                continue;
+            }
+            Some(EventName::StageResumed) => {
+                paused.remove(e.stage().unwrap_or_default());
+                continue;
+            }
+            _ => {}
+        }
         let run = e.runid.clone().expect("run id");
         let k = key(e);
         let name = e.name().expect("known");
@@ -591,6 +761,11 @@ fn check(log: &Log, spec: &Spec) {
                 built.insert((k.0, k.1, Step::Image));
             }
             EventName::ApprovalRequested => {
+                assert!(
+                    !paused.contains(&k.1),
+                    "approval asked for in a paused stage {}",
+                    ctx(e)
+                );
                 requested.entry(k).or_insert(e.time);
             }
             EventName::ApprovalGranted => {
@@ -636,7 +811,12 @@ fn check(log: &Log, spec: &Spec) {
                     occupant.insert(stage.clone(), run.clone());
                     continue;
                 }
-                // (2) after, dependencies, freeze, approvals.
+                // (2) after, dependencies, pause, freeze, approvals.
+                assert!(
+                    !paused.contains(stage),
+                    "{run} starts {stage} while it is paused {}",
+                    ctx(e)
+                );
                 let i = plan.iter().position(|p| &p.name == stage).unwrap();
                 if let Some(after) = &plan[i].after {
                     assert!(
@@ -852,6 +1032,7 @@ fn a_long_simulation_reaches_every_decision() {
                 approval: None,
                 fifo: false,
                 freeze: None,
+                timeouts: None,
             },
             StageSpec {
                 after: None,
@@ -861,6 +1042,7 @@ fn a_long_simulation_reaches_every_decision() {
                 approval: Some((2, false, Some(3))),
                 fifo: true,
                 freeze: Some((2, 3)),
+                timeouts: Some(2),
             },
         ],
     };
@@ -916,4 +1098,54 @@ fn a_long_simulation_reaches_every_decision() {
     ] {
         assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
     }
+}
+
+/// The same busy history with prod paused and resumed now and then: runs
+/// reaching it wait and say why, and the invariants hold throughout.
+#[test]
+fn a_long_simulation_with_pauses_holds_runs_and_says_why() {
+    let stage = |approval, fifo| StageSpec {
+        after: None,
+        deploy: true,
+        apim: false,
+        smoke: true,
+        approval,
+        fifo,
+        freeze: None,
+        timeouts: None,
+    };
+    let spec = Spec {
+        image: true,
+        stages: vec![stage(None, false), stage(Some((2, false, None)), true)],
+    };
+    let mut actions = Vec::new();
+    for i in 0..240u16 {
+        actions.push(match i % 10 {
+            0 if i < 80 => Action::NewRun { author: i as u8 },
+            // prod paused at 5, 25, 45, ... and resumed at 15, 35, ...
+            5 => Action::Pause { stage: 1 },
+            4 | 8 => Action::Approve {
+                pick: i,
+                user: (i / 10) as u8,
+            },
+            _ => Action::Work {
+                pick: i.wrapping_mul(7919),
+                ok: i % 13 != 0,
+            },
+        });
+    }
+    let log = simulate(&spec, &actions);
+    check(&log, &spec);
+    let waits = log
+        .events
+        .iter()
+        .filter(|e| {
+            e.name() == Some(EventName::StageQueued)
+                && e.data["reason"] == "paused"
+                && e.data["detail"] == "stage s1 paused by rita: stop the line"
+        })
+        .count();
+    assert!(waits > 0, "no run waited for the paused stage");
+    let model = Model::of(&log);
+    assert_eq!(model.terminal.len(), model.runs.len());
 }

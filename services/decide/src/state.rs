@@ -8,25 +8,52 @@ use gantry_proto::events::{Person, StagePlan};
 use gantry_proto::{CloudEvent, EventName, RunStatus, Step};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
+use uuid::Uuid;
 
 use super::WaitReason;
 
 /// One promotion (or rollback) into a stage: the steps that have succeeded
-/// so far (those with results of their own, [`Step::results`]).
-#[derive(Debug, Clone, Default)]
+/// so far (those with results of their own, [`Step::results`]), and when
+/// and by which event the step in progress began (its deadline counts
+/// from then).
+#[derive(Debug, Clone)]
 pub(super) struct Attempt {
     pub done: Vec<Step>,
+    /// When the step in progress began: `stage.started`, then each success.
+    pub since: DateTime<Utc>,
+    /// The event that began it (the cue of the worker doing it).
+    pub cue: Option<Uuid>,
+    /// Every event of this attempt that a worker answers (`stage.started`
+    /// and each success): a result caused by one of them belongs here.
+    pub ids: Vec<Uuid>,
 }
 
 impl Attempt {
+    pub fn new(since: DateTime<Utc>, id: Option<Uuid>) -> Self {
+        Self {
+            done: Vec::new(),
+            since,
+            cue: id,
+            ids: id.into_iter().collect(),
+        }
+    }
+
     pub fn succeeded(&self, step: Step) -> bool {
         self.done.contains(&step)
     }
 
-    fn mark(&mut self, step: Step) {
+    fn mark(&mut self, step: Step, at: DateTime<Utc>, id: Option<Uuid>) {
         if !self.succeeded(step) {
             self.done.push(step);
+            self.since = at;
+            self.cue = id;
+            self.ids.extend(id);
         }
+    }
+
+    /// Whether a result caused by `cause` answers this attempt.
+    fn caused(&self, cause: Option<Uuid>) -> bool {
+        cause.is_some_and(|c| self.ids.contains(&c))
     }
 }
 
@@ -47,6 +74,8 @@ pub(super) struct Wait {
     pub reason: Option<WaitReason>,
     pub behind: Option<String>,
     pub until: Option<DateTime<Utc>>,
+    pub by: Option<String>,
+    pub detail: Option<String>,
 }
 
 impl Wait {
@@ -55,8 +84,29 @@ impl Wait {
             reason: Some(reason),
             behind,
             until,
+            by: None,
+            detail: None,
         }
     }
+
+    /// Waiting for `stage` to be resumed.
+    pub fn paused(stage: &str, pause: &Pause) -> Self {
+        Self {
+            by: Some(pause.user.clone()),
+            detail: Some(format!(
+                "stage {stage} paused by {}: {}",
+                pause.user, pause.reason
+            )),
+            ..Self::new(WaitReason::Paused, None, None)
+        }
+    }
+}
+
+/// A stage stopped by `stage.paused` (stop the line).
+#[derive(Debug, Clone, PartialEq)]
+pub(super) struct Pause {
+    pub user: String,
+    pub reason: String,
 }
 
 /// A pending `approval.requested`.
@@ -70,8 +120,14 @@ pub(super) struct Request {
 #[derive(Debug, Clone, Default)]
 pub(super) struct Progress {
     pub package: Option<String>,
+    /// A `package.failed` was recorded first: a later `package.built` (a
+    /// late answer after the deadline) does not count.
+    pub package_failed: bool,
+    /// When and by which event (`package.built`) the image step began.
+    pub image_since: Option<(DateTime<Utc>, Option<Uuid>)>,
     /// `repository:tag` and manifest digest.
     pub image: Option<(String, String)>,
+    pub image_failed: bool,
     pub request: Option<Request>,
     /// `(user, recorded at)` of every `approval.granted`.
     pub grants: Vec<(String, DateTime<Utc>)>,
@@ -111,6 +167,9 @@ pub(super) struct Run {
     /// Position of its `run.started` among the folded events: runs are
     /// ordered by it (older first).
     pub ordinal: u64,
+    /// When `run.started` was recorded, and its id: packaging begins there.
+    pub started_at: DateTime<Utc>,
+    pub started_id: Option<Uuid>,
     pub commit: String,
     /// Everyone who counts as an author (commit author and committer,
     /// pusher, manual triggerer): none of them may approve under
@@ -159,6 +218,17 @@ pub(super) struct StageState {
     pub newest_promoted: Option<(u64, String)>,
     /// Every release the stage ran, in the order it began to run them.
     pub history: Vec<Release>,
+    /// Set while the stage is paused.
+    pub paused: Option<Pause>,
+}
+
+/// When an event was recorded, its id and the event that caused it (none
+/// for a decision applied while deciding, before it has an id).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Meta {
+    pub time: DateTime<Utc>,
+    pub id: Option<Uuid>,
+    pub cause: Option<Uuid>,
 }
 
 /// Everything decisions depend on.
@@ -195,14 +265,45 @@ impl State {
         let Some(name) = event.name() else {
             return;
         };
+        // Pauses belong to a stage, not to a run.
+        if matches!(name, EventName::StagePaused | EventName::StageResumed) {
+            self.apply_pause(name, &event.data);
+            return;
+        }
         let Some(run) = event.runid.as_deref().or(event.subject.as_deref()) else {
             return;
         };
-        self.apply(run, name, &event.data, event.time);
+        let meta = Meta {
+            time: event.time,
+            id: Some(event.id),
+            cause: event.causationid,
+        };
+        self.apply(run, name, &event.data, meta);
+    }
+
+    /// `stage.paused` / `stage.resumed`: the stage stops or goes on.
+    pub fn apply_pause(&mut self, name: EventName, data: &Value) {
+        match name {
+            EventName::StagePaused => {
+                if let Some(d) = decode::<ev::StagePaused>(data) {
+                    self.stages.entry(d.stage).or_default().paused = Some(Pause {
+                        user: d.user,
+                        reason: d.reason,
+                    });
+                }
+            }
+            EventName::StageResumed => {
+                if let Some(d) = decode::<ev::StageResumed>(data) {
+                    self.stages.entry(d.stage).or_default().paused = None;
+                }
+            }
+            _ => {}
+        }
     }
 
     /// Applies one event of `run_id`.
-    pub fn apply(&mut self, run_id: &str, name: EventName, data: &Value, time: DateTime<Utc>) {
+    pub fn apply(&mut self, run_id: &str, name: EventName, data: &Value, meta: Meta) {
+        let time = meta.time;
         let ordinal = self.next_ordinal;
         self.next_ordinal += 1;
         match name {
@@ -238,6 +339,8 @@ impl State {
                 self.runs.push(Run {
                     id: run_id.to_owned(),
                     ordinal,
+                    started_at: time,
+                    started_id: meta.id,
                     commit: d.commit,
                     authors,
                     progress,
@@ -272,12 +375,16 @@ impl State {
         match name {
             EventName::PackageBuilt => {
                 if let Some(d) = decode::<ev::PackageBuilt>(data) {
-                    p.package = Some(d.digest);
+                    if !p.package_failed && p.package.is_none() {
+                        p.package = Some(d.digest);
+                        p.image_since = Some((time, meta.id));
+                    }
                 }
             }
             EventName::PackageFailed => {
                 if let Some(d) = decode::<ev::PackageFailed>(data) {
-                    if p.forward.is_none() && p.package.is_none() {
+                    if p.forward.is_none() && p.package.is_none() && !p.package_failed {
+                        p.package_failed = true;
                         run.causes.push(Cause {
                             reason: format!("package for {stage} failed: {}", d.reason),
                             stage: Some(stage),
@@ -287,12 +394,15 @@ impl State {
             }
             EventName::ImagePushed => {
                 if let Some(d) = decode::<ev::ImagePushed>(data) {
-                    p.image = Some((format!("{}:{}", d.repository, d.tag), d.digest));
+                    if !p.image_failed && p.image.is_none() {
+                        p.image = Some((format!("{}:{}", d.repository, d.tag), d.digest));
+                    }
                 }
             }
             EventName::ImageFailed => {
                 if let Some(d) = decode::<ev::ImageFailed>(data) {
-                    if p.forward.is_none() && p.image.is_none() {
+                    if p.forward.is_none() && p.image.is_none() && !p.image_failed {
+                        p.image_failed = true;
                         run.causes.push(Cause {
                             reason: format!("image for {stage} failed: {}", d.reason),
                             stage: Some(stage),
@@ -306,6 +416,8 @@ impl State {
                         reason: WaitReason::parse(&d.reason),
                         behind: d.behind,
                         until: d.until,
+                        by: d.by,
+                        detail: d.detail,
                     });
                 }
             }
@@ -346,14 +458,14 @@ impl State {
             EventName::StageStarted => {
                 if let Some(d) = decode::<ev::StageStarted>(data) {
                     if !d.rollback && p.forward.is_none() {
-                        p.forward = Some(Attempt::default());
+                        p.forward = Some(Attempt::new(time, meta.id));
                         p.last_wait = None;
                     } else if d.rollback
                         && p.forward.is_some()
                         && p.failure.is_some()
                         && p.rollback.is_none()
                     {
-                        p.rollback = Some(Attempt::default());
+                        p.rollback = Some(Attempt::new(time, meta.id));
                     }
                 }
             }
@@ -372,23 +484,34 @@ impl State {
                     EventName::ApisFailed => decode::<ev::ApisFailed>(data)
                         .map(|d| format!("API Manager promotion in {stage} failed: {}", d.reason)),
                     EventName::SmokeFailed => decode::<ev::SmokeFailed>(data).map(|d| {
-                        let failed: Vec<&str> = d
+                        // A check that never ran (attempts 0: the deadline
+                        // passed, the pipeline is gone) says why in its message.
+                        let failed: Vec<String> = d
                             .checks
                             .iter()
                             .filter(|c| !c.passed)
-                            .map(|c| c.name.as_str())
+                            .map(|c| match (&c.message, c.attempts) {
+                                (Some(m), 0) => format!("{} ({m})", c.name),
+                                _ => c.name.clone(),
+                            })
                             .collect();
                         format!("smoke checks in {stage} failed: {}", failed.join(", "))
                     }),
                     _ => None,
                 };
                 let failure = failure.unwrap_or_else(|| format!("{name} in {stage}"));
-                if let Some(attempt) = p.rollback.as_mut() {
+                // A result answers the attempt whose event caused it: a late
+                // answer to a promotion that already failed (its deadline
+                // passed) must not count for the rollback that followed.
+                // Results without a known cause go to the latest attempt.
+                let to_forward = p.forward.as_ref().is_some_and(|f| f.caused(meta.cause))
+                    && !p.rollback.as_ref().is_some_and(|r| r.caused(meta.cause));
+                if let (Some(attempt), false) = (p.rollback.as_mut(), to_forward) {
                     if p.rolled_back || p.rollback_failure.is_some() {
                         return;
                     }
                     if succeeded {
-                        attempt.mark(step);
+                        attempt.mark(step, time, meta.id);
                     } else {
                         p.rollback_failure = Some(failure);
                     }
@@ -397,7 +520,7 @@ impl State {
                         return;
                     }
                     if succeeded {
-                        attempt.mark(step);
+                        attempt.mark(step, time, meta.id);
                     } else {
                         p.failure = Some(failure.clone());
                         run.causes.push(Cause {

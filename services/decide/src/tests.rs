@@ -42,6 +42,8 @@ fn queued(run: &str, stage: &str, reason: WaitReason, behind: Option<&str>) -> D
         reason,
         behind: behind.map(str::to_owned),
         until: None,
+        by: None,
+        detail: None,
     }
 }
 
@@ -468,6 +470,8 @@ fn freeze_holds_the_stage_until_the_window_ends() {
             reason: WaitReason::Freeze,
             behind: None,
             until: Some(at_hours(8)),
+            by: None,
+            detail: None,
         }
     );
     assert_eq!(d.len(), 2, "no approval requested while frozen: {d:?}");
@@ -530,6 +534,140 @@ fn freeze_does_not_interrupt_a_promotion_in_progress() {
     log.now = at_hours(2);
     log.deployed("r1", "test");
     assert_eq!(log.step()[0], promote("r1", "test"));
+}
+
+fn paused(run: &str, stage: &str, by: &str, why: &str) -> Decision {
+    Decision::Queue {
+        run: run.into(),
+        stage: stage.into(),
+        reason: WaitReason::Paused,
+        behind: None,
+        until: None,
+        by: Some(by.into()),
+        detail: Some(format!("stage {stage} paused by {by}: {why}")),
+    }
+}
+
+#[test]
+fn a_paused_stage_starts_nothing_and_asks_for_no_approval_until_resumed() {
+    let mut log = Log::new(two_stages("    approval: { approvers: [rm] }\n"));
+    log.pause("prod", "rita", "incident 4711");
+    log.start_run("r1", "alice");
+    log.build_all("r1");
+    // test is not paused: it promotes.
+    assert_eq!(log.step(), vec![start("r1", "test")]);
+    pass_stage(&mut log, "r1", "test");
+    assert_eq!(
+        log.step(),
+        vec![
+            promote("r1", "test"),
+            paused("r1", "prod", "rita", "incident 4711")
+        ],
+        "prod says why it waits and asks for no approval"
+    );
+    assert_eq!(log.decide().next_wakeup, None, "a pause has no end time");
+    log.now = at_hours(48);
+    assert_eq!(log.step(), vec![], "time does not end a pause");
+    log.resume("prod", "sam");
+    let d = log.step();
+    assert!(
+        matches!(&d[..], [Decision::RequestApproval { .. }]),
+        "{d:?}"
+    );
+    log.grant("r1", "prod", "bob");
+    assert_eq!(log.step(), vec![start("r1", "prod")]);
+}
+
+#[test]
+fn a_pause_does_not_interrupt_a_promotion_in_progress() {
+    let mut log = Log::new(two_stages(""));
+    log.start_run("r1", "alice");
+    log.build_all("r1");
+    assert_eq!(log.step(), vec![start("r1", "test")]);
+    log.pause("test", "rita", "look at it");
+    log.deployed("r1", "test");
+    log.smoke("r1", "test", true);
+    let d = log.step();
+    assert_eq!(d[0], promote("r1", "test"), "{d:?}");
+    // The next run waits for the resume, and says so once.
+    log.start_run("r2", "alice");
+    log.build_all("r2");
+    let d = log.step();
+    assert!(
+        d.contains(&paused("r2", "test", "rita", "look at it")),
+        "{d:?}"
+    );
+    assert_eq!(log.step(), vec![]);
+}
+
+#[test]
+fn paused_again_by_someone_else_says_so_and_queues_behind_a_paused_leader() {
+    let mut log = Log::new(pipeline(
+        true,
+        &format!("  - name: test\n{DEPLOY}    queue: fifo\n"),
+    ));
+    log.pause("test", "rita", "first");
+    log.start_run("r1", "alice");
+    log.start_run("r2", "bob");
+    log.build_all("r1");
+    log.build_all("r2");
+    assert_eq!(
+        log.step(),
+        vec![
+            paused("r1", "test", "rita", "first"),
+            paused("r2", "test", "rita", "first")
+        ]
+    );
+    log.resume("test", "rita");
+    log.pause("test", "sam", "second");
+    assert_eq!(
+        log.step(),
+        vec![
+            paused("r1", "test", "sam", "second"),
+            paused("r2", "test", "sam", "second")
+        ]
+    );
+    log.resume("test", "sam");
+    assert_eq!(
+        log.step(),
+        vec![
+            start("r1", "test"),
+            queued("r2", "test", WaitReason::Queue, Some("r1"))
+        ]
+    );
+}
+
+#[test]
+fn a_pause_does_not_hold_a_manual_rollback() {
+    let mut log = two_releases("");
+    log.pause("prod", "rita", "stop");
+    log.start_rollback("rb", "prod", None);
+    let d = log.step();
+    assert!(
+        matches!(
+            &d[..],
+            [Decision::Start {
+                rollback: false,
+                ..
+            }]
+        ),
+        "a manual rollback run starts while paused: {d:?}"
+    );
+}
+
+#[test]
+fn pauses_of_other_pipelines_and_stages_are_ignored() {
+    let mut log = Log::new(two_stages(""));
+    let other = ev::StagePaused {
+        stage: "test".into(),
+        user: "rita".into(),
+        reason: "other pipeline".into(),
+    };
+    log.record(gantry_proto::CloudEvent::new("api", "other", None, &other));
+    log.pause("nosuchstage", "rita", "x");
+    log.start_run("r1", "alice");
+    log.build_all("r1");
+    assert_eq!(log.step(), vec![start("r1", "test")]);
 }
 
 #[test]
@@ -812,6 +950,8 @@ fn decisions_become_contract_events() {
         reason: WaitReason::Freeze,
         behind: None,
         until: Some(at_hours(8)),
+        by: None,
+        detail: None,
     };
     let e = d.into_event("banking");
     assert_eq!(e.ty, "io.gantry.stage.queued.v1");
@@ -1030,4 +1170,142 @@ fn manual_rollback_waits_for_the_stage_and_supersedes_older_ready_runs() {
     );
     pass_stage(&mut log, "rb", "test");
     assert_eq!(log.step(), rollback_promoted("rb", "test", "r1"));
+}
+
+/// The last event of `name` for `stage` in the log.
+fn last_of(log: &Log, name: EventName, stage: &str) -> CloudEvent {
+    log.events
+        .iter()
+        .rev()
+        .find(|e| e.name() == Some(name) && e.stage() == Some(stage))
+        .cloned()
+        .unwrap_or_else(|| panic!("no {name} for {stage}"))
+}
+
+#[test]
+fn a_step_past_its_deadline_fails_and_a_late_answer_does_not_resurrect_it() {
+    let mut log = Log::new(pipeline(
+        true,
+        &format!("  - name: test\n{DEPLOY}{APIM}    timeouts: {{ deploy: 2h, apimanager: 1h }}\n"),
+    ));
+    // r1 promotes the stage: the release a failed promotion goes back to.
+    log.start_run("r1", "alice");
+    log.build_all("r1");
+    log.step();
+    log.deployed("r1", "test");
+    log.apis_promoted("r1", "test");
+    log.step();
+    log.step();
+    log.start_run("r2", "alice");
+    log.build_all("r2");
+    assert_eq!(log.step(), vec![start("r2", "test")]);
+    let started = last_of(&log, EventName::StageStarted, "test");
+    // Until the deadline nothing happens, and the wake-up is the deadline.
+    log.now += Duration::minutes(119);
+    assert_eq!(log.decide().decisions, vec![]);
+    assert_eq!(
+        log.decide().next_wakeup,
+        Some(started.time + Duration::hours(2))
+    );
+    log.now += Duration::minutes(1);
+    let decisions = log.step();
+    assert_eq!(
+        decisions[0],
+        Decision::TimeOut {
+            run: "r2".into(),
+            stage: "test".into(),
+            step: Step::Deploy,
+            after: std::time::Duration::from_secs(7200),
+            cause: Some(started.id),
+        }
+    );
+    // The failure is recorded like a worker's, caused by the step's cue,
+    // and rolls the stage back to r1's release.
+    let failed = last_of(&log, EventName::DeployFailed, "test");
+    assert_eq!(failed.data["reason"], "timed out after 2h");
+    assert_eq!(failed.causationid, Some(started.id));
+    assert!(matches!(
+        &decisions[1],
+        Decision::Start { rollback: true, commit, .. } if *commit == commit_of("r1")
+    ));
+    // The deployer answers the promotion late: it counts for nothing, not
+    // even for the rollback under way.
+    let before = log.decide();
+    log.push_late(
+        "r2",
+        ev::DeployCompleted {
+            stage: "test".into(),
+            image: None,
+            digest: Some("sha256:img-r2-test".into()),
+            revision: None,
+            output: None,
+            duration_ms: 1,
+        },
+        started.id,
+    );
+    assert_eq!(log.decide(), before);
+    // The rollback's own deploy then passes; its API Manager step times out.
+    log.deployed("r2", "test");
+    assert_eq!(log.step(), vec![]);
+    log.now += Duration::hours(1);
+    let decisions = log.step();
+    assert!(
+        matches!(
+            &decisions[0],
+            Decision::TimeOut {
+                step: Step::ApiManager,
+                ..
+            }
+        ),
+        "{decisions:#?}"
+    );
+    assert!(
+        matches!(&decisions[1], Decision::Fail { reason, .. }
+            if reason.contains("deploy to test failed: timed out after 2h")
+            && reason.contains("rollback of test failed: API Manager promotion in test failed: timed out after 1h")),
+        "{decisions:#?}"
+    );
+}
+
+#[test]
+fn packages_and_images_have_deadlines_too() {
+    let mut log = Log::new(pipeline(
+        true,
+        &format!("  - name: test\n{DEPLOY}    timeouts: {{ package: 1h, image: 3h }}\n  - name: prod\n{DEPLOY}    timeouts: {{ package: 2h }}\n"),
+    ));
+    log.start_run("r1", "alice");
+    log.step();
+    log.package("r1", "test");
+    log.now += Duration::hours(1);
+    // test's package came; prod's may take until 2h.
+    assert_eq!(log.step(), vec![]);
+    assert_eq!(log.decide().next_wakeup, Some(at_hours(2)));
+    log.now = at_hours(2);
+    let decisions = log.step();
+    assert!(
+        matches!(&decisions[0], Decision::TimeOut { stage, step: Step::Package, .. } if stage == "prod"),
+        "{decisions:#?}"
+    );
+    // The run fails at once: nothing holds a stage.
+    assert!(
+        matches!(&decisions[1], Decision::Fail { reason, .. } if reason == "package for prod failed: timed out after 2h"),
+        "{decisions:#?}"
+    );
+    // A package that comes after its failure is not the stage's.
+    log.package("r1", "prod");
+    assert_eq!(log.step(), vec![]);
+
+    // The image's deadline counts from `package.built`.
+    log.start_run("r2", "alice");
+    log.step();
+    log.package("r2", "test");
+    log.package("r2", "prod");
+    log.now += Duration::hours(3);
+    let decisions = log.step();
+    assert!(
+        decisions.iter().any(
+            |d| matches!(d, Decision::TimeOut { stage, step: Step::Image, .. } if stage == "test")
+        ),
+        "{decisions:#?}"
+    );
 }

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use gantry_pipeline::GitOpsDeploy;
 use git2::{build::TreeUpdateBuilder, ErrorCode, FetchOptions, Oid, PushOptions, Repository};
@@ -75,6 +75,9 @@ pub struct GitOpsOptions {
     pub retry_backoff: Duration,
     /// A hook before each push; tests use it to race a concurrent push.
     pub before_push: Option<BeforePush>,
+    /// The deploy step's deadline: nothing is pushed after it (checked
+    /// right before each push; fetches are aborted past it).
+    pub deadline: Option<Instant>,
 }
 
 impl Default for GitOpsOptions {
@@ -85,6 +88,7 @@ impl Default for GitOpsOptions {
             max_attempts: 5,
             retry_backoff: Duration::from_millis(200),
             before_push: None,
+            deadline: None,
         }
     }
 }
@@ -97,6 +101,7 @@ impl std::fmt::Debug for GitOpsOptions {
             .field("max_attempts", &self.max_attempts)
             .field("retry_backoff", &self.retry_backoff)
             .field("before_push", &self.before_push.is_some())
+            .field("deadline", &self.deadline)
             .finish()
     }
 }
@@ -147,6 +152,8 @@ pub enum DeployError {
     },
     #[error("gitops cache {path}: {message}")]
     Cache { path: String, message: String },
+    #[error("the deploy's deadline passed before the push to {repo} branch `{branch}`; nothing was pushed")]
+    DeadlinePassed { repo: String, branch: String },
 }
 
 /// Sets `spec.key` in `spec.file` to `image` on `spec.branch` of
@@ -183,6 +190,7 @@ pub fn deploy_gitops_with(
         shown: &shown,
         branch: &spec.branch,
         token,
+        deadline: options.deadline,
     };
     let max = options.max_attempts.max(1);
     for attempt in 1..=max {
@@ -248,6 +256,16 @@ pub fn deploy_gitops_with(
             .map_err(|e| ctx.git(e))?;
         if let Some(hook) = &options.before_push {
             hook(attempt);
+        }
+        // A deploy past its deadline has been failed already (the
+        // conductor records `deploy.failed` and may be rolling back): its
+        // commit must not land after that.
+        if options.deadline.is_some_and(|d| Instant::now() >= d) {
+            tracing::warn!(repo = %shown, branch = %spec.branch, "deadline passed; not pushing");
+            return Err(DeployError::DeadlinePassed {
+                repo: shown.clone(),
+                branch: spec.branch.clone(),
+            });
         }
         match ctx.push() {
             Ok(()) => {
@@ -359,6 +377,7 @@ struct Ctx<'a> {
     shown: &'a str,
     branch: &'a str,
     token: Option<&'a str>,
+    deadline: Option<Instant>,
 }
 
 enum PushFailure {
@@ -414,7 +433,9 @@ impl Ctx<'_> {
     }
 
     fn callbacks(&self) -> git2::RemoteCallbacks<'static> {
+        gantry_runtime::git::set_server_timeouts();
         let mut callbacks = git2::RemoteCallbacks::new();
+        gantry_runtime::git::abort_after(&mut callbacks, self.deadline);
         if let Some(token) = self.token {
             let token = token.to_owned();
             let mut tries = 0;

@@ -23,10 +23,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use gantry_pipeline::{format_duration, DeployMethod, Pipeline, SecretRef, StageEnv};
+use gantry_pipeline::{format_duration, DeployMethod, Pipeline, SecretRef, StageEnv, Timeouts};
 use gantry_proto::events::{DeployCompleted, DeployFailed, StageStarted};
 use gantry_proto::{CloudEvent, EventName, Step};
-use gantry_runtime::worker::{decode, Found, Reply, WorkerContext};
+use gantry_runtime::worker::{deadline, decode, gave_up, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::NewEvents;
 
@@ -37,6 +37,9 @@ use gantry_pipeline::mask::Masker;
 
 /// The worker's name: handler, durable consumer, event source, logs.
 pub const SERVICE: &str = "deployer";
+
+/// How long after its deadline a deploy may still report its own failure.
+const REPORT_GRACE: Duration = Duration::from_secs(2);
 
 /// Tunables of the deployer (defaults suit production; tests shorten them).
 #[derive(Debug, Clone, Default)]
@@ -85,6 +88,18 @@ impl Deployer {
         run: &str,
         started: &StageStarted,
     ) -> Option<DeployOutcome> {
+        self.deploy_by(pipeline, run, started, None).await
+    }
+
+    /// [`Deployer::deploy`] that pushes nothing to a gitops repository after
+    /// `deadline` (the step's, from its `stage.started`).
+    pub async fn deploy_by(
+        &self,
+        pipeline: &Pipeline,
+        run: &str,
+        started: &StageStarted,
+        deadline: Option<Instant>,
+    ) -> Option<DeployOutcome> {
         let failed = |reason: String, output: Option<String>| {
             Some(DeployOutcome::Failed(DeployFailed {
                 stage: started.stage.clone(),
@@ -112,7 +127,9 @@ impl Deployer {
         let masker = Masker::for_stage(pipeline, Some(&stage_env));
         let image = image_reference(pipeline, started);
         let begun = Instant::now();
-        let timeout = deploy.timeout_or_default();
+        let timeout = stage
+            .timeout(Step::Deploy)
+            .unwrap_or_else(|| deploy.timeout_or_default());
         let mut revision = None;
         let mut output = None;
         match deploy.method() {
@@ -137,7 +154,8 @@ impl Deployer {
                 };
                 let spec = spec.clone();
                 let work = self.work.clone();
-                let options = self.options.gitops.clone();
+                let mut options = self.options.gitops.clone();
+                options.deadline = deadline;
                 let task = tokio::task::spawn_blocking(move || {
                     deploy_gitops_with(
                         &spec,
@@ -193,7 +211,10 @@ impl Deployer {
             }
         }
         if let Some(ready) = &stage.ready {
-            if let Err(e) = wait_ready(ready, &self.options.ready).await {
+            // `timeouts.ready` wins over `ready.timeout`.
+            let mut ready = ready.clone();
+            ready.timeout = stage.timeout(Step::Ready).unwrap_or(ready.timeout);
+            if let Err(e) = wait_ready(&ready, &self.options.ready).await {
                 return failed(
                     format!("not ready: {}", masker.mask(&e.to_string())),
                     output,
@@ -260,7 +281,30 @@ impl Handler for Deployer {
             Found::Pipeline(p) => *p,
             Found::Gone(results) => return Ok(results),
         };
-        let Some(outcome) = self.deploy(&pipeline, run, &started).await else {
+        // The deploy (and readiness) stop at the step's deadline; the
+        // conductor records `deploy.failed` (`timed out after ..`). A gitops
+        // deploy on its blocking thread checks the deadline before it
+        // pushes, so nothing lands after the failure was recorded.
+        let timeout = pipeline
+            .stage(&started.stage)
+            .map(|s| {
+                let deploy = s.timeout(Step::Deploy).unwrap_or(Timeouts::DEPLOY);
+                match s.ready {
+                    Some(_) => deploy.saturating_add(s.timeout(Step::Ready).unwrap_or_default()),
+                    None => deploy,
+                }
+            })
+            .unwrap_or(Timeouts::DEPLOY);
+        let until = deadline(event, timeout);
+        let work = self.deploy_by(&pipeline, run, &started, Some(until.into_std()));
+        // A moment longer for the work itself: a command killed by its own
+        // timeout (the same length, started a little later) still reports
+        // its output; the conductor ignores whichever failure comes second.
+        let Ok(outcome) = tokio::time::timeout_at(until + REPORT_GRACE, work).await else {
+            tracing::warn!(run, stage = %started.stage, "deploy passed its deadline; stopped");
+            return Ok(vec![]);
+        };
+        let Some(outcome) = outcome else {
             tracing::debug!(run, stage = %started.stage, "stage has no deploy");
             return Ok(vec![]);
         };
@@ -274,6 +318,28 @@ impl Handler for Deployer {
                 reply.with(f)
             }
         })
+    }
+
+    async fn gave_up(
+        &self,
+        event: &CloudEvent,
+        error: &str,
+    ) -> Result<Vec<NewEvents>, HandlerError> {
+        let started: StageStarted = decode(event)?;
+        let reply = Reply::to(SERVICE, event)?;
+        self.ctx
+            .fail_where_due(
+                &reply,
+                Step::Deploy,
+                &[&started.stage],
+                &gave_up(error),
+                |stage, reason| DeployFailed {
+                    stage: stage.to_owned(),
+                    reason,
+                    output: None,
+                },
+            )
+            .await
     }
 }
 

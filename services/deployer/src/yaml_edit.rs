@@ -55,6 +55,21 @@ pub fn set_yaml_key(
         Some(rest) => ("\u{feff}", rest),
         None => ("", text),
     };
+    // YAML reads a lone CR as a line break and this editor does not: refuse
+    // rather than edit a file whose lines it sees differently (a `...` after
+    // one would end the document before an inserted key).
+    if let Some(at) = body
+        .match_indices('\r')
+        .map(|(i, _)| i)
+        .find(|&i| !body[i + 1..].starts_with('\n'))
+    {
+        return Err(EditError::Unsupported {
+            line: body[..at].matches('\n').count() + 1,
+            key: dotted_key.to_owned(),
+            reason: "a carriage return without a line feed (YAML reads it as a line break)"
+                .to_owned(),
+        });
+    }
     let doc = Doc::parse(body, dotted_key)?;
     let edit = doc.plan(&segments, value)?;
     match edit {
@@ -75,6 +90,15 @@ fn split_key(dotted_key: &str) -> Result<Vec<&str>, EditError> {
     if segments.iter().any(|s| s.trim().is_empty()) {
         return Err(bad(
             "a segment is empty (write nested keys as `parent.child`)",
+        ));
+    }
+    // YAML allows implicit keys of at most 1024 characters.
+    if segments
+        .iter()
+        .any(|s| render_key(s).chars().count() > 1024)
+    {
+        return Err(bad(
+            "a segment is longer than YAML's 1024 characters for a key",
         ));
     }
     if segments.iter().any(|s| s.trim() != *s) {
@@ -461,7 +485,7 @@ fn plain_safe(s: &str) -> bool {
     let Some(first) = s.chars().next() else {
         return false;
     };
-    if s.trim() != s || s.chars().any(|c| c.is_control() || c == '\u{feff}') {
+    if s.trim() != s || s.chars().any(unprintable) {
         return false;
     }
     if "-?:,[]{}#&*!|>'\"%@`".contains(first) {
@@ -496,6 +520,12 @@ fn looks_typed(s: &str) -> bool {
     s.chars().all(numeric) && s.chars().any(|c| c.is_ascii_digit())
 }
 
+/// Characters a YAML file may not hold as they are (outside YAML's printable
+/// set, U+FFFE and U+FFFF included), and the byte-order mark: escaped.
+fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{feff}' | '\u{fffe}' | '\u{ffff}')
+}
+
 fn render_double(s: &str) -> String {
     let mut out = String::with_capacity(s.len() + 2);
     out.push('"');
@@ -506,7 +536,7 @@ fn render_double(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\t' => out.push_str("\\t"),
             '\r' => out.push_str("\\r"),
-            c if c.is_control() || c == '\u{feff}' => {
+            c if unprintable(c) => {
                 out.push_str(&format!("\\u{:04x}", c as u32));
             }
             c => out.push(c),
@@ -525,7 +555,7 @@ fn render_single(s: &str) -> String {
 fn render_value(value: &str, like: &ValueKind) -> String {
     match like {
         ValueKind::Double => render_double(value),
-        ValueKind::Single if !value.chars().any(|c| c.is_control()) => render_single(value),
+        ValueKind::Single if !value.chars().any(unprintable) => render_single(value),
         _ if plain_safe(value) => value.to_owned(),
         _ => render_double(value),
     }

@@ -10,12 +10,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gantry_pipeline::{GatewayFormat, Pipeline};
+use gantry_pipeline::{GatewayFormat, Pipeline, Timeouts};
 use gantry_proto::events::{Diagnostic, PackageBuilt, PackageFailed, RunStarted};
 use gantry_proto::Step;
 use gantry_proto::{CloudEvent, EventName};
 use gantry_runtime::git::SourceCache;
-use gantry_runtime::worker::{decode, Found, Reply, WorkerContext};
+use gantry_runtime::worker::{deadline, decode, gave_up, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::packages::PackageStoreError;
 use gantry_store::NewEvents;
@@ -144,7 +144,10 @@ impl Envgen {
             Ok(d) => d,
             Err(e) => return fail_all(format!("cannot create a checkout directory: {e}"), vec![]),
         };
-        let checkout = match self.sources.checkout(
+        let sources = self
+            .sources
+            .fetch_within(pipeline.source.timeout_or_default());
+        let checkout = match sources.checkout(
             &pipeline.name,
             &pipeline.source.repo,
             &pipeline.source.branch,
@@ -405,10 +408,25 @@ impl Handler for Envgen {
             Found::Pipeline(p) => *p,
             Found::Gone(results) => return Ok(results),
         };
-        let outcomes = self
-            .package(pipeline, started.commit.clone(), stages)
-            .await
-            .map_err(|e| HandlerError::transient_from("cannot store the packages", e))?;
+        // The packages' deadline (the longest of the stages'): then the
+        // work is dropped and the conductor records each late stage's
+        // `package.failed` (a fetch on its blocking thread ends by
+        // `source.timeout`).
+        let timeout = names
+            .iter()
+            .filter_map(|s| pipeline.stage(s).and_then(|s| s.timeout(Step::Package)))
+            .max()
+            .unwrap_or(Timeouts::PACKAGE);
+        let work = self.package(pipeline, started.commit.clone(), stages.clone());
+        let outcomes = match tokio::time::timeout_at(deadline(event, timeout), work).await {
+            Ok(done) => {
+                done.map_err(|e| HandlerError::transient_from("cannot store the packages", e))?
+            }
+            Err(_) => {
+                tracing::warn!(run, "packaging passed its deadline; stopped");
+                return Ok(Vec::new());
+            }
+        };
         let events: Vec<CloudEvent> = outcomes
             .iter()
             .map(|o| match o {
@@ -420,6 +438,29 @@ impl Handler for Envgen {
             tracing::info!(run, stage = e.stage().unwrap_or(""), ty = %e.ty, "package result");
         }
         Ok(reply.events(events))
+    }
+
+    async fn gave_up(
+        &self,
+        event: &CloudEvent,
+        error: &str,
+    ) -> Result<Vec<NewEvents>, HandlerError> {
+        let started: RunStarted = decode(event)?;
+        let reply = Reply::new(SERVICE, event, &started.run_id);
+        let names: Vec<&str> = started.stages.iter().map(|s| s.name.as_str()).collect();
+        self.ctx
+            .fail_where_due(
+                &reply,
+                Step::Package,
+                &names,
+                &gave_up(error),
+                |stage, reason| PackageFailed {
+                    stage: stage.to_owned(),
+                    reason,
+                    diagnostics: vec![],
+                },
+            )
+            .await
     }
 }
 

@@ -670,6 +670,11 @@ fn scalar(v: &Value) -> String {
 
 fn string(s: &str) -> String {
     if s.contains("{{") {
+        // Single quotes fold line breaks and refuse other control characters,
+        // and plain double quotes would escape the placeholders' own quotes.
+        if s.contains(template::unprintable) {
+            return double_quoted_around_placeholders(s);
+        }
         // The placeholder must stay verbatim: pick a quote it does not use.
         if !s.contains('\'') {
             return format!("'{s}'");
@@ -677,20 +682,42 @@ fn string(s: &str) -> String {
         if !s.contains(['"', '\\']) && !s.contains(char::is_control) {
             return format!("\"{s}\"");
         }
-        return format!("'{}'", s.replace('\'', "''"));
+        // Both quotes: doubling `'` would change a placeholder that holds one.
+        return double_quoted_around_placeholders(s);
     }
     let plain_ok = !s.is_empty()
         && !s.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@` ".contains(c))
         && !s.ends_with([' ', ':'])
         && !s.contains(": ")
         && !s.contains(" #")
-        && !s.contains(char::is_control)
+        && !s.contains(template::unprintable)
         && yaml::resolve_plain(s) == Value::String(s.to_string());
     if plain_ok {
         s.to_string()
     } else {
         crate::template::double_quoted(s)
     }
+}
+
+/// `s` double-quoted with escapes between its placeholders and the
+/// placeholders verbatim: loading (like the gateway) reads them before the
+/// YAML, so this reads back to exactly `s`.
+fn double_quoted_around_placeholders(s: &str) -> String {
+    let escaped = |text: &str| {
+        let q = crate::template::double_quoted(text);
+        q[1..q.len() - 1].to_string()
+    };
+    let t = Template::parse(s);
+    let mut out = String::from("\"");
+    let mut last = 0;
+    for (start, end, _) in t.expressions().0 {
+        out.push_str(&escaped(&s[last..start]));
+        out.push_str(&s[start..end]);
+        last = end;
+    }
+    out.push_str(&escaped(&s[last..]));
+    out.push('"');
+    out
 }
 
 #[cfg(test)]

@@ -70,6 +70,19 @@ pub enum BenchCommand {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
+    /// `gantry audit export` and `verify` of a long log (Postgres; the log is
+    /// preloaded to --events first when it holds fewer).
+    Audit {
+        #[arg(long, default_value_t = 1_000_000)]
+        events: u64,
+    },
+    /// DORA's keys read from the projection holding --runs deployments
+    /// (seeded straight into it, 5% failed changes) over 10 pipelines x 5
+    /// stages and 60 days: the time to answer the API's query.
+    Dora {
+        #[arg(long, default_value_t = 100_000)]
+        runs: usize,
+    },
     /// Verified webhooks/s and latency: distinct signed GitHub pushes of
     /// distinct commits over open keep-alive connections (like `wrk`), then
     /// a check that every accepted webhook made exactly one run.
@@ -124,6 +137,8 @@ pub async fn run(command: BenchCommand, global: &Global) -> anyhow::Result<()> {
             }
             throughput(global, events, writers, batch).await
         }
+        BenchCommand::Audit { events } => audit(global, events).await,
+        BenchCommand::Dora { runs } => dora(global, runs).await,
         BenchCommand::Webhooks {
             requests,
             concurrency,
@@ -383,6 +398,138 @@ async fn preload_log(global: &Global, n: u64) -> anyhow::Result<()> {
         "preloaded {n} events in {:.1} s; log head {}",
         started.elapsed().as_secs_f64(),
         store.head().await?
+    );
+    Ok(())
+}
+
+/// Time to answer DORA's keys over `runs` seeded deployments.
+async fn dora(global: &Global, runs: usize) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let settings = Settings {
+        nats_url: None,
+        data_dir: dir.path().to_owned(),
+        ..global.settings()
+    };
+    let app = App::start(settings).await?;
+    let pool = app.store.pool();
+    let now = chrono::Utc::now();
+    let stamp = |minutes_ago: i64| {
+        (now - chrono::Duration::minutes(minutes_ago))
+            .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+    };
+    let started = Instant::now();
+    let mut tx = pool.begin().await?;
+    for run in 0..runs {
+        let (pipeline, stage) = (format!("p{}", run % 10), format!("s{}", (run / 10) % 5));
+        let run_id = format!("bench-{run}");
+        // Spread over 60 days, newest first.
+        let ago = (run as i64 * 60 * 24 * 60) / runs as i64;
+        if run % 20 == 0 {
+            sqlx::query(
+                "INSERT INTO dora_failures (pipeline, stage, run_id, failed_at, restored_at) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&pipeline)
+            .bind(&stage)
+            .bind(&run_id)
+            .bind(stamp(ago + 30))
+            .bind(stamp(ago + 10))
+            .execute(&mut *tx)
+            .await?;
+        } else {
+            sqlx::query(
+                "INSERT INTO dora_deployments (pipeline, stage, run_id, promoted_at, lead_seconds) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(&pipeline)
+            .bind(&stage)
+            .bind(&run_id)
+            .bind(stamp(ago))
+            .bind((run % 7_200) as i64 + 60)
+            .execute(&mut *tx)
+            .await?;
+        }
+    }
+    tx.commit().await?;
+    let seeded = started.elapsed();
+    let (mut one, mut all) = (Vec::new(), Vec::new());
+    for _ in 0..20 {
+        let t = Instant::now();
+        let keys = app
+            .projections
+            .dora(Some("p3"), Some("s2"), 30, now)
+            .await?;
+        one.push(t.elapsed().as_micros() as u64);
+        anyhow::ensure!(
+            keys.len() == 1 && keys[0].deployments > 0,
+            "no keys: {keys:?}"
+        );
+        let t = Instant::now();
+        let keys = app.projections.dora(None, None, 30, now).await?;
+        all.push(t.elapsed().as_micros() as u64);
+        anyhow::ensure!(keys.len() == 50, "{} stages", keys.len());
+    }
+    let median = |mut v: Vec<u64>| {
+        v.sort_unstable();
+        v[v.len() / 2] as f64 / 1000.0
+    };
+    println!(
+        "{}",
+        json!({
+            "runs": runs,
+            "backend": format!("{:?}", app.store.backend()),
+            "seeded_s": seeded.as_secs_f64(),
+            "one_stage_ms_median": median(one),
+            "all_50_stages_ms_median": median(all),
+        })
+    );
+    Ok(())
+}
+
+/// Export and verify rates of the audit chain over `n` events.
+async fn audit(global: &Global, n: u64) -> anyhow::Result<()> {
+    use gantry_store::audit;
+    let Some(db) = global.settings().database_url.clone() else {
+        bail!("bench audit needs --database-url postgres://...");
+    };
+    let store = EventStore::connect(&db).await?;
+    store.migrate().await?;
+    let head = store.head().await?;
+    if head < n as i64 {
+        preload_log(global, n - head as u64).await?;
+    }
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("audit.jsonl");
+    let started = Instant::now();
+    let exported = {
+        let file = std::fs::File::create(&path)?;
+        audit::export(
+            &store,
+            1,
+            &mut std::io::BufWriter::with_capacity(1 << 20, file),
+        )
+        .await?
+    };
+    let export_s = started.elapsed().as_secs_f64();
+    let bytes = std::fs::metadata(&path)?.len();
+    let started = Instant::now();
+    let file = std::fs::File::open(&path)?;
+    let verified = audit::verify(std::io::BufReader::with_capacity(1 << 20, file))?;
+    let verify_s = started.elapsed().as_secs_f64();
+    anyhow::ensure!(
+        verified == exported,
+        "verify saw another chain than export wrote"
+    );
+    println!(
+        "{}",
+        json!({
+            "events": exported.events,
+            "file_mb": bytes as f64 / 1e6,
+            "export_s": export_s,
+            "export_events_per_s": (exported.events as f64 / export_s).round(),
+            "verify_s": verify_s,
+            "verify_events_per_s": (verified.events as f64 / verify_s).round(),
+        })
     );
     Ok(())
 }

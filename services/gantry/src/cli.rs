@@ -217,6 +217,19 @@ pub enum Command {
     /// Run everything in one process (embedded SQLite and in-process delivery
     /// unless GANTRY_DATABASE_URL / GANTRY_NATS_URL are set).
     Up,
+    /// A whole promotion on this machine: writes a sample configuration
+    /// repository, an OCI layout registry, a GitOps repository, a pipeline
+    /// dev -> test -> prod and API tokens into DIR, serves it as `up` does
+    /// and starts a run. Again on the same DIR: serves it again.
+    Quickstart {
+        /// Where [default: ./gantry-quickstart].
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        /// Commit another change to the quickstart's configuration and
+        /// trigger a run of it (the server started by `quickstart` runs it).
+        #[arg(long)]
+        commit: bool,
+    },
     /// Run one microservice (needs GANTRY_DATABASE_URL and GANTRY_NATS_URL).
     Serve {
         #[arg(value_enum)]
@@ -266,6 +279,11 @@ pub enum Command {
         #[arg(long)]
         reason: String,
     },
+    /// Figures from the log: `insights dora`.
+    Insights {
+        #[command(subcommand)]
+        command: InsightsCommand,
+    },
     /// API Manager data: what promoting a run into a stage would change.
     Apis {
         #[command(subcommand)]
@@ -281,6 +299,22 @@ pub enum Command {
         #[arg(long)]
         to: Option<String>,
         /// Why, recorded in the rollback run's events.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Stop the line: the stage starts no new promotion (runs wait for it
+    /// and say why) until it is resumed; a promotion already in it goes on.
+    Pause {
+        pipeline: String,
+        stage: String,
+        /// Why, shown to everyone whose runs wait.
+        #[arg(long)]
+        reason: String,
+    },
+    /// Let a paused stage promote again.
+    Resume {
+        pipeline: String,
+        stage: String,
         #[arg(long)]
         reason: Option<String>,
     },
@@ -309,6 +343,12 @@ pub enum Command {
     Projections {
         #[command(subcommand)]
         command: ProjectionsCommand,
+    },
+    /// The log as a hash-chained file an auditor can verify: export,
+    /// verify, import (disaster recovery).
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::AuditCommand,
     },
     /// The package store (the data dir, or the NATS bucket with --nats-url).
     Packages {
@@ -386,6 +426,21 @@ pub enum ApisCommand {
     /// applications and grants that promoting `run` into `stage` would
     /// change, and the breaking changes the stage would refuse.
     Plan { run: String, stage: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum InsightsCommand {
+    /// DORA's four keys per pipeline and stage over the last --days:
+    /// deployments and their frequency, lead time, change failure rate,
+    /// time to restore (definitions in the README).
+    Dora {
+        #[arg(long)]
+        pipeline: Option<String>,
+        #[arg(long)]
+        stage: Option<String>,
+        #[arg(long, default_value_t = 30)]
+        days: u32,
+    },
 }
 
 #[cfg(test)]

@@ -79,22 +79,28 @@ pub struct Client {
 
 impl Client {
     pub fn new(global: &Global) -> Self {
-        let explicit = global
-            .server
-            .as_deref()
-            .is_some_and(|s| !s.trim().is_empty());
-        let base = global
-            .server
-            .clone()
-            .filter(|s| !s.trim().is_empty())
-            .unwrap_or_else(|| format!("http://{}", global.listen))
+        Self::for_settings(
+            global.settings(),
+            global.server.clone(),
+            global.token.clone(),
+        )
+    }
+
+    /// A client of the server at `server` (default `http://<listen>`) with
+    /// `token`, answering from the store of `settings` when no server was
+    /// named and none answers.
+    pub fn for_settings(settings: Settings, server: Option<String>, token: Option<String>) -> Self {
+        let server = server.filter(|s| !s.trim().is_empty());
+        let explicit = server.is_some();
+        let base = server
+            .unwrap_or_else(|| format!("http://{}", settings.listen))
             .trim_end_matches('/')
             .to_owned();
         Self {
             base,
             explicit,
-            token: global.token.clone(),
-            settings: global.settings(),
+            token,
+            settings,
             http: reqwest::Client::new(),
         }
     }

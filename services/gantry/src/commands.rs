@@ -111,6 +111,24 @@ pub async fn run(g: &Global, id: &str) -> anyhow::Result<()> {
     show(g.output, &run, print_run)
 }
 
+pub async fn dora(
+    g: &Global,
+    pipeline: Option<String>,
+    stage: Option<String>,
+    days: u32,
+) -> anyhow::Result<()> {
+    // Always the list form, whichever filters are given.
+    let path = format!(
+        "/api/v1/insights/dora{}",
+        query(&[("days", Some(days.to_string())), ("pipeline", pipeline)])
+    );
+    let mut keys = call(g, Method::GET, &path, None).await?;
+    if let (Some(stage), Value::Array(all)) = (stage, &mut keys) {
+        all.retain(|k| k["stage"] == stage.as_str());
+    }
+    show(g.output, &keys, print_dora)
+}
+
 pub async fn apis_plan(g: &Global, run: &str, stage: &str) -> anyhow::Result<()> {
     let plan = call(g, Method::GET, &stage_path(run, stage, "apis/plan"), None).await?;
     show(g.output, &plan, print_apis_plan)
@@ -144,6 +162,41 @@ pub async fn rollback(
             str_of(&r["commit"]),
             str_of(&r["run_id"]),
         );
+    })
+}
+
+/// `gantry pause` (`pause: true`) and `gantry resume`.
+pub async fn pause(
+    g: &Global,
+    pipeline: &str,
+    stage: &str,
+    pause: bool,
+    reason: Option<String>,
+) -> anyhow::Result<()> {
+    let action = if pause { "pause" } else { "resume" };
+    let path = format!(
+        "/api/v1/pipelines/{}/stages/{}/{action}",
+        segment(pipeline),
+        segment(stage)
+    );
+    let resp = call(g, Method::POST, &path, Some(json!({ "reason": reason }))).await?;
+    show(g.output, &resp, |r| {
+        let why = r["data"]["reason"]
+            .as_str()
+            .map(|w| format!(": {w}"))
+            .unwrap_or_default();
+        if pause {
+            println!(
+                "paused stage {stage} of {pipeline} ({}{why}); runs wait for it until \
+                 `gantry resume {pipeline} {stage}`",
+                str_of(&r["data"]["user"])
+            );
+        } else {
+            println!(
+                "resumed stage {stage} of {pipeline} ({}{why})",
+                str_of(&r["data"]["user"])
+            );
+        }
     })
 }
 
@@ -260,6 +313,45 @@ fn print_runs(runs: &Value) {
     }
 }
 
+fn print_dora(keys: &Value) {
+    let empty = vec![];
+    let keys = keys.as_array().unwrap_or(&empty);
+    if keys.is_empty() {
+        println!("no deployments or failed changes in the window");
+        return;
+    }
+    let secs = |q: &Value| match q.as_i64() {
+        Some(s) => format!("{s}s"),
+        None => "-".to_owned(),
+    };
+    println!(
+        "{:<16}  {:<10}  {:>7}  {:>7}  {:>10}  {:>10}  {:>6}  {:>10}  {:>10}",
+        "PIPELINE",
+        "STAGE",
+        "DEPLOYS",
+        "PER DAY",
+        "LEAD P50",
+        "LEAD P90",
+        "CFR",
+        "MTTR P50",
+        "MTTR P90"
+    );
+    for k in keys {
+        println!(
+            "{:<16}  {:<10}  {:>7}  {:>7.2}  {:>10}  {:>10}  {:>5.0}%  {:>10}  {:>10}",
+            str_of(&k["pipeline"]),
+            str_of(&k["stage"]),
+            k["deployments"].as_i64().unwrap_or(0),
+            k["deployment_frequency_per_day"].as_f64().unwrap_or(0.0),
+            secs(&k["lead_time_seconds"]["p50"]),
+            secs(&k["lead_time_seconds"]["p90"]),
+            k["change_failure_rate"].as_f64().unwrap_or(0.0) * 100.0,
+            secs(&k["time_to_restore_seconds"]["p50"]),
+            secs(&k["time_to_restore_seconds"]["p90"]),
+        );
+    }
+}
+
 fn print_run(run: &Value) {
     println!("run       {}", str_of(&run["run_id"]));
     println!("pipeline  {}", str_of(&run["pipeline"]));
@@ -309,6 +401,9 @@ fn describe_wait(w: &Value) -> String {
                     .join(", "))
                 .unwrap_or_default()
         );
+    }
+    if let Some(detail) = w["detail"].as_str() {
+        return detail.to_owned();
     }
     match w["reason"].as_str() {
         Some("freeze") => format!("frozen until {}", str_of(&w["until"])),

@@ -1,10 +1,12 @@
 //! `gantry`: the one binary. Exit codes: 0 success, 1 failure, 2 bad usage.
 
+mod audit;
 mod bench;
 mod cli;
 mod client;
 mod commands;
 mod previews;
+mod quickstart;
 mod server;
 
 use std::process::ExitCode;
@@ -20,7 +22,7 @@ use serde_json::{json, Value};
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use cli::{
-    ApisCommand, Cli, Command, Global, Output, PackagesCommand, PipelinesCommand,
+    ApisCommand, Cli, Command, Global, InsightsCommand, Output, PackagesCommand, PipelinesCommand,
     ProjectionsCommand,
 };
 use commands::{str_of, Decision};
@@ -52,6 +54,7 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
     let g = &cli.global;
     match cli.command {
         Command::Up => server::up(g.settings()).await?,
+        Command::Quickstart { dir, commit } => quickstart::run(g, dir, commit).await?,
         Command::Serve { service } => server::serve(g.settings(), service).await?,
         Command::Pipelines {
             command: PipelinesCommand::Validate { path },
@@ -65,6 +68,7 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Projections {
             command: ProjectionsCommand::Rebuild,
         } => rebuild_projections(g).await?,
+        Command::Audit { command } => return audit::run(g, command).await,
         Command::Trigger {
             pipeline,
             commit,
@@ -79,6 +83,14 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Apis {
             command: ApisCommand::Plan { run, stage },
         } => commands::apis_plan(g, &run, &stage).await?,
+        Command::Insights {
+            command:
+                InsightsCommand::Dora {
+                    pipeline,
+                    stage,
+                    days,
+                },
+        } => commands::dora(g, pipeline, stage, days).await?,
         Command::Rollback {
             pipeline,
             stage,
@@ -86,6 +98,16 @@ async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {
             reason,
         } => commands::rollback(g, &pipeline, &stage, to, reason).await?,
         Command::Cancel { run, reason } => commands::cancel(g, &run, reason).await?,
+        Command::Pause {
+            pipeline,
+            stage,
+            reason,
+        } => commands::pause(g, &pipeline, &stage, true, Some(reason)).await?,
+        Command::Resume {
+            pipeline,
+            stage,
+            reason,
+        } => commands::pause(g, &pipeline, &stage, false, reason).await?,
         Command::Diff { run, stage } => commands::diff(g, &run, &stage).await?,
         Command::Approve {
             run,

@@ -23,10 +23,38 @@ const DRAIN: Duration = Duration::from_secs(20);
 
 /// Everything in one process.
 pub async fn up(settings: Settings) -> anyhow::Result<()> {
+    up_then(settings, |_| async { Ok(()) }).await
+}
+
+/// What [`up_then`]'s follow-up gets: where the server listens, and the
+/// router it serves (to send it requests in-process).
+pub struct Started {
+    pub addr: std::net::SocketAddr,
+    pub router: Router,
+}
+
+/// [`up`], running `then` once the listener is bound and the app started
+/// (`gantry quickstart` triggers its first run and prints where to look).
+/// A failure of `then` is logged; the server keeps serving.
+pub async fn up_then<F, Fut>(settings: Settings, then: F) -> anyhow::Result<()>
+where
+    F: FnOnce(Started) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>> + Send + 'static,
+{
     let listener = listen(&settings, true).await?;
+    let addr = listener.local_addr()?;
     let app = start(settings).await?;
     let http = http_router(&app)?;
     let (conductor, workers) = workers(&app);
+    let follow_up = then(Started {
+        addr,
+        router: http.clone(),
+    });
+    tokio::spawn(async move {
+        if let Err(e) = follow_up.await {
+            tracing::error!(error = %format!("{e:#}"), "after start");
+        }
+    });
     run(app, listener, http, "up", workers, Some(conductor)).await
 }
 

@@ -11,17 +11,42 @@ use std::io::Read;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use gantry_pipeline::{GatewayFormat, Pipeline};
+use gantry_pipeline::{GatewayFormat, Pipeline, Timeouts};
 use gantry_proto::events::{ImageFailed, ImagePushed, PackageBuilt};
 use gantry_proto::{CloudEvent, EventName, Step};
-use gantry_runtime::worker::{decode, Found, Reply, WorkerContext};
+use gantry_runtime::worker::{deadline, decode, gave_up, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::NewEvents;
 
 use crate::{
-    ClientOptions, CredentialStore, Credentials, ImageClient, ImageRef, Platform,
+    ClientOptions, CredentialStore, Credentials, ImageClient, ImageError, ImageRef, Platform,
     StageImageRequest, StageMeta, StagePackage, YamlPlacement,
 };
+
+/// Why a stage's image was not pushed: the reason `image.failed` records.
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("the pipeline has no image section")]
+    NoImageSection,
+    #[error("{field}")]
+    Secret {
+        field: &'static str,
+        #[source]
+        source: gantry_pipeline::SecretError,
+    },
+    #[error("image.platform `{0}` is not os/arch[/variant]")]
+    Platform(String),
+    #[error("package {digest}")]
+    Package {
+        digest: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("package {digest} has an unexpected entry `{path}`")]
+    UnexpectedEntry { digest: String, path: String },
+    #[error(transparent)]
+    Image(#[from] ImageError),
+}
 
 /// The worker's name: handler, durable consumer, event source, logs.
 pub const SERVICE: &str = "imagebuild";
@@ -47,29 +72,27 @@ impl ImageBuild {
     }
 
     /// Builds and pushes the image of one stage from its package's bytes;
-    /// the error is the reason recorded in `image.failed`.
+    /// the error (with its causes) is the reason recorded in `image.failed`.
     pub async fn push(
         &self,
         pipeline: &Pipeline,
         commit: &str,
         built: &PackageBuilt,
         bytes: Vec<u8>,
-    ) -> Result<ImagePushed, String> {
-        let image = pipeline
-            .image
-            .as_ref()
-            .ok_or_else(|| "the pipeline has no image section".to_owned())?;
+    ) -> Result<ImagePushed, PushError> {
+        let image = pipeline.image.as_ref().ok_or(PushError::NoImageSection)?;
         let package = stage_package(pipeline, built, bytes)?;
         let mut credentials = docker_config_credentials()?;
         if let Some(auth) = &image.auth {
+            let secret = |field: &'static str| move |source| PushError::Secret { field, source };
             let user = auth
                 .username
                 .resolve()
-                .map_err(|e| format!("image.auth.username: {e}"))?;
+                .map_err(secret("image.auth.username"))?;
             let pass = auth
                 .password
                 .resolve()
-                .map_err(|e| format!("image.auth.password: {e}"))?;
+                .map_err(secret("image.auth.password"))?;
             let creds = Credentials::new(user.expose(), pass.expose());
             // One set of credentials serves both the parent's and the target's registry.
             for reference in [&image.base, &image.repository] {
@@ -81,8 +104,7 @@ impl ImageBuild {
         let client = ImageClient::new(ClientOptions {
             credentials,
             ..ClientOptions::default()
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         let meta = StageMeta {
             pipeline: pipeline.name.clone(),
             stage: built.stage.clone(),
@@ -93,15 +115,10 @@ impl ImageBuild {
         let mut request = StageImageRequest::new(&image.base, &image.repository, meta, package);
         request.insecure = image.insecure;
         if let Some(p) = &image.platform {
-            request.platform = Some(
-                Platform::parse(p)
-                    .ok_or_else(|| format!("image.platform `{p}` is not os/arch[/variant]"))?,
-            );
+            request.platform =
+                Some(Platform::parse(p).ok_or_else(|| PushError::Platform(p.clone()))?);
         }
-        let pushed = client
-            .build_and_push(&request)
-            .await
-            .map_err(|e| e.to_string())?;
+        let pushed = client.build_and_push(&request).await?;
         Ok(ImagePushed {
             stage: built.stage.clone(),
             repository: pushed.repository.clone(),
@@ -116,15 +133,13 @@ impl ImageBuild {
 
 /// Credentials from a Docker `config.json` (`$DOCKER_CONFIG/config.json`,
 /// else `~/.docker/config.json`), when there is one; `image.auth` wins.
-fn docker_config_credentials() -> Result<CredentialStore, String> {
+fn docker_config_credentials() -> Result<CredentialStore, ImageError> {
     let path = std::env::var_os("DOCKER_CONFIG")
         .map(std::path::PathBuf::from)
         .or_else(|| std::env::var_os("HOME").map(|h| std::path::PathBuf::from(h).join(".docker")))
         .map(|dir| dir.join("config.json"));
     match path {
-        Some(p) if p.is_file() => {
-            CredentialStore::load_docker_config(&p).map_err(|e| e.to_string())
-        }
+        Some(p) if p.is_file() => CredentialStore::load_docker_config(&p),
         _ => Ok(CredentialStore::new()),
     }
 }
@@ -138,8 +153,12 @@ fn stage_package(
     pipeline: &Pipeline,
     built: &PackageBuilt,
     bytes: Vec<u8>,
-) -> Result<StagePackage, String> {
+) -> Result<StagePackage, PushError> {
     let package = StagePackage::new(&built.digest);
+    let unreadable = |source| PushError::Package {
+        digest: built.digest.clone(),
+        source,
+    };
     match pipeline.gateway.format {
         GatewayFormat::Yaml => {
             let placement = match pipeline.gateway.yaml_path.as_deref() {
@@ -149,46 +168,35 @@ fn stage_package(
                 Some(p) => YamlPlacement::Extract(p.to_owned()),
                 None => YamlPlacement::default(),
             };
-            package
-                .with_yaml_package(bytes, &placement)
-                .map_err(|e| e.to_string())
+            Ok(package.with_yaml_package(bytes, &placement)?)
         }
         GatewayFormat::Fed | GatewayFormat::PolEnv => {
             let mut package = package;
             let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(&bytes[..]));
-            let entries = archive
-                .entries()
-                .map_err(|e| format!("package {}: {e}", built.digest))?;
-            for entry in entries {
-                let mut entry = entry.map_err(|e| format!("package {}: {e}", built.digest))?;
+            for entry in archive.entries().map_err(unreadable)? {
+                let mut entry = entry.map_err(unreadable)?;
                 if !entry.header().entry_type().is_file() {
                     continue;
                 }
                 let path = entry
                     .path()
-                    .map_err(|e| format!("package {}: {e}", built.digest))?
+                    .map_err(unreadable)?
                     .to_string_lossy()
                     .into_owned();
                 let mut data = Vec::new();
-                entry
-                    .read_to_end(&mut data)
-                    .map_err(|e| format!("package {}: {e}", built.digest))?;
+                entry.read_to_end(&mut data).map_err(unreadable)?;
                 package = if path == "fed" {
-                    package.with_fed(data).map_err(|e| e.to_string())?
+                    package.with_fed(data)?
                 } else if let Some(rel) = path.strip_prefix("apigateway/") {
-                    package
-                        .with_merge_file(rel, data)
-                        .map_err(|e| e.to_string())?
+                    package.with_merge_file(rel, data)?
                 } else if path.starts_with("pol-env/") {
-                    package
-                        .add_file(&format!("/merge/{path}"), bytes::Bytes::from(data), false)
-                        .map_err(|e| e.to_string())?;
+                    package.add_file(&format!("/merge/{path}"), bytes::Bytes::from(data), false)?;
                     package
                 } else {
-                    return Err(format!(
-                        "package {} has an unexpected entry `{path}`",
-                        built.digest
-                    ));
+                    return Err(PushError::UnexpectedEntry {
+                        digest: built.digest.clone(),
+                        path,
+                    });
                 };
             }
             Ok(package)
@@ -250,16 +258,53 @@ impl Handler for ImageBuild {
                 return Ok(failed(e.to_string()));
             }
         };
-        match self.push(&pipeline, &commit, &built, bytes).await {
+        // The push is dropped at the image step's deadline; the conductor
+        // records `image.failed` (`timed out after ..`).
+        let timeout = pipeline
+            .stage(&built.stage)
+            .and_then(|s| s.timeout(Step::Image))
+            .unwrap_or(Timeouts::IMAGE);
+        let pushed = tokio::time::timeout_at(
+            deadline(event, timeout),
+            self.push(&pipeline, &commit, &built, bytes),
+        )
+        .await;
+        let Ok(pushed) = pushed else {
+            tracing::warn!(run, stage = %built.stage, "image passed its deadline; stopped");
+            return Ok(vec![]);
+        };
+        match pushed {
             Ok(pushed) => {
                 tracing::info!(run, stage = %built.stage, digest = %pushed.digest, uploaded = pushed.bytes_uploaded, "image pushed");
                 Ok(reply.with(&pushed))
             }
-            Err(reason) => {
+            Err(e) => {
+                let reason = gantry_store::consumer::chain(&e);
                 tracing::warn!(run, stage = %built.stage, %reason, "image failed");
                 Ok(failed(reason))
             }
         }
+    }
+
+    async fn gave_up(
+        &self,
+        event: &CloudEvent,
+        error: &str,
+    ) -> Result<Vec<NewEvents>, HandlerError> {
+        let built: PackageBuilt = decode(event)?;
+        let reply = Reply::to(SERVICE, event)?;
+        self.ctx
+            .fail_where_due(
+                &reply,
+                Step::Image,
+                &[&built.stage],
+                &gave_up(error),
+                |stage, reason| ImageFailed {
+                    stage: stage.to_owned(),
+                    reason,
+                },
+            )
+            .await
     }
 }
 

@@ -73,6 +73,22 @@ pub struct Source {
     /// URLs cannot match `repo` (e.g. a mirror).
     #[serde(default)]
     pub webhook_repo: Option<String>,
+    /// Bounds each git fetch from `repo`; default [`Source::DEFAULT_TIMEOUT`].
+    #[serde(
+        default,
+        with = "serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub timeout: Option<Duration>,
+}
+
+impl Source {
+    /// A fetch that takes longer than this is abandoned.
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(2 * 60);
+
+    pub fn timeout_or_default(&self) -> Duration {
+        self.timeout.unwrap_or(Self::DEFAULT_TIMEOUT)
+    }
 }
 
 /// How the gateway configuration is stored in the repository.
@@ -188,9 +204,130 @@ pub struct Stage {
     /// (DESIGN.md 1.7). Deploy commands get them in their environment.
     #[serde(default)]
     pub env: BTreeMap<String, EnvValue>,
+    /// Deadlines of the stage's steps; see [`Stage::timeout`].
+    #[serde(default, skip_serializing_if = "Timeouts::is_empty")]
+    pub timeouts: Timeouts,
+}
+
+/// `stages[].timeouts`: a deadline per step, overriding the defaults
+/// (DESIGN.md 1.2). A step past its deadline fails like any failed step, so
+/// no run waits forever for an answer that never comes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    #[serde(
+        default,
+        with = "serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub package: Option<Duration>,
+    #[serde(
+        default,
+        with = "serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image: Option<Duration>,
+    #[serde(
+        default,
+        with = "serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub deploy: Option<Duration>,
+    #[serde(
+        default,
+        with = "serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub ready: Option<Duration>,
+    #[serde(
+        default,
+        with = "serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub apimanager: Option<Duration>,
+    #[serde(
+        default,
+        with = "serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub smoke: Option<Duration>,
+    /// For the `perf` step DESIGN.md 1.3 plans (not run yet).
+    #[serde(
+        default,
+        with = "serde_opt_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub perf: Option<Duration>,
+}
+
+impl Timeouts {
+    /// Checkout and packaging of every stage, from `run.started`.
+    pub const PACKAGE: Duration = Duration::from_secs(10 * 60);
+    /// Pulling the base and pushing the stage image, from `package.built`.
+    pub const IMAGE: Duration = Duration::from_secs(30 * 60);
+    /// The deploy itself, from `stage.started` (also `deploy.timeout`).
+    pub const DEPLOY: Duration = Deploy::DEFAULT_TIMEOUT;
+    /// Readiness polling after the deploy (also `ready.timeout`).
+    pub const READY: Duration = Duration::from_secs(5 * 60);
+    /// API Manager reconciliation, from the step before it.
+    pub const APIMANAGER: Duration = Duration::from_secs(10 * 60);
+    /// Every smoke check of the stage together, from the step before it.
+    pub const SMOKE: Duration = Duration::from_secs(10 * 60);
+    /// The future `perf` step.
+    pub const PERF: Duration = Duration::from_secs(30 * 60);
+
+    /// The default deadline of `step` (none for `approval`, which has
+    /// `approval.expires`).
+    pub const fn default_for(step: Step) -> Option<Duration> {
+        match step {
+            Step::Package => Some(Self::PACKAGE),
+            Step::Image => Some(Self::IMAGE),
+            Step::Approval => None,
+            Step::Deploy => Some(Self::DEPLOY),
+            Step::Ready => Some(Self::READY),
+            Step::ApiManager => Some(Self::APIMANAGER),
+            Step::Smoke => Some(Self::SMOKE),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.written().iter().all(|(_, t)| t.is_none())
+    }
+
+    /// Every key with its value, for validation (`perf` included).
+    pub fn written(&self) -> [(&'static str, Option<Duration>); 7] {
+        [
+            ("package", self.package),
+            ("image", self.image),
+            ("deploy", self.deploy),
+            ("ready", self.ready),
+            ("apimanager", self.apimanager),
+            ("smoke", self.smoke),
+            ("perf", self.perf),
+        ]
+    }
 }
 
 impl Stage {
+    /// The deadline of `step` in this stage: `timeouts.<step>`, else the
+    /// step's older setting (`deploy.timeout`, `ready.timeout`), else the
+    /// default ([`Timeouts::default_for`]). `None` for `approval`.
+    pub fn timeout(&self, step: Step) -> Option<Duration> {
+        let t = &self.timeouts;
+        let written = match step {
+            Step::Package => t.package,
+            Step::Image => t.image,
+            Step::Approval => return None,
+            Step::Deploy => t
+                .deploy
+                .or_else(|| self.deploy.as_ref().and_then(|d| d.timeout)),
+            Step::Ready => t.ready.or_else(|| self.ready.as_ref().map(|r| r.timeout)),
+            Step::ApiManager => t.apimanager,
+            Step::Smoke => t.smoke,
+        };
+        written.or(Timeouts::default_for(step))
+    }
+
     /// Every secret reference of the stage: its `env` secrets, API Manager
     /// credentials, the gitops token and smoke-check headers.
     pub fn secret_refs(&self) -> Vec<&SecretRef> {
@@ -532,7 +669,7 @@ fn default_required() -> u32 {
 }
 
 fn default_ready_timeout() -> Duration {
-    Duration::from_secs(5 * 60)
+    Timeouts::READY
 }
 
 /// RFC 3339 timestamps with a clearer error than chrono's.

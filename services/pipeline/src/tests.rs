@@ -397,6 +397,71 @@ fn durations_are_parsed_and_checked() {
 }
 
 #[test]
+fn step_timeouts_default_and_override() {
+    use gantry_proto::Step;
+    let p = parse(&with_stages(
+        "  - name: a\n    deploy: { command: [true], timeout: 3m }\n    ready: { url: https://gw, timeout: 1m }\n  - name: b\n    deploy: { command: [true], timeout: 3m }\n    timeouts: { package: 2m, image: 20m, deploy: 15m, ready: 2m, apimanager: 1m, smoke: 30s, perf: 1h }\n",
+    ))
+    .expect("valid");
+    let (a, b) = (&p.stages[0], &p.stages[1]);
+    assert_eq!(a.timeout(Step::Package), Some(Timeouts::PACKAGE));
+    assert_eq!(a.timeout(Step::Image), Some(Timeouts::IMAGE));
+    // The older per-step settings still count when `timeouts` says nothing.
+    assert_eq!(a.timeout(Step::Deploy), Some(Duration::from_secs(180)));
+    assert_eq!(a.timeout(Step::Ready), Some(Duration::from_secs(60)));
+    assert_eq!(a.timeout(Step::ApiManager), Some(Timeouts::APIMANAGER));
+    assert_eq!(a.timeout(Step::Smoke), Some(Timeouts::SMOKE));
+    assert_eq!(a.timeout(Step::Approval), None);
+    assert_eq!(b.timeout(Step::Package), Some(Duration::from_secs(120)));
+    assert_eq!(b.timeout(Step::Deploy), Some(Duration::from_secs(900)));
+    assert_eq!(b.timeout(Step::Smoke), Some(Duration::from_secs(30)));
+    assert_eq!(b.timeouts.perf, Some(Duration::from_secs(3600)));
+    assert_eq!(p.source.timeout_or_default(), Source::DEFAULT_TIMEOUT);
+
+    let p = parse(
+        &(HEAD.replace(
+            "  repo: /srv/git/demo.git\n",
+            "  repo: /srv/git/demo.git\n  timeout: 45s\n",
+        ) + "stages:\n  - name: a\n"),
+    )
+    .expect("valid");
+    assert_eq!(p.source.timeout_or_default(), Duration::from_secs(45));
+}
+
+#[test]
+fn step_timeouts_are_checked_and_located() {
+    expect_error(
+        &with_stages("  - name: a\n    timeouts: { deploy: 0s }\n"),
+        "stages[0].timeouts.deploy",
+        "longer than zero",
+        14,
+    );
+    let e = only_error(
+        &with_stages("  - name: a\n    timeouts:\n      smoke: 5\n"),
+        "stages[0].timeouts.smoke",
+    );
+    assert!(e.message.contains("no unit"), "{e}");
+    assert_eq!(e.line, Some(15));
+    let e = errors(&with_stages(
+        "  - name: a\n    timeouts:\n      approval: 5m\n",
+    ));
+    assert!(
+        e.iter()
+            .any(|e| e.message.contains("approval") && e.line == Some(15)),
+        "{e:#?}"
+    );
+    expect_error(
+        &(HEAD.replace(
+            "  repo: /srv/git/demo.git\n",
+            "  repo: /srv/git/demo.git\n  timeout: 0ms\n",
+        ) + "stages:\n  - name: a\n"),
+        "source.timeout",
+        "longer than zero",
+        4,
+    );
+}
+
+#[test]
 fn empty_file_is_an_error() {
     for text in ["", "\n# only a comment\n", "---\n"] {
         let e = only_error(text, "");

@@ -50,6 +50,9 @@ pub fn validate(p: &Pipeline) -> Vec<Issue> {
         check_no_credentials(&p.source.repo, "source.token"),
     );
     v.check("source.branch", check_branch(&p.source.branch));
+    if let Some(t) = p.source.timeout {
+        v.check("source.timeout", check_positive(t));
+    }
     if let Some(full_name) = &p.source.webhook_repo {
         v.check("source.webhook_repo", check_full_name(full_name));
     }
@@ -197,6 +200,12 @@ fn validate_stage(
         }
         if let Some(t) = deploy.timeout {
             v.check(&join_key(&dpath, "timeout"), check_positive(t));
+        }
+    }
+
+    for (key, timeout) in stage.timeouts.written() {
+        if let Some(t) = timeout {
+            v.check(&join_key(&at("timeouts"), key), check_positive(t));
         }
     }
 

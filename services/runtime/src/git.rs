@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Once};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, TimeZone, Utc};
 use git2::{Direction, FetchOptions, ObjectType, Oid, Remote, Repository};
@@ -22,6 +23,8 @@ pub enum GitError {
         branch: String,
         commit: String,
     },
+    #[error("fetching from repository {repo} did not finish within {} (source.timeout)", gantry_pipeline::format_duration(*.after))]
+    TimedOut { repo: String, after: Duration },
     #[error("`{0}` is not a full commit id (40 or 64 hex digits)")]
     BadCommit(String),
     #[error("source cache {path}: {message}")]
@@ -52,7 +55,41 @@ fn classify(repo: &str, e: git2::Error) -> GitError {
     }
 }
 
+/// How long libgit2 waits for a git server to accept a connection.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long libgit2 waits for a git server to answer a read or write.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Sets libgit2's server connect and read timeouts (none by default: a
+/// server that accepts and never answers would hold a fetch forever). Once
+/// per process, before the first network operation; every git call of
+/// Gantry's goes through here.
+pub fn set_server_timeouts() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let ms = |d: Duration| i32::try_from(d.as_millis()).unwrap_or(i32::MAX);
+        // SAFETY: libgit2 reads these globals when it opens a connection;
+        // they are written once, here, before any connection is opened.
+        let set = unsafe {
+            git2::opts::set_server_connect_timeout_in_milliseconds(ms(CONNECT_TIMEOUT))
+                .and_then(|()| git2::opts::set_server_timeout_in_milliseconds(ms(READ_TIMEOUT)))
+        };
+        if let Err(e) = set {
+            tracing::warn!(error = %e, "cannot set git server timeouts");
+        }
+    });
+}
+
+/// Progress callbacks that abort the transfer once `deadline` has passed
+/// (libgit2 stops when one returns false).
+pub fn abort_after(callbacks: &mut git2::RemoteCallbacks<'_>, deadline: Option<Instant>) {
+    let Some(deadline) = deadline else { return };
+    callbacks.transfer_progress(move |_| Instant::now() < deadline);
+    callbacks.sideband_progress(move |_| Instant::now() < deadline);
+}
+
 fn callbacks(token: Option<&str>) -> git2::RemoteCallbacks<'static> {
+    set_server_timeouts();
     let mut callbacks = git2::RemoteCallbacks::new();
     if let Some(token) = token {
         let token = token.to_owned();
@@ -129,6 +166,8 @@ pub struct CommitPeople {
 pub struct SourceCache {
     root: PathBuf,
     locks: Arc<Mutex<HashMap<String, Arc<Mutex<()>>>>>,
+    /// Each fetch is abandoned after this long (`source.timeout`).
+    fetch_timeout: Option<Duration>,
 }
 
 impl SourceCache {
@@ -136,6 +175,16 @@ impl SourceCache {
         Self {
             root: root.into(),
             locks: Default::default(),
+            fetch_timeout: None,
+        }
+    }
+
+    /// The same cache (shared mirrors and turns), whose fetches are
+    /// abandoned after `timeout` (a pipeline's `source.timeout`).
+    pub fn fetch_within(&self, timeout: Duration) -> Self {
+        Self {
+            fetch_timeout: Some(timeout),
+            ..self.clone()
         }
     }
 
@@ -232,7 +281,17 @@ impl SourceCache {
         let mirror = self.open_mirror(pipeline)?;
         let branch = source.branch;
         if refresh || mirror.find_commit(oid).is_err() || !on_branch(&mirror, branch, oid) {
-            fetch(&mirror, source.repo, branch, source.token)?;
+            let deadline = self.fetch_timeout.map(|t| Instant::now() + t);
+            fetch(&mirror, source.repo, branch, source.token, deadline).map_err(|e| {
+                match (e, self.fetch_timeout) {
+                    (GitError::Unreachable { repo, .. }, Some(t))
+                        if deadline.is_some_and(|d| Instant::now() >= d) =>
+                    {
+                        GitError::TimedOut { repo, after: t }
+                    }
+                    (e, _) => e,
+                }
+            })?;
         }
         let missing = || GitError::MissingCommit {
             repo: source.repo.to_owned(),
@@ -305,12 +364,15 @@ fn fetch(
     repo: &str,
     branch: &str,
     token: Option<&str>,
+    deadline: Option<Instant>,
 ) -> Result<(), GitError> {
     let mut remote = mirror
         .remote_anonymous(repo)
         .map_err(|e| classify(repo, e))?;
     let mut options = FetchOptions::new();
-    options.remote_callbacks(callbacks(token));
+    let mut callbacks = callbacks(token);
+    abort_after(&mut callbacks, deadline);
+    options.remote_callbacks(callbacks);
     options.download_tags(git2::AutotagOption::None);
     remote
         .fetch(

@@ -76,6 +76,9 @@ pub struct App {
     pub packages: PackageStore,
     /// Cancelled when the process shuts down; long-lived responses (SSE) end on it.
     pub shutdown: CancellationToken,
+    /// Whether this process folds the projections (the API's): only it
+    /// exports the series read from them (DORA) on `/metrics`.
+    folds: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for App {
@@ -156,6 +159,7 @@ impl App {
             pipelines,
             packages,
             shutdown: CancellationToken::new(),
+            folds: Arc::default(),
         })
     }
 
@@ -191,6 +195,7 @@ impl App {
     /// catches up first anyway, and an ingress process (webhooks) then
     /// spends its time on appends alone.
     pub fn spawn_projector(&self, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
+        self.folds.store(true, std::sync::atomic::Ordering::Relaxed);
         let projections = self.projections.clone();
         let token = shutdown.child_token();
         tasks.spawn(async move { projections.run(token).await });
@@ -262,9 +267,62 @@ async fn readyz(State(app): State<App>) -> Result<Json<serde_json::Value>, Probl
     }
 }
 
+/// The window of the `gantry_dora_*` series (DESIGN.md 1.9's default).
+const DORA_DAYS: u32 = 30;
+
+/// `gantry_dora_*` gauges of one stage over the last [`DORA_DAYS`] days.
+fn dora_series(k: &gantry_store::dora::Dora) {
+    use crate::metrics::set;
+    let labels = [
+        ("pipeline", k.pipeline.as_str()),
+        ("stage", k.stage.as_str()),
+    ];
+    set("gantry_dora_deployments", &labels, k.deployments as f64);
+    set(
+        "gantry_dora_deployment_frequency_per_day",
+        &labels,
+        k.deployment_frequency_per_day,
+    );
+    set(
+        "gantry_dora_change_failure_rate",
+        &labels,
+        k.change_failure_rate,
+    );
+    set(
+        "gantry_dora_failed_changes",
+        &labels,
+        k.failed_changes as f64,
+    );
+    for (name, q) in [
+        ("gantry_dora_lead_time_seconds", k.lead_time_seconds),
+        (
+            "gantry_dora_time_to_restore_seconds",
+            k.time_to_restore_seconds,
+        ),
+    ] {
+        for (quantile, value) in [("0.5", q.p50), ("0.9", q.p90)] {
+            if let Some(v) = value {
+                let labels = [labels[0], labels[1], ("quantile", quantile)];
+                set(name, &labels, v as f64);
+            }
+        }
+    }
+}
+
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
     if let Ok(head) = app.store.head().await {
         crate::metrics::set("gantry_log_head_position", &[], head as f64);
+    }
+    if app.folds.load(std::sync::atomic::Ordering::Relaxed) {
+        // Exact at every scrape: a few indexed queries over the projection.
+        match app
+            .projections
+            .dora(None, None, DORA_DAYS, chrono::Utc::now())
+            .await
+        {
+            Ok(keys) => keys.iter().for_each(dora_series),
+            Err(e) => tracing::warn!(error = %e, "DORA keys for /metrics"),
+        }
     }
     (
         [(

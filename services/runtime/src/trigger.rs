@@ -71,6 +71,13 @@ pub fn run_stream(run_id: &str) -> String {
     format!("run-{run_id}")
 }
 
+/// The stream of a stage's own facts (`stage.paused`, `stage.resumed`):
+/// they belong to no run. `/` cannot occur in a pipeline name, so no two
+/// (pipeline, stage) pairs share a stream.
+pub fn stage_stream(pipeline: &str, stage: &str) -> String {
+    format!("stage-{pipeline}/{stage}")
+}
+
 /// Starts the run of `pipeline` for `info.commit`, or returns the one that exists.
 pub async fn start_run(
     store: &EventStore,

@@ -112,6 +112,27 @@ impl WorkerContext {
             return Ok(Found::Pipeline(Box::new(pipeline.clone())));
         }
         let reason = no_longer_defined(name);
+        let results = self
+            .fail_where_due(reply, step, stages, &reason, failed)
+            .await?;
+        Ok(Found::Gone(results))
+    }
+
+    /// The step's `failed(stage, reason)` for each of `stages` whose plan
+    /// (frozen in the run's `run.started`) has `step` begin at `reply`'s
+    /// cue; nothing for the others (the run does not wait for them). How
+    /// a worker ends a step it cannot do: its pipeline is gone, or the
+    /// consumer runner gave up on the cue ([`Handler::gave_up`]).
+    ///
+    /// [`Handler::gave_up`]: gantry_store::consumer::Handler::gave_up
+    pub async fn fail_where_due<P: EventPayload>(
+        &self,
+        reply: &Reply<'_>,
+        step: Step,
+        stages: &[&str],
+        reason: &str,
+        failed: impl Fn(&str, String) -> P,
+    ) -> Result<Vec<NewEvents>, HandlerError> {
         let plan = self.run_plan(reply.cause, reply.run).await?;
         let cue = reply.cause.name();
         let mut events = Vec::new();
@@ -122,10 +143,10 @@ impl WorkerContext {
                 .is_some_and(|p| cue.is_some_and(|cue| begins_at(step, cue, &p.steps)));
             if due {
                 tracing::warn!(run = reply.run, stage, %reason, "step failed");
-                events.push(reply.event(&failed(stage, reason.clone())));
+                events.push(reply.event(&failed(stage, reason.to_owned())));
             }
         }
-        Ok(Found::Gone(reply.events(events)))
+        Ok(reply.events(events))
     }
 
     /// The stage plans of the run `cause` belongs to (the cue itself when
@@ -155,6 +176,23 @@ pub enum Found {
     /// The pipeline is no longer defined: record these results (the
     /// step's `*.failed` where the run waits for it, else nothing).
     Gone(Vec<NewEvents>),
+}
+
+/// The reason recorded when the consumer runner gave up on a cue.
+pub fn gave_up(error: &str) -> String {
+    format!("could not be processed: {error}")
+}
+
+/// When the step that `cue` begins must be done: the cue's time plus the
+/// step's timeout. A worker stops its work then; the conductor records the
+/// step's failure (`timed out after ..`).
+pub fn deadline(cue: &CloudEvent, timeout: std::time::Duration) -> tokio::time::Instant {
+    let left = chrono::Duration::from_std(timeout)
+        .ok()
+        .and_then(|t| cue.time.checked_add_signed(t))
+        .map(|end| (end - chrono::Utc::now()).to_std().unwrap_or_default())
+        .unwrap_or(timeout);
+    tokio::time::Instant::now() + left
 }
 
 /// The reason recorded when the pipeline is no longer defined.

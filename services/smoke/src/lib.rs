@@ -18,10 +18,10 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use gantry_pipeline::mask::Masker;
-use gantry_pipeline::StageEnv;
+use gantry_pipeline::{StageEnv, Timeouts};
 use gantry_proto::events::{CheckResult, SmokeFailed, SmokePassed, StageStarted};
 use gantry_proto::{CloudEvent, EventName, Step};
-use gantry_runtime::worker::{Found, Reply, WorkerContext};
+use gantry_runtime::worker::{deadline, gave_up, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::store::latest_for_stage;
 use gantry_store::NewEvents;
@@ -85,19 +85,7 @@ impl Handler for Smoke {
         let pipeline = match self
             .ctx
             .pipeline_for(&reply, Step::Smoke, &[stage_name], |stage, reason| {
-                // `smoke.failed` has no reason of its own: one check that
-                // could not run says why (the wire format stays as it is).
-                SmokeFailed {
-                    stage: stage.to_owned(),
-                    checks: vec![CheckResult {
-                        name: "pipeline".into(),
-                        passed: false,
-                        status: None,
-                        duration_ms: 0,
-                        attempts: 0,
-                        message: Some(reason),
-                    }],
-                }
+                not_run(stage, "pipeline", reason)
             })
             .await?
         {
@@ -115,10 +103,24 @@ impl Handler for Smoke {
         // The stage's secrets (a declared one that cannot be read is left
         // out: what cannot be read cannot leak) and every loaded pipeline's.
         let masker = Masker::for_stage(&pipeline, StageEnv::resolve(&stage).ok().as_ref());
-        let mut results = Vec::with_capacity(stage.smoke.len());
-        for check in &stage.smoke {
-            results.push(run_check(&self.client, check, &self.retry, &masker).await);
-        }
+        // Stopped at the step's deadline; the conductor records
+        // `smoke.failed` (`timed out after ..`).
+        let timeout = stage.timeout(Step::Smoke).unwrap_or(Timeouts::SMOKE);
+        let checks = async {
+            let mut results = Vec::with_capacity(stage.smoke.len());
+            for check in &stage.smoke {
+                results.push(run_check(&self.client, check, &self.retry, &masker).await);
+            }
+            results
+        };
+        let Ok(results) = tokio::time::timeout_at(deadline(event, timeout), checks).await else {
+            tracing::warn!(
+                run,
+                stage = stage_name,
+                "smoke checks passed their deadline; stopped"
+            );
+            return Ok(vec![]);
+        };
         let passed = results.iter().all(|r| r.passed);
         tracing::info!(
             run,
@@ -138,6 +140,42 @@ impl Handler for Smoke {
                 checks: results,
             })
         })
+    }
+
+    async fn gave_up(
+        &self,
+        event: &CloudEvent,
+        error: &str,
+    ) -> Result<Vec<NewEvents>, HandlerError> {
+        let (Some(stage), Ok(reply)) = (event.stage(), Reply::to(SERVICE, event)) else {
+            return Ok(vec![]);
+        };
+        // A rollback is not smoke-tested: nothing waits for this step.
+        if self.is_rollback(reply.run(), stage).await? {
+            return Ok(vec![]);
+        }
+        let reason = gave_up(error);
+        self.ctx
+            .fail_where_due(&reply, Step::Smoke, &[stage], &reason, |stage, reason| {
+                not_run(stage, "delivery", reason)
+            })
+            .await
+    }
+}
+
+/// `smoke.failed` has no reason of its own: one check that could not run
+/// (`name`) says why (the wire format stays as it is).
+fn not_run(stage: &str, name: &str, reason: String) -> SmokeFailed {
+    SmokeFailed {
+        stage: stage.to_owned(),
+        checks: vec![CheckResult {
+            name: name.into(),
+            passed: false,
+            status: None,
+            duration_ms: 0,
+            attempts: 0,
+            message: Some(reason),
+        }],
     }
 }
 

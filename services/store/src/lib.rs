@@ -3,10 +3,13 @@
 //! NATS JetStream fed by the [`relay`]), the consumer runner that drives a
 //! service's handler ([`consumer`]), the read models folded from the log
 //! ([`projection`]), and the package store with its retention rule
-//! ([`packages`], whose retention reads the projections).
+//! ([`packages`], whose retention reads the projections), and the audit
+//! chain that exports, verifies and imports the log ([`audit`]).
 
+pub mod audit;
 pub mod bus;
 pub mod consumer;
+pub mod dora;
 pub mod packages;
 pub mod projection;
 pub mod relay;

@@ -140,7 +140,14 @@ impl Projections {
     pub async fn rebuild(&self) -> Result<i64, StoreError> {
         let mut conn = self.store.pool().acquire().await?;
         let mut tx = self.begin(&mut conn).await?;
-        for table in ["runs", "stages", "releases"] {
+        for table in [
+            "runs",
+            "stages",
+            "releases",
+            "dora_deployments",
+            "dora_failures",
+            "dora_commits",
+        ] {
             sqlx::query(&format!("DELETE FROM {table}"))
                 .execute(&mut *tx)
                 .await?;
@@ -240,6 +247,18 @@ impl Projections {
             .map(|r| stage_from_row(r, 0))
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(Some(RunView { run, stages }))
+    }
+
+    /// DORA's four keys over the `days` before `now` (see [`crate::dora`]).
+    pub async fn dora(
+        &self,
+        pipeline: Option<&str>,
+        stage: Option<&str>,
+        days: u32,
+        now: chrono::DateTime<chrono::Utc>,
+    ) -> Result<Vec<crate::dora::Dora>, StoreError> {
+        self.catch_up().await?;
+        crate::dora::keys(&self.store, pipeline, stage, days, now).await
     }
 
     /// What each stage of `pipeline` runs now.
@@ -516,7 +535,10 @@ async fn apply_to_stage(
     match name {
         EventName::PackageBuilt => {
             let d = data!(ev::PackageBuilt);
-            update.set("package_digest", d.digest).run().await?
+            update.set("package_digest", d.digest).run().await?;
+            if let Some(committed_at) = d.committed_at {
+                crate::dora::commit_time(conn, run_id, committed_at).await?;
+            }
         }
         EventName::PackageFailed => {
             let d = data!(ev::PackageFailed);
@@ -546,23 +568,21 @@ async fn apply_to_stage(
         EventName::DeployCompleted | EventName::ApisPromoted | EventName::SmokePassed => {
             update.run().await?
         }
-        EventName::DeployFailed => {
-            let d = data!(ev::DeployFailed);
-            update.set("reason", d.reason).run().await?
-        }
-        EventName::ApisFailed => {
-            let d = data!(ev::ApisFailed);
-            update.set("reason", d.reason).run().await?
-        }
-        EventName::SmokeFailed => {
-            update
-                .set("reason", "smoke checks failed".to_owned())
-                .run()
-                .await?
+        EventName::DeployFailed | EventName::ApisFailed | EventName::SmokeFailed => {
+            let reason = match name {
+                EventName::DeployFailed => data!(ev::DeployFailed).reason,
+                EventName::ApisFailed => data!(ev::ApisFailed).reason,
+                _ => "smoke checks failed".to_owned(),
+            };
+            update.set("reason", reason).run().await?;
+            // A step after the stage started: a failed change.
+            crate::dora::failed(conn, &event.pipeline, run_id, stage, at).await?;
         }
         EventName::EnvPromoted => {
             let d = data!(ev::EnvPromoted);
             update.clear_waiting().run().await?;
+            // Before the release moves on: a rollback run replaces it.
+            crate::dora::promoted(conn, &event.pipeline, run_id, stage, at).await?;
             let release = Release {
                 stage: stage.to_owned(),
                 run_id: run_id.to_owned(),
@@ -576,6 +596,7 @@ async fn apply_to_stage(
         EventName::StageRolledBack => {
             let d = data!(ev::StageRolledBack);
             update.set("reason", d.reason.clone()).run().await?;
+            crate::dora::restored(conn, &event.pipeline, stage, at).await?;
             record_rollback(conn, event, run_id, stage, at, &d).await?;
         }
         _ => {}
@@ -886,6 +907,8 @@ mod tests {
                         reason: "queue".into(),
                         behind: Some(a.into()),
                         until: None,
+                        by: None,
+                        detail: None,
                     },
                 ),
             ),

@@ -99,7 +99,7 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), BusError> {
         let mut wake = self.store.wakeups();
-        let mut position = self.store.checkpoint(&self.checkpoint).await?;
+        let mut position = self.store.delivery_start(&self.checkpoint).await?;
         let mut saved = position;
         let mut saved_at = tokio::time::Instant::now();
         loop {

@@ -776,3 +776,61 @@ pub fn require_tls(url: &str) -> String {
     let sep = if url.contains('?') { '&' } else { '?' };
     format!("{url}{sep}sslmode=require")
 }
+
+/// Every `gantry serve` service, one process each in the distributed tests
+/// (also the database session's `application_name`, `gantry-<service>`).
+pub const SERVICES: [&str; 8] = [
+    "webhook",
+    "api",
+    "conductor",
+    "envgen",
+    "imagebuild",
+    "deployer",
+    "smoke",
+    "apim",
+];
+
+/// The log of record in Postgres, in order: (event id, type, CloudEvent).
+pub async fn log_rows(pool: &sqlx::PgPool) -> Vec<(String, String, Value)> {
+    use sqlx::Row as _;
+    sqlx::query("SELECT event_id, event_type, event FROM events ORDER BY position")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let event = serde_json::from_str(r.get::<String, _>(2).as_str()).unwrap();
+            (r.get(0), r.get(1), event)
+        })
+        .collect()
+}
+
+/// Waits until the relay has published `ids` (the log's event ids, in
+/// order) to JetStream stream `stream`, then asserts the stream holds
+/// exactly them: every event once, in log order.
+pub async fn assert_nats_holds_log(nats_url: &str, stream: &str, ids: &[&String]) {
+    let js = async_nats::jetstream::new(async_nats::connect(nats_url).await.unwrap());
+    let mut stream = js.get_stream(stream).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let n = stream.info().await.unwrap().state.messages as usize;
+        if n >= ids.len() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "relay published {n} of {}",
+            ids.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let info = stream.info().await.unwrap();
+    let mut on_nats = Vec::new();
+    for seq in info.state.first_sequence..=info.state.last_sequence {
+        let msg = stream.get_raw_message(seq).await.unwrap();
+        let event: Value = serde_json::from_slice(&msg.payload).unwrap();
+        on_nats.push(event["id"].as_str().unwrap().to_owned());
+    }
+    let on_nats: Vec<&String> = on_nats.iter().collect();
+    assert_eq!(on_nats, ids, "NATS holds the log once, in order");
+}

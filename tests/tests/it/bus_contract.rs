@@ -697,6 +697,151 @@ async fn consumer_does_not_retry_permanent_failures(env: &Env) -> anyhow::Result
     Ok(())
 }
 
+/// Always fails for now; says what its giving up means.
+struct Poisoned {
+    calls: Mutex<u32>,
+}
+
+#[async_trait]
+impl Handler for Poisoned {
+    fn name(&self) -> &'static str {
+        "poisoned"
+    }
+
+    fn events(&self) -> &'static [EventName] {
+        &[A]
+    }
+
+    async fn handle(&self, _event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
+        *self.calls.lock().unwrap() += 1;
+        Err(HandlerError::transient_from(
+            "cannot push the image",
+            std::io::Error::other("registry said no"),
+        ))
+    }
+
+    async fn gave_up(
+        &self,
+        event: &CloudEvent,
+        error: &str,
+    ) -> Result<Vec<NewEvents>, HandlerError> {
+        let failed = CloudEvent::new(
+            "test",
+            "results",
+            Some("results"),
+            &gantry_proto::events::RunFailed {
+                stage: None,
+                reason: error.to_owned(),
+            },
+        )
+        .caused_by(event);
+        Ok(vec![NewEvents::new(
+            "results",
+            ExpectedVersion::Any,
+            vec![failed],
+        )])
+    }
+}
+
+/// Issue 18: after its last attempt a failing event is not dropped with a
+/// log line: what the handler says its failure means (a step's `*.failed`)
+/// is recorded, caused by the event, with the handler's last error.
+async fn the_last_failed_attempt_is_recorded(env: &Env) -> anyhow::Result<()> {
+    let e1 = env.append("in", event(A, "p", "r1")).await?.id;
+    let handler = Arc::new(Poisoned {
+        calls: Mutex::new(0),
+    });
+    let stop = CancellationToken::new();
+    let options = consumer::RunOptions {
+        retries: consumer::Retries {
+            attempts: 3,
+            backoff: Duration::from_millis(10),
+        },
+        ..consumer::RunOptions::default()
+    };
+    let task = tokio::spawn(consumer::run_with(
+        env.store.clone(),
+        env.bus.clone(),
+        handler.clone(),
+        stop.child_token(),
+        options,
+    ));
+    let results = wait_results(&env.store, 1).await?;
+    tokio::time::sleep(QUIET).await;
+    stop_consumers(stop, vec![task]).await?;
+    assert_eq!(results, BTreeMap::from([(e1, 1)]));
+    assert_eq!(*handler.calls.lock().unwrap(), 3, "tried, then given up");
+    let recorded = env.store.read_stream("results").await?;
+    let reason = recorded[0].event.data["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(reason, "cannot push the image: registry said no");
+    assert!(env.store.is_handled("poisoned", e1).await?);
+    Ok(())
+}
+
+/// Handles `p`'s events at once; `stuck`'s wait until released.
+struct OneStuck {
+    release: CancellationToken,
+}
+
+#[async_trait]
+impl Handler for OneStuck {
+    fn name(&self) -> &'static str {
+        "one-stuck"
+    }
+
+    fn events(&self) -> &'static [EventName] {
+        &[A]
+    }
+
+    async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
+        if event.pipeline == "stuck" {
+            self.release.cancelled().await;
+        }
+        let result = crate::support::event(RESULT, "results", "results").caused_by(event);
+        Ok(vec![NewEvents::new(
+            "results",
+            ExpectedVersion::Any,
+            vec![result],
+        )])
+    }
+}
+
+/// Issue 18: a pipeline whose event is stuck in its handler does not hold
+/// back another pipeline's events, which are handled in log order.
+async fn a_stuck_pipeline_does_not_hold_back_another(env: &Env) -> anyhow::Result<()> {
+    let stuck = env.append("in", event(A, "stuck", "s1")).await?.id;
+    let mut others = Vec::new();
+    for i in 0..3 {
+        others.push(env.append("in", event(A, "p", &format!("r{i}"))).await?.id);
+    }
+    let handler = Arc::new(OneStuck {
+        release: CancellationToken::new(),
+    });
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(consumer::run(
+        env.store.clone(),
+        env.bus.clone(),
+        handler.clone(),
+        stop.child_token(),
+    ));
+    wait_results(&env.store, 3).await?;
+    let order: Vec<Uuid> = env
+        .store
+        .read_stream("results")
+        .await?
+        .iter()
+        .filter_map(|r| r.event.causationid)
+        .collect();
+    assert_eq!(order, others, "the other pipeline, in log order");
+    handler.release.cancel();
+    wait_results(&env.store, 4).await?;
+    stop_consumers(stop, vec![task]).await?;
+    assert!(env.store.is_handled("one-stuck", stuck).await?);
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // One #[tokio::test] per (backend, body)
 
@@ -729,6 +874,8 @@ contract_tests!(
         consumer_records_one_result_per_event_despite_redelivery,
         consumer_retries_transient_failures,
         consumer_does_not_retry_permanent_failures,
+        the_last_failed_attempt_is_recorded,
+        a_stuck_pipeline_does_not_hold_back_another,
     ]
 );
 
@@ -746,6 +893,8 @@ contract_tests!(
         consumer_records_one_result_per_event_despite_redelivery,
         consumer_retries_transient_failures,
         consumer_does_not_retry_permanent_failures,
+        the_last_failed_attempt_is_recorded,
+        a_stuck_pipeline_does_not_hold_back_another,
     ]
 );
 
@@ -762,5 +911,7 @@ contract_tests!(
         consumer_records_one_result_per_event_despite_redelivery,
         consumer_retries_transient_failures,
         consumer_does_not_retry_permanent_failures,
+        the_last_failed_attempt_is_recorded,
+        a_stuck_pipeline_does_not_hold_back_another,
     ]
 );

@@ -227,6 +227,60 @@ async fn a_restarted_conductor_starts_the_stage_when_the_freeze_ends() {
     assert!(at >= end, "started at {at}, the freeze ended at {end}");
 }
 
+/// Issue 18: a step's deadline is a timer like an approval's expiry: a
+/// conductor that restarts while a deploy runs records the deploy's
+/// failure when the deadline passes, with no new event, and the run ends.
+#[tokio::test]
+async fn a_restarted_conductor_fails_a_step_at_its_deadline() {
+    let db = gantry_tests::fresh_postgres().await.unwrap();
+    let yaml = "name: p\nsource:\n  repo: https://git.example.com/a/b.git\ngateway:\n  format: yaml\n  path: gateway/\nstages:\n  - name: test\n    deploy: { command: [\"true\"] }\n    timeouts: { deploy: 2s }\n";
+    let pipelines = Pipelines::new(
+        [parse_str("p.yaml", yaml).unwrap()]
+            .into_iter()
+            .collect::<PipelineSet>(),
+    );
+    let store = store(db.url()).await;
+    let run = run_with_packages(&store, yaml, &["test"]).await;
+    // The stage starts; no deployer answers.
+    decide_then_stop(&store, &pipelines).await;
+    let started = store
+        .read_run(&run)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|e| e.event.name() == Some(EventName::StageStarted))
+        .expect("the stage started");
+
+    let restarted = conductor(store_with(db.url()).await, pipelines.clone());
+    let shutdown = CancellationToken::new();
+    let timers = tokio::spawn(restarted.run_timers(shutdown.child_token()));
+    let ended = wait_for(&store, &run, Duration::from_secs(20), |events| {
+        events
+            .iter()
+            .any(|e| e.event.name() == Some(EventName::RunFailed))
+            .then(|| events.to_vec())
+    })
+    .await;
+    shutdown.cancel();
+    let _ = timers.await;
+    let events = ended.expect("the run fails at the deploy's deadline, with no new event");
+    let failed = events
+        .iter()
+        .find(|e| e.event.name() == Some(EventName::DeployFailed))
+        .expect("deploy.failed recorded");
+    assert_eq!(failed.event.data["reason"], "timed out after 2s");
+    assert_eq!(failed.event.causationid, Some(started.event.id));
+    assert!(failed.event.time >= started.event.time + chrono::Duration::seconds(2));
+    let run_failed: RunFailed = events
+        .iter()
+        .find_map(|e| e.event.decode::<RunFailed>().ok())
+        .unwrap();
+    assert_eq!(
+        run_failed.reason,
+        "deploy to test failed: timed out after 2s"
+    );
+}
+
 /// Another connection to the same database, as a restarted process has.
 async fn store_with(url: &str) -> EventStore {
     EventStore::connect(url).await.unwrap()

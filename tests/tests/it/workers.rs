@@ -209,3 +209,70 @@ async fn an_unreadable_cue_is_a_permanent_error_keeping_its_cause() {
     assert!(chain.starts_with("cannot read "), "{chain}");
     assert!(chain.contains("invalid data"), "{chain}");
 }
+
+/// What `handler` records when the consumer runner gives up on `cause`.
+async fn given_up(handler: &Arc<dyn Handler>, cause: &CloudEvent) -> Vec<CloudEvent> {
+    let results = handler.gave_up(cause, "registry said no").await.unwrap();
+    let mut events = Vec::new();
+    for batch in results {
+        assert_eq!(batch.stream_id, run_stream(RUN));
+        for e in batch.events {
+            assert_eq!(e.causationid, Some(cause.id));
+            events.push(e);
+        }
+    }
+    events
+}
+
+/// Issue 18: when the consumer runner gives up on a worker's cue (its last
+/// attempt failed), the step's `*.failed` is recorded with the last error,
+/// where the run waits for the step, so the run ends instead of waiting.
+#[tokio::test]
+async fn every_worker_fails_its_step_when_its_cue_is_given_up() {
+    let (ctx, run_started, _data) = gone().await;
+    const REASON: &str = "could not be processed: registry said no";
+    let envgen = gantry_envgen::service::handler(&ctx);
+    let events = given_up(&envgen, &run_started).await;
+    let reasons: Vec<(String, String)> = events
+        .iter()
+        .map(|e| {
+            let f: PackageFailed = e.decode().unwrap();
+            (f.stage, f.reason)
+        })
+        .collect();
+    assert_eq!(
+        reasons,
+        [
+            ("full".into(), REASON.into()),
+            ("bare".into(), REASON.into())
+        ]
+    );
+
+    let deployer = gantry_deployer::handler(&ctx);
+    let events = given_up(&deployer, &started("full")).await;
+    let f: DeployFailed = events[0].decode().unwrap();
+    assert_eq!((f.stage.as_str(), f.reason.as_str()), ("full", REASON));
+    // The run waits for no deploy of `bare`: nothing to fail.
+    assert!(given_up(&deployer, &started("bare")).await.is_empty());
+
+    let apim = gantry_apim::handler(&ctx);
+    assert!(given_up(&apim, &started("full")).await.is_empty());
+    let deployed = cue(&DeployCompleted {
+        stage: "full".into(),
+        image: None,
+        digest: None,
+        revision: None,
+        output: None,
+        duration_ms: 1,
+    });
+    let f: ApisFailed = given_up(&apim, &deployed).await[0].decode().unwrap();
+    assert_eq!(f.reason, REASON);
+
+    let smoke = gantry_smoke::handler(&ctx);
+    let promoted = cue(&gantry_proto::events::ApisPromoted {
+        stage: "full".into(),
+        changes: vec![],
+    });
+    let f: SmokeFailed = given_up(&smoke, &promoted).await[0].decode().unwrap();
+    assert_eq!(f.checks[0].message.as_deref(), Some(REASON));
+}

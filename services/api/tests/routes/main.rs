@@ -10,6 +10,7 @@ mod cancel;
 mod diff;
 mod events;
 mod health;
+mod pause;
 mod pipelines;
 mod plan;
 mod rollback;

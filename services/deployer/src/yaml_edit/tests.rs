@@ -610,3 +610,40 @@ fn the_edited_values_file_parses_to_the_same_data_but_the_image() {
     before["apitraffic"]["image"] = serde_json::Value::String(IMG.into());
     assert_eq!(before, after);
 }
+
+// Found by fuzz/yaml_edit: U+FFFE and U+FFFF, outside YAML's printable set,
+// were written as they are, and the edited file was no longer YAML.
+#[test]
+fn unprintable_characters_are_escaped() {
+    for (old, style) in [("old", "plain"), ("\"old\"", "double"), ("'old'", "single")] {
+        let (out, _) = set(&format!("a: {old}\n"), "a", "\u{ffff}-\u{fffe}");
+        assert_eq!(out, "a: \"\\uffff-\\ufffe\"\n", "{style}");
+    }
+    let (out, _) = set("", "a", "\u{ffff}");
+    assert_eq!(out, "a: \"\\uffff\"\n");
+}
+
+// Found by fuzz/yaml_edit: a missing key was inserted however long, but
+// YAML allows implicit keys of at most 1024 characters.
+#[test]
+fn keys_longer_than_yaml_allows_are_refused() {
+    let long = "k".repeat(1025);
+    assert!(matches!(err("", &long), EditError::BadKey { .. }));
+    // Escapes count: 200 control characters are 1200 written.
+    let escaped = "\u{5}".repeat(200);
+    assert!(matches!(err("a: 1\n", &escaped), EditError::BadKey { .. }));
+    let (out, _) = set("", &"k".repeat(1024), "v");
+    assert_eq!(out, format!("{}: v\n", "k".repeat(1024)));
+}
+
+// Found by fuzz/yaml_edit: YAML reads a lone CR as a line break, so a `...`
+// after one ended the document, and the key inserted after it started a
+// second document.
+#[test]
+fn a_lone_carriage_return_is_refused() {
+    let e = err("a: 1\nb: 2 \r...\n", "c");
+    assert_eq!(line_of(&e), 2);
+    // CRLF files are fine.
+    let (out, _) = set("a: 1\r\nb: 2\r\n", "b", "x");
+    assert_eq!(out, "a: 1\r\nb: x\r\n");
+}

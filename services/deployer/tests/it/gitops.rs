@@ -381,3 +381,30 @@ fn a_corrupt_cache_is_recreated() -> anyhow::Result<()> {
     assert_eq!(repo.file(VALUES_PATH), values_with(&image(DIGEST2)));
     Ok(())
 }
+
+/// Issue 18: the deploy's deadline is checked right before the push; past
+/// it nothing is pushed (the deploy was failed already).
+#[test]
+fn nothing_is_pushed_after_the_deadline() -> anyhow::Result<()> {
+    let repo = DeployRepo::new()?;
+    let work = tempfile::tempdir()?;
+    let before = repo.head();
+    let options = GitOpsOptions {
+        deadline: Some(std::time::Instant::now() + Duration::from_millis(300)),
+        before_push: Some(Arc::new(|_| std::thread::sleep(Duration::from_millis(600)))),
+        ..fast()
+    };
+    let err = deploy_gitops_with(
+        &spec(&repo),
+        None,
+        &image(DIGEST),
+        &msg(DIGEST),
+        work.path(),
+        &options,
+    )
+    .unwrap_err();
+    assert!(matches!(err, DeployError::DeadlinePassed { .. }), "{err}");
+    assert_eq!(repo.head(), before);
+    assert_eq!(repo.file(VALUES_PATH), VALUES);
+    Ok(())
+}

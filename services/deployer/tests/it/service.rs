@@ -67,6 +67,10 @@ stages:
     deploy:
       command: ["sleep", "30"]
       timeout: 300ms
+  - name: late
+    deploy:
+      gitops: {{ repo: "{remote}", branch: main, file: {VALUES_PATH}, key: apitraffic.image }}
+    timeouts: {{ deploy: 1s }}
 "#,
         secret = secret_file.display(),
         remote = repo.url(),
@@ -225,6 +229,37 @@ async fn a_command_over_its_timeout_is_deploy_failed() {
         "{}",
         failed.reason
     );
+}
+
+/// Issue 18: a gitops deploy that passed its deadline stopped being
+/// awaited (`deploy.failed`), but its blocking thread went on and pushed
+/// after the deploy had been failed. The deploy now checks the deadline
+/// right before it pushes: the deploy repository never changes.
+#[tokio::test]
+async fn a_gitops_deploy_past_its_deadline_never_pushes() {
+    let mut f = fixture().await;
+    // The deploy is slow just before its push (a slow clone, a slow disk).
+    f.deployer = f.deployer.with_options(DeployerOptions {
+        gitops: GitOpsOptions {
+            before_push: Some(std::sync::Arc::new(|_| {
+                std::thread::sleep(Duration::from_millis(2500))
+            })),
+            ..GitOpsOptions::default()
+        },
+        ..DeployerOptions::default()
+    });
+    let before = f.repo.head();
+    let cause = stage_started("banking", "late");
+    let results = f.deployer.handle(&cause).await.unwrap();
+    // The deploy was failed at its deadline (by the conductor, or by the
+    // deployer's own timeout): never completed.
+    for e in results.iter().flat_map(|b| &b.events) {
+        assert_eq!(e.ty, EventName::DeployFailed.type_name(), "{e:?}");
+    }
+    // Long enough for the blocking thread to have pushed, had it gone on.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(f.repo.head(), before, "pushed after the deadline");
+    assert_eq!(f.repo.file(VALUES_PATH), crate::common::VALUES);
 }
 
 #[tokio::test]

@@ -206,7 +206,9 @@ pub(crate) fn render_nodes(nodes: &[Node], ctx: &Context<'_>, out: &mut Out<'_>)
                 let keep = !out.probe
                     && (poisoned
                         || match style {
-                            ScalarStyle::Single => !value.contains(['\n', '\r']),
+                            // Single quotes fold line breaks and cannot
+                            // escape what YAML does not allow as it is.
+                            ScalarStyle::Single => !value.contains(unprintable),
                             ScalarStyle::Plain => plain_safe(&value, *in_flow),
                         });
                 if keep {
@@ -296,9 +298,10 @@ pub(crate) fn double_quoted(s: &str) -> String {
             '\n' => out.push_str("\\n"),
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+            c if (c as u32) <= 0xff && unprintable(c) => {
                 out.push_str(&format!("\\x{:02X}", c as u32))
             }
+            c if unprintable(c) => out.push_str(&format!("\\u{:04X}", c as u32)),
             c => out.push(c),
         }
     }
@@ -344,7 +347,14 @@ fn plain_safe(s: &str, in_flow: bool) -> bool {
     if in_flow && s.contains([',', '[', ']', '{', '}']) {
         return false;
     }
-    !s.chars().any(|c| c.is_control())
+    !s.contains(unprintable)
+}
+
+/// What a YAML scalar cannot hold as it is (control characters, U+FFFE and
+/// U+FFFF are outside YAML's printable set) or would misread (a byte-order
+/// mark): only a double-quoted scalar's escapes can carry them.
+pub(crate) fn unprintable(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{feff}' | '\u{fffe}' | '\u{ffff}')
 }
 
 /// Evaluate an expression.

@@ -34,7 +34,7 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_json::Value;
 
-pub(crate) use eval::{double_quoted, substitute, MARK_OPEN};
+pub(crate) use eval::{double_quoted, substitute, unprintable, MARK_OPEN};
 pub(crate) use parser::{Expr, Node};
 pub use pos::{LineIndex, Pos};
 

@@ -276,3 +276,45 @@ fn join_rel_normalizes() {
     assert!(join_rel("a", "../../x").is_err());
     assert!(join_rel("a", "/etc/x").is_err());
 }
+
+// Found by fuzz/template: a single quote left open at the end of the
+// template was re-quoted as a scalar with a made-up end, and rendering
+// sliced the source backwards (panic).
+#[test]
+fn an_unclosed_quote_at_the_end_renders() {
+    assert_eq!(r("k: '{{ db.user }}x"), "k: 'scottx");
+    assert_eq!(r("k: '{{ db.user }}"), "k: 'scott");
+    assert!(!err("k: '{{a.}}").is_empty());
+    // The fuzzer's input, cut where the quote opens.
+    let crash =
+        "fields:\n  us.Kname: '{{External_Connections.}}Database_Connections.Masterdata.usult Dat";
+    assert!(!err(crash).is_empty());
+}
+
+// Found by fuzz/template: a control character (or U+FFFE, U+FFFF) pasted
+// into a single-quoted scalar was written as it is, and the result was not
+// YAML any more.
+#[test]
+fn unprintable_values_are_double_quoted() {
+    let v = json!({ "v": "a\u{6}b\u{ffff}\u{85}" });
+    for tpl in ["k: '{{ v }}'\n", "k: {{ v }}\n", "k: \"{{ v }}\"\n"] {
+        assert_eq!(
+            render_str(tpl, &v, &MapEnv::empty()).unwrap(),
+            "k: \"a\\x06b\\uFFFF\\x85\"\n",
+            "{tpl}"
+        );
+    }
+}
+
+// Found by fuzz/template: tags inside a YAML comment were skipped without
+// counting, so every later tag was matched to the wrong placeholder and a
+// scalar got a made-up range: rendering sliced the source backwards (panic).
+#[test]
+fn tags_in_comments_do_not_shift_later_tags() {
+    let crash = "---\ntype: StylesheeSSGZBEKPGYN4ISVTOQNSLPRXIT\n  encoding: ISO-88 kdb: ../all/lookups/de---\n#removeSecurityToken'{{fila \"#removeSecurityTokens.xsl\" \"binary\"}}'\nSVTOQNSLPRXIT2TTG\n  type: dtd\n  encoding: ISO-88 kdb: ../all/lookups/devs-secrets.kdbx\n      p\" }}\"{{/unle`s}}\n---\n#removeSecurityToken'{{fila \"#removk:}";
+    let _ = render_with(crash, &MapEnv::empty());
+    assert_eq!(
+        r("# {{ db.user }}\nk: '{{ db.user }}'\n"),
+        "# scott\nk: 'scott'\n"
+    );
+}

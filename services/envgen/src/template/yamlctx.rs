@@ -75,8 +75,10 @@ struct Stream {
     bytes: Vec<u8>,
     /// Source offset of each byte (for a marker: the tag's start).
     offs: Vec<usize>,
-    /// For a marker: the piece index and the tag's end offset.
-    tags: Vec<(usize, usize)>,
+    /// For each byte: the piece index and the tag's end offset if it is a
+    /// marker. By position, so that markers skipped with a comment (or a NUL
+    /// in the text) cannot shift the tags that follow.
+    tags: Vec<Option<(usize, usize)>>,
 }
 
 fn stream(src: &str, pieces: &[Piece]) -> Stream {
@@ -90,11 +92,12 @@ fn stream(src: &str, pieces: &[Piece]) -> Stream {
             Piece::Text { start, end } => {
                 s.bytes.extend_from_slice(&src.as_bytes()[*start..*end]);
                 s.offs.extend(*start..*end);
+                s.tags.resize(s.bytes.len(), None);
             }
             Piece::Tag(t) => {
                 s.bytes.push(0);
                 s.offs.push(t.start);
-                s.tags.push((pi, t.end));
+                s.tags.push(Some((pi, t.end)));
             }
         }
     }
@@ -108,7 +111,6 @@ pub(crate) fn classify(src: &str, pieces: &[Piece]) -> (Vec<ValueCtx>, Vec<Scala
     let n = b.len();
     let mut ctx = vec![ValueCtx::Plain; pieces.len()];
     let mut spans = Vec::new();
-    let mut tag_no = 0usize; // index into st.tags, advanced as markers are met
     let mut state = State::Normal;
     let mut open: Option<Open> = None;
     let mut line_start = true;
@@ -143,10 +145,8 @@ pub(crate) fn classify(src: &str, pieces: &[Piece]) -> (Vec<ValueCtx>, Vec<Scala
     let mut i = 0usize;
     while i < n {
         let c = b[i];
-        if c == 0 {
+        if let Some((pi, tag_end)) = st.tags[i] {
             // A tag.
-            let (pi, tag_end) = st.tags.get(tag_no).copied().unwrap_or((0, st.offs[i] + 1));
-            tag_no += 1;
             let is_expr = matches!(&pieces[pi], Piece::Tag(t) if t.kind == TagKind::Expr);
             match &mut state {
                 State::Block { content_indent, .. } => {
@@ -365,6 +365,11 @@ pub(crate) fn classify(src: &str, pieces: &[Piece]) -> (Vec<ValueCtx>, Vec<Scala
                 }
             }
         }
+    }
+    // A quote still open at the end never closed: not a scalar to re-quote
+    // (its end would be made up).
+    if matches!(state, State::Quoted) {
+        open = None;
     }
     close(&mut open, &mut spans, None);
     (ctx, spans)

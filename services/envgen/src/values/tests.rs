@@ -220,6 +220,24 @@ fn yaml_output_round_trips() {
     assert_eq!(back.raw(), &v, "{text}");
 }
 
+// Found by fuzz/values: a placeholder string with line breaks was written
+// in single quotes, where YAML folds them (n breaks read back as n - 1).
+#[test]
+fn yaml_output_keeps_line_breaks_beside_placeholders() {
+    for s in [
+        "\n\napi_key\n\nurl: other li  secret{{ env \"X\" }}",
+        "a\n{{ env \"X\" }}\n",
+        "it's\t{{ env 'X' }}\r\n\"q\" \\",
+        // Found by fuzz/values too: both quotes, and a `'` inside the placeholder.
+        "{{ env \"it''s\" }}",
+    ] {
+        let v = json!({ "db": { "url": s } });
+        let text = to_yaml(&v);
+        let back = StageValues::load(src("values.yaml", &text), None, &MapEnv::empty());
+        assert_eq!(back.raw(), &v, "{text}");
+    }
+}
+
 #[test]
 fn from_value_resolves_strings() {
     let v = StageValues::from_value(

@@ -25,7 +25,8 @@ pub use sql::SqlBus;
 /// How often a consumer still working on an event tells the bus so.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
-/// How many times an event is offered to a consumer before it is set aside.
+/// How many times the consumer runner tries an event before it gives up on
+/// it and records why (`consumer::Handler::gave_up`).
 pub const MAX_DELIVER: u32 = 8;
 
 /// The delay before redelivering an event whose handling failed `attempt` times.
@@ -105,7 +106,8 @@ impl Delivery {
         }
     }
 
-    /// Failed for now: offer it again after a backoff, up to [`MAX_DELIVER`] times.
+    /// Failed for now: offer it again after a backoff (the consumer runner
+    /// decides when to stop: the bus never drops an event by itself).
     pub async fn retry(self) -> Result<(), BusError> {
         let delay = redelivery_backoff(self.attempt);
         match self.settle {

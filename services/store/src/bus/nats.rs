@@ -9,7 +9,7 @@ use futures::StreamExt;
 use gantry_proto::{CloudEvent, EventName, Subjects};
 
 use super::connect::NatsConnection;
-use super::{BusError, Delivery, EventBus, Settle, Subscription, MAX_DELIVER};
+use super::{BusError, Delivery, EventBus, Settle, Subscription};
 
 /// Where Gantry's events live on NATS (`GANTRY_NATS_PREFIX`, `GANTRY_NATS_STREAM`)
 /// and how to reach it.
@@ -269,7 +269,12 @@ impl EventBus for NatsBus {
             filter_subject: filter,
             ack_policy: consumer::AckPolicy::Explicit,
             ack_wait: ACK_WAIT,
-            max_deliver: i64::from(MAX_DELIVER),
+            // Unbounded: JetStream would drop an event silently after its
+            // last delivery. The consumer runner retries a failing event in
+            // place and gives up after `MAX_DELIVER` tries, or when an event
+            // comes back more often than that (each earlier delivery died
+            // unanswered), recording the step's failure (`Handler::gave_up`).
+            max_deliver: -1,
             deliver_policy: consumer::DeliverPolicy::All,
             ..Default::default()
         };

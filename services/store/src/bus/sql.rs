@@ -1,6 +1,6 @@
 //! Embedded delivery: consumers tail the SQL log from their own checkpoints.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use gantry_proto::EventName;
 use sqlx::Row;
 
-use super::{BusError, Delivery, EventBus, Settle, Subscription, MAX_DELIVER};
+use super::{BusError, Delivery, EventBus, Settle, Subscription};
 use crate::store::{EventStore, RecordedEvent, Wakeups};
 
 const PAGE: i64 = 256;
@@ -33,7 +33,7 @@ impl EventBus for SqlBus {
         names: &[EventName],
     ) -> Result<Box<dyn Subscription>, BusError> {
         let checkpoint = checkpoint_name(consumer);
-        let cursor = self.store.checkpoint(&checkpoint).await?;
+        let cursor = self.store.delivery_start(&checkpoint).await?;
         let types: Vec<String> = names.iter().map(|n| n.type_name()).collect();
         let placeholders: Vec<String> = (0..types.len()).map(|i| format!("${}", i + 3)).collect();
         let query = format!(
@@ -50,7 +50,13 @@ impl EventBus for SqlBus {
             cursor,
             scanned: cursor,
             buffer: VecDeque::new(),
-            redo: Arc::new(Mutex::new(None)),
+            redo: Arc::new(Mutex::new(VecDeque::new())),
+            redo_added: Arc::new(tokio::sync::Notify::new()),
+            settled: Arc::new(tokio::sync::Mutex::new(Settled {
+                open: BTreeSet::new(),
+                handed_out: cursor,
+                saved: cursor,
+            })),
         }))
     }
 
@@ -84,9 +90,36 @@ struct SqlSubscription {
     /// How far the log has been read (matching or not).
     scanned: i64,
     buffer: VecDeque<RecordedEvent>,
-    /// An event the consumer asked to see again; it blocks the ones after it,
-    /// so the consumer sees the log in order.
-    redo: Arc<Mutex<Option<Redo>>>,
+    /// Events the consumer asked to see again (several when lanes of
+    /// different pipelines ask at once); they come before the ones after
+    /// them, so a consumer handling one event at a time sees the log in order.
+    redo: Arc<Mutex<VecDeque<Redo>>>,
+    redo_added: Arc<tokio::sync::Notify>,
+    /// Which handed-out events are not settled yet: the checkpoint moves
+    /// only past settled ones, as consumers settle events of different
+    /// pipelines out of log order.
+    settled: Arc<tokio::sync::Mutex<Settled>>,
+}
+
+/// The consumer's checkpoint as events are settled out of order.
+#[derive(Debug)]
+struct Settled {
+    /// Positions handed out and not acked.
+    open: BTreeSet<i64>,
+    /// The last position handed out.
+    handed_out: i64,
+    /// The checkpoint written.
+    saved: i64,
+}
+
+impl Settled {
+    /// The position every event up to which is settled.
+    fn watermark(&self) -> i64 {
+        match self.open.first() {
+            Some(first) => first - 1,
+            None => self.handed_out,
+        }
+    }
 }
 
 impl SqlSubscription {
@@ -116,14 +149,21 @@ impl SqlSubscription {
         Ok(())
     }
 
-    fn deliver(&mut self, event: RecordedEvent, attempt: u32) -> Delivery {
+    async fn deliver(&mut self, event: RecordedEvent, attempt: u32) -> Delivery {
         self.cursor = event.position;
+        {
+            let mut settled = self.settled.lock().await;
+            settled.open.insert(event.position);
+            settled.handed_out = settled.handed_out.max(event.position);
+        }
         Delivery {
             attempt,
             settle: Settle::Sql(Box::new(SqlAck {
                 store: self.store.clone(),
                 checkpoint: self.checkpoint.clone(),
                 redo: self.redo.clone(),
+                redo_added: self.redo_added.clone(),
+                settled: self.settled.clone(),
                 event: event.clone(),
                 attempt,
             })),
@@ -135,19 +175,25 @@ impl SqlSubscription {
 #[async_trait]
 impl Subscription for SqlSubscription {
     async fn next(&mut self) -> Result<Option<Delivery>, BusError> {
-        let redo = self.redo.lock().map(|mut r| r.take()).unwrap_or(None);
-        if let Some(redo) = redo {
-            tokio::time::sleep(redo.delay).await;
-            return Ok(Some(self.deliver(redo.event, redo.attempt + 1)));
-        }
         loop {
+            let redo = self.redo.lock().map(|mut r| r.pop_front()).unwrap_or(None);
+            if let Some(redo) = redo {
+                tokio::time::sleep(redo.delay).await;
+                return Ok(Some(self.deliver(redo.event, redo.attempt + 1).await));
+            }
             if let Some(event) = self.buffer.pop_front() {
-                return Ok(Some(self.deliver(event, 1)));
+                return Ok(Some(self.deliver(event, 1).await));
             }
             let seen = self.scanned;
             self.fill().await?;
             if self.buffer.is_empty() {
-                self.wake.wait_beyond(seen.max(self.scanned)).await;
+                // A retry asked for while waiting (by a consumer handling
+                // events concurrently) wakes us as a new event would.
+                let redo_added = self.redo_added.clone();
+                tokio::select! {
+                    _ = self.wake.wait_beyond(seen.max(self.scanned)) => {}
+                    _ = redo_added.notified() => {}
+                }
             }
         }
     }
@@ -157,37 +203,39 @@ impl Subscription for SqlSubscription {
 pub(crate) struct SqlAck {
     store: EventStore,
     checkpoint: String,
-    redo: Arc<Mutex<Option<Redo>>>,
+    redo: Arc<Mutex<VecDeque<Redo>>>,
+    redo_added: Arc<tokio::sync::Notify>,
+    settled: Arc<tokio::sync::Mutex<Settled>>,
     event: RecordedEvent,
     attempt: u32,
 }
 
 impl SqlAck {
     pub(crate) async fn ack(self) -> Result<(), BusError> {
-        self.store
-            .save_checkpoint(&self.checkpoint, self.event.position)
-            .await?;
+        // Held while writing, so checkpoints are written in order.
+        let mut settled = self.settled.lock().await;
+        settled.open.remove(&self.event.position);
+        let watermark = settled.watermark();
+        if watermark > settled.saved {
+            self.store
+                .save_checkpoint(&self.checkpoint, watermark)
+                .await?;
+            settled.saved = watermark;
+        }
         Ok(())
     }
 
+    /// Offers the event again after `delay`. Never gives up by itself: the
+    /// consumer runner decides when to (and records why).
     pub(crate) async fn retry(self, delay: Duration) -> Result<(), BusError> {
-        if self.attempt >= MAX_DELIVER {
-            tracing::error!(
-                consumer = %self.checkpoint,
-                event = %self.event.event.id,
-                position = self.event.position,
-                attempts = self.attempt,
-                "giving up on event after the maximum number of deliveries"
-            );
-            return self.ack().await;
-        }
         if let Ok(mut redo) = self.redo.lock() {
-            *redo = Some(Redo {
+            redo.push_back(Redo {
                 event: self.event,
                 attempt: self.attempt,
                 delay,
             });
         }
+        self.redo_added.notify_one();
         Ok(())
     }
 }

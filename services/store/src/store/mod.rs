@@ -442,6 +442,26 @@ impl EventStore {
             .await
     }
 
+    /// Every event of the streams `ids`, in position order (one query; an
+    /// equality lookup per stream, so the stream index serves it).
+    pub async fn read_streams(&self, ids: &[String]) -> Result<Vec<RecordedEvent>, StoreError> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let params: Vec<String> = (1..=ids.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE stream_id IN ({}) ORDER BY position",
+            params.join(", ")
+        );
+        let mut query = sqlx::query(&sql);
+        for id in ids {
+            query = query.bind(id);
+        }
+        let rows = query.fetch_all(&self.inner.pool).await?;
+        decode_rows(&rows)
+    }
+
     /// Every event of one run (all its streams), in position order.
     pub async fn read_run(&self, run_id: &str) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read_where("run_id = $1 ORDER BY position", run_id)
@@ -525,6 +545,40 @@ impl EventStore {
             .fetch_optional(&self.inner.pool)
             .await?;
         Ok(v.unwrap_or(0))
+    }
+
+    /// Where a delivering reader (the relay, an embedded consumer) starts:
+    /// after its checkpoint, and never before an imported history
+    /// ([`crate::audit::IMPORT_FLOOR`]), which was delivered before the
+    /// export.
+    pub async fn delivery_start(&self, name: &str) -> Result<i64, StoreError> {
+        let v: Option<i64> = sqlx::query_scalar(
+            "SELECT MAX(position) FROM checkpoints WHERE name = $1 OR name = $2",
+        )
+        .bind(name)
+        .bind(crate::audit::IMPORT_FLOOR)
+        .fetch_one(&self.inner.pool)
+        .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Up to `limit` events after `position` as the log holds them:
+    /// (position, stream, the event's JSON text). For the audit export,
+    /// which hashes the stored JSON without decoding it.
+    pub async fn read_raw(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<(i64, String, String)>, StoreError> {
+        let rows = sqlx::query_as::<_, (i64, String, String)>(
+            "SELECT position, stream_id, event FROM events WHERE position > $1 \
+             ORDER BY position LIMIT $2",
+        )
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.inner.pool)
+        .await?;
+        Ok(rows)
     }
 
     /// Moves a reader's checkpoint forward (never backward).
