@@ -7,19 +7,6 @@ use std::time::Duration;
 use crate::common::*;
 use serde_json::{json, Value};
 
-const TOKENS: &[(&str, &str, &str, &str)] = &[
-    // (token, user, email, groups)
-    ("tok-rita", "rita", "rita@example.com", "[release-managers]"),
-    ("tok-sam", "sam", "sam@example.com", "[release-managers]"),
-    (
-        "tok-dev",
-        "dev1",
-        "dev@example.com",
-        "[release-managers, developers]",
-    ),
-    ("tok-out", "olga", "olga@example.com", "[developers]"),
-];
-
 struct Client {
     base: String,
     http: reqwest::Client,

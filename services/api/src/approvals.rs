@@ -40,10 +40,7 @@ pub(crate) fn caller(
 ) -> Result<(String, Option<String>), Problem> {
     match (identity, &api.tokens) {
         (Some(id), _) => {
-            if !groups.is_empty()
-                && !groups.contains(&id.user)
-                && !id.groups.iter().any(|g| groups.contains(g))
-            {
+            if !member(id, groups) {
                 return Err(Problem::forbidden(format!(
                     "{} may not {action}: only the groups {} may",
                     id.user,
@@ -57,6 +54,12 @@ pub(crate) fn caller(
         ))),
         (None, None) => Ok((body_user.unwrap_or_else(|| "anonymous".into()), None)),
     }
+}
+
+/// Whether `id` may act where `groups` (users or groups) are named: any
+/// identity when none are.
+pub fn member(id: &Identity, groups: &[String]) -> bool {
+    groups.is_empty() || groups.contains(&id.user) || id.groups.iter().any(|g| groups.contains(g))
 }
 
 #[derive(Debug, Default, Deserialize)]

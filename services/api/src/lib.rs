@@ -4,25 +4,26 @@
 //! List routes answer a bare JSON array; single resources an object; errors
 //! `application/problem+json`, also for a malformed path, query or body
 //! ([`gantry_runtime::problem::harden`]). When `GANTRY_API_TOKENS` is set, every
-//! `/api/...` call needs `Authorization: Bearer <token>`; the file is read
-//! again when it changes and on SIGHUP.
+//! `/api/...` call needs `Authorization: Bearer <token>` or a console
+//! session ([`session`]); the file is read again when it changes and on
+//! SIGHUP. The console (`gantry-console`) serves the pages over [`Api`].
 
 mod apis_plan;
 mod approvals;
-mod dashboard;
 mod diff;
 mod events;
 mod insights;
 mod pause;
 mod previews;
 mod rollback;
+pub mod session;
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -34,6 +35,7 @@ use gantry_runtime::auth::{Identity, TokenSource};
 use gantry_runtime::trigger::{self, CommitInfo};
 use gantry_runtime::{App, Problem};
 
+pub use approvals::member;
 pub use events::{parse_events_request, EventsRequest};
 use gantry_store::projection::RunFilter;
 pub use previews::{DiffView, PlanRefused, Previews};
@@ -53,9 +55,57 @@ pub struct Api {
     pub sources: gantry_runtime::git::SourceCache,
     /// The diff and API Manager plan shown before an approval.
     pub previews: Arc<dyn Previews>,
+    /// Signed-in console sessions.
+    pub sessions: session::Sessions,
 }
 
-/// The API routes (and the dashboard at `/`), ready to merge into a server.
+impl Api {
+    /// The API's state over `app`; the tokens file is watched every
+    /// `reload_interval` (and on SIGHUP) until the app shuts down.
+    pub fn new(
+        app: App,
+        previews: Arc<dyn Previews>,
+        reload_interval: Duration,
+    ) -> Result<Self, gantry_runtime::auth::TokensError> {
+        let tokens = match &app.settings.api_tokens {
+            Some(path) => Some(TokenSource::load(path)?),
+            None => None,
+        };
+        if let Some(tokens) = &tokens {
+            if tokio::runtime::Handle::try_current().is_ok() {
+                tokens.watch(reload_interval, app.shutdown.child_token());
+            }
+        }
+        let sources =
+            gantry_runtime::git::SourceCache::new(app.settings.data_dir.join("git").join("api"));
+        Ok(Api {
+            app,
+            tokens,
+            sources,
+            previews,
+            sessions: session::Sessions::default(),
+        })
+    }
+
+    /// Who a console session belongs to, while it lives and its token is
+    /// still in force.
+    pub fn session_identity(&self, headers: &axum::http::HeaderMap) -> Option<Identity> {
+        let id = session::cookie(headers, session::COOKIE)?;
+        let digest = self.sessions.digest(id)?;
+        self.tokens
+            .as_ref()?
+            .get()
+            .authenticate_digest(&digest)
+            .cloned()
+    }
+
+    /// Whether session cookies get `Secure` for this request.
+    pub fn secure_cookies(&self, headers: &axum::http::HeaderMap) -> bool {
+        self.app.settings.secure_cookies || session::forwarded_https(headers)
+    }
+}
+
+/// The API routes (without the console), ready to merge into a server.
 /// The tokens file is watched ([`gantry_runtime::auth::RELOAD_INTERVAL`],
 /// SIGHUP) until the app shuts down.
 pub fn router(
@@ -71,23 +121,11 @@ pub fn router_with_reload(
     previews: Arc<dyn Previews>,
     reload_interval: Duration,
 ) -> Result<Router, gantry_runtime::auth::TokensError> {
-    let tokens = match &app.settings.api_tokens {
-        Some(path) => Some(TokenSource::load(path)?),
-        None => None,
-    };
-    if let Some(tokens) = &tokens {
-        if tokio::runtime::Handle::try_current().is_ok() {
-            tokens.watch(reload_interval, app.shutdown.child_token());
-        }
-    }
-    let sources =
-        gantry_runtime::git::SourceCache::new(app.settings.data_dir.join("git").join("api"));
-    let api = Api {
-        app,
-        tokens,
-        sources,
-        previews,
-    };
+    Ok(routes(Api::new(app, previews, reload_interval)?))
+}
+
+/// The API routes over `api`.
+pub fn routes(api: Api) -> Router {
     let v1 = Router::new()
         .route("/pipelines", get(list_pipelines))
         .route("/pipelines/{name}", get(get_pipeline))
@@ -116,12 +154,7 @@ pub fn router_with_reload(
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .with_state(api.clone());
-    Ok(gantry_runtime::problem::harden(
-        Router::new()
-            .nest("/api/v1", v1)
-            .route("/", get(dashboard::page)),
-        MAX_BODY,
-    ))
+    gantry_runtime::problem::harden(Router::new().nest("/api/v1", v1), MAX_BODY)
 }
 
 /// The `run.started` of a run's `events`, provided its plan has `stage`:
@@ -147,8 +180,17 @@ async fn not_found() -> Problem {
     Problem::not_found("no such API route; see GET /api/v1/runs, /api/v1/pipelines, /api/v1/events")
 }
 
-/// Checks the bearer token when tokens are configured, and records who called.
+/// Checks the bearer token or console session when tokens are configured,
+/// and records who called. A request that changes something is refused
+/// when its `Origin` names another site (a page elsewhere cannot act
+/// through the browser of someone signed in, or on a loopback Gantry
+/// without tokens), and, with a session, when it names no origin at all.
 async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    let mutating = !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let origin = session::origin_matches(req.headers());
+    if mutating && origin == Some(false) {
+        return cross_origin().into_response();
+    }
     if let Some(tokens) = &api.tokens {
         let presented = req
             .headers()
@@ -156,17 +198,41 @@ async fn authenticate(State(api): State<Api>, mut req: Request, next: Next) -> R
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        let Some(token) = presented else {
-            return Problem::unauthorized("this API needs `Authorization: Bearer <token>`")
-                .into_response();
-        };
-        let identity = tokens.get().authenticate(token).cloned();
-        let Some(identity) = identity else {
-            return Problem::unauthorized("unknown API token").into_response();
+        let identity = match presented {
+            Some(token) => match tokens.get().authenticate(token).cloned() {
+                Some(identity) => identity,
+                None => return Problem::unauthorized("unknown API token").into_response(),
+            },
+            None if session::cookie(req.headers(), session::COOKIE).is_some() => {
+                let Some(identity) = api.session_identity(req.headers()) else {
+                    return Problem::unauthorized(
+                        "the console session has ended (signed out, expired or its token revoked); sign in again",
+                    )
+                    .into_response();
+                };
+                if mutating && origin != Some(true) {
+                    return cross_origin().into_response();
+                }
+                identity
+            }
+            None => {
+                return Problem::unauthorized(
+                    "this API needs `Authorization: Bearer <token>` or a console session",
+                )
+                .into_response()
+            }
         };
         req.extensions_mut().insert(identity);
     }
     next.run(req).await
+}
+
+fn cross_origin() -> Problem {
+    Problem::forbidden(
+        "a request that changes something must come from this server's own pages: \
+         its Origin header names another site, or none with a session cookie",
+    )
+    .with_type("cross-origin")
 }
 
 fn pipeline_json(

@@ -121,6 +121,16 @@ pub struct Global {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub allow_anonymous: bool,
+    /// `GANTRY_SECURE_COOKIES`: mark console session cookies `Secure`, for
+    /// a Gantry reached over HTTPS (a TLS proxy in front). A request that
+    /// arrives with `X-Forwarded-Proto: https` gets them anyway.
+    #[arg(
+        long,
+        env = "GANTRY_SECURE_COOKIES",
+        global = true,
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub secure_cookies: bool,
     /// Server URL for client commands [default: http://<listen>]. When given,
     /// client commands fail if it does not answer (no local fallback).
     #[arg(long, env = "GANTRY_SERVER", global = true)]
@@ -158,6 +168,7 @@ impl Global {
             data_dir: self.data_dir.clone(),
             api_tokens: self.api_tokens.clone(),
             allow_anonymous: self.allow_anonymous,
+            secure_cookies: self.secure_cookies,
             nats_replicas: usize::from(self.nats_replicas),
             packages_bucket: self.packages_bucket.clone(),
             packages_max_bytes: self.packages_max_bytes,

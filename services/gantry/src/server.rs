@@ -91,10 +91,17 @@ pub fn http_router(app: &App) -> anyhow::Result<Router> {
     ))
 }
 
-/// The API, with the diff and plan previews of envgen and apim.
+/// The API, with the diff and plan previews of envgen and apim, and the
+/// console over the same state (its sessions are the API's).
 pub fn api_router(app: &App) -> anyhow::Result<Router> {
     let previews = Arc::new(crate::previews::Previews::new(app));
-    gantry_api::router(app.clone(), previews).context("loading API tokens")
+    let api = gantry_api::Api::new(app.clone(), previews, gantry_runtime::auth::RELOAD_INTERVAL)
+        .context("loading API tokens")?;
+    // Pages and JSON compress about tenfold; the event stream is never
+    // compressed (the layer leaves `text/event-stream` alone).
+    Ok(gantry_api::routes(api.clone())
+        .merge(gantry_console::router(api))
+        .layer(tower_http::compression::CompressionLayer::new()))
 }
 
 /// Every worker, built the one way ([`WorkerContext`]); the conductor is

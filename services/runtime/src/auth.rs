@@ -95,7 +95,13 @@ impl ApiTokens {
 
     /// The identity a bearer token belongs to.
     pub fn authenticate(&self, token: &str) -> Option<&Identity> {
-        let presented: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        self.authenticate_digest(&token_digest(token))
+    }
+
+    /// The identity of the token whose sha256 is `presented` (a console
+    /// session keeps the digest, never the token: a token removed from the
+    /// file ends its sessions too).
+    pub fn authenticate_digest(&self, presented: &[u8; 32]) -> Option<&Identity> {
         let mut found = None;
         // Compare against every entry so timing does not reveal which matched.
         for (hash, identity) in &self.entries {
@@ -117,6 +123,11 @@ impl ApiTokens {
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
+}
+
+/// The sha256 of a token, as the tokens file holds it.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 /// How often [`TokenSource::watch`] looks at the tokens file by default.

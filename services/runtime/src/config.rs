@@ -48,6 +48,9 @@ pub struct Settings {
     /// `GANTRY_ALLOW_ANONYMOUS` / `--allow-anonymous`: serve without API
     /// tokens on a non-loopback address (DESIGN.md 1.7).
     pub allow_anonymous: bool,
+    /// `GANTRY_SECURE_COOKIES` / `--secure-cookies`: console session
+    /// cookies are `Secure` (Gantry is reached over HTTPS through a proxy).
+    pub secure_cookies: bool,
     /// `GANTRY_NATS_REPLICAS`: replicas of the JetStream storage Gantry
     /// creates (the package bucket).
     pub nats_replicas: usize,
@@ -73,6 +76,7 @@ impl Default for Settings {
             data_dir: PathBuf::from(DEFAULT_DATA_DIR),
             api_tokens: None,
             allow_anonymous: false,
+            secure_cookies: false,
             nats_replicas: usize::from(DEFAULT_NATS_REPLICAS),
             packages_bucket: gantry_store::packages::DEFAULT_BUCKET.into(),
             packages_max_bytes: None,

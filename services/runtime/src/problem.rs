@@ -206,7 +206,13 @@ async fn as_problem(resp: Response) -> Response {
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with(CONTENT_TYPE));
-    if is_problem {
+    // The console's pages say what went wrong themselves.
+    let is_page = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/html"));
+    if is_problem || is_page {
         return resp;
     }
     let (parts, body) = resp.into_parts();

@@ -15,6 +15,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::store::{decode_rows, Backend, EventStore, StoreError};
 
+mod stages;
+pub use stages::RunStage;
+
 const CHECKPOINT: &str = "projector";
 const LOCK_KEY: i64 = 0x0070_726f_6a65_6374; // "project"
 const PAGE: i64 = 1000;
@@ -233,32 +236,15 @@ impl Projections {
             .await?;
         let Some(row) = row else { return Ok(None) };
         let run = run_from_row(&row)?;
-        let rows = sqlx::query(
-            "SELECT stage, status, after_stage, steps, waiting, reason, package_digest, image, \
-             image_digest, approvals, updated_at FROM stages WHERE run_id = $1 ORDER BY ordinal",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {STAGE_COLUMNS} FROM stages WHERE run_id = $1 ORDER BY ordinal"
+        ))
         .bind(run_id)
         .fetch_all(self.store.pool())
         .await?;
         let stages = rows
             .iter()
-            .map(|r| {
-                Ok(StageView {
-                    name: r.try_get(0)?,
-                    status: parsed(r, 1)?,
-                    after: r.try_get(2)?,
-                    steps: json_or_default(r.try_get::<String, _>(3)?),
-                    waiting: r
-                        .try_get::<Option<String>, _>(4)?
-                        .and_then(|s| serde_json::from_str(&s).ok()),
-                    reason: r.try_get(5)?,
-                    package_digest: r.try_get(6)?,
-                    image: r.try_get(7)?,
-                    image_digest: r.try_get(8)?,
-                    approvals: json_or_default(r.try_get::<String, _>(9)?),
-                    updated_at: r.try_get(10)?,
-                })
-            })
+            .map(|r| stage_from_row(r, 0))
             .collect::<Result<Vec<_>, sqlx::Error>>()?;
         Ok(Some(RunView { run, stages }))
     }
@@ -333,6 +319,28 @@ impl Projections {
             .collect::<Result<_, sqlx::Error>>()
             .map_err(StoreError::from)
     }
+}
+
+const STAGE_COLUMNS: &str = "stage, status, after_stage, steps, waiting, reason, package_digest, \
+    image, image_digest, approvals, updated_at";
+
+/// A stage row's [`STAGE_COLUMNS`], starting at column `at`.
+fn stage_from_row(r: &sqlx::any::AnyRow, at: usize) -> Result<StageView, sqlx::Error> {
+    Ok(StageView {
+        name: r.try_get(at)?,
+        status: parsed(r, at + 1)?,
+        after: r.try_get(at + 2)?,
+        steps: json_or_default(r.try_get::<String, _>(at + 3)?),
+        waiting: r
+            .try_get::<Option<String>, _>(at + 4)?
+            .and_then(|s| serde_json::from_str(&s).ok()),
+        reason: r.try_get(at + 5)?,
+        package_digest: r.try_get(at + 6)?,
+        image: r.try_get(at + 7)?,
+        image_digest: r.try_get(at + 8)?,
+        approvals: json_or_default(r.try_get::<String, _>(at + 9)?),
+        updated_at: r.try_get(at + 10)?,
+    })
 }
 
 const RUN_COLUMNS: &str = "run_id, pipeline, commit_sha, branch, repository, trigger_kind, \

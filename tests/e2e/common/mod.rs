@@ -641,6 +641,21 @@ pub fn seeded_deploy_repo(files: &[(&str, &str)]) -> gantry_tests::GitRepo {
     deploy
 }
 
+/// API tokens of the approval tests: (token, user, email, groups). dev1
+/// is a release manager who also pushes commits (an author); olga is no
+/// release manager.
+pub const TOKENS: &[(&str, &str, &str, &str)] = &[
+    ("tok-rita", "rita", "rita@example.com", "[release-managers]"),
+    ("tok-sam", "sam", "sam@example.com", "[release-managers]"),
+    (
+        "tok-dev",
+        "dev1",
+        "dev@example.com",
+        "[release-managers, developers]",
+    ),
+    ("tok-out", "olga", "olga@example.com", "[developers]"),
+];
+
 /// Writes `dir/tokens.yaml` for `GANTRY_API_TOKENS` from (token, user,
 /// email, groups) and returns its path; tokens are stored as their sha256.
 pub fn write_api_tokens(dir: &Path, tokens: &[(&str, &str, &str, &str)]) -> String {
