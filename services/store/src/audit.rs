@@ -112,15 +112,33 @@ pub async fn export(
     from: i64,
     out: &mut impl Write,
 ) -> Result<Summary, AuditError> {
+    // The next page is read while this one is hashed and written.
+    let (pages, mut next) = tokio::sync::mpsc::channel(2);
+    let reader = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut after = 0;
+            loop {
+                let page = match store.read_raw(after, PAGE).await {
+                    Ok(page) => page,
+                    Err(e) => {
+                        let _ = pages.send(Err(e)).await;
+                        return;
+                    }
+                };
+                let Some(last) = page.last() else { return };
+                after = last.0;
+                if pages.send(Ok(page)).await.is_err() {
+                    return;
+                }
+            }
+        })
+    };
     let mut summary = Summary::default();
     let mut prev = GENESIS.to_owned();
-    let mut after = 0;
     let mut line = Vec::with_capacity(4096);
-    loop {
-        let page = store.read_raw(after, PAGE).await?;
-        let Some(last) = page.last() else { break };
-        after = last.0;
-        for (position, stream, text) in page {
+    while let Some(page) = next.recv().await {
+        for (position, stream, text) in page? {
             let event: Value = serde_json::from_str(&text).map_err(|e| AuditError::Corrupt {
                 position,
                 message: e.to_string(),
@@ -143,6 +161,7 @@ pub async fn export(
             prev = hash;
         }
     }
+    reader.abort();
     out.flush().map_err(AuditError::Write)?;
     Ok(summary)
 }
