@@ -96,14 +96,14 @@ impl Summary {
     }
 }
 
-/// `sha256(prev || JCS(event))` as lowercase hex.
-pub fn chain_hash(prev: &str, event: &Value) -> String {
-    let canonical =
-        serde_json_canonicalizer::to_vec(event).expect("a serde_json::Value always serializes");
+/// `sha256(prev || JCS(event))` as lowercase hex; an error for a value
+/// JCS cannot write (a number outside what I-JSON allows, say).
+pub fn chain_hash(prev: &str, event: &Value) -> Result<String, serde_json::Error> {
+    let canonical = serde_json_canonicalizer::to_vec(event)?;
     let mut hasher = Sha256::new();
     hasher.update(prev.as_bytes());
     hasher.update(&canonical);
-    hex::encode(hasher.finalize())
+    Ok(hex::encode(hasher.finalize()))
 }
 
 /// Writes the log from position `from` as audit lines to `out`.
@@ -143,7 +143,10 @@ pub async fn export(
                 position,
                 message: e.to_string(),
             })?;
-            let hash = chain_hash(&prev, &event);
+            let hash = chain_hash(&prev, &event).map_err(|e| AuditError::Corrupt {
+                position,
+                message: e.to_string(),
+            })?;
             if position >= from {
                 let audit = AuditLine {
                     position,
@@ -226,7 +229,12 @@ impl Chain {
             }
             None => {}
         }
-        let hash = chain_hash(&line.prev, &line.event);
+        let hash = chain_hash(&line.prev, &line.event).map_err(|e| {
+            broken(
+                line.position,
+                format!("its event has no canonical form: {e}"),
+            )
+        })?;
         if hash != line.hash {
             return Err(broken(
                 line.position,
@@ -324,8 +332,8 @@ mod tests {
             serde_json::from_str(r#"{ "b": [1, "é\n"], "a": {"y": null, "x": true} }"#).unwrap();
         let canonical = r#"{"a":{"x":true,"y":null},"b":[1,"é\n"]}"#;
         let expected = hex::encode(Sha256::digest(format!("{GENESIS}{canonical}").as_bytes()));
-        assert_eq!(chain_hash(GENESIS, &a), expected);
-        assert_ne!(chain_hash(&"1".repeat(64), &a), expected);
+        assert_eq!(chain_hash(GENESIS, &a).unwrap(), expected);
+        assert_ne!(chain_hash(&"1".repeat(64), &a).unwrap(), expected);
     }
 
     #[test]
@@ -338,7 +346,7 @@ mod tests {
         let mut prev = GENESIS.to_owned();
         let mut lines = Vec::new();
         for (i, event) in events.iter().enumerate() {
-            let hash = chain_hash(&prev, event);
+            let hash = chain_hash(&prev, event).unwrap();
             let line = AuditLine {
                 position: i as i64 + 1,
                 stream: "s".into(),
