@@ -110,12 +110,8 @@ fn pipeline_yaml(
 /// Pushes `commit` of `repo` until the webhook process accepts it (it may
 /// be down or die mid-request: a forge retries); the run's id.
 async fn push_until_accepted(base: &str, repo: &GitRepo, commit: &str) -> String {
-    let body = serde_json::to_vec(&json!({
-        "ref": "refs/heads/main", "after": commit,
-        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
-        "head_commit": { "message": "chaos", "author": { "name": "Dev", "email": "dev@example.com" } }
-    }))
-    .unwrap();
+    let author = json!({ "name": "Dev", "email": "dev@example.com" });
+    let body = local_push_body(repo, commit, author);
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()

@@ -175,14 +175,22 @@ pub async fn export(
 /// position 1, whose `prev` must be [`GENESIS`].
 pub fn verify(input: impl BufRead) -> Result<Summary, AuditError> {
     let mut chain = Chain::default();
-    for (index, text) in input.lines().enumerate() {
-        let text = text.map_err(|source| AuditError::Read {
-            line: index + 1,
-            source,
-        })?;
-        chain.check(index + 1, &text)?;
+    for line in numbered_lines(input) {
+        let (number, text) = line?;
+        chain.check(number, &text)?;
     }
     Ok(chain.summary)
+}
+
+/// The input's lines with their 1-based numbers; a read error names its line.
+fn numbered_lines(
+    input: impl BufRead,
+) -> impl Iterator<Item = Result<(usize, String), AuditError>> {
+    input.lines().enumerate().map(|(index, text)| {
+        let line = index + 1;
+        text.map(|text| (line, text))
+            .map_err(|source| AuditError::Read { line, source })
+    })
 }
 
 /// The state of a verification: the line before and what was checked.
@@ -257,12 +265,8 @@ pub async fn import<R: BufRead>(
 ) -> Result<Summary, AuditError> {
     let open = |r: std::io::Result<R>| r.map_err(|source| AuditError::Read { line: 0, source });
     let mut chain = Chain::default();
-    for (index, text) in open(reopen())?.lines().enumerate() {
-        let number = index + 1;
-        let text = text.map_err(|source| AuditError::Read {
-            line: number,
-            source,
-        })?;
+    for line in numbered_lines(open(reopen())?) {
+        let (number, text) = line?;
         if let Some(line) = chain.check(number, &text)? {
             if chain.summary.events == 1 && line.position != 1 {
                 return Err(AuditError::NotWhole(line.position));
@@ -283,12 +287,8 @@ pub async fn import<R: BufRead>(
     let mut batch: Vec<NewEvents> = Vec::new();
     let mut pending = 0;
     let mut again = Chain::default();
-    for (index, text) in open(reopen())?.lines().enumerate() {
-        let number = index + 1;
-        let text = text.map_err(|source| AuditError::Read {
-            line: number,
-            source,
-        })?;
+    for line in numbered_lines(open(reopen())?) {
+        let (number, text) = line?;
         // Checked again: the file may have changed since the first pass.
         let Some(line) = again.check(number, &text)? else {
             continue;

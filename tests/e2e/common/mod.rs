@@ -570,6 +570,17 @@ pub fn petstore_project() -> gantry_tests::GitRepo {
     repo
 }
 
+/// The body of a GitHub push of `commit` on `main` in the local repository
+/// `repo`, by `author`.
+pub fn local_push_body(repo: &gantry_tests::GitRepo, commit: &str, author: Value) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "ref": "refs/heads/main", "after": commit,
+        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
+        "head_commit": { "message": "config", "author": author }
+    }))
+    .unwrap()
+}
+
 /// A signed GitHub push of `commit` in the local repository `repo`, by
 /// `author`; asserts it was accepted and returns the run id.
 pub async fn push_local_commit(
@@ -578,13 +589,7 @@ pub async fn push_local_commit(
     commit: &str,
     author: Value,
 ) -> String {
-    let body = serde_json::to_vec(&json!({
-        "ref": "refs/heads/main", "after": commit,
-        "repository": { "clone_url": format!("file://{}", repo.path().display()) },
-        "head_commit": { "message": "config", "author": author }
-    }))
-    .unwrap();
-    let resp = post_github_push(base, body).await;
+    let resp = post_github_push(base, local_push_body(repo, commit, author)).await;
     assert_eq!(resp.status(), 202);
     resp.json::<Value>().await.unwrap()["runs"][0]["run_id"]
         .as_str()
