@@ -22,7 +22,7 @@ for t in "${targets[@]}"; do
     start=$(date +%s)
     # -rss_limit_mb/-timeout: an input that needs more than 2 GB or 10 s is a
     # finding (unbounded memory or time), not something to wait out.
-    nice -n 19 "$bin/$t" "corpus/$t" -runs="$runs" -max_total_time="$max_time" \
+    nice -n "${NICE:-19}" "$bin/$t" "corpus/$t" -runs="$runs" -max_total_time="$max_time" \
         -rss_limit_mb=2048 -timeout=10 -print_final_stats=1 \
         -artifact_prefix="artifacts/$t/" >"logs/$t.log" 2>&1
     rc=$?

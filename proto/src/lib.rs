@@ -9,6 +9,7 @@
 #[macro_use]
 mod wire_enum;
 
+pub mod cdevents;
 pub mod envelope;
 pub mod events;
 pub mod plan;

@@ -37,6 +37,17 @@ impl Subjects {
         format!("{}.events.>", self.prefix)
     }
 
+    /// The subject a CDEvent of type `ty` (`dev.cdevents.service.deployed.0.3.0`)
+    /// is published on: `<prefix>.cdevents.<ty>` (DESIGN.md 1.9).
+    pub fn cdevent(&self, ty: &str) -> String {
+        format!("{}.cdevents.{ty}", self.prefix)
+    }
+
+    /// Every CDEvent: what the CDEvents stream captures.
+    pub fn cdevents_all(&self) -> String {
+        format!("{}.cdevents.>", self.prefix)
+    }
+
     /// One event name across all pipelines, for a consumer's filter.
     pub fn filter(&self, name: EventName) -> String {
         format!("{}.events.*.{}", self.prefix, name.as_str())

@@ -87,4 +87,29 @@ async fn promotions_show_up_as_dora_keys_in_the_api_the_cli_and_metrics() {
         ),
         "{metrics}"
     );
+
+    // The console shows the same keys per stage, with the trend against
+    // the 30 days before (nothing then: more deployments is better).
+    let page = reqwest::get(format!("{base}/pipelines/banking"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let dora = page
+        .split("<section id=\"dora\"")
+        .nth(1)
+        .and_then(|s| s.split("</section>").next())
+        .unwrap_or_else(|| panic!("no DORA section in {page}"));
+    let prod = dora
+        .split("<tr data-stage=\"prod\">")
+        .nth(1)
+        .and_then(|s| s.split("</tr>").next())
+        .unwrap_or_else(|| panic!("no prod row in {dora}"));
+    assert!(prod.contains("2 (0.1/day)"), "{prod}");
+    assert!(
+        prod.contains("trend better") && prod.contains("better (before: 0)"),
+        "{prod}"
+    );
+    assert!(prod.contains("0% (0 failed)"), "{prod}");
 }

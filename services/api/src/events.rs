@@ -4,7 +4,10 @@
 //! as one JSON line. `?from=N` starts at position N (inclusive);
 //! `Last-Event-ID: N` (what browsers send on reconnect) resumes after N and
 //! wins over `from`. Optional filters: `?pipeline=`, `?run=`; `?follow=false`
-//! ends the stream once it has caught up.
+//! ends the stream once it has caught up. `?format=cdevents` streams the
+//! CDEvents the log's facts stand for instead (DESIGN.md 1.9): `data:` is
+//! one CDEvent, `id:` still the position of the Gantry event it comes from
+//! (an event that maps to two CDEvents sends both under its position).
 //!
 //! Events are read from the log page by page as the client takes them, so a
 //! slow client only slows its own stream: nothing is buffered without bound
@@ -18,6 +21,7 @@ use axum::http::{HeaderMap, Uri};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use futures::Stream;
 use gantry_runtime::Problem;
+use gantry_store::cdevents::CdeventsMapper;
 use serde::Deserialize;
 
 use crate::Api;
@@ -31,6 +35,18 @@ struct EventsQuery {
     run: Option<String>,
     /// `false` ends the stream once it has caught up (for scripts).
     follow: Option<bool>,
+    /// `cloudevents` (default) or `cdevents`.
+    format: Option<String>,
+}
+
+/// What each SSE message carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EventsFormat {
+    /// Gantry's own CloudEvents, one per recorded event.
+    #[default]
+    CloudEvents,
+    /// The CDEvents the recorded events stand for.
+    CdEvents,
 }
 
 /// What a `GET /api/v1/events` asks for, from its `Last-Event-ID` header and
@@ -43,6 +59,7 @@ pub struct EventsRequest {
     pub run: Option<String>,
     /// `false` ends the stream once it has caught up.
     pub follow: bool,
+    pub format: EventsFormat,
 }
 
 /// Reads an events request: both inputs come straight from the client. Pub so
@@ -71,7 +88,17 @@ pub fn parse_events_request(headers: &HeaderMap, uri: &Uri) -> Result<EventsRequ
             None => 0,
         },
     };
+    let format = match q.format.as_deref().map(str::trim) {
+        None | Some("") | Some("cloudevents") => EventsFormat::CloudEvents,
+        Some("cdevents") => EventsFormat::CdEvents,
+        Some(other) => {
+            return Err(Problem::bad_request(format!(
+                "format=`{other}` is not an event format (cloudevents or cdevents)"
+            )))
+        }
+    };
     Ok(EventsRequest {
+        format,
         after,
         pipeline: q.pipeline.filter(|p| !p.is_empty()),
         run: q.run.filter(|r| !r.is_empty()),
@@ -89,8 +116,11 @@ pub(crate) async fn stream(
         pipeline,
         run,
         follow,
+        format,
     } = parse_events_request(&headers, &uri)?;
     let store = api.app.store.clone();
+    let mut cdevents = (format == EventsFormat::CdEvents)
+        .then(|| CdeventsMapper::new(store.clone(), &api.app.settings.public_url()));
     let shutdown = api.app.shutdown.clone();
     let stream = async_stream::stream! {
         let mut wake = store.wakeups();
@@ -122,8 +152,22 @@ pub(crate) async fn stream(
                 if run.as_deref().is_some_and(|r| Some(r) != recorded.event.runid.as_deref()) {
                     continue;
                 }
-                let Ok(json) = serde_json::to_string(&recorded.event) else { continue };
-                yield Ok(Event::default().id(recorded.position.to_string()).data(json));
+                let id = recorded.position.to_string();
+                let Some(mapper) = cdevents.as_mut() else {
+                    let Ok(json) = serde_json::to_string(&recorded.event) else { continue };
+                    yield Ok(Event::default().id(id).data(json));
+                    continue;
+                };
+                let mapped = match mapper.map(&recorded).await {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "event stream read failed; closing it");
+                        return;
+                    }
+                };
+                for cd in mapped {
+                    yield Ok(Event::default().id(id.clone()).data(cd.json.to_string()));
+                }
             }
         }
     };
@@ -158,5 +202,21 @@ mod tests {
         );
         assert!(parse(Some("-1"), "/api/v1/events").is_err());
         assert!(parse(None, "/api/v1/events?from=-1").is_err());
+    }
+
+    #[test]
+    fn format_is_cloudevents_unless_cdevents_is_asked_for() {
+        assert_eq!(
+            parse(None, "/api/v1/events").unwrap().format,
+            EventsFormat::CloudEvents
+        );
+        assert_eq!(
+            parse(None, "/api/v1/events?format=cdevents")
+                .unwrap()
+                .format,
+            EventsFormat::CdEvents
+        );
+        let err = parse(None, "/api/v1/events?format=xml").unwrap_err();
+        assert!(format!("{err:?}").contains("xml"), "{err:?}");
     }
 }

@@ -10,7 +10,7 @@ use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use gantry_runtime::Problem;
-use gantry_store::dora::{Dora, Quantiles};
+use gantry_store::dora::Dora;
 use serde::Deserialize;
 
 use crate::Api;
@@ -47,17 +47,10 @@ pub async fn dora(State(api): State<Api>, Query(q): Query<DoraQuery>) -> Result<
         .await?;
     Ok(match (q.pipeline, q.stage) {
         (Some(pipeline), Some(stage)) => {
-            let one = keys.into_iter().next().unwrap_or(Dora {
-                pipeline,
-                stage,
-                days,
-                deployments: 0,
-                deployment_frequency_per_day: 0.0,
-                lead_time_seconds: Quantiles::default(),
-                change_failure_rate: 0.0,
-                failed_changes: 0,
-                time_to_restore_seconds: Quantiles::default(),
-            });
+            let one = keys
+                .into_iter()
+                .next()
+                .unwrap_or_else(|| Dora::empty(&pipeline, &stage, days));
             Json(one).into_response()
         }
         _ => Json(keys).into_response(),

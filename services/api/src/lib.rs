@@ -13,6 +13,7 @@ mod approvals;
 mod diff;
 mod events;
 mod insights;
+mod notifications;
 mod pause;
 mod previews;
 mod rollback;
@@ -151,6 +152,7 @@ pub fn routes(api: Api) -> Router {
         .route("/runs/{id}/cancel", post(approvals::cancel))
         .route("/events", get(events::stream))
         .route("/insights/dora", get(insights::dora))
+        .route("/notifications", get(notifications::list))
         .fallback(not_found)
         .route_layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .with_state(api.clone());

@@ -9,6 +9,7 @@ use axum::http::StatusCode;
 use axum::response::Response;
 use gantry_api::Api;
 use gantry_pipeline::{Pipeline, Stage};
+use gantry_store::dora::Dora;
 use gantry_store::projection::RunStage;
 
 use crate::failed;
@@ -16,6 +17,109 @@ use crate::html::{esc, maybe_digest, run_link, seg, short_commit, short_run, sta
 use crate::layout::{self, Frame};
 use crate::overview::now_runs;
 use crate::viewer::Viewer;
+
+/// The DORA window shown, and compared with the one before it.
+const DORA_DAYS: u32 = 30;
+
+/// DORA's four keys per stage over the last [`DORA_DAYS`] days, each with
+/// its trend against the [`DORA_DAYS`] days before, in words as well as
+/// arrows (better or worse depends on the key).
+fn dora(pipeline: &Pipeline, now: &[Dora], before: &[Dora]) -> String {
+    let find = |keys: &[Dora], stage: &str| keys.iter().find(|k| k.stage == stage).cloned();
+    let mut out = format!(
+        "<section id=\"dora\" data-live><h2>Delivery, last {DORA_DAYS} days</h2>\
+         <div class=\"scroll\"><table class=\"dora\"><caption>DORA keys per stage, \
+         with the {DORA_DAYS} days before in brackets</caption><thead><tr>\
+         <th scope=\"col\">Stage</th><th scope=\"col\">Deployments</th>\
+         <th scope=\"col\">Lead time (median)</th><th scope=\"col\">Change failure rate</th>\
+         <th scope=\"col\">Time to restore (median)</th></tr></thead><tbody>"
+    );
+    for stage in &pipeline.stages {
+        let empty = || Dora::empty(&pipeline.name, &stage.name, DORA_DAYS);
+        let k = find(now, &stage.name).unwrap_or_else(empty);
+        let prev = find(before, &stage.name).unwrap_or_else(empty);
+        let deployments = format!(
+            "{} ({:.1}/day)",
+            k.deployments, k.deployment_frequency_per_day
+        );
+        out.push_str(&format!(
+            "<tr data-stage=\"{s}\"><th scope=\"row\">{s}</th><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            trend(deployments, Some(k.deployments as f64), Some(prev.deployments as f64), prev.deployments.to_string(), Better::Higher),
+            trend(seconds(k.lead_time_seconds.p50), k.lead_time_seconds.p50.map(|v| v as f64), prev.lead_time_seconds.p50.map(|v| v as f64), seconds(prev.lead_time_seconds.p50), Better::Lower),
+            trend(percent(&k), (k.deployments + k.failed_changes > 0).then_some(k.change_failure_rate), (prev.deployments + prev.failed_changes > 0).then_some(prev.change_failure_rate), percent(&prev), Better::Lower),
+            trend(seconds(k.time_to_restore_seconds.p50), k.time_to_restore_seconds.p50.map(|v| v as f64), prev.time_to_restore_seconds.p50.map(|v| v as f64), seconds(prev.time_to_restore_seconds.p50), Better::Lower),
+            s = esc(&stage.name),
+        ));
+    }
+    out.push_str("</tbody></table></div></section>");
+    out
+}
+
+#[derive(Clone, Copy)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// A key's value, then its trend: an arrow, a word and the earlier value.
+fn trend(
+    shown: String,
+    now: Option<f64>,
+    before: Option<f64>,
+    before_shown: String,
+    better: Better,
+) -> String {
+    let word = match (now, before) {
+        (Some(n), Some(b)) if n > b => match better {
+            Better::Higher => "better",
+            Better::Lower => "worse",
+        },
+        (Some(n), Some(b)) if n < b => match better {
+            Better::Higher => "worse",
+            Better::Lower => "better",
+        },
+        (Some(_), Some(_)) => "same",
+        _ => "",
+    };
+    let arrow = match (now, before) {
+        (Some(n), Some(b)) if n > b => "▲",
+        (Some(n), Some(b)) if n < b => "▼",
+        (Some(_), Some(_)) => "=",
+        _ => "",
+    };
+    if word.is_empty() {
+        return format!(
+            "{}<span class=\"trend\"> (before: {})</span>",
+            esc(&shown),
+            esc(&before_shown)
+        );
+    }
+    format!(
+        "{}<span class=\"trend {word}\"> <span aria-hidden=\"true\">{arrow}</span> {word} (before: {})</span>",
+        esc(&shown),
+        esc(&before_shown)
+    )
+}
+
+fn seconds(v: Option<i64>) -> String {
+    match v {
+        Some(s) => {
+            gantry_pipeline::format_duration(std::time::Duration::from_secs(s.max(0) as u64))
+        }
+        None => "–".to_owned(),
+    }
+}
+
+fn percent(k: &Dora) -> String {
+    if k.deployments + k.failed_changes == 0 {
+        return "–".to_owned();
+    }
+    format!(
+        "{:.0}% ({} failed)",
+        k.change_failure_rate * 100.0,
+        k.failed_changes
+    )
+}
 
 /// Runs in the stage matrix.
 const MATRIX_RUNS: i64 = 20;
@@ -32,6 +136,7 @@ pub async fn page(State(api): State<Api>, Path(name): Path<String>, viewer: View
         );
     };
     let p = &api.app.projections;
+    let now = chrono::Utc::now();
     let read = async {
         let head = api.app.store.head().await?;
         Ok::<_, gantry_store::StoreError>((
@@ -39,9 +144,19 @@ pub async fn page(State(api): State<Api>, Path(name): Path<String>, viewer: View
             p.released_stages(Some(&name)).await?,
             p.recent_run_stages(&name, MATRIX_RUNS).await?,
             p.promotions(&name).await?,
+            (
+                p.dora(Some(&name), None, DORA_DAYS, now).await?,
+                p.dora(
+                    Some(&name),
+                    None,
+                    DORA_DAYS,
+                    now - chrono::Duration::days(DORA_DAYS.into()),
+                )
+                .await?,
+            ),
         ))
     };
-    let (head, released, recent, promotions) = match read.await {
+    let (head, released, recent, promotions, (dora_now, dora_before)) = match read.await {
         Ok(r) => r,
         Err(e) => return failed(&viewer, e),
     };
@@ -83,6 +198,7 @@ pub async fn page(State(api): State<Api>, Path(name): Path<String>, viewer: View
     }
     main.push_str("</div></section>");
     main.push_str(&matrix(pipeline, &recent));
+    main.push_str(&dora(pipeline, &dora_now, &dora_before));
     main.push_str(&history(pipeline, &promotions, &released));
     layout::page(
         StatusCode::OK,

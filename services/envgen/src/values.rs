@@ -626,6 +626,10 @@ fn resolve_tree(
     }
 }
 
+/// YAML's limit on an implicit key (`key: value`), in characters; longer
+/// keys are written explicitly (`? key` then `: value`).
+const IMPLICIT_KEY_MAX: usize = 1024;
+
 /// Write values as YAML: keys sorted, two-space indentation, strings quoted
 /// only when needed. A string holding a placeholder is written so that the
 /// placeholder appears verbatim (the gateway expands it in the text).
@@ -650,8 +654,17 @@ fn emit_block(v: &Value, indent: usize, out: &mut String) {
             keys.sort();
             for k in keys {
                 let Some(x) = m.get(k) else { continue };
+                let key = string(k);
                 out.push_str(&pad);
-                out.push_str(&string(k));
+                if key.chars().count() > IMPLICIT_KEY_MAX {
+                    // Too long for an implicit key: an explicit one.
+                    out.push_str("? ");
+                    out.push_str(&key);
+                    out.push('\n');
+                    out.push_str(&pad);
+                } else {
+                    out.push_str(&key);
+                }
                 out.push(':');
                 emit_child(x, indent, out);
             }

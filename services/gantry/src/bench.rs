@@ -230,7 +230,7 @@ async fn setup(global: &Global, mode: Mode) -> anyhow::Result<Setup> {
             nats.stream = format!("BENCH_{}", &tag[..8]).to_uppercase();
             let bus = NatsBus::connect(nats).await?;
             // Start publishing from the current head: earlier events are not ours.
-            let relay = Relay::new(store.clone(), bus.clone());
+            let relay = Relay::new(store.clone(), bus.clone(), "http://127.0.0.1:8080");
             let head = store.head().await?;
             store.save_checkpoint(&relay_checkpoint(&bus), head).await?;
             tokio::spawn(relay.run(shutdown.child_token()));

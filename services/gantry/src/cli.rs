@@ -131,6 +131,10 @@ pub struct Global {
         value_parser = clap::builder::BoolishValueParser::new()
     )]
     pub secure_cookies: bool,
+    /// Where users reach the console, for links in CDEvents and
+    /// notifications [default: http://<listen>].
+    #[arg(long, env = "GANTRY_PUBLIC_URL", global = true)]
+    pub public_url: Option<String>,
     /// Server URL for client commands [default: http://<listen>]. When given,
     /// client commands fail if it does not answer (no local fallback).
     #[arg(long, env = "GANTRY_SERVER", global = true)]
@@ -169,6 +173,7 @@ impl Global {
             api_tokens: self.api_tokens.clone(),
             allow_anonymous: self.allow_anonymous,
             secure_cookies: self.secure_cookies,
+            public_url: self.public_url.clone(),
             nats_replicas: usize::from(self.nats_replicas),
             packages_bucket: self.packages_bucket.clone(),
             packages_max_bytes: self.packages_max_bytes,
@@ -403,6 +408,8 @@ pub enum Service {
     Deployer,
     Apim,
     Smoke,
+    /// Delivers the pipelines' `notify` targets (DESIGN.md 1.9).
+    Notifier,
 }
 
 impl Service {
@@ -416,6 +423,7 @@ impl Service {
             Service::Deployer => "deployer",
             Service::Apim => "apim",
             Service::Smoke => "smoke",
+            Service::Notifier => "notifier",
         }
     }
 }

@@ -128,7 +128,7 @@ fn worker(
 ) -> (Option<gantry_conductor::Conductor>, Vec<Arc<dyn Handler>>) {
     let ctx = WorkerContext::of(app);
     let handler = match service {
-        Service::Webhook | Service::Api => return (None, vec![]),
+        Service::Webhook | Service::Api | Service::Notifier => return (None, vec![]),
         Service::Conductor => {
             let conductor = gantry_conductor::Conductor::new(&ctx);
             return (Some(conductor.clone()), vec![Arc::new(conductor)]);
@@ -204,6 +204,16 @@ async fn run(
     }
     for worker in workers {
         app.spawn_consumer(&mut tasks, &shutdown, worker);
+    }
+    if matches!(role, "up" | "notifier") {
+        let notifier = gantry_notifier::Notifier::new(&app);
+        // Before the first request is served: nothing recorded after this
+        // start goes unannounced.
+        notifier
+            .prepare()
+            .await
+            .context("reading the notifier's checkpoint")?;
+        tasks.spawn(notifier.run(shutdown.child_token()));
     }
     if let Some(c) = conductor_timers {
         tasks.spawn(c.run_timers(shutdown.child_token()));

@@ -29,8 +29,8 @@ pub use error::{PipelineError, PipelineErrors};
 pub use load::{load_dir, load_dir_partial, load_file, parse_str};
 pub use model::{
     Access, ApiManager, ApimVersion, Apis, Approval, Deploy, DeployMethod, FreezeWindow, Gateway,
-    GatewayFormat, GitOpsDeploy, Image, Pipeline, PlannedStage, QueuePolicy, Ready, RegistryAuth,
-    SmokeCheck, SmokeExpect, SmokeRequest, Source, Stage, Timeouts,
+    GatewayFormat, GitOpsDeploy, Image, Notify, NotifyFormat, Pipeline, PlannedStage, QueuePolicy,
+    Ready, RegistryAuth, SmokeCheck, SmokeExpect, SmokeRequest, Source, Stage, Timeouts,
 };
 pub use repo_url::normalize_repo_url;
 pub use secret::{

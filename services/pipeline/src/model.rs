@@ -39,6 +39,47 @@ pub struct Pipeline {
     /// [`Access`]. Absent: any token holder.
     #[serde(default)]
     pub access: Option<Access>,
+    /// Where the pipeline's events are sent as they happen (the `notifier`
+    /// service; DESIGN.md 1.9).
+    #[serde(default)]
+    pub notify: Vec<Notify>,
+}
+
+/// One notification target (`notify[]`): matching events are POSTed to
+/// `url`, signed when `secret` is set, retried, in log order.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Notify {
+    /// `https://…`, or `env:NAME` / `file:/path` for a URL that is itself a
+    /// secret (a Slack incoming webhook's is).
+    pub url: HeaderValue,
+    /// HMAC-SHA256 key of `X-Gantry-Signature: sha256=<hex>`.
+    #[serde(default)]
+    pub secret: Option<SecretRef>,
+    /// Event names (`run.failed`, `approval.requested`, …); absent or
+    /// empty: every event of the pipeline.
+    #[serde(default)]
+    pub events: Vec<String>,
+    #[serde(default)]
+    pub format: NotifyFormat,
+}
+
+/// What a notification's body is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyFormat {
+    /// The CloudEvent, in structured mode (`application/cloudevents+json`).
+    #[default]
+    Cloudevents,
+    /// A Slack incoming-webhook message (`{"text": …}`).
+    Slack,
+}
+
+impl Notify {
+    /// Whether events named `name` (`run.failed`) go to this target.
+    pub fn wants(&self, name: &str) -> bool {
+        self.events.is_empty() || self.events.iter().any(|e| e == name)
+    }
 }
 
 /// Groups (or users) from `GANTRY_API_TOKENS` allowed to act on a pipeline.
@@ -651,6 +692,10 @@ impl Pipeline {
         }
         for stage in &self.stages {
             refs.extend(stage.secret_refs());
+        }
+        for target in &self.notify {
+            refs.extend(target.url.secret_ref());
+            refs.extend(target.secret.as_ref());
         }
         refs
     }

@@ -1037,3 +1037,53 @@ fn access_groups_and_warnings() {
     let warned: Vec<String> = crate::warnings(&p).into_iter().map(|w| w.path).collect();
     assert_eq!(warned, ["image.insecure", "stages[0].approval.allow_self"]);
 }
+
+#[test]
+fn notify_targets_are_parsed_and_checked() {
+    let text = format!(
+        "{HEAD}stages:\n  - name: a\n\
+         notify:\n\
+         \x20 - url: https://hooks.example.com/gantry\n    secret: env:HOOK_KEY\n    events: [run.failed, env.promoted]\n\
+         \x20 - url: env:SLACK_URL\n    format: slack\n"
+    );
+    let p = parse(&text).expect("valid");
+    assert_eq!(p.notify.len(), 2);
+    assert!(p.notify[0].wants("run.failed"));
+    assert!(!p.notify[0].wants("run.started"));
+    assert!(p.notify[1].wants("run.started"), "no list: every event");
+    assert_eq!(p.notify[1].format, crate::NotifyFormat::Slack);
+    let refs: Vec<String> = p.secret_refs().iter().map(|r| r.to_string()).collect();
+    assert!(refs.contains(&"env:HOOK_KEY".to_owned()), "{refs:?}");
+    assert!(
+        refs.contains(&"env:SLACK_URL".to_owned()),
+        "a secret URL is masked like any secret: {refs:?}"
+    );
+
+    expect_error(
+        &text.replace("run.failed", "run.exploded"),
+        "notify[0].events[0]",
+        "`run.exploded` is not an event name",
+        17,
+    );
+    let bad_url = text.replace(
+        "https://hooks.example.com/gantry",
+        "ftp://hooks.example.com/x",
+    );
+    let e = only_error(&bad_url, "notify[0].url");
+    assert!(
+        !e.message.contains("hooks.example.com"),
+        "URLs are not echoed: {e}"
+    );
+    expect_error(
+        &text.replace("format: slack", "format: teams"),
+        "notify[1].format",
+        "teams",
+        19,
+    );
+    expect_error(
+        &text.replace("secret: env:HOOK_KEY", "secret: s3cret"),
+        "notify[0].secret",
+        "env:",
+        16,
+    );
+}

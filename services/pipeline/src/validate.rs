@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use super::locate::{join_index, join_key};
 use super::model::{GatewayFormat, Pipeline, SmokeCheck, Stage};
+use super::secret::HeaderValue;
 
 /// A rule violation at a field path, e.g. `stages[1].after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,6 +104,27 @@ pub fn validate(p: &Pipeline) -> Vec<Issue> {
                 if who.trim().is_empty() {
                     v.add(join_index(&path, k), "must not be empty");
                 }
+            }
+        }
+    }
+
+    for (i, target) in p.notify.iter().enumerate() {
+        let path = join_index("notify", i);
+        if let HeaderValue::Literal(url) = &target.url {
+            // The URL is never echoed: a literal one may still hold a token.
+            if check_http_url(url).is_err() {
+                v.add(
+                    join_key(&path, "url"),
+                    "must be an http:// or https:// URL with a host (or env:NAME / file:/path)",
+                );
+            }
+        }
+        for (k, name) in target.events.iter().enumerate() {
+            if gantry_proto::EventName::parse(name).is_none() {
+                v.add(
+                    join_index(&join_key(&path, "events"), k),
+                    format!("`{name}` is not an event name (e.g. `run.failed`, `env.promoted`)"),
+                );
             }
         }
     }

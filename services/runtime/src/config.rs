@@ -51,6 +51,9 @@ pub struct Settings {
     /// `GANTRY_SECURE_COOKIES` / `--secure-cookies`: console session
     /// cookies are `Secure` (Gantry is reached over HTTPS through a proxy).
     pub secure_cookies: bool,
+    /// `GANTRY_PUBLIC_URL`: where users reach the console, for links that
+    /// leave Gantry (CDEvents, notifications); `http://<listen>` when unset.
+    pub public_url: Option<String>,
     /// `GANTRY_NATS_REPLICAS`: replicas of the JetStream storage Gantry
     /// creates (the package bucket).
     pub nats_replicas: usize,
@@ -77,6 +80,7 @@ impl Default for Settings {
             api_tokens: None,
             allow_anonymous: false,
             secure_cookies: false,
+            public_url: None,
             nats_replicas: usize::from(DEFAULT_NATS_REPLICAS),
             packages_bucket: gantry_store::packages::DEFAULT_BUCKET.into(),
             packages_max_bytes: None,
@@ -109,6 +113,15 @@ impl Settings {
         match &self.database_url {
             Some(url) if !url.trim().is_empty() => url.clone(),
             _ => format!("sqlite://{}", self.data_dir.join("gantry.db").display()),
+        }
+    }
+
+    /// The console's external URL without a trailing `/`: `GANTRY_PUBLIC_URL`,
+    /// or `http://<listen>`.
+    pub fn public_url(&self) -> String {
+        match self.public_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => url.trim_end_matches('/').to_owned(),
+            _ => format!("http://{}", self.listen),
         }
     }
 

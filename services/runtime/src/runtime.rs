@@ -167,7 +167,11 @@ impl App {
     /// (with NATS) and pipeline reload on SIGHUP.
     pub fn spawn_background(&self, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
         if let Some(nats) = &self.nats {
-            let relay = Relay::new(self.store.clone(), nats.clone());
+            let relay = Relay::new(
+                self.store.clone(),
+                nats.clone(),
+                &self.settings.public_url(),
+            );
             tasks.spawn(relay.run(shutdown.child_token()));
         }
         #[cfg(unix)]
@@ -211,6 +215,7 @@ impl App {
         let store = self.store.clone();
         let bus = self.bus.clone();
         let token = shutdown.child_token();
+        let handler: Arc<dyn Handler> = Arc::new(crate::metrics::Timed(handler));
         tasks.spawn(async move {
             while !token.is_cancelled() {
                 match consumer::run(store.clone(), bus.clone(), handler.clone(), token.clone()).await {
@@ -267,6 +272,24 @@ async fn readyz(State(app): State<App>) -> Result<Json<serde_json::Value>, Probl
     }
 }
 
+/// `gantry_notify_*` series of one notification target.
+fn notify_series(t: &gantry_store::notify::TargetStatus) {
+    use crate::metrics::set;
+    let labels = [
+        ("pipeline", t.pipeline.as_str()),
+        ("target", t.target.as_str()),
+        ("host", t.host.as_str()),
+    ];
+    set("gantry_notify_pending", &labels, t.pending as f64);
+    set("gantry_notify_delivered_total", &labels, t.delivered as f64);
+    set(
+        "gantry_notify_failed_attempts_total",
+        &labels,
+        t.failed_attempts as f64,
+    );
+    set("gantry_notify_given_up_total", &labels, t.given_up as f64);
+}
+
 /// The window of the `gantry_dora_*` series (DESIGN.md 1.9's default).
 const DORA_DAYS: u32 = 30;
 
@@ -300,11 +323,11 @@ fn dora_series(k: &gantry_store::dora::Dora) {
             k.time_to_restore_seconds,
         ),
     ] {
+        // NaN without observations, as Prometheus summaries have it: the
+        // series exists (dashboards find it) and says "no value".
         for (quantile, value) in [("0.5", q.p50), ("0.9", q.p90)] {
-            if let Some(v) = value {
-                let labels = [labels[0], labels[1], ("quantile", quantile)];
-                set(name, &labels, v as f64);
-            }
+            let labels = [labels[0], labels[1], ("quantile", quantile)];
+            set(name, &labels, value.map_or(f64::NAN, |v| v as f64));
         }
     }
 }
@@ -312,6 +335,20 @@ fn dora_series(k: &gantry_store::dora::Dora) {
 async fn metrics(State(app): State<App>) -> impl IntoResponse {
     if let Ok(head) = app.store.head().await {
         crate::metrics::set("gantry_log_head_position", &[], head as f64);
+        // Bus lag: how far each reader of the log is behind its head.
+        if let Ok(readers) = app.store.checkpoints().await {
+            for (reader, position) in readers {
+                let lag = (head - position).max(0) as f64;
+                crate::metrics::set("gantry_reader_lag_events", &[("reader", &reader)], lag);
+            }
+        }
+    }
+    // The notifier's record is in the database: every process shows it,
+    // whichever one delivers.
+    if let Ok(targets) = app.store.notify_status().await {
+        for t in &targets {
+            notify_series(t);
+        }
     }
     if app.folds.load(std::sync::atomic::Ordering::Relaxed) {
         // Exact at every scrape: a few indexed queries over the projection.
@@ -322,6 +359,18 @@ async fn metrics(State(app): State<App>) -> impl IntoResponse {
         {
             Ok(keys) => keys.iter().for_each(dora_series),
             Err(e) => tracing::warn!(error = %e, "DORA keys for /metrics"),
+        }
+        match app.projections.run_counts().await {
+            Ok(counts) => {
+                for (pipeline, status, n) in counts {
+                    crate::metrics::set(
+                        "gantry_runs",
+                        &[("pipeline", &pipeline), ("status", &status)],
+                        n as f64,
+                    );
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "run counts for /metrics"),
         }
     }
     (

@@ -70,6 +70,23 @@ pub struct Dora {
     pub time_to_restore_seconds: Quantiles,
 }
 
+impl Dora {
+    /// The keys of a stage that neither deployed nor failed in the window.
+    pub fn empty(pipeline: &str, stage: &str, days: u32) -> Self {
+        Dora {
+            pipeline: pipeline.to_owned(),
+            stage: stage.to_owned(),
+            days,
+            deployments: 0,
+            deployment_frequency_per_day: 0.0,
+            lead_time_seconds: Quantiles::default(),
+            change_failure_rate: 0.0,
+            failed_changes: 0,
+            time_to_restore_seconds: Quantiles::default(),
+        }
+    }
+}
+
 /// The four keys over the `days` before `now` for every (pipeline, stage)
 /// that has deployed or failed, optionally only `pipeline` and `stage`.
 pub async fn keys(
@@ -80,12 +97,16 @@ pub async fn keys(
     now: DateTime<Utc>,
 ) -> Result<Vec<Dora>, StoreError> {
     let since = stamp(now - Duration::days(i64::from(days)));
+    // The window ends at `now`: a window in the past (the console's trend)
+    // does not count what came after it.
+    let until = stamp(now);
     let mut conn = store.pool().acquire().await?;
     // Equality filters written out only when given, so both databases use
-    // the (pipeline, stage, time) indexes; `$1` is always the window start.
+    // the (pipeline, stage, time) indexes; `$1` and `$2` are always the
+    // window's start and end.
     let filter = |alias: &str| {
         let mut sql = String::new();
-        let mut n = 1;
+        let mut n = 2;
         for (column, value) in [("pipeline", pipeline), ("stage", stage)] {
             if value.is_some() {
                 n += 1;
@@ -97,7 +118,7 @@ pub async fn keys(
     macro_rules! fetch {
         ($sql:expr) => {{
             let sql = $sql;
-            let mut q = sqlx::query_as(&sql).bind(&since);
+            let mut q = sqlx::query_as(&sql).bind(&since).bind(&until);
             if let Some(p) = pipeline {
                 q = q.bind(p);
             }
@@ -108,13 +129,13 @@ pub async fn keys(
         }};
     }
     let stages: Vec<(String, String)> = fetch!(format!(
-        "SELECT pipeline, stage FROM dora_deployments WHERE $1 = $1{f} \
-         UNION SELECT pipeline, stage FROM dora_failures WHERE $1 = $1{f} ORDER BY 1, 2",
+        "SELECT pipeline, stage FROM dora_deployments WHERE $1 = $1 AND $2 = $2{f} \
+         UNION SELECT pipeline, stage FROM dora_failures WHERE $1 = $1 AND $2 = $2{f} ORDER BY 1, 2",
         f = filter("")
     ));
     let counts: Vec<(String, String, i64)> = fetch!(format!(
         "SELECT pipeline, stage, COUNT(*) FROM dora_deployments \
-         WHERE promoted_at >= $1{} GROUP BY pipeline, stage",
+         WHERE promoted_at >= $1 AND promoted_at < $2{} GROUP BY pipeline, stage",
         filter("")
     ));
     // The p50 and p90 lead times by nearest rank (ceil(q * n)), picked by
@@ -124,7 +145,8 @@ pub async fn keys(
            SELECT pipeline, stage, lead_seconds, \
              ROW_NUMBER() OVER (PARTITION BY pipeline, stage ORDER BY lead_seconds) AS rn, \
              COUNT(*) OVER (PARTITION BY pipeline, stage) AS n \
-           FROM dora_deployments WHERE promoted_at >= $1 AND lead_seconds IS NOT NULL{} \
+           FROM dora_deployments WHERE promoted_at >= $1 AND promoted_at < $2 \
+             AND lead_seconds IS NOT NULL{} \
          ) ranked WHERE rn = (n + 1) / 2 OR rn = (9 * n + 9) / 10",
         filter("")
     ));
@@ -133,7 +155,7 @@ pub async fn keys(
         "SELECT f.pipeline, f.stage, f.failed_at, f.restored_at, \
              CAST(CASE WHEN EXISTS (SELECT 1 FROM dora_deployments d WHERE d.run_id = f.run_id \
              AND d.stage = f.stage) THEN 1 ELSE 0 END AS BIGINT) \
-             FROM dora_failures f WHERE f.failed_at >= $1{}",
+             FROM dora_failures f WHERE f.failed_at >= $1 AND f.failed_at < $2{}",
         filter("f.")
     ));
     let mut by_stage: BTreeMap<(String, String), Window> = stages

@@ -8,8 +8,11 @@
 
 pub mod audit;
 pub mod bus;
+pub mod cdevents;
 pub mod consumer;
 pub mod dora;
+pub mod leader;
+pub mod notify;
 pub mod packages;
 pub mod projection;
 pub mod relay;

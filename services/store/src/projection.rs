@@ -261,6 +261,17 @@ impl Projections {
         crate::dora::keys(&self.store, pipeline, stage, days, now).await
     }
 
+    /// How many runs each pipeline has in each status (`gantry_runs`).
+    pub async fn run_counts(&self) -> Result<Vec<(String, String, i64)>, StoreError> {
+        self.catch_up().await?;
+        Ok(sqlx::query_as(
+            "SELECT pipeline, status, COUNT(*) FROM runs GROUP BY pipeline, status \
+             ORDER BY pipeline, status",
+        )
+        .fetch_all(self.store.pool())
+        .await?)
+    }
+
     /// What each stage of `pipeline` runs now.
     pub async fn releases(&self, pipeline: &str) -> Result<Vec<Release>, StoreError> {
         self.catch_up().await?;

@@ -12,7 +12,8 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::{BusError, NatsBus};
-use crate::store::{Backend, EventStore};
+use crate::cdevents::CdeventsMapper;
+use crate::store::EventStore;
 
 /// Events published before their acks are awaited together.
 const BATCH: i64 = 512;
@@ -24,16 +25,21 @@ pub struct Relay {
     store: EventStore,
     bus: NatsBus,
     checkpoint: String,
+    /// The console's external URL, for the CDEvents' links.
+    public_url: String,
 }
 
 impl Relay {
-    pub fn new(store: EventStore, bus: NatsBus) -> Self {
+    /// A relay of `store`'s log to `bus`: every event on its subject, and
+    /// the CDEvents it stands for on `<prefix>.cdevents.<type>`.
+    pub fn new(store: EventStore, bus: NatsBus, public_url: &str) -> Self {
         let s = bus.settings();
         let checkpoint = format!("relay:{}:{}", s.stream, s.prefix);
         Self {
             store,
             bus,
             checkpoint,
+            public_url: public_url.to_owned(),
         }
     }
 
@@ -62,35 +68,9 @@ impl Relay {
         }
     }
 
-    /// Waits to become the one publisher. SQLite means one process: no election.
+    /// Waits to become the one publisher.
     async fn elect(&self, shutdown: &CancellationToken) -> Result<Leadership, BusError> {
-        if self.store.backend() == Backend::Sqlite {
-            return Ok(Some(None));
-        }
-        let key = lock_key(&self.checkpoint);
-        loop {
-            let mut conn = self
-                .store
-                .pool()
-                .acquire()
-                .await
-                .map_err(crate::StoreError::from)?;
-            let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
-                .bind(key)
-                .fetch_one(&mut *conn)
-                .await
-                .map_err(crate::StoreError::from)?;
-            if got {
-                // The lock lives as long as this connection: never return it
-                // to the pool, where another task could unlock it.
-                return Ok(Some(Some(conn.detach())));
-            }
-            drop(conn);
-            tokio::select! {
-                _ = shutdown.cancelled() => return Ok(None),
-                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            }
-        }
+        Ok(crate::leader::elect(&self.store, &self.checkpoint, shutdown).await?)
     }
 
     async fn publish_loop(
@@ -99,6 +79,7 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), BusError> {
         let mut wake = self.store.wakeups();
+        let mut cdevents = CdeventsMapper::new(self.store.clone(), &self.public_url);
         let mut position = self.store.delivery_start(&self.checkpoint).await?;
         let mut saved = position;
         let mut saved_at = tokio::time::Instant::now();
@@ -133,6 +114,9 @@ impl Relay {
             let mut acks = Vec::with_capacity(events.len());
             for recorded in &events {
                 acks.push(self.bus.publish(&recorded.event).await?);
+                for cd in cdevents.map(recorded).await? {
+                    acks.push(self.bus.publish_cdevent(&cd).await?);
+                }
             }
             for ack in acks {
                 ack.await.map_err(BusError::nats)?;
@@ -161,17 +145,7 @@ impl Relay {
 
 /// `Some(None)`: leading without a lock (SQLite); `Some(Some(conn))`: holding
 /// the Postgres lock on `conn`; `None`: shut down while waiting.
-type Leadership = Option<Option<sqlx::AnyConnection>>;
-
-fn lock_key(name: &str) -> i64 {
-    // FNV-1a: stable across processes and releases, unlike std's hasher.
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in name.bytes() {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    }
-    h as i64
-}
+type Leadership = Option<crate::leader::Lead>;
 
 async fn sleep_or_cancel(shutdown: &CancellationToken, d: Duration) {
     tokio::select! {

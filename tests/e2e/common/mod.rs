@@ -426,7 +426,8 @@ pub async fn get_json_as(base: &str, token: Option<&str>, path: &str) -> Value {
     req.send().await.expect("GET").json().await.expect("json")
 }
 
-/// Reads SSE messages from `/api/v1/events` until `done` says so (30 s at most).
+/// Reads SSE messages from `/api/v1/events` until `done` says so or the
+/// server ends the stream (30 s at most).
 pub async fn read_sse(
     base: &str,
     query: &str,
@@ -447,11 +448,14 @@ pub async fn read_sse(
     let mut out = Vec::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !done(&out) {
-        let chunk = tokio::time::timeout_at(deadline, stream.next())
+        let Some(chunk) = tokio::time::timeout_at(deadline, stream.next())
             .await
             .expect("SSE events arrive within 30 s")
-            .expect("stream open")
-            .expect("chunk");
+        else {
+            // The server ended the stream (`follow=false`): all there is.
+            break;
+        };
+        let chunk = chunk.expect("chunk");
         buf.extend_from_slice(&chunk);
         while let Some(end) = buf.windows(2).position(|w| w == b"\n\n") {
             let block: Vec<u8> = buf.drain(..end + 2).collect();

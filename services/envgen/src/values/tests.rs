@@ -274,3 +274,25 @@ fn a_placeholder_may_not_run_over_a_line_end() {
     assert!(v.diagnostics().is_empty(), "{:?}", v.diagnostics());
     assert_eq!(v.raw(), &json!({ "a": "x{{! note }}y" }));
 }
+
+// Found by fuzz/values: a key whose quoted form is longer than 1024
+// characters, YAML's limit for an implicit key, was written as one; it
+// read back as nothing. Such keys are written explicitly (`? key`).
+#[test]
+fn keys_longer_than_yaml_allows_implicitly_read_back() {
+    let quoted = format!("#{}", "a\\".repeat(600));
+    let plain = "k".repeat(1500);
+    for key in [quoted.as_str(), plain.as_str(), "short"] {
+        for value in [json!("v"), json!({ "child": 1 }), json!([1, 2]), json!({})] {
+            let v = json!({ "outer": { key: value.clone() }, key: value });
+            let text = to_yaml(&v);
+            let back = StageValues::load(src("values.yaml", &text), None, &MapEnv::empty());
+            assert!(
+                back.diagnostics().is_empty(),
+                "{:?}\n{text}",
+                back.diagnostics()
+            );
+            assert_eq!(back.raw(), &v, "{text}");
+        }
+    }
+}

@@ -6,6 +6,7 @@ use async_nats::jetstream::{self, consumer, stream};
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 use futures::StreamExt;
+use gantry_proto::cdevents::CdEvent;
 use gantry_proto::{CloudEvent, EventName, Subjects};
 
 use super::connect::NatsConnection;
@@ -148,6 +149,7 @@ impl NatsBus {
             settings,
         };
         bus.ensure_stream().await?;
+        bus.ensure(bus.cdevents_stream_config()).await?;
         Ok(bus)
     }
 
@@ -169,10 +171,29 @@ impl NatsBus {
     }
 
     fn stream_config(&self) -> stream::Config {
+        self.limited_stream(self.settings.stream.clone(), self.settings.subjects().all())
+    }
+
+    /// The stream of the log's CDEvents (`<stream>_CDEVENTS`, subjects
+    /// `<prefix>.cdevents.>`), apart from Gantry's own so no consumer of
+    /// the log sees them; same limits.
+    fn cdevents_stream_config(&self) -> stream::Config {
+        self.limited_stream(
+            self.cdevents_stream_name(),
+            self.settings.subjects().cdevents_all(),
+        )
+    }
+
+    /// The JetStream stream the CDEvents are kept in.
+    pub fn cdevents_stream_name(&self) -> String {
+        format!("{}_CDEVENTS", self.settings.stream)
+    }
+
+    fn limited_stream(&self, name: String, subject: String) -> stream::Config {
         let limits = &self.settings.limits;
         stream::Config {
-            name: self.settings.stream.clone(),
-            subjects: vec![self.settings.subjects().all()],
+            name,
+            subjects: vec![subject],
             storage: stream::StorageType::File,
             retention: stream::RetentionPolicy::Limits,
             duplicate_window: DUPLICATE_WINDOW,
@@ -185,7 +206,10 @@ impl NatsBus {
     }
 
     async fn ensure_stream(&self) -> Result<stream::Stream, BusError> {
-        let config = self.stream_config();
+        self.ensure(self.stream_config()).await
+    }
+
+    async fn ensure(&self, config: stream::Config) -> Result<stream::Stream, BusError> {
         let mut stream = self
             .js
             .get_or_create_stream(config.clone())
@@ -240,6 +264,41 @@ impl NatsBus {
                 jetstream::context::Publish::build()
                     .payload(payload.into())
                     .message_id(event.id.to_string()),
+            )
+            .await
+            .map_err(BusError::nats)
+    }
+
+    /// Publishes a CDEvent on `<prefix>.cdevents.<type>` in the CloudEvents
+    /// NATS binding's binary mode: the body is the CDEvent, `ce-*` headers
+    /// carry its CloudEvent attributes, `Nats-Msg-Id` its id (stable per
+    /// Gantry event, so a relay that publishes again duplicates nothing).
+    pub async fn publish_cdevent(
+        &self,
+        cd: &CdEvent,
+    ) -> Result<jetstream::context::PublishAckFuture, BusError> {
+        let subject = self.settings.subjects().cdevent(cd.ty);
+        let payload = serde_json::to_vec(&cd.json).map_err(|e| BusError::Malformed {
+            subject: subject.clone(),
+            message: e.to_string(),
+        })?;
+        let context = &cd.json["context"];
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("ce-specversion", "1.0");
+        headers.insert("ce-id", cd.id.to_string().as_str());
+        headers.insert("ce-type", cd.ty);
+        headers.insert("ce-source", context["source"].as_str().unwrap_or("/gantry"));
+        if let Some(time) = context["timestamp"].as_str() {
+            headers.insert("ce-time", time);
+        }
+        headers.insert("content-type", "application/json");
+        self.js
+            .send_publish(
+                subject,
+                jetstream::context::Publish::build()
+                    .payload(payload.into())
+                    .headers(headers)
+                    .message_id(cd.id.to_string()),
             )
             .await
             .map_err(BusError::nats)

@@ -468,6 +468,27 @@ impl EventStore {
             .await
     }
 
+    /// The first event of type `P` in `run` (about `stage`, when given),
+    /// through the run index: no read of the run's other events.
+    pub async fn first_of_run<P: gantry_proto::EventPayload>(
+        &self,
+        run: &str,
+        stage: Option<&str>,
+    ) -> Result<Option<P>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT position, stream_id, stream_version, recorded_at, event FROM events \
+             WHERE run_id = $1 AND event_type = $2 ORDER BY position",
+        )
+        .bind(run)
+        .bind(P::NAME.type_name())
+        .fetch_all(&self.inner.pool)
+        .await?;
+        Ok(decode_rows(&rows)?
+            .into_iter()
+            .filter(|e| stage.is_none() || e.event.stage() == stage)
+            .find_map(|e| e.event.decode::<P>().ok()))
+    }
+
     /// Every event of one pipeline, in position order.
     pub async fn read_pipeline(&self, pipeline: &str) -> Result<Vec<RecordedEvent>, StoreError> {
         self.read_where("pipeline = $1 ORDER BY position", pipeline)
@@ -540,11 +561,27 @@ impl EventStore {
 
     /// A reader's checkpoint; 0 when it has none yet.
     pub async fn checkpoint(&self, name: &str) -> Result<i64, StoreError> {
-        let v: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
-            .bind(name)
-            .fetch_optional(&self.inner.pool)
-            .await?;
-        Ok(v.unwrap_or(0))
+        Ok(self.checkpoint_opt(name).await?.unwrap_or(0))
+    }
+
+    /// Every reader's checkpoint (relay, notifier, projections, embedded
+    /// consumers): how far behind the head each is shows as lag.
+    pub async fn checkpoints(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(
+            sqlx::query_as("SELECT name, position FROM checkpoints ORDER BY name")
+                .fetch_all(&self.inner.pool)
+                .await?,
+        )
+    }
+
+    /// A reader's checkpoint, if it has one.
+    pub async fn checkpoint_opt(&self, name: &str) -> Result<Option<i64>, StoreError> {
+        Ok(
+            sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.inner.pool)
+                .await?,
+        )
     }
 
     /// Where a delivering reader (the relay, an embedded consumer) starts:
