@@ -22,5 +22,6 @@ mod quickstart;
 mod reliability;
 mod rollback;
 mod smoke;
+mod traces;
 mod trust;
 mod webhook_flow;

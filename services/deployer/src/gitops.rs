@@ -355,6 +355,7 @@ fn open_cache(dir: &Path) -> Result<Repository, DeployError> {
         message,
     };
     if dir.exists() {
+        clear_stale_locks_once(dir);
         match Repository::open_bare(dir) {
             Ok(r) => return Ok(r),
             Err(e) => {
@@ -367,6 +368,60 @@ fn open_cache(dir: &Path) -> Result<Repository, DeployError> {
         std::fs::create_dir_all(parent).map_err(|e| cache_err(e.to_string()))?;
     }
     Repository::init_bare(dir).map_err(|e| cache_err(e.message().to_owned()))
+}
+
+/// Removes the git lock files (`*.lock`: refs, `packed-refs`, `config`,
+/// `HEAD`, `index`) a killed process left in a cached clone, the first time
+/// this process opens it. Each process has its own data dir, and within one
+/// the clone's mutex is held ([`lock_for`]), so a lock present then belongs
+/// to a process that died mid-fetch or mid-push (SIGKILL, OOM, a node
+/// lost); left there, it failed every later deploy to that repository with
+/// "failed to lock file … for writing". Found by the distributed kill test.
+fn clear_stale_locks_once(dir: &Path) {
+    static CLEARED: OnceLock<Mutex<std::collections::HashSet<PathBuf>>> = OnceLock::new();
+    let mut cleared = CLEARED
+        .get_or_init(Mutex::default)
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    if !cleared.insert(dir.to_path_buf()) {
+        return;
+    }
+    for lock in stale_locks(dir) {
+        match std::fs::remove_file(&lock) {
+            Ok(()) => {
+                tracing::warn!(path = %lock.display(), "removed a git lock a killed process left")
+            }
+            Err(e) => {
+                tracing::warn!(path = %lock.display(), error = %e, "cannot remove a stale git lock")
+            }
+        }
+    }
+}
+
+/// Every `*.lock` file of a bare repository, objects excluded (git writes
+/// none there that survives it).
+pub fn stale_locks(dir: &Path) -> Vec<PathBuf> {
+    let mut found = Vec::new();
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
+            if kind.is_dir() {
+                if path.file_name().is_some_and(|n| n != "objects") {
+                    pending.push(path);
+                }
+            } else if path.extension().is_some_and(|e| e == "lock") {
+                found.push(path);
+            }
+        }
+    }
+    found
 }
 
 /// One deploy's view of the cached clone and its remote.

@@ -437,16 +437,15 @@ async fn dora(global: &Global, runs: usize) -> anyhow::Result<()> {
             .execute(&mut *tx)
             .await?;
         } else {
-            sqlx::query(
-                "INSERT INTO dora_deployments (pipeline, stage, run_id, promoted_at, lead_seconds) \
-                 VALUES ($1, $2, $3, $4, $5)",
+            // As the projector folds an `env.promoted`: the row and its day.
+            gantry_store::dora::record_deployment(
+                &mut tx,
+                &pipeline,
+                &stage,
+                &run_id,
+                &stamp(ago),
+                Some((run % 7_200) as i64 + 60),
             )
-            .bind(&pipeline)
-            .bind(&stage)
-            .bind(&run_id)
-            .bind(stamp(ago))
-            .bind((run % 7_200) as i64 + 60)
-            .execute(&mut *tx)
             .await?;
         }
     }

@@ -29,7 +29,11 @@ use commands::{str_of, Decision};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    gantry_runtime::telemetry::init();
+    let service = match &cli.command {
+        Command::Serve { service } => format!("gantry-{}", service.name()),
+        _ => "gantry".to_owned(),
+    };
+    gantry_runtime::telemetry::init(&service);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -40,13 +44,16 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(execute(cli)) {
+    let code = match runtime.block_on(execute(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Spans still in the exporter's batch are sent before the process goes.
+    gantry_runtime::traces::shutdown();
+    code
 }
 
 async fn execute(mut cli: Cli) -> anyhow::Result<ExitCode> {

@@ -18,6 +18,7 @@ pub mod problem;
 pub mod runtime;
 pub mod shutdown;
 pub mod telemetry;
+pub mod traces;
 pub mod trigger;
 pub mod worker;
 

@@ -143,7 +143,8 @@ fn render_scalars() -> String {
 
 /// A worker whose every event's handling is timed into
 /// `gantry_step_duration_seconds{handler, outcome}` (the step it does:
-/// package, image, deploy and readiness, API Manager, smoke; the conductor).
+/// package, image, deploy and readiness, API Manager, smoke; the conductor)
+/// and traced as a span of the run ([`crate::traces`]).
 pub struct Timed(pub std::sync::Arc<dyn gantry_store::consumer::Handler>);
 
 #[async_trait::async_trait]
@@ -160,14 +161,33 @@ impl gantry_store::consumer::Handler for Timed {
         &self,
         event: &gantry_proto::CloudEvent,
     ) -> Result<Vec<gantry_store::NewEvents>, gantry_store::consumer::HandlerError> {
+        use tracing::Instrument as _;
+        // The event's handling is a span of the run's trace, continued from
+        // the event's `traceparent`; what it records carries its own.
+        let span = tracing::info_span!(
+            "step",
+            handler = self.0.name(),
+            event = %event.ty,
+            pipeline = %event.pipeline,
+            run = event.runid.as_deref().unwrap_or_default(),
+        );
+        crate::traces::continue_trace(&span, event.traceparent.as_deref());
         let started = std::time::Instant::now();
-        let result = self.0.handle(event).await;
+        let mut result = self.0.handle(event).instrument(span.clone()).await;
         let outcome = if result.is_ok() { "ok" } else { "error" };
         observe(
             "gantry_step_duration_seconds",
             &[("handler", self.0.name()), ("outcome", outcome)],
             started.elapsed().as_secs_f64(),
         );
+        if let (Ok(batches), Some(traceparent)) = (
+            &mut result,
+            span.in_scope(crate::traces::current_traceparent),
+        ) {
+            for recorded in batches.iter_mut().flat_map(|b| b.events.iter_mut()) {
+                recorded.traceparent = Some(traceparent.clone());
+            }
+        }
         result
     }
 

@@ -8,18 +8,23 @@ use std::io::Write;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber, writing to stderr. Safe to call twice.
-pub fn init() {
+/// Installs the global subscriber, writing to stderr, and OTLP trace
+/// export when the OpenTelemetry variables ask for it ([`crate::traces`]);
+/// `service` names this process there. Safe to call twice.
+pub fn init(service: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
     let filter = EnvFilter::try_from_env("GANTRY_LOG")
         .unwrap_or_else(|_| EnvFilter::new("info,sqlx=warn,async_nats=warn"));
     let json = std::env::var("GANTRY_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(MaskedStderr);
+    let fmt = tracing_subscriber::fmt::layer().with_writer(MaskedStderr);
+    let registry = tracing_subscriber::registry()
+        .with(filter)
+        .with(crate::traces::layer(service));
     let _ = if json {
-        builder.json().flatten_event(true).try_init()
+        registry.with(fmt.json().flatten_event(true)).try_init()
     } else {
-        builder.try_init()
+        registry.with(fmt).try_init()
     };
 }
 

@@ -90,7 +90,7 @@ pub async fn start_run(
     // That keeps a new commit to one trip to the log.
     let commit_stream = commit_stream(&pipeline.name, &info.commit);
     let run_id = Uuid::now_v7().to_string();
-    let received = CloudEvent::new(
+    let mut received = CloudEvent::new(
         service,
         &pipeline.name,
         Some(&run_id),
@@ -111,6 +111,8 @@ pub async fn start_run(
             run_id: run_id.clone(),
         },
     );
+    // The run's trace starts here; `caused_by` passes it on.
+    received.traceparent = crate::traces::start_run_trace(&pipeline.name, &run_id);
     let started = CloudEvent::new(
         service,
         &pipeline.name,
@@ -246,7 +248,7 @@ pub async fn start_rollback(
         }
         let steps = pipeline.rollback_steps(&request.stage);
         let run_id = Uuid::now_v7().to_string();
-        let started = CloudEvent::new(
+        let mut started = CloudEvent::new(
             service,
             &pipeline.name,
             Some(&run_id),
@@ -278,6 +280,7 @@ pub async fn start_rollback(
                 }),
             },
         );
+        started.traceparent = crate::traces::start_run_trace(&pipeline.name, &run_id);
         let expected = match version {
             Some(v) => ExpectedVersion::Exact(v),
             None => ExpectedVersion::NoStream,

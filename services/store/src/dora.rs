@@ -89,6 +89,11 @@ impl Dora {
 
 /// The four keys over the `days` before `now` for every (pipeline, stage)
 /// that has deployed or failed, optionally only `pipeline` and `stage`.
+///
+/// Exact and cheap at any history length: the window's whole UTC days come
+/// from `dora_days` (one row per stage and day, with that day's lead times),
+/// its two partial days at the edges from `dora_deployments` rows, and the
+/// quantiles are picked here from the lead times by nearest rank.
 pub async fn keys(
     store: &EventStore,
     pipeline: Option<&str>,
@@ -96,17 +101,22 @@ pub async fn keys(
     days: u32,
     now: DateTime<Utc>,
 ) -> Result<Vec<Dora>, StoreError> {
-    let since = stamp(now - Duration::days(i64::from(days)));
+    let start = now - Duration::days(i64::from(days));
     // The window ends at `now`: a window in the past (the console's trend)
-    // does not count what came after it.
-    let until = stamp(now);
+    // does not count what came after it. Its times are written into the SQL
+    // as literals: they are formatted here, never taken from input.
+    let (since, until) = (stamp(start), stamp(now));
+    let first_day = start.date_naive();
+    let last_day = now.date_naive();
+    let midnight = |d: chrono::NaiveDate| stamp(d.and_time(chrono::NaiveTime::MIN).and_utc());
+    let first_day_end = midnight(first_day + Duration::days(1));
+    let last_day_start = midnight(last_day);
     let mut conn = store.pool().acquire().await?;
     // Equality filters written out only when given, so both databases use
-    // the (pipeline, stage, time) indexes; `$1` and `$2` are always the
-    // window's start and end.
+    // the (pipeline, stage, ...) indexes; bound as `$1`, `$2`.
     let filter = |alias: &str| {
         let mut sql = String::new();
-        let mut n = 2;
+        let mut n = 0;
         for (column, value) in [("pipeline", pipeline), ("stage", stage)] {
             if value.is_some() {
                 n += 1;
@@ -118,7 +128,7 @@ pub async fn keys(
     macro_rules! fetch {
         ($sql:expr) => {{
             let sql = $sql;
-            let mut q = sqlx::query_as(&sql).bind(&since).bind(&until);
+            let mut q = sqlx::query_as(&sql);
             if let Some(p) = pipeline {
                 q = q.bind(p);
             }
@@ -129,50 +139,54 @@ pub async fn keys(
         }};
     }
     let stages: Vec<(String, String)> = fetch!(format!(
-        "SELECT pipeline, stage FROM dora_deployments WHERE $1 = $1 AND $2 = $2{f} \
-         UNION SELECT pipeline, stage FROM dora_failures WHERE $1 = $1 AND $2 = $2{f} ORDER BY 1, 2",
+        "SELECT DISTINCT pipeline, stage FROM dora_days WHERE 1 = 1{f} \
+         UNION SELECT pipeline, stage FROM dora_failures WHERE 1 = 1{f} ORDER BY 1, 2",
         f = filter("")
     ));
-    let counts: Vec<(String, String, i64)> = fetch!(format!(
-        "SELECT pipeline, stage, COUNT(*) FROM dora_deployments \
-         WHERE promoted_at >= $1 AND promoted_at < $2{} GROUP BY pipeline, stage",
-        filter("")
+    // Whole days strictly inside the window.
+    let whole: Vec<(String, String, i64, String)> = fetch!(format!(
+        "SELECT pipeline, stage, deployments, leads FROM dora_days \
+         WHERE day > '{first}' AND day < '{last}'{f}",
+        first = first_day.format("%Y-%m-%d"),
+        last = last_day.format("%Y-%m-%d"),
+        f = filter("")
     ));
-    // The p50 and p90 lead times by nearest rank (ceil(q * n)), picked by
-    // the database: two rows per stage come back, not every deployment.
-    let leads: Vec<(String, String, i64, i64, i64)> = fetch!(format!(
-        "SELECT pipeline, stage, lead_seconds, rn, n FROM ( \
-           SELECT pipeline, stage, lead_seconds, \
-             ROW_NUMBER() OVER (PARTITION BY pipeline, stage ORDER BY lead_seconds) AS rn, \
-             COUNT(*) OVER (PARTITION BY pipeline, stage) AS n \
-           FROM dora_deployments WHERE promoted_at >= $1 AND promoted_at < $2 \
-             AND lead_seconds IS NOT NULL{} \
-         ) ranked WHERE rn = (n + 1) / 2 OR rn = (9 * n + 9) / 10",
-        filter("")
+    // The two partial days at its edges, deployment by deployment: two
+    // ranges of the time index (disjoint; empty when the window is).
+    let first_end = first_day_end.as_str().min(until.as_str());
+    let last_start = last_day_start.as_str().max(first_day_end.as_str());
+    let edges: Vec<(String, String, Option<i64>)> = fetch!(format!(
+        "SELECT pipeline, stage, lead_seconds FROM dora_deployments \
+         WHERE promoted_at >= '{since}' AND promoted_at < '{first_end}'{f} \
+         UNION ALL SELECT pipeline, stage, lead_seconds FROM dora_deployments \
+         WHERE promoted_at >= '{last_start}' AND promoted_at < '{until}'{f}",
+        f = filter("")
     ));
     // Failed changes are few: read row by row.
     let failures: Vec<(String, String, String, Option<String>, i64)> = fetch!(format!(
         "SELECT f.pipeline, f.stage, f.failed_at, f.restored_at, \
              CAST(CASE WHEN EXISTS (SELECT 1 FROM dora_deployments d WHERE d.run_id = f.run_id \
              AND d.stage = f.stage) THEN 1 ELSE 0 END AS BIGINT) \
-             FROM dora_failures f WHERE f.failed_at >= $1 AND f.failed_at < $2{}",
+             FROM dora_failures f WHERE f.failed_at >= '{since}' AND f.failed_at < '{until}'{}",
         filter("f.")
     ));
     let mut by_stage: BTreeMap<(String, String), Window> = stages
         .into_iter()
         .map(|key| (key, Window::default()))
         .collect();
-    for (pipeline, stage, count) in counts {
-        by_stage.entry((pipeline, stage)).or_default().deployments = count;
-    }
-    for (pipeline, stage, lead, rank, n) in leads {
+    for (pipeline, stage, count, leads) in whole {
         let w = by_stage.entry((pipeline, stage)).or_default();
-        if rank == (n + 1) / 2 {
-            w.lead.p50 = Some(lead);
-        }
-        if rank == (9 * n + 9) / 10 {
-            w.lead.p90 = Some(lead);
-        }
+        w.deployments += count;
+        w.leads.extend(
+            leads
+                .split(',')
+                .filter_map(|l| l.trim().parse::<i64>().ok()),
+        );
+    }
+    for (pipeline, stage, lead) in edges {
+        let w = by_stage.entry((pipeline, stage)).or_default();
+        w.deployments += 1;
+        w.leads.extend(lead);
     }
     for (pipeline, stage, failed_at, restored_at, promoted) in failures {
         let w = by_stage.entry((pipeline, stage)).or_default();
@@ -192,7 +206,7 @@ pub async fn keys(
 #[derive(Debug, Default)]
 struct Window {
     deployments: i64,
-    lead: Quantiles,
+    leads: Vec<i64>,
     failed: i64,
     never_promoted: i64,
     restores: Vec<i64>,
@@ -211,7 +225,7 @@ impl Window {
             } else {
                 self.deployments as f64 / f64::from(days)
             },
-            lead_time_seconds: self.lead,
+            lead_time_seconds: Quantiles::of(self.leads),
             change_failure_rate: if changes == 0 {
                 0.0
             } else {
@@ -310,7 +324,21 @@ pub(crate) async fn promoted(
             .fetch_optional(&mut *conn)
             .await?;
     let lead = committed.and_then(|(c,)| seconds_between(&c, at));
-    sqlx::query(
+    record_deployment(conn, pipeline, stage, run_id, at, lead).await
+}
+
+/// One deployment into the read models: its row and its day's count and
+/// lead times (once: a deployment already recorded changes nothing). Pub
+/// for `gantry bench dora`, which seeds a history without folding a log.
+pub async fn record_deployment(
+    conn: &mut AnyConnection,
+    pipeline: &str,
+    stage: &str,
+    run_id: &str,
+    at: &str,
+    lead: Option<i64>,
+) -> Result<(), StoreError> {
+    let inserted = sqlx::query(
         "INSERT INTO dora_deployments (pipeline, stage, run_id, promoted_at, lead_seconds) \
          VALUES ($1, $2, $3, $4, $5) ON CONFLICT (run_id, stage) DO NOTHING",
     )
@@ -318,6 +346,24 @@ pub(crate) async fn promoted(
     .bind(stage)
     .bind(run_id)
     .bind(at)
+    .bind(lead)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected();
+    if inserted == 0 {
+        return Ok(());
+    }
+    let day = at.get(..10).unwrap_or(at);
+    let lead = lead.map(|l| l.to_string()).unwrap_or_default();
+    sqlx::query(
+        "INSERT INTO dora_days (pipeline, stage, day, deployments, leads) VALUES ($1, $2, $3, 1, $4) \
+         ON CONFLICT (pipeline, stage, day) DO UPDATE SET deployments = dora_days.deployments + 1, \
+         leads = CASE WHEN $4 = '' THEN dora_days.leads WHEN dora_days.leads = '' THEN $4 \
+                      ELSE dora_days.leads || ',' || $4 END",
+    )
+    .bind(pipeline)
+    .bind(stage)
+    .bind(day)
     .bind(lead)
     .execute(&mut *conn)
     .await?;
@@ -567,5 +613,64 @@ mod tests {
                 p90: Some(90)
             }
         );
+    }
+
+    /// The day buckets give exactly what reading every deployment gives,
+    /// for windows whose edges fall anywhere in a day, in the past too.
+    #[tokio::test]
+    async fn day_buckets_answer_exactly_as_every_row_would() {
+        let (store, _dir) = crate::store::tests::sqlite_store().await;
+        let mut conn = store.pool().acquire().await.unwrap();
+        // 400 deployments over 20 days at uneven minutes, some without a
+        // lead time; two stages.
+        let mut rows = Vec::new();
+        for i in 0..400i64 {
+            let at = t0() + Duration::minutes(i * 71 + (i * i) % 53);
+            let stage = if i % 3 == 0 { "test" } else { "prod" };
+            let lead = (i % 9 != 0).then_some((i * 37) % 5_000);
+            record_deployment(
+                &mut conn,
+                "banking",
+                stage,
+                &format!("r{i}"),
+                &stamp(at),
+                lead,
+            )
+            .await
+            .unwrap();
+            rows.push((stage, at, lead));
+        }
+        // Recorded twice (a replayed fold): counted once.
+        record_deployment(
+            &mut conn,
+            "banking",
+            "prod",
+            "r1",
+            &stamp(rows[1].1),
+            rows[1].2,
+        )
+        .await
+        .unwrap();
+        drop(conn);
+        for (days, offset_minutes) in [(1, 0), (3, 17), (7, 600), (30, 1_441), (2, 5_000), (0, 700)]
+        {
+            let now = t0() + Duration::days(10) + Duration::minutes(offset_minutes);
+            let got = keys(&store, None, None, days, now).await.unwrap();
+            for stage in ["prod", "test"] {
+                let since = now - Duration::days(i64::from(days));
+                let window: Vec<_> = rows
+                    .iter()
+                    .filter(|(s, at, _)| *s == stage && *at >= since && *at < now)
+                    .collect();
+                let leads: Vec<i64> = window.iter().filter_map(|(_, _, l)| *l).collect();
+                let k = got.iter().find(|k| k.stage == stage).unwrap();
+                assert_eq!(
+                    k.deployments,
+                    window.len() as i64,
+                    "{stage} {days}d at +{offset_minutes}m"
+                );
+                assert_eq!(k.lead_time_seconds, Quantiles::of(leads), "{stage} {days}d");
+            }
+        }
     }
 }

@@ -145,6 +145,7 @@ impl Projections {
             "stages",
             "releases",
             "dora_deployments",
+            "dora_days",
             "dora_failures",
             "dora_commits",
         ] {

@@ -102,6 +102,10 @@ URLs. Every template that needs them includes this first.
   value: {{ .Values.nats.stream | quote }}
 - name: GANTRY_PACKAGES_BUCKET
   value: {{ .Values.packages.bucket | quote }}
+{{- with .Values.publicUrl }}
+- name: GANTRY_PUBLIC_URL
+  value: {{ . | quote }}
+{{- end }}
 {{- with .Values.packages.maxBytes }}
 - name: GANTRY_PACKAGES_MAX_BYTES
   value: {{ . | quote }}

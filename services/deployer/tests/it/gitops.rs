@@ -382,6 +382,52 @@ fn a_corrupt_cache_is_recreated() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A deployer killed mid-fetch leaves `refs/remotes/origin/main.lock` in
+/// its cached clone; the next process must not fail every deploy on it
+/// ("failed to lock file ... for writing"). Found by the distributed kill
+/// test; fails without the clean-up in `open_cache`.
+#[test]
+fn locks_a_killed_deployer_left_are_cleared() -> anyhow::Result<()> {
+    let repo = DeployRepo::new()?;
+    let first = tempfile::tempdir()?;
+    deploy_gitops(
+        &spec(&repo),
+        None,
+        &image(DIGEST),
+        &msg(DIGEST),
+        first.path(),
+    )?;
+    // The same cache as a restarted process finds it (a path this process
+    // has not opened yet), with the locks a kill left behind.
+    let work = tempfile::tempdir()?;
+    let cache_name = std::fs::read_dir(first.path())?
+        .next()
+        .unwrap()?
+        .file_name();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(first.path().join(&cache_name))
+        .arg(work.path())
+        .status()?;
+    assert!(status.success());
+    let cache = work.path().join(&cache_name);
+    std::fs::create_dir_all(cache.join("refs/remotes/origin"))?;
+    std::fs::write(cache.join("refs/remotes/origin/main.lock"), "")?;
+    std::fs::write(cache.join("packed-refs.lock"), "")?;
+    assert_eq!(gantry_deployer::gitops::stale_locks(&cache).len(), 2);
+    let out = deploy_gitops(
+        &spec(&repo),
+        None,
+        &image(DIGEST2),
+        &msg(DIGEST2),
+        work.path(),
+    )?;
+    assert!(out.changed);
+    assert_eq!(repo.file(VALUES_PATH), values_with(&image(DIGEST2)));
+    assert!(gantry_deployer::gitops::stale_locks(&cache).is_empty());
+    Ok(())
+}
+
 /// Issue 18: the deploy's deadline is checked right before the push; past
 /// it nothing is pushed (the deploy was failed already).
 #[test]
