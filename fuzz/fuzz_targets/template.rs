@@ -76,8 +76,14 @@ fuzz_target!(|data: &[u8]| {
         let values = json!({ "v": input });
         for tpl in ["k: {{ v }}\n", "k: \"{{ v }}\"\n", "k: '{{ v }}'\n"] {
             if let Ok(out) = render_str(tpl, &values, &env) {
-                let parsed: Value = serde_saphyr::from_str(&out)
-                    .unwrap_or_else(|e| panic!("{tpl:?} rendered {out:?}, not YAML: {e}"));
+                let parsed: Value = match serde_saphyr::from_str(&out) {
+                    Ok(v) => v,
+                    // A plain scalar is typed by YAML on purpose: a number
+                    // too large for a double (`44444e6448`) is YAML, an
+                    // infinite float this oracle's parser refuses by policy.
+                    Err(e) if !tpl.contains(['"', '\'']) && e.to_string().contains("non-finite float") => continue,
+                    Err(e) => panic!("{tpl:?} rendered {out:?}, not YAML: {e}"),
+                };
                 // Plain scalars are left to YAML's typing on purpose
                 // (`port: {{ port }}` is a number): only the quoted ones
                 // must read back as the same string.

@@ -107,6 +107,13 @@ fn split_key(dotted_key: &str) -> Result<Vec<&str>, EditError> {
     if segments.iter().any(|s| s.contains(['\n', '\r'])) {
         return Err(bad("a segment contains a line break"));
     }
+    // Found by fuzz/yaml_edit: `<<: value` is a merge of `value`, which
+    // YAML parsers refuse unless it is a mapping; never a key to set.
+    if segments.contains(&"<<") {
+        return Err(bad(
+            "`<<` is YAML's merge key: no value can be set under it",
+        ));
+    }
     Ok(segments)
 }
 

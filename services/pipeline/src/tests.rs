@@ -637,6 +637,8 @@ fn deploy_rules() {
     expect_error(&text, "stages[0].deploy", "not both", 14);
     expect_error(&text, "stages[0].deploy.gitops.file", "relative", 15);
     expect_error(&text, "stages[0].deploy.gitops.key", "dotted key", 15);
+    let merge = text.replace("key: a..b", "key: apitraffic.<<");
+    expect_error(&merge, "stages[0].deploy.gitops.key", "merge key", 15);
 
     let text = with_stages("  - name: a\n    deploy: { timeout: 5m }\n");
     expect_error(

@@ -210,6 +210,11 @@ fn validate_stage(
                     join_key(&gpath, "key"),
                     "must be a dotted key like `apitraffic.image`",
                 );
+            } else if g.key.split('.').any(|s| s == "<<") {
+                v.add(
+                    join_key(&gpath, "key"),
+                    "`<<` is YAML's merge key: no value can be set under it",
+                );
             }
         }
         if let Some(first) = deploy.command.first() {

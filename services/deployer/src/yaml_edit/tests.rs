@@ -443,6 +443,26 @@ fn bad_keys_are_refused() {
     }
 }
 
+// Found by fuzz/yaml_edit: setting `<<` wrote `<<: ""`, a merge of a
+// string, which YAML parsers refuse.
+#[test]
+fn the_merge_key_is_not_a_key_to_set() {
+    for (text, key) in [
+        ("", "<<"),
+        ("a: 1\n", "a.<<"),
+        ("a:\n  <<: {b: 1}\n", "a.<<.b"),
+    ] {
+        match set_yaml_key(text, key, "v") {
+            Err(EditError::BadKey { reason, .. }) => {
+                assert!(reason.contains("merge key"), "{reason}")
+            }
+            other => panic!("{key:?} in {text:?}: {other:?}"),
+        }
+    }
+    // Quoted in a file or part of a longer name, `<<` is just text.
+    assert!(set_yaml_key("a: 1\n", "a<<b", "v").is_ok());
+}
+
 #[test]
 fn errors_name_the_key_and_line() {
     let e = err("a:\n  image: |\n    old\n", "a.image");
