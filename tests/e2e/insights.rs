@@ -71,12 +71,7 @@ async fn promotions_show_up_as_dora_keys_in_the_api_the_cli_and_metrics() {
     assert_eq!(cli.as_array().map(Vec::len), Some(1), "{cli}");
     assert_eq!(cli[0]["deployments"], 2, "{cli}");
 
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&base, "/metrics").await;
     assert!(
         metrics.contains("gantry_dora_deployments{pipeline=\"banking\",stage=\"prod\"} 2"),
         "{metrics}"
@@ -90,12 +85,7 @@ async fn promotions_show_up_as_dora_keys_in_the_api_the_cli_and_metrics() {
 
     // The console shows the same keys per stage, with the trend against
     // the 30 days before (nothing then: more deployments is better).
-    let page = reqwest::get(format!("{base}/pipelines/banking"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&base, "/pipelines/banking").await;
     let dora = page
         .split("<section id=\"dora\"")
         .nth(1)

@@ -259,12 +259,7 @@ async fn notifications_arrive_signed_retried_in_order_and_a_dead_receiver_delays
         !text.contains("/slack") && !text.contains("/never"),
         "URLs are never shown: {text}"
     );
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&base, "/metrics").await;
     assert!(
         metrics.contains("gantry_notify_failed_attempts_total{pipeline=\"banking\""),
         "{metrics}"
@@ -330,12 +325,7 @@ async fn the_grafana_dashboard_queries_only_series_gantry_serves() {
     while receiver.deduplicated("/ce").0.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let metrics = reqwest::get(format!("{base}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&base, "/metrics").await;
     let served: std::collections::BTreeSet<&str> = metrics
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))

@@ -413,6 +413,16 @@ pub fn stdout_of(out: std::process::Output) -> Vec<u8> {
     out.stdout
 }
 
+/// The body of `GET {base}{path}` as text (a page, `/metrics`).
+pub async fn get_text(base: &str, path: &str) -> String {
+    reqwest::get(format!("{base}{path}"))
+        .await
+        .expect("GET")
+        .text()
+        .await
+        .expect("text")
+}
+
 pub async fn get_json(base: &str, path: &str) -> Value {
     get_json_as(base, None, path).await
 }
