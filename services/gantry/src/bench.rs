@@ -229,11 +229,18 @@ async fn setup(global: &Global, mode: Mode) -> anyhow::Result<Setup> {
             nats.prefix = format!("bench{}", &tag[..8]);
             nats.stream = format!("BENCH_{}", &tag[..8]).to_uppercase();
             let bus = NatsBus::connect(nats).await?;
-            // Start publishing from the current head: earlier events are not ours.
-            let relay = Relay::new(store.clone(), bus.clone(), "http://127.0.0.1:8080");
+            // Start publishing from the current head: earlier events are not
+            // ours. Both relays run, as in every installation with NATS: the
+            // events', and their CDEvents' (run.cancelled is one).
             let head = store.head().await?;
             store.save_checkpoint(&relay_checkpoint(&bus), head).await?;
+            let s = bus.settings();
+            let cdevents_checkpoint = format!("relay-cdevents:{}:{}", s.stream, s.prefix);
+            store.save_checkpoint(&cdevents_checkpoint, head).await?;
+            let relay = Relay::new(store.clone(), bus.clone());
             tokio::spawn(relay.run(shutdown.child_token()));
+            let cdevents = Relay::cdevents(store.clone(), bus.clone(), "http://127.0.0.1:8080");
+            tokio::spawn(cdevents.run(shutdown.child_token()));
             Ok(Setup {
                 bus: Arc::new(bus),
                 store,

@@ -163,16 +163,21 @@ impl App {
         })
     }
 
-    /// Starts what every process runs in the background: the relay candidate
-    /// (with NATS) and pipeline reload on SIGHUP.
+    /// Starts what every process runs in the background: the relay
+    /// candidates (with NATS: the events, and their CDEvents) and pipeline
+    /// reload on SIGHUP.
     pub fn spawn_background(&self, tasks: &mut JoinSet<()>, shutdown: &CancellationToken) {
         if let Some(nats) = &self.nats {
-            let relay = Relay::new(
+            let relay = Relay::new(self.store.clone(), nats.clone());
+            tasks.spawn(relay.run(shutdown.child_token()));
+            // The CDEvents have their own relay: their mapping never slows
+            // Gantry's events.
+            let cdevents = Relay::cdevents(
                 self.store.clone(),
                 nats.clone(),
                 &self.settings.public_url(),
             );
-            tasks.spawn(relay.run(shutdown.child_token()));
+            tasks.spawn(cdevents.run(shutdown.child_token()));
         }
         #[cfg(unix)]
         {

@@ -6,6 +6,10 @@
 //! checkpoint. A relay that dies between publishing and saving its checkpoint
 //! publishes those events again on restart; JetStream drops them by
 //! `Nats-Msg-Id` (the event id) within the stream's duplicate window.
+//!
+//! The CDEvents the log's facts stand for ([`crate::cdevents`]) have a
+//! relay of their own ([`Relay::cdevents`]: own checkpoint, own leader), so
+//! their mapping, with its lookups in the log, never slows Gantry's events.
 
 use std::time::Duration;
 
@@ -25,21 +29,35 @@ pub struct Relay {
     store: EventStore,
     bus: NatsBus,
     checkpoint: String,
-    /// The console's external URL, for the CDEvents' links.
-    public_url: String,
+    /// `Some`: this relay publishes the CDEvents, linking to this console URL.
+    cdevents: Option<String>,
 }
 
 impl Relay {
-    /// A relay of `store`'s log to `bus`: every event on its subject, and
-    /// the CDEvents it stands for on `<prefix>.cdevents.<type>`.
-    pub fn new(store: EventStore, bus: NatsBus, public_url: &str) -> Self {
+    /// A relay of `store`'s log to `bus`: every event on its subject.
+    pub fn new(store: EventStore, bus: NatsBus) -> Self {
         let s = bus.settings();
         let checkpoint = format!("relay:{}:{}", s.stream, s.prefix);
         Self {
             store,
             bus,
             checkpoint,
-            public_url: public_url.to_owned(),
+            cdevents: None,
+        }
+    }
+
+    /// A relay of the CDEvents `store`'s log stands for, on
+    /// `<prefix>.cdevents.<type>`; `public_url` is the console's, for their
+    /// links. It starts at the log's beginning (or an imported log's floor):
+    /// a CDEvents consumer gets the whole history, once.
+    pub fn cdevents(store: EventStore, bus: NatsBus, public_url: &str) -> Self {
+        let s = bus.settings();
+        let checkpoint = format!("relay-cdevents:{}:{}", s.stream, s.prefix);
+        Self {
+            store,
+            bus,
+            checkpoint,
+            cdevents: Some(public_url.to_owned()),
         }
     }
 
@@ -56,7 +74,12 @@ impl Relay {
                     continue;
                 }
             };
-            tracing::info!(checkpoint = %self.checkpoint, "relay publishing the event log to NATS");
+            let what = if self.cdevents.is_some() {
+                "relay publishing the log's CDEvents to NATS"
+            } else {
+                "relay publishing the event log to NATS"
+            };
+            tracing::info!(checkpoint = %self.checkpoint, "{what}");
             match self.publish_loop(leader, &shutdown).await {
                 Ok(()) => return,
                 Err(e) => {
@@ -79,7 +102,10 @@ impl Relay {
         shutdown: &CancellationToken,
     ) -> Result<(), BusError> {
         let mut wake = self.store.wakeups();
-        let mut cdevents = CdeventsMapper::new(self.store.clone(), &self.public_url);
+        let mut cdevents = self
+            .cdevents
+            .as_deref()
+            .map(|url| CdeventsMapper::new(self.store.clone(), url));
         let mut position = self.store.delivery_start(&self.checkpoint).await?;
         let mut saved = position;
         let mut saved_at = tokio::time::Instant::now();
@@ -113,9 +139,13 @@ impl Relay {
             // keeps order, and the round trips overlap.
             let mut acks = Vec::with_capacity(events.len());
             for recorded in &events {
-                acks.push(self.bus.publish(&recorded.event).await?);
-                for cd in cdevents.map(recorded).await? {
-                    acks.push(self.bus.publish_cdevent(&cd).await?);
+                match cdevents.as_mut() {
+                    None => acks.push(self.bus.publish(&recorded.event).await?),
+                    Some(mapper) => {
+                        for cd in mapper.map(recorded).await? {
+                            acks.push(self.bus.publish_cdevent(&cd).await?);
+                        }
+                    }
                 }
             }
             for ack in acks {

@@ -100,10 +100,7 @@ impl Env {
         };
         let nats = within(WAIT, "connecting to NATS", NatsBus::connect(settings)).await??;
         let cancel = CancellationToken::new();
-        let relay = tokio::spawn(
-            Relay::new(store.clone(), nats.clone(), "http://127.0.0.1:8080")
-                .run(cancel.child_token()),
-        );
+        let relay = tokio::spawn(Relay::new(store.clone(), nats.clone()).run(cancel.child_token()));
         Ok(Env {
             kind: Kind::Nats,
             bus: Arc::new(nats.clone()),

@@ -70,7 +70,7 @@ impl Rig {
         let store = EventStore::connect(self.db.url()).await?;
         let bus = self.bus().await?;
         let stop = CancellationToken::new();
-        let task = tokio::spawn(Relay::new(store, bus, "http://127.0.0.1:8080").run(stop.clone()));
+        let task = tokio::spawn(Relay::new(store, bus).run(stop.clone()));
         Ok(RelayTask { stop, task })
     }
 
