@@ -278,6 +278,18 @@ fn load_one(src: ValuesSource<'_>, is_overlay: bool, env: &dyn Env) -> Loaded {
         ));
         return out;
     }
+    // The tokens below are how placeholders cross the YAML parser: text
+    // that already holds one would be read as a token (found by
+    // fuzz/template: a malformed one panicked mid-character).
+    if let Some(at) = text.find(TOKEN_PREFIX) {
+        out.diagnostics.push(diag::at(
+            src.name,
+            Some(pos(at)),
+            None,
+            format!("`{TOKEN_PREFIX}` is reserved by Gantry and may not appear in a values file"),
+        ));
+        return out;
+    }
     // Swap each placeholder for a token the YAML parser keeps as is, parse,
     // then put raw text or resolved values back in place of the tokens.
     let mut protected = String::with_capacity(text.len());
@@ -416,6 +428,20 @@ impl Conv<'_, '_> {
                 (Value::Null, Value::Null)
             }
             YKind::Scalar { text, plain } => {
+                // The file's tags were whole, but YAML may have cut one: a
+                // ` #` inside `{{! … }}` starts a YAML comment, leaving the
+                // value an unclosed `{{!` that reads differently once written
+                // back (found by fuzz/values).
+                if text.contains("{{") && !Template::parse(text.to_string()).errors().is_empty() {
+                    self.report(
+                        n.start,
+                        path,
+                        "YAML syntax cuts a placeholder or comment in this value \
+                         (a ` #` inside it starts a YAML comment): quote the value"
+                            .to_string(),
+                    );
+                    return (Value::Null, Value::Null);
+                }
                 if text.contains(TOKEN_PREFIX) {
                     return self.placeholders(text, *plain);
                 }

@@ -296,3 +296,43 @@ fn keys_longer_than_yaml_allows_implicitly_read_back() {
         }
     }
 }
+
+// Found by fuzz/values: `{{! #nv }}` in a plain value is a whole comment to
+// the placeholder scan, but YAML ends the value at ` #`, leaving `{{!`
+// unclosed; written back, the value no longer loaded. Now it is refused,
+// naming the value.
+#[test]
+fn a_tag_cut_by_a_yaml_comment_is_refused() {
+    let text = "db:\n  url:\"?{{! #nv \"\" }}\"w: e\n";
+    let sv = StageValues::load(src("values.yaml", text), None, &MapEnv::empty());
+    let d = sv.diagnostics();
+    assert_eq!(d.len(), 1, "{d:?}");
+    assert!(d[0].message.contains("cuts a placeholder"), "{d:?}");
+    assert_eq!(d[0].field.as_deref(), Some("db"), "{d:?}");
+    let back = StageValues::load(
+        src("values.yaml", &to_yaml(sv.raw())),
+        None,
+        &MapEnv::empty(),
+    );
+    assert_eq!(back.raw(), sv.raw());
+    // Quoted, the same comment is whole and the value loads.
+    let quoted = "db:\n  url: \"x{{! #nv }}y\"\n";
+    let sv = StageValues::load(src("values.yaml", quoted), None, &MapEnv::empty());
+    assert!(sv.diagnostics().is_empty(), "{:?}", sv.diagnostics());
+}
+
+// Found by fuzz/template: a values file holding Gantry's own placeholder
+// token text, malformed (`__gantry_ph_12ȥ`), panicked slicing inside a
+// character. The token text is reserved and refused with its line.
+#[test]
+fn the_placeholder_token_text_is_reserved() {
+    for text in [
+        "a: __gantry_ph_12\u{225}x\n",
+        "a: __gantry_ph_0__\nb: '{{ env \"X\" }}'\n",
+    ] {
+        let sv = StageValues::load(src("values.yaml", text), None, &MapEnv::empty());
+        let d = sv.diagnostics();
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert!(d[0].message.contains("reserved"), "{d:?}");
+    }
+}
