@@ -70,6 +70,17 @@ pub fn set_yaml_key(
                 .to_owned(),
         });
     }
+    // Found by fuzz/yaml_edit: YAML skips a byte order mark at a line's
+    // start, this editor counted it as the line's first character, so a
+    // key inserted after `\u{feff}\u{feff} d:` got the wrong indentation.
+    // One BOM opening the file is fine (kept above); another is refused.
+    if let Some(at) = body.find('\u{feff}') {
+        return Err(EditError::Unsupported {
+            line: body[..at].matches('\n').count() + 1,
+            key: dotted_key.to_owned(),
+            reason: "a byte order mark (U+FEFF) inside the file".to_owned(),
+        });
+    }
     let doc = Doc::parse(body, dotted_key)?;
     let edit = doc.plan(&segments, value)?;
     match edit {

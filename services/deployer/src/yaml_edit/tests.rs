@@ -667,3 +667,24 @@ fn a_lone_carriage_return_is_refused() {
     let (out, _) = set("a: 1\r\nb: 2\r\n", "b", "x");
     assert_eq!(out, "a: 1\r\nb: x\r\n");
 }
+
+// Found by fuzz/yaml_edit: a second byte order mark at a line's start is
+// skipped by YAML and was counted as indentation by the editor: the key it
+// inserted made the file invalid. One BOM opening the file stays fine.
+#[test]
+fn a_byte_order_mark_inside_the_file_is_refused() {
+    for (text, line) in [("\u{feff}\u{feff} d:", 1), ("a: 1\n\u{feff}b: 2\n", 2)] {
+        match set_yaml_key(text, "x", "v") {
+            Err(EditError::Unsupported {
+                line: l, reason, ..
+            }) => {
+                assert_eq!(l, line, "{text:?}");
+                assert!(reason.contains("byte order mark"), "{reason}");
+            }
+            other => panic!("{text:?}: {other:?}"),
+        }
+    }
+    let (out, changed) = set_yaml_key("\u{feff}a: 1\n", "a", "2").unwrap();
+    assert!(changed);
+    assert_eq!(out, "\u{feff}a: \"2\"\n");
+}
