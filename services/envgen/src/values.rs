@@ -348,6 +348,12 @@ fn load_one(src: ValuesSource<'_>, is_overlay: bool, env: &dyn Env) -> Loaded {
     out
 }
 
+/// Whether a key or value YAML produced holds a placeholder or comment it
+/// cut (the file's tags were whole before YAML read it).
+fn cuts_a_tag(text: &str) -> bool {
+    text.contains("{{") && !Template::parse(text.to_string()).errors().is_empty()
+}
+
 struct Conv<'a, 'b> {
     name: &'a str,
     text: &'a str,
@@ -394,6 +400,18 @@ impl Conv<'_, '_> {
                         );
                         continue;
                     }
+                    // Found by fuzz/values: a `{{!` comment that YAML's `: `
+                    // split between a key and its value.
+                    if cuts_a_tag(key) {
+                        self.report(
+                            k.start,
+                            path,
+                            "YAML syntax cuts a placeholder or comment in this key \
+                             (a `: ` or ` #` inside it): quote it"
+                                .to_string(),
+                        );
+                        continue;
+                    }
                     let child = if path.is_empty() {
                         key.to_string()
                     } else {
@@ -432,7 +450,7 @@ impl Conv<'_, '_> {
                 // ` #` inside `{{! … }}` starts a YAML comment, leaving the
                 // value an unclosed `{{!` that reads differently once written
                 // back (found by fuzz/values).
-                if text.contains("{{") && !Template::parse(text.to_string()).errors().is_empty() {
+                if cuts_a_tag(text) {
                     self.report(
                         n.start,
                         path,

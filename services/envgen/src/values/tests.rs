@@ -315,6 +315,22 @@ fn a_tag_cut_by_a_yaml_comment_is_refused() {
         &MapEnv::empty(),
     );
     assert_eq!(back.raw(), sv.raw());
+    // Cut between a key and its value by `: `: the key is refused too.
+    let split = "dmb:\n  k {{!/ x: y }}\n";
+    let sv = StageValues::load(src("values.yaml", split), None, &MapEnv::empty());
+    assert!(
+        sv.diagnostics()
+            .iter()
+            .any(|d| d.message.contains("in this key")),
+        "{:?}",
+        sv.diagnostics()
+    );
+    let back = StageValues::load(
+        src("values.yaml", &to_yaml(sv.raw())),
+        None,
+        &MapEnv::empty(),
+    );
+    assert_eq!(back.raw(), sv.raw());
     // Quoted, the same comment is whole and the value loads.
     let quoted = "db:\n  url: \"x{{! #nv }}y\"\n";
     let sv = StageValues::load(src("values.yaml", quoted), None, &MapEnv::empty());
