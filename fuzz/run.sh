@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Runs the fuzz targets one after another, at the lowest CPU priority, each
-# until 10 million executions or MAX_TIME seconds, and prints one summary line
-# per target from libFuzzer's final output. Build first:
+# Runs the fuzz targets one after another, at nice $NICE (default 19: spare
+# CPU only), each until 10 million executions or MAX_TIME seconds, and
+# prints one summary line per target from libFuzzer's final output. Build
+# first:
 #
 #   CARGO_TARGET_DIR=... cargo +nightly fuzz build -s none
 #   fuzz/run.sh [target ...]      (default: every target)
