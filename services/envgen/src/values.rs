@@ -777,6 +777,9 @@ fn string(s: &str) -> String {
     }
     let plain_ok = !s.is_empty()
         && !s.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@` ".contains(c))
+        // At a line's start `...` ends the document (found by fuzz/values:
+        // a key `... \ ...` was written plain and read back as nothing).
+        && !s.starts_with("...")
         && !s.ends_with([' ', ':'])
         && !s.contains(": ")
         && !s.contains(" #")

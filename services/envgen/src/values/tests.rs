@@ -352,3 +352,20 @@ fn the_placeholder_token_text_is_reserved() {
         assert!(d[0].message.contains("reserved"), "{d:?}");
     }
 }
+
+// Found by fuzz/values: a key `... \ ...` (from a flow mapping) was written
+// as a plain scalar at a line's start, where `...` ends the document.
+#[test]
+fn strings_starting_with_the_document_end_marker_are_quoted() {
+    for text in ["{...\n\\\n...}\n", "a: '... x'\n", "'...': 1\n"] {
+        let sv = StageValues::load(src("values.yaml", text), None, &MapEnv::empty());
+        assert!(
+            sv.diagnostics().is_empty(),
+            "{text:?}: {:?}",
+            sv.diagnostics()
+        );
+        let written = to_yaml(sv.raw());
+        let back = StageValues::load(src("values.yaml", &written), None, &MapEnv::empty());
+        assert_eq!(back.raw(), sv.raw(), "{written}");
+    }
+}
