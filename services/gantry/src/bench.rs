@@ -45,6 +45,10 @@ pub enum BenchCommand {
         /// to show appends cost the same into a long log.
         #[arg(long, default_value_t = 0)]
         preload: u64,
+        /// Also run the CDEvents relay, as every installation with NATS
+        /// does: it competes for the same CPU (BENCHMARKS.md has both).
+        #[arg(long)]
+        cdevents: bool,
     },
     /// Orchestration overhead: commit received → first stage promoted with
     /// zero-work workers, then many concurrent runs across pipelines.
@@ -131,11 +135,12 @@ pub async fn run(command: BenchCommand, global: &Global) -> anyhow::Result<()> {
             writers,
             batch,
             preload,
+            cdevents,
         } => {
             if preload > 0 {
                 preload_log(global, preload).await?;
             }
-            throughput(global, events, writers, batch).await
+            throughput(global, events, writers, batch, cdevents).await
         }
         BenchCommand::Audit { events } => audit(global, events).await,
         BenchCommand::Dora { runs } => dora(global, runs).await,
@@ -199,7 +204,7 @@ impl Drop for Setup {
 
 /// A fresh store and bus for one measurement: SQLite in a temp dir, or the
 /// configured Postgres and NATS with a unique stream so runs never mix.
-async fn setup(global: &Global, mode: Mode) -> anyhow::Result<Setup> {
+async fn setup(global: &Global, mode: Mode, cdevents: bool) -> anyhow::Result<Setup> {
     let shutdown = CancellationToken::new();
     match mode {
         Mode::Embedded => {
@@ -230,17 +235,19 @@ async fn setup(global: &Global, mode: Mode) -> anyhow::Result<Setup> {
             nats.stream = format!("BENCH_{}", &tag[..8]).to_uppercase();
             let bus = NatsBus::connect(nats).await?;
             // Start publishing from the current head: earlier events are not
-            // ours. Both relays run, as in every installation with NATS: the
-            // events', and their CDEvents' (run.cancelled is one).
+            // ours. With `cdevents`, the CDEvents relay runs too, as in every
+            // installation with NATS (run.cancelled is one CDEvent).
             let head = store.head().await?;
             store.save_checkpoint(&relay_checkpoint(&bus), head).await?;
-            let s = bus.settings();
-            let cdevents_checkpoint = format!("relay-cdevents:{}:{}", s.stream, s.prefix);
-            store.save_checkpoint(&cdevents_checkpoint, head).await?;
             let relay = Relay::new(store.clone(), bus.clone());
             tokio::spawn(relay.run(shutdown.child_token()));
-            let cdevents = Relay::cdevents(store.clone(), bus.clone(), "http://127.0.0.1:8080");
-            tokio::spawn(cdevents.run(shutdown.child_token()));
+            if cdevents {
+                let s = bus.settings();
+                let checkpoint = format!("relay-cdevents:{}:{}", s.stream, s.prefix);
+                store.save_checkpoint(&checkpoint, head).await?;
+                let relay = Relay::cdevents(store.clone(), bus.clone(), "http://127.0.0.1:8080");
+                tokio::spawn(relay.run(shutdown.child_token()));
+            }
             Ok(Setup {
                 bus: Arc::new(bus),
                 store,
@@ -333,7 +340,7 @@ fn relay_checkpoint(bus: &NatsBus) -> String {
 }
 
 async fn hop(global: &Global, mode: Mode, n: usize) -> anyhow::Result<()> {
-    let setup = setup(global, mode).await?;
+    let setup = setup(global, mode, false).await?;
     let mut sub = setup
         .bus
         .subscribe("bench-hop", &[EventName::RunCancelled])
@@ -540,8 +547,14 @@ async fn audit(global: &Global, n: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn throughput(global: &Global, n: usize, writers: usize, batch: usize) -> anyhow::Result<()> {
-    let setup = setup(global, Mode::Nats).await?;
+async fn throughput(
+    global: &Global,
+    n: usize,
+    writers: usize,
+    batch: usize,
+    cdevents: bool,
+) -> anyhow::Result<()> {
+    let setup = setup(global, Mode::Nats, cdevents).await?;
     let mut sub = setup
         .bus
         .subscribe("bench-throughput", &[EventName::RunCancelled])
@@ -588,6 +601,7 @@ async fn throughput(global: &Global, n: usize, writers: usize, batch: usize) -> 
             "events": total,
             "writers": writers,
             "batch": batch,
+            "cdevents_relay": cdevents,
             "seconds": elapsed.as_secs_f64(),
             "events_per_second": total as f64 / elapsed.as_secs_f64(),
             "append_seconds": appended_in.as_secs_f64(),
