@@ -81,7 +81,12 @@ fuzz_target!(|data: &[u8]| {
                     // A plain scalar is typed by YAML on purpose: a number
                     // too large for a double (`44444e6448`) is YAML, an
                     // infinite float this oracle's parser refuses by policy.
-                    Err(e) if !tpl.contains(['"', '\'']) && e.to_string().contains("non-finite float") => continue,
+                    Err(e)
+                        if !tpl.contains(['"', '\''])
+                            && e.to_string().contains("non-finite float") =>
+                    {
+                        continue
+                    }
                     Err(e) => panic!("{tpl:?} rendered {out:?}, not YAML: {e}"),
                 };
                 // Plain scalars are left to YAML's typing on purpose
