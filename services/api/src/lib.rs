@@ -159,6 +159,34 @@ pub fn routes(api: Api) -> Router {
     gantry_runtime::problem::harden(Router::new().nest("/api/v1", v1), MAX_BODY)
 }
 
+/// The pipeline named `name` in `set`, or 404.
+fn pipeline_named<'a>(
+    set: &'a gantry_pipeline::PipelineSet,
+    name: &str,
+) -> Result<&'a gantry_pipeline::Pipeline, Problem> {
+    set.get(name)
+        .ok_or_else(|| Problem::not_found(format!("no pipeline named `{name}`")))
+}
+
+/// The approvers of `pipeline`'s stage `stage` (empty without an
+/// approval), or 404 when it has no such stage.
+fn stage_approvers(
+    pipeline: &gantry_pipeline::Pipeline,
+    stage: &str,
+) -> Result<Vec<String>, Problem> {
+    let stage = pipeline.stage(stage).ok_or_else(|| {
+        Problem::not_found(format!(
+            "pipeline `{}` has no stage `{stage}`",
+            pipeline.name
+        ))
+    })?;
+    Ok(stage
+        .approval
+        .as_ref()
+        .map(|a| a.approvers.clone())
+        .unwrap_or_default())
+}
+
 /// The `run.started` of a run's `events`, provided its plan has `stage`:
 /// 409 before the run started, 404 for a stage it does not have.
 fn started_with_stage(
@@ -287,9 +315,7 @@ async fn get_pipeline(
     Path(name): Path<String>,
 ) -> Result<Json<serde_json::Value>, Problem> {
     let set = api.app.pipelines.get();
-    let p = set
-        .get(&name)
-        .ok_or_else(|| Problem::not_found(format!("no pipeline named `{name}`")))?;
+    let p = pipeline_named(&set, &name)?;
     let releases = api.app.projections.releases(&name).await?;
     let pauses = pause::pauses(&api, &[p]).await?;
     Ok(Json(pipeline_json(p, &releases, &pauses)))
@@ -371,10 +397,7 @@ async fn trigger_run(
         )
     })?;
     let set = api.app.pipelines.get();
-    let pipeline = set
-        .get(&req.pipeline)
-        .ok_or_else(|| Problem::not_found(format!("no pipeline named `{}`", req.pipeline)))?
-        .clone();
+    let pipeline = pipeline_named(&set, &req.pipeline)?.clone();
     let identity = identity.map(|axum::Extension(i)| i);
     if let Some(id) = &identity {
         may_trigger(&pipeline, id)?;

@@ -131,21 +131,8 @@ async fn change(
         })?
     };
     let set = api.app.pipelines.get();
-    let pipeline = set
-        .get(&pipeline)
-        .ok_or_else(|| Problem::not_found(format!("no pipeline named `{pipeline}`")))?;
-    let approvers = pipeline
-        .stage(&stage)
-        .ok_or_else(|| {
-            Problem::not_found(format!(
-                "pipeline `{}` has no stage `{stage}`",
-                pipeline.name
-            ))
-        })?
-        .approval
-        .as_ref()
-        .map(|a| a.approvers.clone())
-        .unwrap_or_default();
+    let pipeline = crate::pipeline_named(&set, &pipeline)?;
+    let approvers = crate::stage_approvers(pipeline, &stage)?;
     let reason = body
         .reason
         .map(|r| r.trim().to_owned())

@@ -49,23 +49,9 @@ pub(crate) async fn rollback(
         })?
     };
     let set = api.app.pipelines.get();
-    let pipeline = set
-        .get(&pipeline)
-        .ok_or_else(|| Problem::not_found(format!("no pipeline named `{pipeline}`")))?
-        .clone();
+    let pipeline = crate::pipeline_named(&set, &pipeline)?.clone();
     let operators = pipeline.access.as_ref().and_then(|a| a.operate.clone());
-    let approvers = pipeline
-        .stage(&stage)
-        .ok_or_else(|| {
-            Problem::not_found(format!(
-                "pipeline `{}` has no stage `{stage}`",
-                pipeline.name
-            ))
-        })?
-        .approval
-        .as_ref()
-        .map(|a| a.approvers.clone())
-        .unwrap_or_default();
+    let approvers = crate::stage_approvers(&pipeline, &stage)?;
     let (user, _) = caller(
         &api,
         identity.as_ref().map(|Extension(id)| id),
