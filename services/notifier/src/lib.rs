@@ -233,7 +233,9 @@ impl Notifier {
                 continue;
             }
             let pipelines = self.shared.pipelines.get();
-            let mut touched = Vec::new();
+            // Each target once per page: its id (a hash), its host (which may
+            // read a secret URL) and its record.
+            let mut touched: HashMap<String, String> = HashMap::new();
             for recorded in &events {
                 let Some(pipeline) = pipelines.get(&recorded.event.pipeline) else {
                     continue;
@@ -241,25 +243,33 @@ impl Notifier {
                 let Some(name) = recorded.event.name() else {
                     continue;
                 };
-                for target in pipeline.notify.iter().filter(|t| t.wants(name.as_str())) {
-                    let id = target_id(&pipeline.name, target);
+                for (i, target) in pipeline.notify.iter().enumerate() {
+                    if !target.wants(name.as_str()) {
+                        continue;
+                    }
+                    let key = format!("{}\0{i}", pipeline.name);
+                    if !touched.contains_key(&key) {
+                        let id = target_id(&pipeline.name, target);
+                        store
+                            .notify_target(
+                                &id,
+                                &host_of(target),
+                                format_name(target.format),
+                                &pipeline.name,
+                            )
+                            .await?;
+                        touched.insert(key.clone(), id);
+                    }
+                    let id = &touched[&key];
                     store
-                        .notify_enqueue(
-                            &id,
-                            &host_of(target),
-                            format_name(target.format),
-                            &pipeline.name,
-                            recorded.position,
-                            recorded.event.id,
-                        )
+                        .notify_enqueue(id, &pipeline.name, recorded.position, recorded.event.id)
                         .await?;
-                    touched.push(id);
                 }
             }
             position = events.last().map_or(position, |e| e.position);
             store.save_checkpoint(SERVICE, position).await?;
-            for id in touched {
-                self.sender(&mut wakes, &id, &senders).notify_one();
+            for id in touched.values() {
+                self.sender(&mut wakes, id, &senders).notify_one();
             }
         }
     }

@@ -57,19 +57,15 @@ fn parse_time(s: &str, position: i64) -> Result<DateTime<Utc>, StoreError> {
 }
 
 impl EventStore {
-    /// Records that `target` (of `pipeline`, at `host`, as `format`) is owed
-    /// the event at `position`. Idempotent: a notifier that enqueues again
-    /// after a crash adds nothing.
-    pub async fn notify_enqueue(
+    /// Records `target` (of `pipeline`, at `host`, as `format`), so its
+    /// record exists before anything is owed to it.
+    pub async fn notify_target(
         &self,
         target: &str,
         host: &str,
         format: &str,
         pipeline: &str,
-        position: i64,
-        event_id: Uuid,
     ) -> Result<(), StoreError> {
-        let now = text(Utc::now());
         sqlx::query(
             "INSERT INTO notify_targets (target, pipeline, host, format) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (target) DO UPDATE SET host = $3, format = $4",
@@ -80,6 +76,19 @@ impl EventStore {
         .bind(format)
         .execute(self.pool())
         .await?;
+        Ok(())
+    }
+
+    /// Records that `target` (see [`EventStore::notify_target`]) is owed
+    /// the event at `position`. Idempotent: a notifier that enqueues again
+    /// after a crash adds nothing.
+    pub async fn notify_enqueue(
+        &self,
+        target: &str,
+        pipeline: &str,
+        position: i64,
+        event_id: Uuid,
+    ) -> Result<(), StoreError> {
         sqlx::query(
             "INSERT INTO notify_outbox (target, position, pipeline, event_id, attempts, next_at) \
              VALUES ($1, $2, $3, $4, 0, $5) ON CONFLICT (target, position) DO NOTHING",
@@ -88,7 +97,7 @@ impl EventStore {
         .bind(position)
         .bind(pipeline)
         .bind(event_id.to_string())
-        .bind(now)
+        .bind(text(Utc::now()))
         .execute(self.pool())
         .await?;
         Ok(())
