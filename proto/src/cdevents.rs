@@ -215,10 +215,7 @@ pub fn from_event(event: &CloudEvent, cx: &Context) -> Vec<CdEvent> {
                 (Some(artifact), _) => artifact.clone(),
                 (None, Some(commit)) => generic_purl(pipeline, &r.stage, commit),
                 // Nothing ran there before: the stage is back to nothing.
-                (None, None) => format!(
-                    "pkg:generic/gantry/{}",
-                    purl_encode(&format!("{pipeline}-{}", r.stage))
-                ),
+                (None, None) => generic_name(pipeline, &r.stage),
             };
             one(SERVICE_ROLLEDBACK, service(&r.stage, artifact))
         }
@@ -311,10 +308,14 @@ pub fn release_purl(pipeline: &str, promoted: &ev::EnvPromoted) -> String {
 }
 
 fn generic_purl(pipeline: &str, stage: &str, version: &str) -> String {
+    format!("{}@{}", generic_name(pipeline, stage), purl_encode(version))
+}
+
+/// `pkg:generic/gantry/<pipeline>-<stage>`: a stage's releases, unversioned.
+fn generic_name(pipeline: &str, stage: &str) -> String {
     format!(
-        "pkg:generic/gantry/{}@{}",
-        purl_encode(&format!("{pipeline}-{stage}")),
-        purl_encode(version)
+        "pkg:generic/gantry/{}",
+        purl_encode(&format!("{pipeline}-{stage}"))
     )
 }
 
@@ -350,10 +351,7 @@ fn repository_of(reference: &str) -> &str {
 /// `pkg:generic/gantry/<pipeline>-<stage>@sha256:…`: the purl of an
 /// environmentalized package.
 pub fn package_purl(pipeline: &str, stage: &str, digest: &str) -> String {
-    format!(
-        "pkg:generic/gantry/{}@{digest}",
-        purl_encode(&format!("{pipeline}-{stage}"))
-    )
+    generic_purl(pipeline, stage, digest)
 }
 
 /// Percent-encodes what a purl component may not hold as it is; `:` and `/`
