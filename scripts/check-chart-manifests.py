@@ -107,6 +107,7 @@ def main(path):
         print(f"{path}: not valid YAML: {e}", file=sys.stderr)
         return 1
     seen = {}
+    rendered = set()
     labels_of = {}  # (kind, name) -> pod labels
     for i, doc in enumerate(docs):
         if not isinstance(doc, dict):
@@ -119,8 +120,11 @@ def main(path):
             errors.append(f"document {i}: apiVersion, kind and metadata.name are required")
             continue
         ref = f"{kind}/{name}"
-        if (kind, name) in seen:
+        # Roles of the same name live in several namespaces.
+        namespace = meta.get("namespace", "")
+        if (kind, name, namespace) in rendered:
             err(ref, "rendered twice")
+        rendered.add((kind, name, namespace))
         seen[(kind, name)] = doc
         if len(name) > 63 or not DNS_LABEL.match(name):
             err(ref, "name is not a DNS label of at most 63 characters")

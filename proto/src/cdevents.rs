@@ -15,6 +15,7 @@
 //! | `env.promoted` | `service.deployed` (the stage's first release), `service.upgraded`, or `service.rolledback` in a rollback run |
 //! | `stage.rolled_back` | `service.rolledback` (after a failure; a rollback run's says it with its `env.promoted`) |
 //! | `smoke.passed` / `smoke.failed` | `testsuiterun.finished`, outcome `success` / `failure` |
+//! | `perf.passed` / `perf.failed` | `testsuiterun.finished` of the suite `perf`, outcome `success` / `failure` |
 //!
 //! A service is the pipeline (the gateway it deploys), its environment the
 //! stage. Two facts an `env.promoted` alone does not say come from the log
@@ -250,6 +251,31 @@ pub fn from_event(event: &CloudEvent, cx: &Context) -> Vec<CdEvent> {
             one(
                 TESTSUITERUN_FINISHED,
                 json!({ "id": format!("{run}/{stage}/smoke"), "content": content }),
+            )
+        }
+        EventName::PerfPassed | EventName::PerfFailed => {
+            let (stage, outcome, reason) = if name == EventName::PerfPassed {
+                let Ok(p) = event.decode::<ev::PerfPassed>() else {
+                    return Vec::new();
+                };
+                (p.stage, "success", None)
+            } else {
+                let Ok(p) = event.decode::<ev::PerfFailed>() else {
+                    return Vec::new();
+                };
+                (p.stage, "failure", Some(p.reason))
+            };
+            let mut content = json!({
+                "outcome": outcome,
+                "environment": environment(&stage),
+                "testSuite": { "id": format!("{pipeline}/{stage}/perf"), "name": "perf" },
+            });
+            if let Some(reason) = reason {
+                content["reason"] = json!(reason);
+            }
+            one(
+                TESTSUITERUN_FINISHED,
+                json!({ "id": format!("{run}/{stage}/perf"), "content": content }),
             )
         }
         _ => Vec::new(),

@@ -325,6 +325,72 @@ pub struct SmokeFailed {
 }
 payload!(SmokeFailed => SmokeFailed);
 
+/// The thresholds a perf scenario had to meet, as the stage wrote them
+/// (latencies in milliseconds).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PerfExpect {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_tps: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p95_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_p99_ms: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+}
+
+/// What one perf scenario measured, warm-up excluded.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PerfFigures {
+    /// The scenario's name (`perf` when the stage has one).
+    pub scenario: String,
+    /// Requests answered or failed in the measured period.
+    pub requests: u64,
+    /// Non-2xx answers, transport errors and timeouts among them.
+    pub errors: u64,
+    pub duration_ms: u64,
+    /// Successful requests per second.
+    pub tps: f64,
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+    pub error_rate: f64,
+    pub expect: PerfExpect,
+    /// The thresholds not met (`min_tps`, `max_p95`, `max_p99`,
+    /// `max_error_rate`); empty when the scenario passed.
+    #[serde(default)]
+    pub failed: Vec<String>,
+}
+
+/// The stage met every perf threshold.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PerfPassed {
+    pub stage: String,
+    /// The last scenario's figures (the only one's, usually).
+    #[serde(flatten)]
+    pub figures: PerfFigures,
+    /// Every scenario's figures, when the stage has more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scenarios: Vec<PerfFigures>,
+}
+payload!(PerfPassed => PerfPassed);
+
+/// A perf threshold was not met, or the load could not be driven.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+pub struct PerfFailed {
+    pub stage: String,
+    /// The failing scenario's figures (zero when no load could be driven).
+    #[serde(flatten)]
+    pub figures: PerfFigures,
+    /// Why, in words: each threshold with the figure that missed it, or
+    /// what stopped the load.
+    pub reason: String,
+    /// Every scenario run, when the stage has more than one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scenarios: Vec<PerfFigures>,
+}
+payload!(PerfFailed => PerfFailed);
+
 /// A guarded stage waits for approvals.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct ApprovalRequested {

@@ -73,6 +73,8 @@ event_names! {
     ApisFailed = "apis.failed" => events::ApisFailed,
     SmokePassed = "smoke.passed" => events::SmokePassed,
     SmokeFailed = "smoke.failed" => events::SmokeFailed,
+    PerfPassed = "perf.passed" => events::PerfPassed,
+    PerfFailed = "perf.failed" => events::PerfFailed,
     ApprovalRequested = "approval.requested" => events::ApprovalRequested,
     ApprovalGranted = "approval.granted" => events::ApprovalGranted,
     ApprovalRejected = "approval.rejected" => events::ApprovalRejected,
@@ -125,7 +127,7 @@ mod tests {
 
     #[test]
     fn names_round_trip_through_type_names() {
-        assert_eq!(EventName::ALL.len(), 25);
+        assert_eq!(EventName::ALL.len(), 27);
         for name in EventName::ALL {
             assert_eq!(EventName::parse(name.as_str()), Some(*name));
             assert_eq!(EventName::from_type_name(&name.type_name()), Some(*name));

@@ -59,8 +59,10 @@ wire_enum! {
         ApiManager = "apimanager",
         /// smoke runs the stage's checks after the step before it:
         /// `smoke.passed` / `smoke.failed`. When the stage has `smoke`.
-        /// A future `perf` step (DESIGN.md 1.3) comes after this one.
         Smoke = "smoke",
+        /// perf drives load at the deployed gateway after the step before
+        /// it: `perf.passed` / `perf.failed`. When the stage has `perf`.
+        Perf = "perf",
     }
 }
 
@@ -74,6 +76,12 @@ impl Step {
         matches!(self, Step::Package | Step::Image | Step::Approval)
     }
 
+    /// Checks the promoted release (smoke, perf); a rollback restores what
+    /// ran before and skips them.
+    pub const fn is_verification(self) -> bool {
+        matches!(self, Step::Smoke | Step::Perf)
+    }
+
     /// The events (success, failure) a worker records for this step within
     /// a promotion; none for the gates, and none for `ready`, which the
     /// deployer's `deploy.completed` / `deploy.failed` include.
@@ -82,6 +90,7 @@ impl Step {
             Step::Deploy => Some((EventName::DeployCompleted, EventName::DeployFailed)),
             Step::ApiManager => Some((EventName::ApisPromoted, EventName::ApisFailed)),
             Step::Smoke => Some((EventName::SmokePassed, EventName::SmokeFailed)),
+            Step::Perf => Some((EventName::PerfPassed, EventName::PerfFailed)),
             Step::Package | Step::Image | Step::Approval | Step::Ready => None,
         }
     }
@@ -145,12 +154,12 @@ mod tests {
             assert_eq!(serde_json::to_value(trigger).unwrap(), trigger.as_str());
             assert_eq!(trigger.as_str().parse::<Trigger>(), Ok(*trigger));
         }
-        let err = "perf".parse::<Step>().unwrap_err();
+        let err = "load".parse::<Step>().unwrap_err();
         assert_eq!(
             err.to_string(),
-            "`perf` is not a step (one of package, image, approval, deploy, ready, apimanager, smoke)"
+            "`load` is not a step (one of package, image, approval, deploy, ready, apimanager, smoke, perf)"
         );
-        assert!(serde_json::from_str::<Step>("\"perf\"").is_err());
+        assert!(serde_json::from_str::<Step>("\"load\"").is_err());
     }
 
     #[test]
@@ -165,7 +174,8 @@ mod tests {
                 "deploy",
                 "ready",
                 "apimanager",
-                "smoke"
+                "smoke",
+                "perf"
             ]
         );
         // `Ord` follows the declaration order, so sorting a plan's steps puts
@@ -184,6 +194,11 @@ mod tests {
         assert_eq!(S::Deploy.starts_after(all), Some(E::StageStarted));
         assert_eq!(S::ApiManager.starts_after(all), Some(E::DeployCompleted));
         assert_eq!(S::Smoke.starts_after(all), Some(E::ApisPromoted));
+        assert_eq!(S::Perf.starts_after(all), Some(E::SmokePassed));
+        assert_eq!(
+            S::Perf.starts_after(&[S::Package, S::Deploy, S::Perf]),
+            Some(E::DeployCompleted)
+        );
         // Steps the stage lacks are skipped; `ready` has no event of its own.
         let no_apim = [S::Package, S::Deploy, S::Ready, S::Smoke];
         assert_eq!(S::Smoke.starts_after(&no_apim), Some(E::DeployCompleted));

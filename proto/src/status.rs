@@ -53,14 +53,14 @@ wire_enum! {
         Deployed = "deployed",
         /// `apis.promoted`.
         ApisPromoted = "apis_promoted",
-        /// `smoke.passed`.
+        /// `smoke.passed` or `perf.passed`.
         Verified = "verified",
         /// `env.promoted`.
         Promoted = "promoted",
         /// `approval.rejected`.
         Rejected = "rejected",
-        /// `package.failed`, `image.failed`, `deploy.failed`, `apis.failed`
-        /// or `smoke.failed`.
+        /// `package.failed`, `image.failed`, `deploy.failed`, `apis.failed`,
+        /// `smoke.failed` or `perf.failed`.
         Failed = "failed",
         /// `stage.rolled_back`.
         RolledBack = "rolled_back",
@@ -80,14 +80,15 @@ impl StageStatus {
             E::StageStarted => StageStatus::Deploying,
             E::DeployCompleted => StageStatus::Deployed,
             E::ApisPromoted => StageStatus::ApisPromoted,
-            E::SmokePassed => StageStatus::Verified,
+            E::SmokePassed | E::PerfPassed => StageStatus::Verified,
             E::EnvPromoted => StageStatus::Promoted,
             E::ApprovalRejected => StageStatus::Rejected,
             E::PackageFailed
             | E::ImageFailed
             | E::DeployFailed
             | E::ApisFailed
-            | E::SmokeFailed => StageStatus::Failed,
+            | E::SmokeFailed
+            | E::PerfFailed => StageStatus::Failed,
             E::StageRolledBack => StageStatus::RolledBack,
             E::CommitReceived
             | E::RunStarted

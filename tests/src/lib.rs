@@ -25,6 +25,8 @@ use sqlx::{Connection, Executor, PgConnection};
 use tempfile::TempDir;
 
 pub mod apimanager;
+pub mod argocd;
+pub mod kubernetes;
 pub mod postgres;
 pub mod wiremock;
 

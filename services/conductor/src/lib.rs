@@ -52,6 +52,8 @@ const INPUTS: &[EventName] = &[
     EventName::ApisFailed,
     EventName::SmokePassed,
     EventName::SmokeFailed,
+    EventName::PerfPassed,
+    EventName::PerfFailed,
     EventName::ApprovalGranted,
     EventName::ApprovalRejected,
     EventName::RunCancelled,

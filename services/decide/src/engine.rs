@@ -140,7 +140,7 @@ struct Pending {
 
 /// The steps of the stage waiting for a worker's answer: the package and
 /// image gates before the promotion, then the current step of the
-/// promotion or of its rollback (which is not smoke-tested).
+/// promotion or of its rollback (which is not verified: no smoke, no perf).
 fn pending(ctx: &Ctx<'_>, run: &Run, i: usize) -> Vec<Pending> {
     let p = &run.progress[i];
     let mut out = Vec::new();
@@ -173,15 +173,14 @@ fn pending(ctx: &Ctx<'_>, run: &Run, i: usize) -> Vec<Pending> {
     if !p.occupies() {
         return out;
     }
-    let (attempt, smoke) = match (&p.rollback, &p.forward) {
+    let (attempt, verify) = match (&p.rollback, &p.forward) {
         (Some(rb), _) if p.rollback_failure.is_none() => (rb, false),
         (None, Some(fw)) if p.failure.is_none() => (fw, true),
         _ => return out,
     };
-    let current =
-        run.plan[i].steps.iter().copied().find(|s| {
-            s.results().is_some() && (smoke || *s != Step::Smoke) && !attempt.succeeded(*s)
-        });
+    let current = run.plan[i].steps.iter().copied().find(|s| {
+        s.results().is_some() && (verify || !s.is_verification()) && !attempt.succeeded(*s)
+    });
     if let Some(step) = current {
         push(step, attempt.since, attempt.cue);
     }
@@ -474,13 +473,13 @@ fn with_rollback_failures(run: &Run, reason: &str) -> String {
 }
 
 /// Whether every step of the stage's plan that records results has
-/// succeeded in attempt `a`; smoke only when `smoke` (a rollback restores
-/// what ran before and is not smoke-tested).
-fn steps_done(run: &Run, i: usize, a: &Attempt, smoke: bool) -> bool {
+/// succeeded in attempt `a`; smoke and perf only when `verify` (a rollback
+/// restores what ran before and is not verified).
+fn steps_done(run: &Run, i: usize, a: &Attempt, verify: bool) -> bool {
     run.plan[i]
         .steps
         .iter()
-        .filter(|s| s.results().is_some() && (smoke || **s != Step::Smoke))
+        .filter(|s| s.results().is_some() && (verify || !s.is_verification()))
         .all(|s| a.succeeded(*s))
 }
 

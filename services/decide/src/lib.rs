@@ -437,6 +437,7 @@ impl Decision {
                 Step::Image => EventName::ImageFailed,
                 Step::ApiManager => EventName::ApisFailed,
                 Step::Smoke => EventName::SmokeFailed,
+                Step::Perf => EventName::PerfFailed,
                 // `ready` is part of the deploy's answer; `approval` has
                 // its own expiry and never times out here.
                 Step::Deploy | Step::Ready | Step::Approval => EventName::DeployFailed,
@@ -579,6 +580,12 @@ impl Decision {
                             attempts: 0,
                             message: Some(reason),
                         }],
+                    }),
+                    EventName::PerfFailed => e.encode(&ev::PerfFailed {
+                        stage,
+                        figures: ev::PerfFigures::default(),
+                        reason,
+                        scenarios: Vec::new(),
                     }),
                     _ => e.encode(&ev::DeployFailed {
                         stage,

@@ -237,6 +237,7 @@ fn timeouts(log: &Log) -> Vec<(String, String, EventName, uuid::Uuid)> {
                     | EventName::DeployFailed
                     | EventName::ApisFailed
                     | EventName::SmokeFailed
+                    | EventName::PerfFailed
             );
             let (run, stage) = key(e);
             failed.then_some((run, stage, name, e.causationid?))
@@ -356,18 +357,12 @@ impl Model {
                 | EventName::ApisPromoted
                 | EventName::ApisFailed
                 | EventName::SmokePassed
-                | EventName::SmokeFailed => {
-                    let step = match name {
-                        EventName::DeployCompleted | EventName::DeployFailed => Step::Deploy,
-                        EventName::ApisPromoted | EventName::ApisFailed => Step::ApiManager,
-                        _ => Step::Smoke,
+                | EventName::SmokeFailed
+                | EventName::PerfPassed
+                | EventName::PerfFailed => {
+                    let Some((step, ok)) = Step::of_result(name) else {
+                        continue;
                     };
-                    let ok = matches!(
-                        name,
-                        EventName::DeployCompleted
-                            | EventName::ApisPromoted
-                            | EventName::SmokePassed
-                    );
                     if let Some((_, results)) = m.attempts.get_mut(&k) {
                         results.push((step, ok));
                     }
@@ -725,17 +720,7 @@ fn check(log: &Log, spec: &Spec) {
                 occupant.remove(stage);
             }
         };
-        let step = match name {
-            EventName::DeployCompleted | EventName::DeployFailed => Some(Step::Deploy),
-            EventName::ApisPromoted | EventName::ApisFailed => Some(Step::ApiManager),
-            EventName::SmokePassed | EventName::SmokeFailed => Some(Step::Smoke),
-            _ => None,
-        };
-        if let Some(step) = step {
-            let ok = matches!(
-                name,
-                EventName::DeployCompleted | EventName::ApisPromoted | EventName::SmokePassed
-            );
+        if let Some((step, ok)) = Step::of_result(name) {
             results.entry(k.clone()).or_default().push((step, ok));
         }
         match name {

@@ -474,7 +474,9 @@ impl State {
             | EventName::ApisPromoted
             | EventName::ApisFailed
             | EventName::SmokePassed
-            | EventName::SmokeFailed => {
+            | EventName::SmokeFailed
+            | EventName::PerfPassed
+            | EventName::PerfFailed => {
                 let Some((step, succeeded)) = Step::of_result(name) else {
                     return;
                 };
@@ -497,6 +499,8 @@ impl State {
                             .collect();
                         format!("smoke checks in {stage} failed: {}", failed.join(", "))
                     }),
+                    EventName::PerfFailed => decode::<ev::PerfFailed>(data)
+                        .map(|d| format!("perf gate in {stage} failed: {}", d.reason)),
                     _ => None,
                 };
                 let failure = failure.unwrap_or_else(|| format!("{name} in {stage}"));

@@ -7,7 +7,7 @@
 
 use std::time::{Duration, Instant};
 
-use gantry_pipeline::{format_duration, Ready};
+use gantry_pipeline::format_duration;
 
 /// Longest TCP (and TLS) connect of one readiness request.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -52,15 +52,20 @@ pub enum ReadyError {
     },
 }
 
-/// Polls `ready.url` with GET until a 2xx answer or `ready.timeout`.
-pub async fn wait_ready(ready: &Ready, options: &ReadyOptions) -> Result<ReadyOutcome, ReadyError> {
-    let url = reqwest::Url::parse(&ready.url).map_err(|e| ReadyError::BadUrl {
-        url: ready.url.clone(),
+/// Polls `url` (`ready.url`) with GET until a 2xx answer or `timeout`.
+pub async fn wait_ready(
+    url: &str,
+    timeout: Duration,
+    options: &ReadyOptions,
+) -> Result<ReadyOutcome, ReadyError> {
+    let url_text = url;
+    let url = reqwest::Url::parse(url_text).map_err(|e| ReadyError::BadUrl {
+        url: url_text.to_owned(),
         message: e.to_string(),
     })?;
     if !matches!(url.scheme(), "http" | "https") {
         return Err(ReadyError::BadUrl {
-            url: ready.url.clone(),
+            url: url_text.to_owned(),
             message: format!("scheme `{}`", url.scheme()),
         });
     }
@@ -76,7 +81,7 @@ pub async fn wait_ready(ready: &Ready, options: &ReadyOptions) -> Result<ReadyOu
             message: e.to_string(),
         })?;
     let started = Instant::now();
-    let deadline = started + ready.timeout;
+    let deadline = started + timeout;
     let mut attempts = 0;
     loop {
         attempts += 1;
@@ -102,7 +107,7 @@ pub async fn wait_ready(ready: &Ready, options: &ReadyOptions) -> Result<ReadyOu
         if left.is_zero() {
             return Err(ReadyError::Timeout {
                 url: shown,
-                timeout: ready.timeout,
+                timeout,
                 attempts,
                 last,
             });

@@ -4,9 +4,9 @@
 //! A stage without `deploy` gets no answer from this service (the run's plan
 //! has no `deploy` step for it, and the conductor waits for none). Otherwise
 //! the image `<image.repository>@<digest>` of the `stage.started` event is
-//! deployed with the stage's `gitops` or `command` target, then, when the
-//! stage has `ready`, its URL is polled until healthy; a readiness failure is
-//! a `deploy.failed`. The stage's declared `env` is resolved first (a
+//! deployed with the stage's `gitops`, `kubernetes` or `command` target,
+//! then, when the stage has `ready`, its checks run (Argo CD, the
+//! Kubernetes rollout, the URL); a readiness failure is a `deploy.failed`. The stage's declared `env` is resolved first (a
 //! declared secret that cannot be read fails the deploy, naming
 //! `stages[<stage>].env.<NAME>`); a command gets it in its otherwise clean
 //! environment. What leaves the service (reasons, command output) is masked
@@ -30,8 +30,10 @@ use gantry_runtime::worker::{deadline, decode, gave_up, Found, Reply, WorkerCont
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::NewEvents;
 
+use crate::argocd::{wait_synced, ArgoOptions};
 use crate::command::{run_command, CommandOptions, DeployEnv};
 use crate::gitops::{deploy_gitops_with, CommitMessage, GitOpsOptions};
+use crate::kubernetes::{self, KubeOptions};
 use crate::ready::{wait_ready, ReadyOptions};
 use gantry_pipeline::mask::Masker;
 
@@ -46,6 +48,8 @@ const REPORT_GRACE: Duration = Duration::from_secs(2);
 pub struct DeployerOptions {
     pub gitops: GitOpsOptions,
     pub ready: ReadyOptions,
+    pub kubernetes: KubeOptions,
+    pub argocd: ArgoOptions,
     /// Bytes of command output kept; `None`: [`CommandOptions::DEFAULT_MAX_OUTPUT`].
     pub max_output: Option<usize>,
 }
@@ -183,6 +187,34 @@ impl Deployer {
                     }
                 }
             }
+            DeployMethod::Kubernetes(target) => {
+                let Some((image, digest)) = image.clone() else {
+                    return failed(
+                        "nothing to deploy: stage.started names no image digest (a kubernetes \
+                         deploy needs the pipeline's `image` section)"
+                            .into(),
+                        None,
+                    );
+                };
+                let rollout = async {
+                    let client = kubernetes::client(target).await?;
+                    kubernetes::set_image(&client, target, &image).await?;
+                    // The deploy is done when the rollout is: same wait as `ready.kubernetes`.
+                    let left = timeout.saturating_sub(begun.elapsed());
+                    kubernetes::wait_rollout(
+                        &client,
+                        target,
+                        Some(&digest),
+                        left,
+                        &self.options.kubernetes,
+                    )
+                    .await
+                };
+                match rollout.await {
+                    Ok(done) => output = Some(done.message),
+                    Err(e) => return failed(masker.mask(&e.to_string()), None),
+                }
+            }
             DeployMethod::Command(argv) => {
                 let env = DeployEnv {
                     image: image
@@ -211,14 +243,11 @@ impl Deployer {
             }
         }
         if let Some(ready) = &stage.ready {
-            // `timeouts.ready` wins over `ready.timeout`.
-            let mut ready = ready.clone();
-            ready.timeout = stage.timeout(Step::Ready).unwrap_or(ready.timeout);
-            if let Err(e) = wait_ready(&ready, &self.options.ready).await {
-                return failed(
-                    format!("not ready: {}", masker.mask(&e.to_string())),
-                    output,
-                );
+            let checked = self
+                .wait_ready(stage, ready, revision.as_deref(), started.digest.as_deref())
+                .await;
+            if let Err(reason) = checked {
+                return failed(format!("not ready: {}", masker.mask(&reason)), output);
             }
         }
         Some(DeployOutcome::Completed(DeployCompleted {
@@ -229,6 +258,50 @@ impl Deployer {
             output,
             duration_ms: u64::try_from(begun.elapsed().as_millis()).unwrap_or(u64::MAX),
         }))
+    }
+}
+
+impl Deployer {
+    /// The stage's `ready` checks in turn under one deadline (`timeouts.ready`
+    /// over `ready.timeout`): Argo CD synced to `revision` and Healthy, the
+    /// Deployment's rollout of `digest` complete, `ready.url` answering.
+    async fn wait_ready(
+        &self,
+        stage: &gantry_pipeline::Stage,
+        ready: &gantry_pipeline::Ready,
+        revision: Option<&str>,
+        digest: Option<&str>,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + stage.timeout(Step::Ready).unwrap_or(ready.timeout);
+        let left = |own: Option<Duration>| {
+            let left = deadline.saturating_duration_since(Instant::now());
+            own.map_or(left, |own| own.min(left))
+        };
+        if let Some(argocd) = &ready.argocd {
+            wait_synced(argocd, revision, left(argocd.timeout), &self.options.argocd)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if let Some(target) = &ready.kubernetes {
+            let client = kubernetes::client(target)
+                .await
+                .map_err(|e| e.to_string())?;
+            kubernetes::wait_rollout(
+                &client,
+                target,
+                digest.filter(|d| !d.is_empty()),
+                left(target.timeout),
+                &self.options.kubernetes,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        }
+        if let Some(url) = &ready.url {
+            wait_ready(url, left(None), &self.options.ready)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
     }
 }
 

@@ -113,6 +113,27 @@ pub enum BenchCommand {
         #[arg(long)]
         pgbench: bool,
     },
+    /// The perf gate's load generator against `wrk`: requests/s of each,
+    /// one after the other, against the same minimal HTTP server (200 `ok`)
+    /// on threads of its own in this process, and their ratio.
+    Loadgen {
+        /// Open keep-alive connections of each generator.
+        #[arg(long, default_value_t = 20)]
+        connections: usize,
+        /// How long each generator measures (after Gantry's warm-up).
+        #[arg(long, value_parser = parse_duration, default_value = "10s")]
+        duration: Duration,
+        /// Then the open loop at this many requests/s (latency from when
+        /// each request was due).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Threads of the server.
+        #[arg(long, default_value_t = 2)]
+        server_threads: usize,
+        /// Gantry then wrk, this many times; the medians are compared.
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -159,6 +180,13 @@ pub async fn run(command: BenchCommand, global: &Global) -> anyhow::Result<()> {
             webhooks(global, load, replicas, pgbench).await
         }
         BenchCommand::Packages { size_mb, rounds } => packages(global, size_mb, rounds).await,
+        BenchCommand::Loadgen {
+            connections,
+            duration,
+            rate,
+            server_threads,
+            rounds,
+        } => loadgen(connections, duration, rate, server_threads, rounds).await,
         BenchCommand::Orchestration {
             runs,
             concurrent,
@@ -332,6 +360,185 @@ async fn packages(global: &Global, size_mb: usize, rounds: usize) -> anyhow::Res
         })
     );
     Ok(())
+}
+
+/// The load generator's ceiling: its requests/s next to `wrk`'s against one
+/// server that does as little as a server can, so the figures are the
+/// generators' own.
+async fn loadgen(
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+    server_threads: usize,
+    rounds: usize,
+) -> anyhow::Result<()> {
+    use gantry_perf::{run_load, LoadReport, LoadRequest, LoadSpec};
+    let ratio = |a: f64, b: f64| (a / b * 1000.0).round() / 1000.0;
+    let server = OkServer::start(server_threads)?;
+    let url = url::Url::parse(&format!("http://{}/", server.addr))?;
+    let spec = LoadSpec {
+        warmup: Duration::from_secs(1),
+        ..LoadSpec::closed(LoadRequest::get(url.clone()), duration, connections)
+    };
+    let figures = |r: &LoadReport| {
+        json!({
+            "requests_per_s": (r.requests as f64 / r.duration.as_secs_f64()).round(),
+            "requests": r.requests,
+            "errors": r.errors,
+            "p50_ms": r.p50.as_secs_f64() * 1e3,
+            "p99_ms": r.p99.as_secs_f64() * 1e3,
+            "max_ms": r.max.as_secs_f64() * 1e3,
+        })
+    };
+    // Rounds alternate the two, so a neighbour's load on the machine falls
+    // on both alike; the medians are compared.
+    let (mut rounds_out, mut gantry_rps, mut wrk_rps) = (Vec::new(), Vec::new(), Vec::new());
+    let mut have_wrk = true;
+    for _ in 0..rounds.max(1) {
+        let gantry = run_load(&spec).await?;
+        let rps = gantry.requests as f64 / gantry.duration.as_secs_f64();
+        gantry_rps.push(rps);
+        let wrk = match have_wrk {
+            true => wrk(&url, connections, duration).await?,
+            false => None,
+        };
+        have_wrk = wrk.is_some();
+        rounds_out.push(json!({
+            "gantry": figures(&gantry),
+            "wrk": wrk.as_ref().map(|w| json!({
+                "requests_per_s": w.requests_per_s.round(),
+                "threads": w.threads,
+                "errors": w.errors,
+            })),
+            "gantry_to_wrk": wrk.as_ref().map(|w| ratio(rps, w.requests_per_s)),
+        }));
+        wrk_rps.extend(wrk.map(|w| w.requests_per_s));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied()
+    };
+    let (gantry_median, wrk_median) = (median(gantry_rps), median(wrk_rps));
+    let mut report = json!({
+        "bench": "loadgen",
+        "server": format!("axum, {server_threads} threads, 200 ok"),
+        "connections": connections,
+        "duration_s": duration.as_secs_f64(),
+        "gantry_requests_per_s": gantry_median.map(f64::round),
+        "wrk_requests_per_s": wrk_median.map(f64::round),
+        "gantry_to_wrk": gantry_median.zip(wrk_median).map(|(g, w)| ratio(g, w)),
+        "rounds": rounds_out,
+    });
+    if let Some(rate) = rate {
+        let open = run_load(&LoadSpec {
+            rate: Some(rate),
+            ..spec.clone()
+        })
+        .await?;
+        let mut figures = figures(&open);
+        figures["rate"] = json!(rate);
+        figures["tps"] = json!(open.tps.round());
+        figures["missed"] = json!(open.missed);
+        report["open_loop"] = figures;
+    }
+    println!("{report}");
+    Ok(())
+}
+
+/// Answers 200 `ok` to every request, on a runtime of its own threads.
+struct OkServer {
+    addr: std::net::SocketAddr,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+impl OkServer {
+    fn start(threads: usize) -> anyhow::Result<OkServer> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads.max(1))
+            .thread_name("bench-server")
+            .enable_all()
+            .build()?;
+        // Dropping the sender (with the server) ends the thread and so the
+        // runtime: a runtime cannot be dropped inside the async caller.
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("bench-server".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let app = axum::Router::new().fallback(|| async { "ok" });
+                    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+                    let _ = stopped.await;
+                    server.abort();
+                });
+            })?;
+        Ok(OkServer { addr, _stop: stop })
+    }
+}
+
+struct WrkFigures {
+    requests_per_s: f64,
+    threads: usize,
+    /// wrk's socket-error and non-2xx lines, when it printed any.
+    errors: Vec<String>,
+}
+
+/// `wrk -t2 -c<connections> -d<duration>`, or `None` when wrk is not
+/// installed.
+async fn wrk(
+    url: &url::Url,
+    connections: usize,
+    duration: Duration,
+) -> anyhow::Result<Option<WrkFigures>> {
+    // wrk wants at least as many connections as threads, and whole seconds.
+    let threads = connections.clamp(1, 2);
+    let seconds = duration.as_secs_f64().ceil().max(1.0);
+    let run = tokio::process::Command::new("wrk")
+        .arg(format!("-t{threads}"))
+        .arg(format!("-c{connections}"))
+        .arg(format!("-d{seconds}s"))
+        .arg(url.as_str())
+        .output()
+        .await;
+    let output = match run {
+        Ok(output) => output,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("wrk is not installed (not on PATH): Gantry's figure only");
+            return Ok(None);
+        }
+        Err(e) => return Err(e).context("running wrk"),
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    anyhow::ensure!(
+        output.status.success(),
+        "wrk failed ({}): {}{}",
+        output.status,
+        stdout,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let requests_per_s = stdout
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("Requests/sec:"))
+        .with_context(|| format!("no `Requests/sec:` line in wrk's output:\n{stdout}"))?
+        .trim()
+        .parse()
+        .context("wrk's Requests/sec")?;
+    let errors = stdout
+        .lines()
+        .map(str::trim)
+        .filter(|line| line.starts_with("Socket errors") || line.starts_with("Non-2xx"))
+        .map(str::to_owned)
+        .collect();
+    Ok(Some(WrkFigures {
+        requests_per_s,
+        threads,
+        errors,
+    }))
 }
 
 fn relay_checkpoint(bus: &NatsBus) -> String {

@@ -408,6 +408,8 @@ pub enum Service {
     Deployer,
     Apim,
     Smoke,
+    /// The perf gate: drives load at the deployed gateway (DESIGN.md 1.10).
+    Perf,
     /// Delivers the pipelines' `notify` targets (DESIGN.md 1.9).
     Notifier,
 }
@@ -423,6 +425,7 @@ impl Service {
             Service::Deployer => "deployer",
             Service::Apim => "apim",
             Service::Smoke => "smoke",
+            Service::Perf => "perf",
             Service::Notifier => "notifier",
         }
     }

@@ -116,6 +116,7 @@ fn workers(app: &App) -> (gantry_conductor::Conductor, Vec<Arc<dyn Handler>>) {
         gantry_deployer::handler(&ctx),
         gantry_apim::handler(&ctx),
         gantry_smoke::handler(&ctx),
+        gantry_perf::service::handler(&ctx),
     ];
     (conductor, workers)
 }
@@ -138,6 +139,7 @@ fn worker(
         Service::Deployer => gantry_deployer::handler(&ctx),
         Service::Apim => gantry_apim::handler(&ctx),
         Service::Smoke => gantry_smoke::handler(&ctx),
+        Service::Perf => gantry_perf::service::handler(&ctx),
     };
     (None, vec![handler])
 }

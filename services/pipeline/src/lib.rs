@@ -20,6 +20,7 @@ mod secret;
 mod set;
 mod stage_env;
 mod validate;
+mod verify;
 
 #[cfg(test)]
 mod tests;
@@ -39,3 +40,4 @@ pub use secret::{
 pub use set::PipelineSet;
 pub use stage_env::{StageEnv, StageEnvError};
 pub use validate::warnings;
+pub use verify::{ArgoCd, KubernetesTarget, PerfExpect, PerfScenario};

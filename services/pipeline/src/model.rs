@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use super::duration::{serde_duration, serde_opt_duration};
 use super::secret::{EnvValue, HeaderValue, SecretRef};
+use super::verify::{ArgoCd, KubernetesTarget, PerfScenario};
 
 /// One promotion pipeline: where its configuration comes from, how it is
 /// packaged, and the stages a commit is promoted through.
@@ -233,6 +234,14 @@ pub struct Stage {
     pub apimanager: Option<ApiManager>,
     #[serde(default)]
     pub smoke: Vec<SmokeCheck>,
+    /// The performance gate after smoke (DESIGN.md 1.10): one scenario or
+    /// a list, run one after the other.
+    #[serde(
+        default,
+        with = "crate::verify::one_or_many",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub perf: Vec<PerfScenario>,
     #[serde(default)]
     pub approval: Option<Approval>,
     #[serde(default)]
@@ -292,7 +301,6 @@ pub struct Timeouts {
         skip_serializing_if = "Option::is_none"
     )]
     pub smoke: Option<Duration>,
-    /// For the `perf` step DESIGN.md 1.3 plans (not run yet).
     #[serde(
         default,
         with = "serde_opt_duration",
@@ -314,7 +322,7 @@ impl Timeouts {
     pub const APIMANAGER: Duration = Duration::from_secs(10 * 60);
     /// Every smoke check of the stage together, from the step before it.
     pub const SMOKE: Duration = Duration::from_secs(10 * 60);
-    /// The future `perf` step.
+    /// Every perf scenario of the stage together, warm-ups included.
     pub const PERF: Duration = Duration::from_secs(30 * 60);
 
     /// The default deadline of `step` (none for `approval`, which has
@@ -328,6 +336,7 @@ impl Timeouts {
             Step::Ready => Some(Self::READY),
             Step::ApiManager => Some(Self::APIMANAGER),
             Step::Smoke => Some(Self::SMOKE),
+            Step::Perf => Some(Self::PERF),
         }
     }
 
@@ -351,7 +360,8 @@ impl Timeouts {
 
 impl Stage {
     /// The deadline of `step` in this stage: `timeouts.<step>`, else the
-    /// step's older setting (`deploy.timeout`, `ready.timeout`), else the
+    /// step's own setting (`deploy.timeout`, `deploy.kubernetes.timeout`,
+    /// `ready.timeout`), else the
     /// default ([`Timeouts::default_for`]). `None` for `approval`.
     pub fn timeout(&self, step: Step) -> Option<Duration> {
         let t = &self.timeouts;
@@ -359,18 +369,22 @@ impl Stage {
             Step::Package => t.package,
             Step::Image => t.image,
             Step::Approval => return None,
-            Step::Deploy => t
-                .deploy
-                .or_else(|| self.deploy.as_ref().and_then(|d| d.timeout)),
+            Step::Deploy => t.deploy.or_else(|| {
+                let d = self.deploy.as_ref()?;
+                d.timeout
+                    .or_else(|| d.kubernetes.as_ref().and_then(|k| k.timeout))
+            }),
             Step::Ready => t.ready.or_else(|| self.ready.as_ref().map(|r| r.timeout)),
             Step::ApiManager => t.apimanager,
             Step::Smoke => t.smoke,
+            Step::Perf => t.perf,
         };
         written.or(Timeouts::default_for(step))
     }
 
     /// Every secret reference of the stage: its `env` secrets, API Manager
-    /// credentials, the gitops token and smoke-check headers.
+    /// credentials, the gitops token, kubeconfigs, the Argo CD token and
+    /// smoke-check and perf headers.
     pub fn secret_refs(&self) -> Vec<&SecretRef> {
         let mut refs: Vec<&SecretRef> =
             self.env.values().filter_map(EnvValue::secret_ref).collect();
@@ -385,14 +399,29 @@ impl Stage {
         {
             refs.push(t);
         }
-        for check in &self.smoke {
-            refs.extend(
-                check
-                    .request
-                    .headers
-                    .values()
-                    .filter_map(HeaderValue::secret_ref),
-            );
+        let kubeconfigs = [
+            self.deploy.as_ref().and_then(|d| d.kubernetes.as_ref()),
+            self.ready.as_ref().and_then(|r| r.kubernetes.as_ref()),
+        ];
+        refs.extend(
+            kubeconfigs
+                .into_iter()
+                .flatten()
+                .filter_map(|k| k.kubeconfig.as_ref()),
+        );
+        refs.extend(
+            self.ready
+                .as_ref()
+                .and_then(|r| r.argocd.as_ref())
+                .map(|a| &a.token),
+        );
+        let requests = self
+            .smoke
+            .iter()
+            .map(|c| &c.request)
+            .chain(self.perf.iter().map(|p| &p.request));
+        for request in requests {
+            refs.extend(request.headers.values().filter_map(HeaderValue::secret_ref));
         }
         refs
     }
@@ -403,13 +432,17 @@ impl Stage {
     }
 }
 
-/// How a stage runs an image: exactly one of `gitops` or `command`
-/// (checked by validation; see [`Deploy::method`]).
+/// How a stage runs an image: exactly one of `gitops`, `kubernetes` or
+/// `command` (checked by validation; see [`Deploy::method`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Deploy {
     #[serde(default)]
     pub gitops: Option<GitOpsDeploy>,
+    /// Set the Deployment's container image to `<repository>@<digest>`
+    /// and wait for its rollout (clusters without GitOps).
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesTarget>,
     /// Run with `$GANTRY_IMAGE`, `$GANTRY_DIGEST` and `$GANTRY_STAGE` set.
     #[serde(default)]
     pub command: Vec<String>,
@@ -421,6 +454,7 @@ pub struct Deploy {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeployMethod<'a> {
     GitOps(&'a GitOpsDeploy),
+    Kubernetes(&'a KubernetesTarget),
     Command(&'a [String]),
 }
 
@@ -430,9 +464,10 @@ impl Deploy {
 
     /// Which deploy mechanism to use (validation guarantees exactly one).
     pub fn method(&self) -> DeployMethod<'_> {
-        match &self.gitops {
-            Some(g) => DeployMethod::GitOps(g),
-            None => DeployMethod::Command(&self.command),
+        match (&self.gitops, &self.kubernetes) {
+            (Some(g), _) => DeployMethod::GitOps(g),
+            (None, Some(k)) => DeployMethod::Kubernetes(k),
+            (None, None) => DeployMethod::Command(&self.command),
         }
     }
 
@@ -456,11 +491,19 @@ pub struct GitOpsDeploy {
     pub token: Option<SecretRef>,
 }
 
-/// Wait until the deployed gateway answers.
+/// Wait until the stage runs the release: the Argo CD Application synced
+/// to the deploy commit and Healthy, the Deployment's rollout of the digest
+/// complete, the gateway answering `url` (each when given, in that order;
+/// at least one).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Ready {
-    pub url: String,
+    #[serde(default)]
+    pub url: Option<String>,
+    #[serde(default)]
+    pub kubernetes: Option<KubernetesTarget>,
+    #[serde(default)]
+    pub argocd: Option<ArgoCd>,
     #[serde(default = "default_ready_timeout", with = "serde_duration")]
     pub timeout: Duration,
 }
@@ -651,6 +694,7 @@ impl Pipeline {
                 Step::Ready => stage.ready.is_some(),
                 Step::ApiManager => stage.apimanager.is_some(),
                 Step::Smoke => !stage.smoke.is_empty(),
+                Step::Perf => !stage.perf.is_empty(),
             })
             .collect()
     }

@@ -5,6 +5,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::*;
+use gantry_proto::Step;
 
 const EXAMPLES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../pipelines");
 
@@ -66,7 +67,7 @@ fn example_pipelines_are_valid() {
         Err(e) => panic!("pipelines/ has errors:\n{e}"),
     };
     let names: Vec<&str> = set.names().collect();
-    assert_eq!(names, ["banking", "demo", "petstore-fed"]);
+    assert_eq!(names, ["banking", "demo", "payments-k8s", "petstore-fed"]);
 
     let banking = set.get("banking").expect("banking");
     assert_eq!(banking.gateway.format, GatewayFormat::Yaml);
@@ -111,6 +112,45 @@ fn example_pipelines_are_valid() {
         Some(DeployMethod::Command(c)) if c[0] == "sh"
     ));
     assert_eq!(fed.stages[0].queue, QueuePolicy::Fifo);
+
+    let k8s = set.get("payments-k8s").expect("payments-k8s");
+    let test = &k8s.stages[0];
+    assert!(matches!(
+        test.deploy.as_ref().map(Deploy::method),
+        Some(DeployMethod::Kubernetes(k)) if k.deployment == "axway-apim-apitraffic"
+    ));
+    assert_eq!(test.timeout(Step::Deploy), Some(Duration::from_secs(600)));
+    let perf = &k8s.stages[1];
+    let ready = perf.ready.as_ref().expect("ready");
+    assert!(ready.argocd.is_some() && ready.kubernetes.is_some() && ready.url.is_some());
+    let seed: Vec<(&str, Option<f64>)> = perf
+        .perf
+        .iter()
+        .map(|p| (p.name.as_str(), p.expect.min_tps))
+        .collect();
+    assert_eq!(
+        seed,
+        [
+            ("api-key", Some(750.0)),
+            ("oauth", Some(670.0)),
+            ("passthrough-1k", Some(1270.0))
+        ]
+    );
+    assert_eq!(
+        perf.perf[2].request.body.as_ref().map(String::len),
+        Some(1024)
+    );
+    assert!(k8s.steps(perf).contains(&Step::Perf));
+    assert!(!k8s.rollback_steps("perf").contains(&Step::Approval));
+    // Kubeconfigs, the Argo CD token and perf headers are masked secrets.
+    let refs = k8s.secret_refs();
+    for expected in [
+        SecretRef::Env("ARGOCD_TOKEN".into()),
+        SecretRef::Env("PERF_BEARER".into()),
+        SecretRef::File("/etc/gantry/kube/perf.kubeconfig".into()),
+    ] {
+        assert!(refs.contains(&&expected), "{expected:?} not in {refs:?}");
+    }
 
     let demo = set.get("demo").expect("demo");
     assert!(demo.image.is_none());
@@ -634,7 +674,7 @@ fn deploy_rules() {
     let text = with_stages(
         "  - name: a\n    deploy:\n      gitops: { repo: https://g/x, file: /etc/v.yaml, key: a..b }\n      command: [helm]\n",
     );
-    expect_error(&text, "stages[0].deploy", "not both", 14);
+    expect_error(&text, "stages[0].deploy", "not gitops and command", 14);
     expect_error(&text, "stages[0].deploy.gitops.file", "relative", 15);
     expect_error(&text, "stages[0].deploy.gitops.key", "dotted key", 15);
     let merge = text.replace("key: a..b", "key: apitraffic.<<");
@@ -644,7 +684,7 @@ fn deploy_rules() {
     expect_error(
         &text,
         "stages[0].deploy",
-        "one of `gitops` or `command`",
+        "one of `gitops`, `kubernetes` or `command`",
         14,
     );
 
@@ -1088,4 +1128,96 @@ fn notify_targets_are_parsed_and_checked() {
         "env:",
         16,
     );
+}
+
+#[test]
+fn one_perf_scenario_is_a_map_with_defaults() {
+    let p = parse(&with_stages(
+        "  - name: test
+    perf:
+      request: { url: https://gw/pets, headers: { KeyId: env:PERF_KEY } }
+      expect: { min_tps: 750, max_p95: 200ms, max_error_rate: 0.01 }
+",
+    ))
+    .expect("valid");
+    let s = &p.stages[0];
+    assert_eq!(s.perf.len(), 1);
+    let perf = &s.perf[0];
+    assert_eq!(perf.name, "perf");
+    assert_eq!(perf.duration, Duration::from_secs(60));
+    assert_eq!(perf.warmup, Duration::from_secs(5));
+    assert_eq!(perf.concurrency, 20);
+    assert_eq!(perf.rate, None);
+    assert_eq!(perf.expect.max_p95, Some(Duration::from_millis(200)));
+    assert_eq!(s.timeout(Step::Perf), Some(Timeouts::PERF));
+    assert_eq!(p.steps(s), [Step::Package, Step::Image, Step::Perf]);
+}
+
+#[test]
+fn perf_mistakes_name_their_field() {
+    let stage = |perf: &str| with_stages(&format!("  - name: test\n    perf:\n{perf}"));
+    only_error(
+        &stage("      request: { url: https://gw/x }\n      expect: {}\n"),
+        "stages[0].perf.expect",
+    );
+    only_error(
+        &stage("      request: { url: https://gw/x }\n      concurrency: 0\n      expect: { min_tps: 1 }\n"),
+        "stages[0].perf.concurrency",
+    );
+    only_error(
+        &stage("      request: { url: https://gw/x }\n      expect: { max_error_rate: 2 }\n"),
+        "stages[0].perf.expect.max_error_rate",
+    );
+    only_error(
+        &stage("      request: { url: ftp://gw/x }\n      expect: { min_tps: 1 }\n"),
+        "stages[0].perf.request.url",
+    );
+    only_error(
+        &stage(
+            "      - { name: a, request: { url: https://gw/x }, expect: { min_tps: 1 } }\n      - { name: a, request: { url: https://gw/y }, expect: { min_tps: 1 } }\n",
+        ),
+        "stages[0].perf[1].name",
+    );
+    // A misspelled key inside the one-scenario map keeps serde's message.
+    let e = errors(&stage(
+        "      request: { url: https://gw/x }\n      expect: { min_tsp: 1 }\n",
+    ));
+    assert!(e[0].message.contains("min_tsp"), "{e:?}");
+}
+
+#[test]
+fn kubernetes_and_argocd_need_what_they_name() {
+    let e = only_error(
+        &with_stages("  - name: test\n    ready: { timeout: 1m }\n"),
+        "stages[0].ready",
+    );
+    assert!(e.message.contains("`url`, `kubernetes` or `argocd`"), "{e}");
+    only_error(
+        &with_stages(
+            "  - name: test\n    ready: { kubernetes: { namespace: Apim_Test, deployment: gw } }\n",
+        ),
+        "stages[0].ready.kubernetes.namespace",
+    );
+    only_error(
+        &with_stages(
+            "  - name: test\n    ready: { argocd: { url: https://argocd, app: gw, token: hunter2 } }\n",
+        ),
+        "stages[0].ready.argocd.token",
+    );
+    let both = only_error(
+        &with_stages(
+            "  - name: test\n    deploy: { kubernetes: { namespace: a, deployment: gw }, command: [true] }\n",
+        ),
+        "stages[0].deploy",
+    );
+    assert!(
+        both.message.contains("not kubernetes and command"),
+        "{both}"
+    );
+    // The digest set comes from the pipeline's image.
+    let no_image = format!(
+        "{}stages:\n  - name: test\n    deploy: {{ kubernetes: {{ namespace: a, deployment: gw }} }}\n",
+        HEAD.replace("image:\n  base: registry.example.com/axway/apigw-emt:7.7\n  repository: registry.example.com/apim/demo\n", "")
+    );
+    only_error(&no_image, "stages[0].deploy.kubernetes");
 }

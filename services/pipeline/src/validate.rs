@@ -11,8 +11,9 @@ use std::path::{Component, Path};
 use std::time::Duration;
 
 use super::locate::{join_index, join_key};
-use super::model::{GatewayFormat, Pipeline, SmokeCheck, Stage};
+use super::model::{GatewayFormat, Pipeline, SmokeCheck, SmokeRequest, Stage};
 use super::secret::HeaderValue;
+use super::verify::{KubernetesTarget, PerfScenario};
 
 /// A rule violation at a field path, e.g. `stages[1].after`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -191,10 +192,33 @@ fn validate_stage(
 
     if let Some(deploy) = &stage.deploy {
         let dpath = at("deploy");
-        match (&deploy.gitops, deploy.command.is_empty()) {
-            (Some(_), false) => v.add(&dpath, "give either `gitops` or `command`, not both"),
-            (None, true) => v.add(&dpath, "give one of `gitops` or `command`"),
-            _ => {}
+        let given: Vec<&str> = [
+            ("gitops", deploy.gitops.is_some()),
+            ("kubernetes", deploy.kubernetes.is_some()),
+            ("command", !deploy.command.is_empty()),
+        ]
+        .into_iter()
+        .filter_map(|(name, given)| given.then_some(name))
+        .collect();
+        match given.as_slice() {
+            [] => v.add(&dpath, "give one of `gitops`, `kubernetes` or `command`"),
+            [_] => {}
+            many => v.add(
+                &dpath,
+                format!(
+                    "give one of `gitops`, `kubernetes` or `command`, not {}",
+                    many.join(" and ")
+                ),
+            ),
+        }
+        if let Some(k) = &deploy.kubernetes {
+            validate_kubernetes(v, k, &join_key(&dpath, "kubernetes"));
+            if p.image.is_none() {
+                v.add(
+                    join_key(&dpath, "kubernetes"),
+                    "needs the pipeline's `image` section (the image whose digest is set)",
+                );
+            }
         }
         if let Some(g) = &deploy.gitops {
             let gpath = join_key(&dpath, "gitops");
@@ -237,7 +261,28 @@ fn validate_stage(
     }
 
     if let Some(ready) = &stage.ready {
-        v.check(&at("ready.url"), check_http_url(&ready.url));
+        if ready.url.is_none() && ready.kubernetes.is_none() && ready.argocd.is_none() {
+            v.add(
+                at("ready"),
+                "give at least one of `url`, `kubernetes` or `argocd`",
+            );
+        }
+        if let Some(url) = &ready.url {
+            v.check(&at("ready.url"), check_http_url(url));
+        }
+        if let Some(k) = &ready.kubernetes {
+            validate_kubernetes(v, k, &at("ready.kubernetes"));
+        }
+        if let Some(a) = &ready.argocd {
+            v.check(&at("ready.argocd.url"), check_http_url(&a.url));
+            v.check(&at("ready.argocd.app"), check_kube_name(&a.app));
+            if let Some(ns) = &a.app_namespace {
+                v.check(&at("ready.argocd.app_namespace"), check_kube_name(ns));
+            }
+            if let Some(t) = a.timeout {
+                v.check(&at("ready.argocd.timeout"), check_positive(t));
+            }
+        }
         v.check(&at("ready.timeout"), check_positive(ready.timeout));
     }
 
@@ -277,6 +322,25 @@ fn validate_stage(
         validate_smoke(v, check, &spath);
     }
 
+    let mut scenario_names: HashSet<&str> = HashSet::new();
+    for (j, scenario) in stage.perf.iter().enumerate() {
+        // A single scenario is written as a map: its fields are `perf.<f>`.
+        let ppath = match stage.perf.len() {
+            1 => at("perf"),
+            _ => join_index(&at("perf"), j),
+        };
+        if !scenario_names.insert(scenario.name.as_str()) {
+            v.add(
+                join_key(&ppath, "name"),
+                format!(
+                    "perf scenario `{}` is defined twice in this stage",
+                    scenario.name
+                ),
+            );
+        }
+        validate_perf(v, scenario, &ppath);
+    }
+
     if let Some(approval) = &stage.approval {
         let apath = at("approval");
         if approval.required < 1 {
@@ -305,22 +369,118 @@ fn validate_stage(
     }
 }
 
-fn validate_smoke(v: &mut Issues, check: &SmokeCheck, path: &str) {
+fn validate_request(v: &mut Issues, request: &SmokeRequest, path: &str) {
     let req = join_key(path, "request");
-    let method = &check.request.method;
+    let method = &request.method;
     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
         v.add(
             join_key(&req, "method"),
             "must be an HTTP method in capitals (GET, POST, ...)",
         );
     }
-    v.check(&join_key(&req, "url"), check_http_url(&check.request.url));
-    for name in check.request.headers.keys() {
+    v.check(&join_key(&req, "url"), check_http_url(&request.url));
+    for name in request.headers.keys() {
         v.check(
             &join_key(&join_key(&req, "headers"), name),
             check_header_name(name),
         );
     }
+}
+
+/// A Deployment's namespace, name and container are DNS labels or
+/// subdomains (RFC 1123); the kubeconfig must be a reference.
+fn validate_kubernetes(v: &mut Issues, k: &KubernetesTarget, path: &str) {
+    v.check(&join_key(path, "namespace"), check_kube_name(&k.namespace));
+    v.check(
+        &join_key(path, "deployment"),
+        check_kube_name(&k.deployment),
+    );
+    if let Some(c) = &k.container {
+        v.check(&join_key(path, "container"), check_kube_name(c));
+    }
+    if let Some(t) = k.timeout {
+        v.check(&join_key(path, "timeout"), check_positive(t));
+    }
+}
+
+/// The longest a perf scenario may load a gateway; a gate, not a soak test.
+const MAX_PERF_DURATION: Duration = Duration::from_secs(60 * 60);
+
+fn validate_perf(v: &mut Issues, scenario: &PerfScenario, path: &str) {
+    if scenario.name.trim().is_empty() {
+        v.add(join_key(path, "name"), "must not be empty");
+    }
+    validate_request(v, &scenario.request, path);
+    v.check(
+        &join_key(path, "duration"),
+        check_positive(scenario.duration),
+    );
+    if scenario.duration > MAX_PERF_DURATION {
+        v.add(join_key(path, "duration"), "must be at most 1h");
+    }
+    if scenario.warmup > MAX_PERF_DURATION {
+        v.add(join_key(path, "warmup"), "must be at most 1h");
+    }
+    if !(1..=10_000).contains(&scenario.concurrency) {
+        v.add(join_key(path, "concurrency"), "must be between 1 and 10000");
+    }
+    if let Some(rate) = scenario.rate {
+        if !(rate.is_finite() && rate > 0.0) {
+            v.add(
+                join_key(path, "rate"),
+                "must be a number of requests per second above 0",
+            );
+        }
+    }
+    let exp = join_key(path, "expect");
+    let e = &scenario.expect;
+    if e.is_empty() {
+        v.add(
+            &exp,
+            "give at least one of `min_tps`, `max_p95`, `max_p99` or `max_error_rate`",
+        );
+    }
+    if let Some(tps) = e.min_tps {
+        if !(tps.is_finite() && tps > 0.0) {
+            v.add(join_key(&exp, "min_tps"), "must be a number above 0");
+        }
+    }
+    for (key, d) in [("max_p95", e.max_p95), ("max_p99", e.max_p99)] {
+        if let Some(d) = d {
+            v.check(&join_key(&exp, key), check_positive(d));
+        }
+    }
+    if let Some(rate) = e.max_error_rate {
+        if !(0.0..=1.0).contains(&rate) {
+            v.add(
+                join_key(&exp, "max_error_rate"),
+                "must be a share between 0 and 1 (0.01 is 1%)",
+            );
+        }
+    }
+}
+
+/// A Kubernetes object name: an RFC 1123 subdomain (`[a-z0-9.-]`, at most
+/// 253 characters, starting and ending alphanumeric).
+fn check_kube_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{name}` is not a Kubernetes name (lower-case letters, digits, `-` and `.`)"
+        ))
+    }
+}
+
+fn validate_smoke(v: &mut Issues, check: &SmokeCheck, path: &str) {
+    validate_request(v, &check.request, path);
 
     let exp = join_key(path, "expect");
     if let Some(status) = check.expect.status {
@@ -378,6 +538,29 @@ pub fn warnings(p: &Pipeline) -> Vec<Issue> {
                 join_key(&join_key(&path, "approval"), "allow_self"),
                 "authors may approve their own change: no separation of duties for this stage",
             );
+        }
+        if stage
+            .ready
+            .as_ref()
+            .and_then(|r| r.argocd.as_ref())
+            .is_some_and(|a| a.insecure)
+        {
+            v.add(
+                join_key(&join_key(&join_key(&path, "ready"), "argocd"), "insecure"),
+                "Argo CD's certificate is not verified, so its token can be taken by anyone in the path",
+            );
+        }
+        for (j, scenario) in stage.perf.iter().enumerate() {
+            if scenario.insecure {
+                let ppath = match stage.perf.len() {
+                    1 => join_key(&path, "perf"),
+                    _ => join_index(&join_key(&path, "perf"), j),
+                };
+                v.add(
+                    join_key(&ppath, "insecure"),
+                    "the gateway's certificate is not verified; the scenario's headers go to whoever answers",
+                );
+            }
         }
         for (j, check) in stage.smoke.iter().enumerate() {
             if check.follow_redirects {

@@ -577,13 +577,18 @@ async fn apply_to_stage(
             record_decision(update, event, "rejected", Some(d.reason)).await?
         }
         EventName::StageStarted => update.clear_waiting().run().await?,
-        EventName::DeployCompleted | EventName::ApisPromoted | EventName::SmokePassed => {
-            update.run().await?
-        }
-        EventName::DeployFailed | EventName::ApisFailed | EventName::SmokeFailed => {
+        EventName::DeployCompleted
+        | EventName::ApisPromoted
+        | EventName::SmokePassed
+        | EventName::PerfPassed => update.run().await?,
+        EventName::DeployFailed
+        | EventName::ApisFailed
+        | EventName::SmokeFailed
+        | EventName::PerfFailed => {
             let reason = match name {
                 EventName::DeployFailed => data!(ev::DeployFailed).reason,
                 EventName::ApisFailed => data!(ev::ApisFailed).reason,
+                EventName::PerfFailed => data!(ev::PerfFailed).reason,
                 _ => "smoke checks failed".to_owned(),
             };
             update.set("reason", reason).run().await?;

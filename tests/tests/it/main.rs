@@ -11,6 +11,7 @@ mod conductor;
 mod connections;
 mod git_checkout;
 mod harness;
+mod kubernetes_double;
 mod notifier;
 mod package_store;
 mod relay;

@@ -4,6 +4,7 @@ mod common;
 
 mod command;
 mod gitops;
+mod kubernetes;
 mod ready;
 mod service;
 mod stage_env;

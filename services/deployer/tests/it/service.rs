@@ -88,6 +88,7 @@ stages:
             request_timeout: Duration::from_secs(2),
         },
         max_output: None,
+        ..DeployerOptions::default()
     };
     let ctx = WorkerContext::local(Pipelines::new(set), data.path())
         .await
