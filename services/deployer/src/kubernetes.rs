@@ -667,7 +667,7 @@ mod tests {
         .unwrap();
         let e = hopeless_pod(
             "ns/gw",
-            &[pod.clone()],
+            std::slice::from_ref(&pod),
             "apitraffic",
             Some("sha256:bbbb"),
             None,

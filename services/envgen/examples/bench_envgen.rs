@@ -109,7 +109,7 @@ fn generate(root: &Path, target: usize) -> std::io::Result<usize> {
     let mut p = 0usize;
     while count < target {
         let g = p / per_group;
-        if p % per_group == 0 {
+        if p.is_multiple_of(per_group) {
             write(
                 root,
                 &format!("Policies/Group {g}/_parent.yaml"),
