@@ -276,11 +276,18 @@ pub async fn run_load(spec: &LoadSpec) -> Result<LoadReport, LoadError> {
         .map_or(1, |n| n.get())
         .min(spec.concurrency);
     let start = Instant::now();
-    let measure_from = start + spec.warmup;
+    let (Some(measure_from), Some(end)) = (
+        start.checked_add(spec.warmup),
+        start.checked_add(spec.warmup.saturating_add(spec.duration)),
+    ) else {
+        return Err(LoadError::Invalid(
+            "warmup and duration are too long".into(),
+        ));
+    };
     let plan = Arc::new(Plan {
         start,
         measure_from,
-        end: measure_from + spec.duration,
+        end,
         rate: spec.rate,
         slots: AtomicU64::new(0),
     });
@@ -332,6 +339,17 @@ fn validate(spec: &LoadSpec) -> Result<(), LoadError> {
     if spec.request_timeout.is_zero() {
         return invalid("request_timeout must be longer than zero");
     }
+    // Every instant of the run (its end, a request's deadline) must exist.
+    let horizon = spec
+        .warmup
+        .checked_add(spec.duration)
+        .and_then(|d| d.checked_add(spec.request_timeout.checked_mul(2)?));
+    if horizon
+        .and_then(|h| Instant::now().checked_add(h))
+        .is_none()
+    {
+        return invalid("warmup, duration and request_timeout are too long");
+    }
     if let Some(rate) = spec.rate {
         if !(rate.is_finite() && rate > 0.0) {
             return Err(LoadError::Invalid(format!(
@@ -377,15 +395,9 @@ impl Target {
         else {
             return Err(bad("no host"));
         };
-        let (addrs, server_name) = match host {
-            Host::Ipv4(ip) => (
-                vec![SocketAddr::from((ip, port))],
-                ServerName::from(IpAddr::V4(ip)),
-            ),
-            Host::Ipv6(ip) => (
-                vec![SocketAddr::from((ip, port))],
-                ServerName::from(IpAddr::V6(ip)),
-            ),
+        let addrs = match host {
+            Host::Ipv4(ip) => vec![SocketAddr::from((ip, port))],
+            Host::Ipv6(ip) => vec![SocketAddr::from((ip, port))],
             Host::Domain(name) => {
                 let resolve = |reason: String| LoadError::Resolve {
                     host: name.to_owned(),
@@ -402,12 +414,16 @@ impl Target {
                 if addrs.is_empty() {
                     return Err(resolve("no address".into()));
                 }
-                let server_name = ServerName::try_from(name.to_owned())
-                    .map_err(|e| bad(&format!("not a TLS server name: {e}")))?;
-                (addrs, server_name)
+                addrs
             }
         };
         let tls = if https {
+            let server_name = match host {
+                Host::Ipv4(ip) => ServerName::from(IpAddr::V4(ip)),
+                Host::Ipv6(ip) => ServerName::from(IpAddr::V6(ip)),
+                Host::Domain(name) => ServerName::try_from(name.to_owned())
+                    .map_err(|e| bad(&format!("not a TLS server name: {e}")))?,
+            };
             Some((tls_connector(spec.insecure)?, server_name))
         } else {
             None

@@ -317,6 +317,12 @@ async fn unusable_targets_are_clear_errors() {
         err.to_string(),
         "invalid load: concurrency must be at least 1"
     );
+    let mut forever = spec("http://127.0.0.1/");
+    forever.duration = Duration::MAX;
+    assert!(matches!(
+        run_load(&forever).await.unwrap_err(),
+        LoadError::Invalid(_)
+    ));
     let mut nan = spec("http://127.0.0.1/");
     nan.rate = Some(f64::NAN);
     assert!(matches!(

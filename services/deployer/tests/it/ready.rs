@@ -78,9 +78,7 @@ async fn connection_refused_is_reported() {
 #[tokio::test]
 async fn a_bad_url_fails_at_once() {
     let ready = ("not a url", Duration::from_secs(30));
-    let err = wait_ready(ready.0, ready.1, &fast())
-        .await
-        .unwrap_err();
+    let err = wait_ready(ready.0, ready.1, &fast()).await.unwrap_err();
     assert!(matches!(err, ReadyError::BadUrl { .. }), "{err}");
 }
 
