@@ -14,11 +14,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use gantry_pipeline::mask::Masker;
 use gantry_pipeline::{PerfScenario, Stage, StageEnv, Timeouts};
-use gantry_proto::events::{self as ev, PerfFailed, PerfFigures, PerfPassed, StageStarted};
+use gantry_proto::events::{self as ev, PerfFailed, PerfFigures, PerfPassed};
 use gantry_proto::{CloudEvent, EventName, Step};
 use gantry_runtime::worker::{deadline, gave_up, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
-use gantry_store::store::latest_for_stage;
 use gantry_store::NewEvents;
 
 use crate::load::{run_load, LoadReport, LoadRequest, LoadSpec, Thresholds};
@@ -38,12 +37,6 @@ impl Perf {
     pub fn new(ctx: &WorkerContext) -> Self {
         Self { ctx: ctx.clone() }
     }
-
-    /// Whether the stage's current promotion in `run` is a rollback.
-    async fn is_rollback(&self, run: &str, stage: &str) -> Result<bool, HandlerError> {
-        let events = self.ctx.store.read_run(run).await?;
-        Ok(latest_for_stage::<StageStarted>(&events, stage).is_some_and(|s| s.rollback))
-    }
 }
 
 /// What a stage's perf gate came to.
@@ -59,24 +52,31 @@ pub async fn run_gate(stage: &Stage, masker: &Masker) -> PerfOutcome {
     let mut all: Vec<PerfFigures> = Vec::with_capacity(stage.perf.len());
     let several = stage.perf.len() > 1;
     let with_all = |all: &Vec<PerfFigures>| if several { all.clone() } else { Vec::new() };
+    // With several scenarios a reason names the one that missed.
+    let named = |name: &str, reason: &str| match several {
+        true => format!("{name}: {reason}"),
+        false => reason.to_owned(),
+    };
     for scenario in &stage.perf {
         let expect = expect_of(scenario);
+        // No load could be driven: no figures but the thresholds, and why.
+        let not_driven = |all: &mut Vec<PerfFigures>, why: String| {
+            let figures = PerfFigures {
+                scenario: scenario.name.clone(),
+                expect: expect.clone(),
+                ..PerfFigures::default()
+            };
+            all.push(figures.clone());
+            PerfOutcome::Failed(PerfFailed {
+                stage: stage.name.clone(),
+                figures,
+                reason: masker.mask(&named(&scenario.name, &why)),
+                scenarios: with_all(all),
+            })
+        };
         let spec = match spec_of(scenario) {
             Ok(spec) => spec,
-            Err(reason) => {
-                let figures = PerfFigures {
-                    scenario: scenario.name.clone(),
-                    expect,
-                    ..PerfFigures::default()
-                };
-                all.push(figures.clone());
-                return PerfOutcome::Failed(PerfFailed {
-                    stage: stage.name.clone(),
-                    figures,
-                    reason: masker.mask(&format!("{}: {reason}", scenario.name)),
-                    scenarios: with_all(&all),
-                });
-            }
+            Err(reason) => return not_driven(&mut all, reason),
         };
         tracing::info!(
             stage = %stage.name,
@@ -88,21 +88,7 @@ pub async fn run_gate(stage: &Stage, masker: &Masker) -> PerfOutcome {
         );
         let report = match run_load(&spec).await {
             Ok(report) => report,
-            Err(e) => {
-                let figures = PerfFigures {
-                    scenario: scenario.name.clone(),
-                    expect,
-                    ..PerfFigures::default()
-                };
-                all.push(figures.clone());
-                return PerfOutcome::Failed(PerfFailed {
-                    stage: stage.name.clone(),
-                    figures,
-                    reason: masker
-                        .mask(&format!("{}: no load could be driven: {e}", scenario.name)),
-                    scenarios: with_all(&all),
-                });
-            }
+            Err(e) => return not_driven(&mut all, format!("no load could be driven: {e}")),
         };
         let failures = thresholds_of(scenario).failed(&report);
         let mut figures = figures_of(scenario, &report, expect);
@@ -126,14 +112,10 @@ pub async fn run_gate(stage: &Stage, masker: &Masker) -> PerfOutcome {
             if let Some(first) = &report.first_error {
                 reason.push_str(&format!(" (first error: {first})"));
             }
-            let reason = match several {
-                true => format!("{}: {reason}", scenario.name),
-                false => reason,
-            };
             return PerfOutcome::Failed(PerfFailed {
                 stage: stage.name.clone(),
                 figures,
-                reason: masker.mask(&reason),
+                reason: masker.mask(&named(&scenario.name, &reason)),
                 scenarios: with_all(&all),
             });
         }
@@ -262,7 +244,7 @@ impl Handler for Perf {
             return Ok(vec![]);
         };
         if !Step::Perf.begins_at(name, &pipeline.steps(&stage))
-            || self.is_rollback(run, stage_name).await?
+            || self.ctx.is_rollback(run, stage_name).await?
         {
             return Ok(vec![]);
         }
@@ -304,7 +286,7 @@ impl Handler for Perf {
         let (Some(stage), Ok(reply)) = (event.stage(), Reply::to(SERVICE, event)) else {
             return Ok(vec![]);
         };
-        if self.is_rollback(reply.run(), stage).await? {
+        if self.ctx.is_rollback(reply.run(), stage).await? {
             return Ok(vec![]);
         }
         let reason = gave_up(error);
@@ -329,4 +311,82 @@ fn not_run(stage: &str, reason: String) -> PerfFailed {
 /// The worker, for registering with a runtime.
 pub fn handler(ctx: &WorkerContext) -> Arc<dyn Handler> {
     Arc::new(Perf::new(ctx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server answering every request at once.
+    async fn fast_server() -> std::net::SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app = axum::Router::new().route("/", axum::routing::get(|| async { "ok" }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        addr
+    }
+
+    fn stage(perf: &str) -> Stage {
+        let yaml = format!(
+            "name: p\nsource: {{ repo: /srv/git/p.git }}\ngateway: {{ format: yaml, path: g/ }}\n\
+             stages:\n  - name: test\n    perf:\n{perf}"
+        );
+        let pipeline =
+            gantry_pipeline::parse_str("p.yaml", &yaml).unwrap_or_else(|e| panic!("{e}"));
+        pipeline.stages[0].clone()
+    }
+
+    fn scenario(name: &str, url: &str, min_tps: f64) -> String {
+        format!(
+            "      - {{ name: {name}, request: {{ url: \"{url}\" }}, duration: 300ms, warmup: 0s, concurrency: 2, expect: {{ min_tps: {min_tps} }} }}\n"
+        )
+    }
+
+    #[tokio::test]
+    async fn scenarios_run_in_turn_and_stop_at_the_first_that_misses() {
+        let fast = fast_server().await;
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let masker = Masker::new::<&str>(&[]);
+        let s = stage(&format!(
+            "{}{}{}",
+            scenario("a", &format!("http://{fast}/"), 1.0),
+            scenario("b", &format!("http://{closed}/"), 1.0),
+            scenario("c", &format!("http://{fast}/"), 1.0),
+        ));
+        let PerfOutcome::Failed(f) = run_gate(&s, &masker).await else {
+            panic!("a closed port passed");
+        };
+        assert_eq!(f.figures.scenario, "b");
+        assert!(
+            f.reason.starts_with("b: no load could be driven: "),
+            "{}",
+            f.reason
+        );
+        let run: Vec<&str> = f.scenarios.iter().map(|s| s.scenario.as_str()).collect();
+        assert_eq!(run, ["a", "b"], "c is not loaded after b missed");
+        assert!(f.scenarios[0].failed.is_empty() && f.scenarios[0].requests > 0);
+
+        // A threshold no server meets is named, with the figure.
+        let s = stage(&scenario("a", &format!("http://{fast}/"), 1e9));
+        let PerfOutcome::Failed(f) = run_gate(&s, &masker).await else {
+            panic!("a billion tps passed");
+        };
+        assert_eq!(f.figures.failed, ["min_tps"]);
+        assert!(f.reason.starts_with("min_tps: "), "{}", f.reason);
+        assert_eq!(f.figures.expect.min_tps, Some(1e9));
+
+        let s = stage(&format!(
+            "{}{}",
+            scenario("a", &format!("http://{fast}/"), 1.0),
+            scenario("b", &format!("http://{fast}/"), 1.0),
+        ));
+        let PerfOutcome::Passed(p) = run_gate(&s, &masker).await else {
+            panic!("a fast server failed");
+        };
+        assert_eq!(p.figures.scenario, "b");
+        assert_eq!(p.scenarios.len(), 2);
+    }
 }

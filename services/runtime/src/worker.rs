@@ -19,7 +19,7 @@
 use std::path::{Path, PathBuf};
 
 use gantry_pipeline::Pipeline;
-use gantry_proto::events::RunStarted;
+use gantry_proto::events::{RunStarted, StageStarted};
 use gantry_proto::{CloudEvent, EventName, EventPayload, Step};
 use gantry_store::consumer::HandlerError;
 use gantry_store::packages::PackageStore;
@@ -147,6 +147,17 @@ impl WorkerContext {
             }
         }
         Ok(reply.events(events))
+    }
+
+    /// Whether the current promotion of `stage` in `run` is a rollback (its
+    /// latest `stage.started` says so): the verification steps (smoke,
+    /// perf) skip it, as the conductor waits for neither.
+    pub async fn is_rollback(&self, run: &str, stage: &str) -> Result<bool, HandlerError> {
+        let events = self.store.read_run(run).await?;
+        Ok(
+            gantry_store::store::latest_for_stage::<StageStarted>(&events, stage)
+                .is_some_and(|s| s.rollback),
+        )
     }
 
     /// The stage plans of the run `cause` belongs to (the cue itself when

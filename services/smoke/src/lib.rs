@@ -19,11 +19,10 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gantry_pipeline::mask::Masker;
 use gantry_pipeline::{StageEnv, Timeouts};
-use gantry_proto::events::{CheckResult, SmokeFailed, SmokePassed, StageStarted};
+use gantry_proto::events::{CheckResult, SmokeFailed, SmokePassed};
 use gantry_proto::{CloudEvent, EventName, Step};
 use gantry_runtime::worker::{deadline, gave_up, Found, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
-use gantry_store::store::latest_for_stage;
 use gantry_store::NewEvents;
 
 pub use check::{run_check, RetryPolicy, SmokeClient, CONNECT_TIMEOUT, MAX_BODY, MAX_REDIRECTS};
@@ -52,12 +51,6 @@ impl Smoke {
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
         self
-    }
-
-    /// Whether the stage's current promotion in `run` is a rollback.
-    async fn is_rollback(&self, run: &str, stage: &str) -> Result<bool, HandlerError> {
-        let events = self.ctx.store.read_run(run).await?;
-        Ok(latest_for_stage::<StageStarted>(&events, stage).is_some_and(|s| s.rollback))
     }
 }
 
@@ -96,7 +89,7 @@ impl Handler for Smoke {
             return Ok(vec![]);
         };
         if !Step::Smoke.begins_at(name, &pipeline.steps(&stage))
-            || self.is_rollback(run, stage_name).await?
+            || self.ctx.is_rollback(run, stage_name).await?
         {
             return Ok(vec![]);
         }
@@ -151,7 +144,7 @@ impl Handler for Smoke {
             return Ok(vec![]);
         };
         // A rollback is not smoke-tested: nothing waits for this step.
-        if self.is_rollback(reply.run(), stage).await? {
+        if self.ctx.is_rollback(reply.run(), stage).await? {
             return Ok(vec![]);
         }
         let reason = gave_up(error);
