@@ -543,18 +543,27 @@ pub async fn wait_rollout(
         let params = WatchParams::default()
             .fields(&format!("metadata.name={}", target.deployment))
             .timeout(wait.as_secs().clamp(1, 290) as u32);
-        let _ = tokio::time::timeout(wait, async {
-            if let Ok(stream) = api.watch(&params, &version).await {
-                let mut stream = stream.boxed();
-                while let Some(event) = stream.next().await {
-                    match event {
-                        Ok(WatchEvent::Bookmark(_)) => continue,
-                        _ => break,
-                    }
+        let until = tokio::time::Instant::now() + wait;
+        let changed = tokio::time::timeout_at(until, async {
+            let Ok(stream) = api.watch(&params, &version).await else {
+                return false;
+            };
+            let mut stream = stream.boxed();
+            while let Some(event) = stream.next().await {
+                match event {
+                    Ok(WatchEvent::Bookmark(_)) => continue,
+                    Ok(WatchEvent::Error(_)) | Err(_) => return false,
+                    Ok(_) => return true,
                 }
             }
+            false
         })
         .await;
+        // A watch refused (no `watch` permission), expired (410) or ended
+        // early must not turn this into a busy loop: wait out the poll.
+        if !matches!(changed, Ok(true)) {
+            tokio::time::sleep_until(until).await;
+        }
     }
 }
 
