@@ -486,6 +486,47 @@ mod tests {
     }
 
     #[test]
+    fn a_perf_gate_is_a_test_suite_run_of_its_own() {
+        let failed = CloudEvent::new(
+            "perf",
+            "banking",
+            Some("r1"),
+            &ev::PerfFailed {
+                stage: "perf".into(),
+                figures: ev::PerfFigures {
+                    scenario: "api-key".into(),
+                    failed: vec!["min_tps".into()],
+                    ..ev::PerfFigures::default()
+                },
+                reason: "min_tps: 412.3 tps < 750".into(),
+                scenarios: Vec::new(),
+            },
+        );
+        let mapped = from_event(&failed, &cx());
+        assert_eq!(mapped.len(), 1);
+        assert_eq!(mapped[0].ty, TESTSUITERUN_FINISHED);
+        let subject = &mapped[0].json["subject"];
+        assert_eq!(subject["id"], "r1/perf/perf");
+        assert_eq!(subject["content"]["outcome"], "failure");
+        assert_eq!(subject["content"]["reason"], "min_tps: 412.3 tps < 750");
+        assert_eq!(subject["content"]["testSuite"]["id"], "banking/perf/perf");
+        assert_eq!(subject["content"]["environment"]["id"], "perf");
+        let passed = CloudEvent::new(
+            "perf",
+            "banking",
+            Some("r1"),
+            &ev::PerfPassed {
+                stage: "perf".into(),
+                figures: ev::PerfFigures::default(),
+                scenarios: Vec::new(),
+            },
+        );
+        let mapped = from_event(&passed, &cx());
+        assert_eq!(mapped[0].json["subject"]["content"]["outcome"], "success");
+        assert!(mapped[0].json["subject"]["content"].get("reason").is_none());
+    }
+
+    #[test]
     fn ids_are_stable_per_event_and_type() {
         let event = promoted(None);
         let a = from_event(&event, &cx());

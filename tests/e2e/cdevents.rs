@@ -19,13 +19,13 @@ const VALUES: &str = "apitraffic:\n  image: registry.example.com/apim/gw:old  # 
 const SPEC: &str = "0.5.1";
 
 /// The spec's schemas, compiled once, by CDEvent type.
-struct CdeventSchemas {
+pub(crate) struct CdeventSchemas {
     schemas: boon::Schemas,
     by_type: BTreeMap<String, boon::SchemaIndex>,
 }
 
 impl CdeventSchemas {
-    fn load() -> Self {
+    pub(crate) fn load() -> Self {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join("../../tests/cdevents")
             .join(SPEC);
@@ -65,7 +65,7 @@ impl CdeventSchemas {
     }
 
     /// Validates `event` against the schema of its own `context.type`.
-    fn validate(&self, event: &Value) {
+    pub(crate) fn validate(&self, event: &Value) {
         let ty = event["context"]["type"].as_str().expect("context.type");
         let index = self
             .by_type
