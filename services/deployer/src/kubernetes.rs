@@ -102,8 +102,9 @@ pub struct RolloutDone {
 }
 
 /// A client for the target's cluster: its kubeconfig when given (a
-/// `file:` or `env:` reference to the kubeconfig's text), else in-cluster
-/// configuration, else `$KUBECONFIG` / `~/.kube/config`.
+/// `file:` or `env:` reference to the kubeconfig's text), else in a pod
+/// (`KUBERNETES_SERVICE_HOST` set) its service account, else
+/// `$KUBECONFIG` / `~/.kube/config`.
 pub async fn client(target: &KubernetesTarget) -> Result<Client, KubeError> {
     let config = match &target.kubeconfig {
         Some(reference) => {
@@ -116,9 +117,13 @@ pub async fn client(target: &KubernetesTarget) -> Result<Client, KubeError> {
                 .await
                 .map_err(|e| KubeError::Config(format!("{}: {e}", shown(reference))))?
         }
+        // In a pod, its service account: a stray `$KUBECONFIG` in the
+        // image must not win over what the chart's RBAC grants.
+        None if std::env::var_os("KUBERNETES_SERVICE_HOST").is_some() => Config::incluster()
+            .map_err(|e| KubeError::Config(format!("in-cluster configuration: {e}")))?,
         None => Config::infer().await.map_err(|e| {
             KubeError::Config(format!(
-                "no `kubeconfig` given and none found in the pod or the environment: {e}"
+                "no `kubeconfig` given, not in a pod, and none in `$KUBECONFIG` or ~/.kube/config: {e}"
             ))
         })?,
     };
@@ -690,6 +695,33 @@ mod tests {
         );
         // An old release's crash loop is not this release's failure.
         assert!(hopeless_pod("ns/gw", &[pod], "apitraffic", Some("sha256:cccc"), None).is_ok());
+    }
+
+    #[tokio::test]
+    async fn in_a_pod_without_a_kubeconfig_the_service_account_is_used() {
+        // No other test of this binary reads these variables.
+        std::env::set_var("KUBERNETES_SERVICE_HOST", "10.96.0.1");
+        std::env::set_var("KUBERNETES_SERVICE_PORT", "443");
+        let target = KubernetesTarget {
+            namespace: "ns".into(),
+            deployment: "gw".into(),
+            container: None,
+            kubeconfig: None,
+            timeout: None,
+        };
+        let outcome = client(&target).await;
+        std::env::remove_var("KUBERNETES_SERVICE_HOST");
+        std::env::remove_var("KUBERNETES_SERVICE_PORT");
+        // This machine is no pod: the service account's token is missing,
+        // and the error says which configuration was tried.
+        let Err(e) = outcome else {
+            panic!("a service account token was found outside a pod");
+        };
+        assert!(
+            e.to_string()
+                .starts_with("kubeconfig: in-cluster configuration:"),
+            "{e}"
+        );
     }
 
     #[test]

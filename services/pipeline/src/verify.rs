@@ -25,8 +25,8 @@ pub struct KubernetesTarget {
     #[serde(default)]
     pub container: Option<String>,
     /// A kubeconfig (`file:/path`, or `env:NAME` holding its text); omitted:
-    /// the pod's service account (in-cluster), else `$KUBECONFIG` or
-    /// `~/.kube/config`.
+    /// in a pod its service account (in-cluster), elsewhere `$KUBECONFIG`
+    /// or `~/.kube/config`.
     #[serde(default)]
     pub kubeconfig: Option<SecretRef>,
     /// `ready.kubernetes` and `deploy.kubernetes` both accept it; the stage's
