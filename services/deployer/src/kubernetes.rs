@@ -68,6 +68,8 @@ pub enum KubeError {
     Api { what: String, message: String },
     #[error("{0}")]
     Container(String),
+    #[error("the deploy's deadline passed before the image was set")]
+    TooLate,
     #[error("deployment `{deployment}` exceeded its progress deadline: {message}{pods}")]
     ProgressDeadline {
         deployment: String,

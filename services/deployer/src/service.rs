@@ -198,6 +198,11 @@ impl Deployer {
                 };
                 let rollout = async {
                     let client = kubernetes::client(target).await?;
+                    // As a gitops deploy never pushes after its deadline,
+                    // nothing is applied once the failure may be recorded.
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Err(kubernetes::KubeError::TooLate);
+                    }
                     kubernetes::set_image(&client, target, &image).await?;
                     // The deploy is done when the rollout is: same wait as `ready.kubernetes`.
                     let left = timeout.saturating_sub(begun.elapsed());

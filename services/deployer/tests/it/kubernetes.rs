@@ -207,3 +207,60 @@ async fn a_missing_deployment_or_a_bad_kubeconfig_fails_clearly() {
     };
     assert!(err.to_string().starts_with("kubeconfig: file:"), "{err}");
 }
+
+#[tokio::test]
+async fn nothing_is_applied_once_the_deploys_deadline_has_passed() {
+    use gantry_deployer::{DeployOutcome, Deployer};
+    use gantry_pipeline::{parse_str, PipelineSet};
+    use gantry_proto::events::StageStarted;
+    use gantry_runtime::runtime::Pipelines;
+    use gantry_runtime::WorkerContext;
+
+    let (kube, dir, kubeconfig) = cluster(Rollout::Immediate).await;
+    let yaml = format!(
+        "name: banking\nsource: {{ repo: /srv/git/b.git }}\ngateway: {{ format: yaml, path: g/ }}\n\
+         image: {{ base: registry.example.com/axway/apigw-emt:7.7, repository: registry.example.com/apim/gw }}\n\
+         stages:\n  - name: test\n    deploy:\n      kubernetes: {{ namespace: {NS}, deployment: {NAME}, container: apitraffic, kubeconfig: file:{} }}\n",
+        kubeconfig.display()
+    );
+    let mut set = PipelineSet::new();
+    set.insert(
+        parse_str("banking.yaml", &yaml).unwrap_or_else(|e| panic!("{e}")),
+        None,
+    );
+    let ctx = WorkerContext::local(Pipelines::new(set.clone()), dir.path())
+        .await
+        .unwrap();
+    let deployer = Deployer::new(&ctx);
+    let pipeline = set.get("banking").unwrap().clone();
+    let started = StageStarted {
+        stage: "test".into(),
+        commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        image: None,
+        digest: Some(DIGEST.into()),
+        rollback: false,
+    };
+    let past = Instant::now() - Duration::from_millis(1);
+    let outcome = deployer
+        .deploy_by(&pipeline, "run-1", &started, Some(past))
+        .await;
+    let Some(DeployOutcome::Failed(failed)) = outcome else {
+        panic!("deployed after the deadline: {outcome:?}");
+    };
+    assert_eq!(
+        failed.reason,
+        "the deploy's deadline passed before the image was set"
+    );
+    assert!(kube.patches().is_empty(), "{:?}", kube.patches());
+
+    // Before its deadline the same deploy sets the digest.
+    let later = Instant::now() + Duration::from_secs(60);
+    let outcome = deployer
+        .deploy_by(&pipeline, "run-1", &started, Some(later))
+        .await;
+    assert!(
+        matches!(outcome, Some(DeployOutcome::Completed(_))),
+        "{outcome:?}"
+    );
+    assert_eq!(kube.patches().len(), 1);
+}
