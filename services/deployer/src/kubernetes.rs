@@ -65,7 +65,12 @@ pub enum KubeError {
     #[error("kubeconfig: {0}")]
     Config(String),
     #[error("{what}: {message}")]
-    Api { what: String, message: String },
+    Api {
+        what: String,
+        message: String,
+        /// The API server's HTTP status, when it answered.
+        code: Option<u16>,
+    },
     #[error("{0}")]
     Container(String),
     #[error("the deploy's deadline passed before the image was set")]
@@ -141,13 +146,17 @@ fn shown(reference: &SecretRef) -> String {
 }
 
 fn api_error(what: impl Into<String>, e: kube::Error) -> KubeError {
-    let message = match &e {
-        kube::Error::Api(status) => format!("{} ({})", status.message, status.reason),
-        other => other.to_string(),
+    let (message, code) = match &e {
+        kube::Error::Api(status) => (
+            format!("{} ({})", status.message, status.reason),
+            Some(status.code),
+        ),
+        other => (other.to_string(), None),
     };
     KubeError::Api {
         what: what.into(),
         message,
+        code,
     }
 }
 
@@ -499,7 +508,11 @@ pub async fn wait_rollout(
             // The API server may be briefly unavailable mid-rollout (a
             // control-plane upgrade): say so and try again until the
             // deadline; a missing Deployment or refused credentials fail.
-            Ok(Err(KubeError::Api { what, message })) if transient(&message) => {
+            Ok(Err(KubeError::Api {
+                what,
+                message,
+                code,
+            })) if transient(code) => {
                 last = format!("{what}: {message}");
                 tokio::time::sleep(options.poll.min(left)).await;
                 continue;
@@ -575,11 +588,10 @@ pub async fn wait_rollout(
 }
 
 /// Errors worth another look before the deadline: the API server
-/// unreachable or overloaded, not a refusal or a missing object.
-fn transient(message: &str) -> bool {
-    !(message.contains("(NotFound)")
-        || message.contains("(Unauthorized)")
-        || message.contains("(Forbidden)"))
+/// unreachable or overloaded, not a refusal (401, 403) or a missing
+/// object (404).
+fn transient(code: Option<u16>) -> bool {
+    !matches!(code, Some(401 | 403 | 404))
 }
 
 #[cfg(test)]
