@@ -32,7 +32,7 @@ use gantry_pipeline::{Pipeline, SecretRef, StageEnv, Timeouts};
 use gantry_proto::events::{ApiChange, ApisFailed, ApisPromoted, StageStarted};
 use gantry_proto::{CloudEvent, EventName, Step};
 use gantry_runtime::git::SourceCache;
-use gantry_runtime::worker::{deadline, decode, gave_up, Found, Reply, WorkerContext};
+use gantry_runtime::worker::{deadline, decode, gave_up, Due, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::store::latest_for_stage;
 use gantry_store::NewEvents;
@@ -437,34 +437,26 @@ impl Handler for Apim {
     }
 
     async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
-        let (Some(name), Some(stage_name), Some(run)) =
-            (event.name(), event.stage(), event.runid.as_deref())
-        else {
+        let (Some(name), Some(run)) = (event.name(), event.runid.as_deref()) else {
             return Ok(vec![]);
         };
         let reply = Reply::new(SERVICE, event, run);
-        let pipeline = match self
+        // After the step before this one: the deploy when the stage has
+        // one, else when it starts.
+        let (pipeline, stage) = match self
             .ctx
-            .pipeline_for(&reply, Step::ApiManager, &[stage_name], |stage, reason| {
-                ApisFailed {
-                    stage: stage.to_owned(),
-                    reason,
-                    breaking_fields: vec![],
-                }
+            .step_due(&reply, Step::ApiManager, |stage, reason| ApisFailed {
+                stage: stage.to_owned(),
+                reason,
+                breaking_fields: vec![],
             })
             .await?
         {
-            Found::Pipeline(p) => *p,
-            Found::Gone(results) => return Ok(results),
+            Due::Step { pipeline, stage } => (pipeline, stage),
+            Due::Gone(results) => return Ok(results),
+            Due::Not => return Ok(vec![]),
         };
-        let Some(stage) = pipeline.stage(stage_name) else {
-            return Ok(vec![]);
-        };
-        // After the step before this one: the deploy when the stage has
-        // one, else when it starts.
-        if !Step::ApiManager.begins_at(name, &pipeline.steps(stage)) {
-            return Ok(vec![]);
-        }
+        let stage_name = stage.name.as_str();
         let commit = match name {
             EventName::StageStarted => decode::<StageStarted>(event)?.commit,
             _ => match self.started_commit(run, stage_name).await? {

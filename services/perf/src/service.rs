@@ -16,7 +16,7 @@ use gantry_pipeline::mask::Masker;
 use gantry_pipeline::{PerfScenario, Stage, StageEnv, Timeouts};
 use gantry_proto::events::{self as ev, PerfFailed, PerfFigures, PerfPassed};
 use gantry_proto::{CloudEvent, EventName, Step};
-use gantry_runtime::worker::{deadline, gave_up, Found, Reply, WorkerContext};
+use gantry_runtime::worker::{deadline, gave_up, Due, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::NewEvents;
 
@@ -224,30 +224,16 @@ impl Handler for Perf {
     }
 
     async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
-        let (Some(name), Some(stage_name), Some(run)) =
-            (event.name(), event.stage(), event.runid.as_deref())
-        else {
+        let Some(run) = event.runid.as_deref() else {
             return Ok(vec![]);
         };
         let reply = Reply::new(SERVICE, event, run);
-        let pipeline = match self
-            .ctx
-            .pipeline_for(&reply, Step::Perf, &[stage_name], |stage, reason| {
-                not_run(stage, reason)
-            })
-            .await?
-        {
-            Found::Pipeline(p) => *p,
-            Found::Gone(results) => return Ok(results),
+        let (pipeline, stage) = match self.ctx.step_due(&reply, Step::Perf, not_run).await? {
+            Due::Step { pipeline, stage } => (pipeline, stage),
+            Due::Gone(results) => return Ok(results),
+            Due::Not => return Ok(vec![]),
         };
-        let Some(stage) = pipeline.stage(stage_name).cloned() else {
-            return Ok(vec![]);
-        };
-        if !Step::Perf.begins_at(name, &pipeline.steps(&stage))
-            || self.ctx.is_rollback(run, stage_name).await?
-        {
-            return Ok(vec![]);
-        }
+        let stage_name = stage.name.as_str();
         let masker = Masker::for_stage(&pipeline, StageEnv::resolve(&stage).ok().as_ref());
         // Stopped at the step's deadline; the conductor records
         // `perf.failed` (`timed out after ..`).
@@ -291,9 +277,7 @@ impl Handler for Perf {
         }
         let reason = gave_up(error);
         self.ctx
-            .fail_where_due(&reply, Step::Perf, &[stage], &reason, |stage, reason| {
-                not_run(stage, reason)
-            })
+            .fail_where_due(&reply, Step::Perf, &[stage], &reason, not_run)
             .await
     }
 }

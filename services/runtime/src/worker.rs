@@ -149,6 +149,39 @@ impl WorkerContext {
         Ok(reply.events(events))
     }
 
+    /// Whether `step` of the cue's stage begins at `reply`'s cue, and with
+    /// what: the pipeline as defined now and the stage. Not due when the cue
+    /// names no stage, the stage is no longer defined, the stage's steps
+    /// begin `step` at another event, or `step` verifies (smoke, perf) a
+    /// rollback, which nothing waits for. A pipeline no longer defined gets
+    /// [`WorkerContext::pipeline_for`]'s rule.
+    pub async fn step_due<P: EventPayload>(
+        &self,
+        reply: &Reply<'_>,
+        step: Step,
+        failed: impl Fn(&str, String) -> P,
+    ) -> Result<Due, HandlerError> {
+        let (Some(cue), Some(stage)) = (reply.cause.name(), reply.cause.stage()) else {
+            return Ok(Due::Not);
+        };
+        let pipeline = match self.pipeline_for(reply, step, &[stage], failed).await? {
+            Found::Pipeline(p) => p,
+            Found::Gone(results) => return Ok(Due::Gone(results)),
+        };
+        let Some(definition) = pipeline.stage(stage).cloned() else {
+            return Ok(Due::Not);
+        };
+        if !step.begins_at(cue, &pipeline.steps(&definition))
+            || (step.is_verification() && self.is_rollback(reply.run(), stage).await?)
+        {
+            return Ok(Due::Not);
+        }
+        Ok(Due::Step {
+            pipeline,
+            stage: Box::new(definition),
+        })
+    }
+
     /// Whether the current promotion of `stage` in `run` is a rollback (its
     /// latest `stage.started` says so): the verification steps (smoke,
     /// perf) skip it, as the conductor waits for neither.
@@ -177,6 +210,20 @@ impl WorkerContext {
             .map(|s| s.stages)
             .unwrap_or_default())
     }
+}
+
+/// What [`WorkerContext::step_due`] found.
+#[derive(Debug)]
+pub enum Due {
+    /// Do the step: the pipeline as defined now and the cue's stage.
+    Step {
+        pipeline: Box<Pipeline>,
+        stage: Box<gantry_pipeline::Stage>,
+    },
+    /// The pipeline is no longer defined: record these results.
+    Gone(Vec<NewEvents>),
+    /// Nothing to do at this cue.
+    Not,
 }
 
 /// What [`WorkerContext::pipeline_for`] found.

@@ -21,7 +21,7 @@ use gantry_pipeline::mask::Masker;
 use gantry_pipeline::{StageEnv, Timeouts};
 use gantry_proto::events::{CheckResult, SmokeFailed, SmokePassed};
 use gantry_proto::{CloudEvent, EventName, Step};
-use gantry_runtime::worker::{deadline, gave_up, Found, Reply, WorkerContext};
+use gantry_runtime::worker::{deadline, gave_up, Due, Reply, WorkerContext};
 use gantry_store::consumer::{Handler, HandlerError};
 use gantry_store::NewEvents;
 
@@ -69,30 +69,22 @@ impl Handler for Smoke {
     }
 
     async fn handle(&self, event: &CloudEvent) -> Result<Vec<NewEvents>, HandlerError> {
-        let (Some(name), Some(stage_name), Some(run)) =
-            (event.name(), event.stage(), event.runid.as_deref())
-        else {
+        let Some(run) = event.runid.as_deref() else {
             return Ok(vec![]);
         };
         let reply = Reply::new(SERVICE, event, run);
-        let pipeline = match self
+        let (pipeline, stage) = match self
             .ctx
-            .pipeline_for(&reply, Step::Smoke, &[stage_name], |stage, reason| {
+            .step_due(&reply, Step::Smoke, |stage, reason| {
                 not_run(stage, "pipeline", reason)
             })
             .await?
         {
-            Found::Pipeline(p) => *p,
-            Found::Gone(results) => return Ok(results),
+            Due::Step { pipeline, stage } => (pipeline, stage),
+            Due::Gone(results) => return Ok(results),
+            Due::Not => return Ok(vec![]),
         };
-        let Some(stage) = pipeline.stage(stage_name).cloned() else {
-            return Ok(vec![]);
-        };
-        if !Step::Smoke.begins_at(name, &pipeline.steps(&stage))
-            || self.ctx.is_rollback(run, stage_name).await?
-        {
-            return Ok(vec![]);
-        }
+        let stage_name = stage.name.as_str();
         // The stage's secrets (a declared one that cannot be read is left
         // out: what cannot be read cannot leak) and every loaded pipeline's.
         let masker = Masker::for_stage(&pipeline, StageEnv::resolve(&stage).ok().as_ref());
